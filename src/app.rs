@@ -1,0 +1,190 @@
+//! Wiring: builds the engine from a [`Config`] and runs the programs of
+//! CONTRACT §2 (`serve`, `run`, `migrate`).
+
+use crate::config::Config;
+use crate::downstream::{FoiClient, IqubeClient, ItmClient};
+use crate::engine::{Engine, RunError, RunSettings};
+use crate::http::{AppState, router};
+use crate::source::smb::SmbShare;
+use crate::store::PgStore;
+use anyhow::Context;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Builds the engine and its clients; connects nothing yet.
+pub fn build_engine(cfg: &Config) -> anyhow::Result<Arc<Engine>> {
+    let store =
+        PgStore::connect_lazy(cfg.database_url.expose()).context("setting up the database pool")?;
+    let foi = FoiClient::new(cfg.foi_url.clone(), cfg.foi_timeout, cfg.foi_retries)
+        .context("building the FOI client")?;
+    let itm =
+        ItmClient::new(cfg.itm_url.clone(), cfg.itm_timeout).context("building the ITM client")?;
+    let iqube = IqubeClient::new(cfg.iqube_url.clone(), cfg.iqube_timeout)
+        .context("building the IQube client")?;
+    Ok(Arc::new(Engine {
+        source: Arc::new(SmbShare::new(cfg.smb.clone())),
+        store,
+        foi: Arc::new(foi),
+        itm: Arc::new(itm),
+        iqube: Arc::new(iqube),
+        settings: RunSettings {
+            source_dir: cfg.source_dir.clone(),
+            archive_dir: cfg.archive_dir.clone(),
+            spool_dir: cfg.spool_dir.clone(),
+            ignore: cfg.ignore.clone(),
+            stable_min_age: cfg.stable_min_age,
+            stable_check_interval: cfg.stable_check_interval,
+            max_concurrent_files: cfg.max_concurrent_files,
+        },
+        tracker: TaskTracker::new(),
+        instance: instance_name(),
+    }))
+}
+
+fn instance_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "coordinator".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// A started HTTP server (used by `serve` and by the integration tests).
+pub struct Server {
+    /// The bound address.
+    pub addr: std::net::SocketAddr,
+    /// Cancel to stop gracefully.
+    pub shutdown: CancellationToken,
+    /// Completes when the server and its background work have stopped.
+    pub done: tokio::task::JoinHandle<()>,
+    /// The engine behind it.
+    pub engine: Arc<Engine>,
+}
+
+/// Migrates, binds `cfg.bind_addr` and serves until `shutdown` is cancelled;
+/// then waits for in-flight runs and background passes.
+pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
+    let engine = build_engine(cfg)?;
+    engine
+        .store
+        .migrate()
+        .await
+        .context("applying database migrations")?;
+    let listener = TcpListener::bind(cfg.bind_addr)
+        .await
+        .with_context(|| format!("binding {}", cfg.bind_addr))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let shutdown = CancellationToken::new();
+    let app = router(AppState {
+        engine: engine.clone(),
+        api_token: cfg.api_token.clone(),
+    });
+    if let Some(every) = cfg.housekeeping_interval {
+        let (e, stop) = (engine.clone(), shutdown.clone());
+        engine.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => { e.background_pass(Vec::new()).await; }
+                }
+            }
+        });
+    }
+    let (e, stop) = (engine.clone(), shutdown.clone());
+    let done = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(err) = served {
+            tracing::error!(error = %err, "HTTP server failed");
+        }
+        e.tracker.close();
+        e.tracker.wait().await;
+    });
+    tracing::info!(%addr, "coordinator listening");
+    Ok(Server {
+        addr,
+        shutdown,
+        done,
+        engine,
+    })
+}
+
+/// `coordinator serve`: until SIGTERM or SIGINT.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let server = start(&cfg).await?;
+    let stop = server.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: finishing in-flight work");
+        stop.cancel();
+    });
+    server
+        .done
+        .await
+        .context("waiting for the server to stop")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// `coordinator run`: one run, summary on stdout, background pass awaited.
+/// Returns the process exit code.
+pub async fn run_once(cfg: Config) -> anyhow::Result<i32> {
+    let engine = build_engine(&cfg)?;
+    engine
+        .store
+        .migrate()
+        .await
+        .context("applying database migrations")?;
+    let result = engine.run("cli").await;
+    engine.tracker.close();
+    engine.tracker.wait().await;
+    let (code, body) = match result {
+        Ok(report) => (0, serde_json::to_value(&report)?),
+        Err(RunError::Busy { running }) => (
+            3,
+            serde_json::json!({"error": "run_in_progress", "message": "a run is already in progress", "run_id": running}),
+        ),
+        Err(RunError::Failed {
+            run_id,
+            started_at,
+            code,
+            message,
+        }) => (
+            1,
+            serde_json::json!({"run_id": run_id, "status": "failed", "started_at": started_at, "error": code, "message": message}),
+        ),
+    };
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(code)
+}
+
+/// `coordinator migrate`.
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    let store = PgStore::connect_lazy(url)?;
+    store
+        .migrate()
+        .await
+        .context("applying database migrations")?;
+    tracing::info!("migrations applied");
+    Ok(())
+}

@@ -1,0 +1,499 @@
+//! One configuration struct, read from the environment (CONTRACT §3) with a
+//! command-line flag able to override each variable. Secrets may come from
+//! `<VAR>_FILE`; they are kept out of `Debug` output and logs.
+
+use crate::scan::names::{DEFAULT_PATTERNS, TempNameFilter};
+use crate::source::smb::SmbConfig;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A configuration problem, naming the variable at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {var}: {message}")]
+pub struct ConfigError {
+    /// The environment variable (or its `_FILE` twin) at fault.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Deployment environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Env {
+    /// A developer's machine: the API token may be absent.
+    Local,
+    /// A shared development deployment.
+    Dev,
+    /// Production.
+    Prod,
+}
+
+/// The database connection string; shown as `<redacted>` in `Debug`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The database part of the environment (all `migrate` needs).
+#[derive(Debug, Args, Clone, Default)]
+pub struct DbArgs {
+    /// Postgres connection string [env: DATABASE_URL] (secret; or DATABASE_URL_FILE)
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// File holding DATABASE_URL [env: DATABASE_URL_FILE]
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+}
+
+/// Every variable of CONTRACT §3, as flags with environment fallbacks.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// local, dev or prod [default: prod]
+    #[arg(long, env = "ENV")]
+    pub env: Option<String>,
+    /// HTTP listen address [default: 0.0.0.0:8080]
+    #[arg(long, env = "BIND_ADDR")]
+    pub bind_addr: Option<String>,
+    /// Bearer token for every /api/ route; required unless ENV=local (secret)
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// File holding API_TOKEN
+    #[arg(long, env = "API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// SMB server host (required)
+    #[arg(long, env = "SMB_HOST")]
+    pub smb_host: Option<String>,
+    /// SMB server port [default: 445]
+    #[arg(long, env = "SMB_PORT")]
+    pub smb_port: Option<String>,
+    /// Share name (required)
+    #[arg(long, env = "SMB_SHARE")]
+    pub smb_share: Option<String>,
+    /// NTLM user name (required)
+    #[arg(long, env = "SMB_USERNAME")]
+    pub smb_username: Option<String>,
+    /// NTLM password (secret; required, or SMB_PASSWORD_FILE)
+    #[arg(long, env = "SMB_PASSWORD", hide_env_values = true)]
+    pub smb_password: Option<String>,
+    /// File holding SMB_PASSWORD
+    #[arg(long, env = "SMB_PASSWORD_FILE")]
+    pub smb_password_file: Option<PathBuf>,
+    /// NTLM domain [default: empty]
+    #[arg(long, env = "SMB_DOMAIN")]
+    pub smb_domain: Option<String>,
+    /// Folder of remitter folders, relative to the share root [default: share root]
+    #[arg(long, env = "SMB_SOURCE_DIR")]
+    pub smb_source_dir: Option<String>,
+    /// Archive folder, relative to the share root [default: archive]
+    #[arg(long, env = "SMB_ARCHIVE_DIR")]
+    pub smb_archive_dir: Option<String>,
+    /// Bound on each SMB metadata call and each transfer request, seconds [default: 30]
+    #[arg(long, env = "SMB_TIMEOUT_SECS")]
+    pub smb_timeout_secs: Option<String>,
+    /// FOI extraction endpoint; {remitter} is replaced (required)
+    #[arg(long, env = "FOI_API_URL")]
+    pub foi_api_url: Option<String>,
+    /// ITM submission endpoint (required)
+    #[arg(long, env = "ITM_API_URL")]
+    pub itm_api_url: Option<String>,
+    /// IQube notification endpoint (required)
+    #[arg(long, env = "IQUBE_API_URL")]
+    pub iqube_api_url: Option<String>,
+    /// Whole-request timeout of a FOI call, seconds [default: 120]
+    #[arg(long, env = "FOI_TIMEOUT_SECS")]
+    pub foi_timeout_secs: Option<String>,
+    /// Retries of a FOI call after a timeout, refused or reset connection [default: 2]
+    #[arg(long, env = "FOI_RETRIES")]
+    pub foi_retries: Option<String>,
+    /// Whole-request timeout of an ITM call, seconds [default: 30]
+    #[arg(long, env = "ITM_TIMEOUT_SECS")]
+    pub itm_timeout_secs: Option<String>,
+    /// Whole-request timeout of an IQube call, seconds [default: 10]
+    #[arg(long, env = "IQUBE_TIMEOUT_SECS")]
+    pub iqube_timeout_secs: Option<String>,
+    /// Minimum age of a file's newest timestamp by the server's clock, seconds [default: 60]
+    #[arg(long, env = "STABLE_MIN_AGE_SECS")]
+    pub stable_min_age_secs: Option<String>,
+    /// Gap between the two looks of the stability check, seconds [default: 5]
+    #[arg(long, env = "STABLE_CHECK_INTERVAL_SECS")]
+    pub stable_check_interval_secs: Option<String>,
+    /// Files processed at once in one run [default: 4]
+    #[arg(long, env = "MAX_CONCURRENT_FILES")]
+    pub max_concurrent_files: Option<String>,
+    /// Comma-separated temp-name patterns (prefix*, *suffix, exact) [default: CONTRACT §5 list]
+    #[arg(long, env = "IGNORE_NAME_PATTERNS")]
+    pub ignore_name_patterns: Option<String>,
+    /// Local folder for spooling downloads [default: the system temp folder]
+    #[arg(long, env = "SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Seconds between background housekeeping passes in `serve`; 0 = only after runs [default: 300]
+    #[arg(long, env = "HOUSEKEEPING_INTERVAL_SECS")]
+    pub housekeeping_interval_secs: Option<String>,
+}
+
+/// The validated configuration of a coordinator process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Deployment environment.
+    pub env: Env,
+    /// HTTP listen address.
+    pub bind_addr: SocketAddr,
+    /// Required bearer token, if any.
+    pub api_token: Option<Secret>,
+    /// Postgres connection string.
+    pub database_url: Secret,
+    /// The share.
+    pub smb: SmbConfig,
+    /// Folder of remitter folders (share-relative, may be empty).
+    pub source_dir: String,
+    /// Archive folder (share-relative).
+    pub archive_dir: String,
+    /// FOI endpoint template.
+    pub foi_url: String,
+    /// ITM endpoint.
+    pub itm_url: String,
+    /// IQube endpoint.
+    pub iqube_url: String,
+    /// FOI whole-request timeout.
+    pub foi_timeout: Duration,
+    /// FOI retries on transport failures.
+    pub foi_retries: u32,
+    /// ITM whole-request timeout.
+    pub itm_timeout: Duration,
+    /// IQube whole-request timeout.
+    pub iqube_timeout: Duration,
+    /// Policy A minimum age.
+    pub stable_min_age: Duration,
+    /// Policy A gap between looks.
+    pub stable_check_interval: Duration,
+    /// Files processed at once.
+    pub max_concurrent_files: usize,
+    /// Temp-name filter.
+    pub ignore: TempNameFilter,
+    /// Where downloads are spooled.
+    pub spool_dir: PathBuf,
+    /// Period of the background housekeeping pass (None: only after runs).
+    pub housekeeping_interval: Option<Duration>,
+}
+
+fn secret(
+    value: Option<String>,
+    file: Option<PathBuf>,
+    var: &'static str,
+    file_var: &'static str,
+) -> Result<Option<Secret>, ConfigError> {
+    match (value.filter(|v| !v.is_empty()), file) {
+        (Some(_), Some(_)) => Err(err(var, format!("set {var} or {file_var}, not both"))),
+        (Some(v), None) => Ok(Some(Secret(v))),
+        (None, Some(path)) => {
+            let raw = std::fs::read_to_string(&path)
+                .map_err(|e| err(file_var, format!("cannot read {}: {e}", path.display())))?;
+            let v = raw
+                .strip_suffix("\r\n")
+                .or_else(|| raw.strip_suffix('\n'))
+                .unwrap_or(&raw);
+            if v.is_empty() {
+                return Err(err(file_var, format!("{} is empty", path.display())));
+            }
+            Ok(Some(Secret(v.to_string())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn required(v: Option<String>, var: &'static str) -> Result<String, ConfigError> {
+    v.filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| err(var, "required but not set"))
+}
+
+fn parsed<T: FromStr>(v: Option<String>, var: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match v.filter(|s| !s.trim().is_empty()) {
+        None => Ok(default),
+        Some(s) => s
+            .trim()
+            .parse()
+            .map_err(|e| err(var, format!("invalid value {s:?}: {e}"))),
+    }
+}
+
+fn secs(v: Option<String>, var: &'static str, default: f64) -> Result<Duration, ConfigError> {
+    let f: f64 = parsed(v, var, default)?;
+    if !(0.0..=31_536_000.0).contains(&f) {
+        return Err(err(
+            var,
+            format!("{f} is not a number of seconds from 0 to one year"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(f))
+}
+
+fn url(v: Option<String>, var: &'static str) -> Result<String, ConfigError> {
+    let s = required(v, var)?;
+    let probe = s.replace("{remitter}", "r");
+    let u = reqwest::Url::parse(&probe).map_err(|e| err(var, format!("invalid URL: {e}")))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(err(var, "URL must be http or https"));
+    }
+    Ok(s)
+}
+
+fn rel_dir(v: Option<String>, default: &str) -> String {
+    let s = v.unwrap_or_else(|| default.to_string()).replace('\\', "/");
+    crate::source::join(&[&s])
+}
+
+impl DbArgs {
+    /// The database URL, from the variable or its `_FILE`.
+    pub fn database_url(self) -> Result<Secret, ConfigError> {
+        secret(
+            self.database_url,
+            self.database_url_file,
+            "DATABASE_URL",
+            "DATABASE_URL_FILE",
+        )?
+        .ok_or_else(|| err("DATABASE_URL", "required but not set"))
+    }
+}
+
+impl Config {
+    /// Validates the arguments; the first problem found is returned.
+    pub fn from_args(a: ConfigArgs) -> Result<Self, ConfigError> {
+        let env = match a.env.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None | Some("prod") => Env::Prod,
+            Some("dev") => Env::Dev,
+            Some("local") => Env::Local,
+            Some(other) => return Err(err("ENV", format!("{other:?} is not local, dev or prod"))),
+        };
+        let bind_addr = parsed(
+            a.bind_addr,
+            "BIND_ADDR",
+            SocketAddr::from(([0, 0, 0, 0], 8080)),
+        )?;
+        let api_token = secret(a.api_token, a.api_token_file, "API_TOKEN", "API_TOKEN_FILE")?;
+        if api_token.is_none() && env != Env::Local {
+            return Err(err(
+                "API_TOKEN",
+                "required unless ENV=local (or set API_TOKEN_FILE)",
+            ));
+        }
+        let database_url = a.db.database_url()?;
+        let smb_password = secret(
+            a.smb_password,
+            a.smb_password_file,
+            "SMB_PASSWORD",
+            "SMB_PASSWORD_FILE",
+        )?
+        .ok_or_else(|| err("SMB_PASSWORD", "required but not set"))?;
+        let smb = SmbConfig {
+            host: required(a.smb_host, "SMB_HOST")?,
+            port: parsed(a.smb_port, "SMB_PORT", 445u16)?,
+            share: required(a.smb_share, "SMB_SHARE")?,
+            username: required(a.smb_username, "SMB_USERNAME")?,
+            password: smb_password.0,
+            domain: a.smb_domain.unwrap_or_default(),
+            timeout: secs(a.smb_timeout_secs, "SMB_TIMEOUT_SECS", 30.0)?,
+        };
+        if smb.timeout.is_zero() {
+            return Err(err("SMB_TIMEOUT_SECS", "must be more than 0"));
+        }
+        let max_concurrent_files = parsed(a.max_concurrent_files, "MAX_CONCURRENT_FILES", 4usize)?;
+        if !(1..=256).contains(&max_concurrent_files) {
+            return Err(err("MAX_CONCURRENT_FILES", "must be from 1 to 256"));
+        }
+        let ignore = TempNameFilter::parse(
+            a.ignore_name_patterns
+                .as_deref()
+                .unwrap_or(DEFAULT_PATTERNS),
+        )
+        .map_err(|e| err("IGNORE_NAME_PATTERNS", e.to_string()))?;
+        let housekeeping = secs(
+            a.housekeeping_interval_secs,
+            "HOUSEKEEPING_INTERVAL_SECS",
+            300.0,
+        )?;
+        let source_dir = rel_dir(a.smb_source_dir, "");
+        let archive_dir = rel_dir(a.smb_archive_dir, "archive");
+        if archive_dir.is_empty() {
+            return Err(err("SMB_ARCHIVE_DIR", "must not be the share root"));
+        }
+        if archive_dir == source_dir {
+            return Err(err("SMB_ARCHIVE_DIR", "must differ from SMB_SOURCE_DIR"));
+        }
+        let timeout = |v, var, d| {
+            let t = secs(v, var, d)?;
+            if t.is_zero() {
+                return Err(err(var, "must be more than 0"));
+            }
+            Ok(t)
+        };
+        Ok(Self {
+            env,
+            bind_addr,
+            api_token,
+            database_url,
+            smb,
+            source_dir,
+            archive_dir,
+            foi_url: url(a.foi_api_url, "FOI_API_URL")?,
+            itm_url: url(a.itm_api_url, "ITM_API_URL")?,
+            iqube_url: url(a.iqube_api_url, "IQUBE_API_URL")?,
+            foi_timeout: timeout(a.foi_timeout_secs, "FOI_TIMEOUT_SECS", 120.0)?,
+            foi_retries: parsed(a.foi_retries, "FOI_RETRIES", 2u32)?.min(10),
+            itm_timeout: timeout(a.itm_timeout_secs, "ITM_TIMEOUT_SECS", 30.0)?,
+            iqube_timeout: timeout(a.iqube_timeout_secs, "IQUBE_TIMEOUT_SECS", 10.0)?,
+            stable_min_age: secs(a.stable_min_age_secs, "STABLE_MIN_AGE_SECS", 60.0)?,
+            stable_check_interval: secs(
+                a.stable_check_interval_secs,
+                "STABLE_CHECK_INTERVAL_SECS",
+                5.0,
+            )?,
+            max_concurrent_files,
+            ignore,
+            spool_dir: a.spool_dir.unwrap_or_else(std::env::temp_dir),
+            housekeeping_interval: (!housekeeping.is_zero()).then_some(housekeeping),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> ConfigArgs {
+        ConfigArgs {
+            db: DbArgs {
+                database_url: Some("postgres://u:dbpw@h/db".into()),
+                database_url_file: None,
+            },
+            api_token: Some("tok".into()),
+            smb_host: Some("127.0.0.1".into()),
+            smb_share: Some("s".into()),
+            smb_username: Some("u".into()),
+            smb_password: Some("pw".into()),
+            foi_api_url: Some("http://foi/extract/{remitter}".into()),
+            itm_api_url: Some("http://itm/submit".into()),
+            iqube_api_url: Some("http://iqube/notify".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_args(full()).unwrap();
+        assert_eq!(c.env, Env::Prod);
+        assert_eq!(c.smb.port, 445);
+        assert_eq!(c.source_dir, "");
+        assert_eq!(c.archive_dir, "archive");
+        assert_eq!(c.bind_addr.to_string(), "0.0.0.0:8080");
+        assert!(c.max_concurrent_files >= 1);
+    }
+
+    #[test]
+    fn each_bad_variable_is_named() {
+        type Edit = fn(&mut ConfigArgs);
+        let cases: &[(Edit, &str)] = &[
+            (|a| a.smb_share = None, "SMB_SHARE"),
+            (|a| a.smb_host = None, "SMB_HOST"),
+            (|a| a.smb_password = None, "SMB_PASSWORD"),
+            (|a| a.db.database_url = None, "DATABASE_URL"),
+            (|a| a.api_token = None, "API_TOKEN"),
+            (|a| a.foi_api_url = Some("not a url".into()), "FOI_API_URL"),
+            (|a| a.itm_api_url = None, "ITM_API_URL"),
+            (|a| a.smb_port = Some("70000".into()), "SMB_PORT"),
+            (|a| a.env = Some("staging".into()), "ENV"),
+            (
+                |a| a.stable_min_age_secs = Some("-1".into()),
+                "STABLE_MIN_AGE_SECS",
+            ),
+            (
+                |a| a.max_concurrent_files = Some("0".into()),
+                "MAX_CONCURRENT_FILES",
+            ),
+            (
+                |a| a.foi_timeout_secs = Some("0".into()),
+                "FOI_TIMEOUT_SECS",
+            ),
+            (
+                |a| a.ignore_name_patterns = Some("a*b*".into()),
+                "IGNORE_NAME_PATTERNS",
+            ),
+            (|a| a.bind_addr = Some("nowhere".into()), "BIND_ADDR"),
+            (|a| a.smb_archive_dir = Some("/".into()), "SMB_ARCHIVE_DIR"),
+        ];
+        for (edit, var) in cases {
+            let mut a = full();
+            edit(&mut a);
+            let e = Config::from_args(a).unwrap_err();
+            assert_eq!(e.var, *var, "{e}");
+            assert!(e.to_string().contains(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn local_env_needs_no_token() {
+        let mut a = full();
+        a.api_token = None;
+        a.env = Some("local".into());
+        assert!(Config::from_args(a).unwrap().api_token.is_none());
+    }
+
+    #[test]
+    fn secrets_come_from_files_without_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        let mut a = full();
+        a.smb_password = None;
+        a.smb_password_file = Some(p.clone());
+        assert_eq!(Config::from_args(a).unwrap().smb.password, "s3cret");
+        let mut both = full();
+        both.smb_password_file = Some(p);
+        assert_eq!(Config::from_args(both).unwrap_err().var, "SMB_PASSWORD");
+        let mut missing = full();
+        missing.api_token = None;
+        missing.api_token_file = Some(dir.path().join("nope"));
+        assert_eq!(
+            Config::from_args(missing).unwrap_err().var,
+            "API_TOKEN_FILE"
+        );
+    }
+
+    #[test]
+    fn debug_output_has_no_secrets() {
+        let c = Config::from_args(full()).unwrap();
+        let shown = format!("{c:?}");
+        for s in ["dbpw", "\"tok\"", "\"pw\""] {
+            assert!(!shown.contains(s), "{s} leaked in {shown}");
+        }
+    }
+}

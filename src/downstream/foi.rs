@@ -1,0 +1,345 @@
+//! FOI, the extraction service (CONTRACT §8): multipart upload, bounded
+//! retries on transport failures, and the answer mapping as a pure function.
+
+use super::{Extractor, snippet};
+use crate::domain::FileStatus;
+use async_trait::async_trait;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+/// The outcome of an extraction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FoiOutcome {
+    /// FOI extracted the file; `result` goes to ITM unchanged.
+    Success(Value),
+    /// Extraction failed with this status and reason.
+    Failure {
+        /// One of the `extraction_*` statuses.
+        status: FileStatus,
+        /// Why, for the event detail and IQube.
+        reason: String,
+    },
+}
+
+fn fail(status: FileStatus, reason: impl Into<String>) -> FoiOutcome {
+    FoiOutcome::Failure {
+        status,
+        reason: reason.into(),
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+/// Maps an HTTP answer of FOI to an outcome; first matching rule wins (CONTRACT §8).
+pub fn map_response(status: u16, body: &[u8]) -> FoiOutcome {
+    use FileStatus::*;
+    if status == 400 || status == 422 {
+        return fail(
+            ExtractionFileFailed,
+            format!("FOI answered HTTP {status}: {}", snippet(body)),
+        );
+    }
+    if !(200..300).contains(&status) {
+        return fail(
+            ExtractionServiceFailed,
+            format!("FOI answered HTTP {status}: {}", snippet(body)),
+        );
+    }
+    let json: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return fail(
+                ExtractionServiceFailed,
+                format!("FOI answer is not JSON: {e}"),
+            );
+        }
+    };
+    let Value::Object(obj) = json else {
+        return fail(ExtractionServiceFailed, "FOI answer is not a JSON object");
+    };
+    let failed = match obj.get("failed") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items.clone(),
+        Some(other) => {
+            return fail(
+                ExtractionServiceFailed,
+                format!(
+                    "FOI `failed` is not an array: {}",
+                    snippet(other.to_string().as_bytes())
+                ),
+            );
+        }
+    };
+    if !failed.is_empty() {
+        let reasons: Vec<String> = failed
+            .iter()
+            .map(|entry| match entry {
+                Value::String(s) => s.clone(),
+                Value::Object(o) => match o.get("reason") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => entry.to_string(),
+                },
+                other => other.to_string(),
+            })
+            .collect();
+        let reason = reasons.join("; ");
+        let status = if reasons
+            .iter()
+            .any(|r| r.to_lowercase().contains("password"))
+        {
+            ExtractionFilePasswordFailed
+        } else {
+            ExtractionFileFailed
+        };
+        return fail(status, reason);
+    }
+    match obj.get("result") {
+        None => fail(ExtractionServiceFailed, "FOI answer has no `result`"),
+        Some(r) if is_empty(r) => fail(ExtractionServiceFailed, "FOI `result` is empty"),
+        Some(r) => FoiOutcome::Success(r.clone()),
+    }
+}
+
+/// Characters escaped when a remitter name goes into the FOI URL path.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `FOI_API_URL` with `{remitter}` replaced by the percent-encoded name.
+pub fn endpoint(template: &str, remitter: &str) -> String {
+    template.replace(
+        "{remitter}",
+        &utf8_percent_encode(remitter, SEGMENT).to_string(),
+    )
+}
+
+/// HTTP client for FOI.
+pub struct FoiClient {
+    http: reqwest::Client,
+    template: String,
+    retries: u32,
+    backoff: Duration,
+}
+
+impl FoiClient {
+    /// A client with a whole-request `timeout` and `retries` on transport failures.
+    pub fn new(template: String, timeout: Duration, retries: u32) -> reqwest::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder().timeout(timeout).build()?,
+            template,
+            retries,
+            backoff: Duration::from_millis(500),
+        })
+    }
+
+    async fn attempt(
+        &self,
+        url: &str,
+        file_name: &str,
+        local: &Path,
+    ) -> Result<FoiOutcome, String> {
+        let file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| format!("open spool file: {e}"))?;
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| format!("stat spool file: {e}"))?
+            .len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let part = reqwest::multipart::Part::stream_with_length(body, len)
+            .file_name(file_name.to_string())
+            .mime_str("application/octet-stream")
+            .map_err(|e| e.to_string())?;
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let resp = self
+            .http
+            .post(url)
+            .multipart(form)
+            .send()
+            .await
+            .map_err(describe)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(describe)?;
+        Ok(map_response(status, &body))
+    }
+}
+
+/// A transport error in words, with its cause chain (timeout, reset, refused).
+pub fn describe(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "transport error"
+    };
+    let mut msg = format!("{kind}: {e}");
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
+#[async_trait]
+impl Extractor for FoiClient {
+    async fn extract(&self, remitter: &str, file_name: &str, local: &Path) -> FoiOutcome {
+        let url = endpoint(&self.template, remitter);
+        let mut last = String::new();
+        for attempt in 0..=self.retries {
+            if attempt > 0 {
+                tokio::time::sleep(self.backoff * 2u32.pow(attempt - 1)).await;
+            }
+            match self.attempt(&url, file_name, local).await {
+                Ok(outcome) => return outcome,
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "FOI call failed");
+                    last = e;
+                }
+            }
+        }
+        fail(
+            FileStatus::ExtractionServiceFailed,
+            format!(
+                "FOI unreachable after {} attempts: {last}",
+                self.retries + 1
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use FileStatus::*;
+    use serde_json::json;
+
+    fn status_of(o: &FoiOutcome) -> Option<FileStatus> {
+        match o {
+            FoiOutcome::Success(_) => None,
+            FoiOutcome::Failure { status, .. } => Some(*status),
+        }
+    }
+
+    #[test]
+    fn mapping_table() {
+        let ok = json!({"result": [{"amount": 1}], "failed": []}).to_string();
+        let cases: Vec<(u16, String, Option<FileStatus>)> = vec![
+            (400, ok.clone(), Some(ExtractionFileFailed)),
+            (422, "{}".into(), Some(ExtractionFileFailed)),
+            (500, ok.clone(), Some(ExtractionServiceFailed)),
+            (404, ok.clone(), Some(ExtractionServiceFailed)),
+            (302, ok.clone(), Some(ExtractionServiceFailed)),
+            (200, "not json".into(), Some(ExtractionServiceFailed)),
+            (200, "[1,2]".into(), Some(ExtractionServiceFailed)),
+            (200, "\"str\"".into(), Some(ExtractionServiceFailed)),
+            (200, "null".into(), Some(ExtractionServiceFailed)),
+            (
+                200,
+                json!({"failed": [{"reason": "Invalid PASSWORD"}]}).to_string(),
+                Some(ExtractionFilePasswordFailed),
+            ),
+            (
+                200,
+                json!({"failed": ["password protected"], "result": [1]}).to_string(),
+                Some(ExtractionFilePasswordFailed),
+            ),
+            (
+                200,
+                json!({"failed": [{"reason": "no matched template"}, {"reason": "password"}]})
+                    .to_string(),
+                Some(ExtractionFilePasswordFailed),
+            ),
+            (
+                200,
+                json!({"failed": [{"reason": "no matched template"}], "result": [1]}).to_string(),
+                Some(ExtractionFileFailed),
+            ),
+            (
+                200,
+                json!({"failed": [{"reason": "data format error"}]}).to_string(),
+                Some(ExtractionFileFailed),
+            ),
+            (
+                200,
+                json!({"failed": "x"}).to_string(),
+                Some(ExtractionServiceFailed),
+            ),
+            (200, json!({}).to_string(), Some(ExtractionServiceFailed)),
+            (
+                200,
+                json!({"result": null}).to_string(),
+                Some(ExtractionServiceFailed),
+            ),
+            (
+                200,
+                json!({"result": []}).to_string(),
+                Some(ExtractionServiceFailed),
+            ),
+            (
+                200,
+                json!({"result": {}}).to_string(),
+                Some(ExtractionServiceFailed),
+            ),
+            (
+                200,
+                json!({"result": ""}).to_string(),
+                Some(ExtractionServiceFailed),
+            ),
+            (
+                200,
+                json!({"result": [], "failed": []}).to_string(),
+                Some(ExtractionServiceFailed),
+            ),
+            (200, ok.clone(), None),
+            (
+                201,
+                json!({"result": {"k": 1}, "failed": null}).to_string(),
+                None,
+            ),
+        ];
+        for (code, body, want) in cases {
+            assert_eq!(
+                status_of(&map_response(code, body.as_bytes())),
+                want,
+                "{code} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn success_passes_result_unchanged() {
+        let body = json!({"result": {"rows": [1, 2], "x": "y"}}).to_string();
+        assert_eq!(
+            map_response(200, body.as_bytes()),
+            FoiOutcome::Success(json!({"rows": [1, 2], "x": "y"}))
+        );
+    }
+
+    #[test]
+    fn remitter_is_percent_encoded() {
+        assert_eq!(
+            endpoint("http://f/extract/{remitter}", "invest@det.com"),
+            "http://f/extract/invest%40det.com"
+        );
+        assert_eq!(
+            endpoint("http://f/x/{remitter}", "a b/c?#%"),
+            "http://f/x/a%20b%2Fc%3F%23%25"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! coordinator: takes remittance files from an SMB share into the finance
+//! back office. A run flows scan → plan → process → archive; see `engine`.
+
+pub mod app;
+pub mod archive;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod downstream;
+pub mod engine;
+pub mod http;
+pub mod plan;
+pub mod process;
+pub mod scan;
+pub mod source;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,33 @@
+//! The `coordinator` binary: parse, configure, hand over to the library.
+
+use clap::Parser;
+use coordinator::cli::{Cli, Command};
+use coordinator::config::Config;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    coordinator::telemetry::init();
+    let result = match cli.command {
+        Command::Migrate(db) => match db.database_url() {
+            Ok(url) => coordinator::app::migrate(url.expose()).await.map(|_| 0),
+            Err(e) => Err(e.into()),
+        },
+        Command::Serve(args) => match Config::from_args(*args) {
+            Ok(cfg) => coordinator::app::serve(cfg).await.map(|_| 0),
+            Err(e) => Err(e.into()),
+        },
+        Command::Run(args) => match Config::from_args(*args) {
+            Ok(cfg) => coordinator::app::run_once(cfg).await,
+            Err(e) => Err(e.into()),
+        },
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("coordinator: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Process one stable file version: download (streamed to a spool file,
+//! hashed), claim in Postgres, extract with FOI, submit to ITM, record the
+//! outcome and queue the IQube notification of a failure.
+
+use crate::domain::{Decision, FileStatus};
+use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Submitter};
+use crate::scan::Candidate;
+use crate::source::FileSource;
+use crate::store::{Claim, PgStore};
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// What the run reports for one file.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FileReport {
+    /// Remitter folder.
+    pub remitter: String,
+    /// File name.
+    pub file_name: String,
+    /// What the run did with it.
+    pub decision: Decision,
+    /// The file's status after this run, when it has a row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Why, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl FileReport {
+    /// A report for `c` with no status.
+    pub fn new(c: &Candidate, decision: Decision, reason: Option<String>) -> Self {
+        Self {
+            remitter: c.remitter.clone(),
+            file_name: c.entry.name.clone(),
+            decision,
+            status: None,
+            reason,
+        }
+    }
+}
+
+/// The key ITM sees on every attempt for one file version.
+pub fn idempotency_key(remitter: &str, file_name: &str, md5: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [remitter, file_name, md5] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    format!("coordinator-{}", hex::encode(&h.finalize()[..16]))
+}
+
+/// The IQube payload of a failed file.
+pub fn file_failed_payload(
+    run_id: Uuid,
+    remitter: &str,
+    file_name: &str,
+    status: FileStatus,
+    reason: &str,
+) -> serde_json::Value {
+    json!({
+        "event": "file_failed",
+        "remitter": remitter,
+        "file_name": file_name,
+        "status": status.as_str(),
+        "reason": reason,
+        "run_id": run_id,
+    })
+}
+
+/// Everything processing needs, shared by the files of one run.
+pub struct Processor {
+    /// The share.
+    pub source: Arc<dyn FileSource>,
+    /// Postgres.
+    pub store: PgStore,
+    /// FOI.
+    pub foi: Arc<dyn Extractor>,
+    /// ITM.
+    pub itm: Arc<dyn Submitter>,
+    /// Share-relative source folder.
+    pub source_dir: String,
+    /// Local spool folder.
+    pub spool_dir: PathBuf,
+}
+
+/// Deletes the spool file however processing ends.
+struct Spool(PathBuf);
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Processor {
+    /// Drives one file to a final status (or explains why it could not).
+    #[tracing::instrument(skip_all, fields(remitter = %c.remitter, file = %c.entry.name))]
+    pub async fn process(&self, run_id: Uuid, c: &Candidate, base_name: &str) -> FileReport {
+        let spool = Spool(
+            self.spool_dir
+                .join(format!("coordinator-{}.spool", Uuid::new_v4())),
+        );
+        let fetched = match self.source.fetch(&c.path(&self.source_dir), &spool.0).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "download failed; nothing sent");
+                return FileReport::new(c, Decision::Error, Some(format!("download failed: {e}")));
+            }
+        };
+        let claim = self
+            .store
+            .claim(
+                run_id,
+                &c.remitter,
+                &c.entry.name,
+                base_name,
+                &fetched.md5,
+                fetched.size as i64,
+                c.entry.mtime,
+            )
+            .await;
+        let file_id = match claim {
+            Ok(Claim::New(id)) => id,
+            Ok(Claim::Exists { status, .. }) => {
+                let mut r = FileReport::new(
+                    c,
+                    Decision::AlreadyProcessed,
+                    Some("this content was claimed before".into()),
+                );
+                r.status = Some(status);
+                return r;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "claim failed; nothing sent");
+                return FileReport::new(c, Decision::Error, Some(format!("claim failed: {e}")));
+            }
+        };
+        tracing::info!(file_id, md5 = %fetched.md5, size = fetched.size, "claimed");
+        let (status, detail, failure) =
+            match self.foi.extract(&c.remitter, &c.entry.name, &spool.0).await {
+                FoiOutcome::Failure { status, reason } => (
+                    status,
+                    json!({"step": "foi", "reason": reason}),
+                    Some(reason),
+                ),
+                FoiOutcome::Success(result) => {
+                    let sub = ItmSubmission {
+                        remitter: c.remitter.clone(),
+                        file_name: c.entry.name.clone(),
+                        md5: fetched.md5.clone(),
+                        result,
+                    };
+                    let key = idempotency_key(&c.remitter, &c.entry.name, &fetched.md5);
+                    match self.itm.submit(&sub, &key).await {
+                        Ok(()) => (
+                            FileStatus::Success,
+                            json!({"step": "itm", "idempotency_key": key}),
+                            None,
+                        ),
+                        Err(reason) => (
+                            FileStatus::ItmFailed,
+                            json!({"step": "itm", "idempotency_key": key, "reason": reason}),
+                            Some(reason),
+                        ),
+                    }
+                }
+            };
+        let notification = failure
+            .as_deref()
+            .map(|reason| file_failed_payload(run_id, &c.remitter, &c.entry.name, status, reason));
+        if let Err(e) = self
+            .store
+            .set_status(file_id, status, &detail, notification.as_ref())
+            .await
+        {
+            tracing::error!(error = %e, status = status.as_str(), "could not record the outcome");
+            let mut r = FileReport::new(
+                c,
+                Decision::Error,
+                Some(format!("outcome {} not recorded: {e}", status.as_str())),
+            );
+            r.status = Some(FileStatus::Processing.as_str().into());
+            return r;
+        }
+        tracing::info!(status = status.as_str(), "processed");
+        FileReport {
+            remitter: c.remitter.clone(),
+            file_name: c.entry.name.clone(),
+            decision: Decision::Processed,
+            status: Some(status.as_str().into()),
+            reason: failure,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idempotency_key;
+
+    #[test]
+    fn idempotency_key_is_stable_and_distinct() {
+        let a = idempotency_key("r", "f.csv", "abc");
+        assert_eq!(a, idempotency_key("r", "f.csv", "abc"));
+        assert_ne!(a, idempotency_key("r", "f.csv", "abd"));
+        assert_ne!(
+            idempotency_key("ab", "c", "m"),
+            idempotency_key("a", "bc", "m")
+        );
+        assert!(a.starts_with("coordinator-"));
+    }
+}

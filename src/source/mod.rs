@@ -1,0 +1,112 @@
+//! Where remittance files come from. The engine sees a share only through
+//! [`FileSource`], so a local folder or an in-memory fake can stand in for SMB.
+
+pub mod smb;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::path::Path;
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Bare name inside its folder.
+    pub name: String,
+    /// True for folders.
+    pub is_dir: bool,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last-write time, by the server's clock.
+    pub mtime: DateTime<Utc>,
+    /// Change time (metadata), by the server's clock.
+    pub ctime: DateTime<Utc>,
+}
+
+impl Entry {
+    /// The newest of the entry's timestamps: what Policy A ages.
+    pub fn newest_time(&self) -> DateTime<Utc> {
+        self.mtime.max(self.ctime)
+    }
+}
+
+/// What a downloaded file turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// Hex MD5 of the bytes read.
+    pub md5: String,
+    /// Bytes read.
+    pub size: u64,
+}
+
+/// Errors of a file source, classified so callers can tell "gone" from "broken".
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The path does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The target of a rename or create already exists.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// Access was denied.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Another client holds the file open in a conflicting way.
+    #[error("busy (open elsewhere): {0}")]
+    Busy(String),
+    /// The call did not finish within its timeout.
+    #[error("timed out after {secs}s: {op}")]
+    Timeout {
+        /// Which operation.
+        op: String,
+        /// The bound that elapsed.
+        secs: u64,
+    },
+    /// Connection, protocol or local I/O failure.
+    #[error("{op}: {message}")]
+    Io {
+        /// Which operation, with its path.
+        op: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Paths are relative to the share root, with `/` as separator.
+#[async_trait]
+pub trait FileSource: Send + Sync {
+    /// Lists a folder (without `.` and `..`).
+    async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError>;
+    /// Metadata of one path.
+    async fn stat(&self, path: &str) -> Result<Entry, SourceError>;
+    /// True when another client holds `path` open for writing (deny-write probe).
+    /// Sources that cannot tell answer `false`.
+    async fn open_for_write_elsewhere(&self, path: &str) -> Result<bool, SourceError>;
+    /// Copies `path` into the local file `dest`, streaming, and hashes it.
+    async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError>;
+    /// Creates `dir` and its parents if missing.
+    async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError>;
+    /// Moves `from` to `to`; fails with `AlreadyExists` rather than overwrite.
+    async fn rename_no_replace(&self, from: &str, to: &str) -> Result<(), SourceError>;
+    /// The server's current time, as the server stamps files.
+    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError>;
+}
+
+/// Joins share-relative path parts with `/`, skipping empty ones.
+pub fn join(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .flat_map(|p| p.split('/'))
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn join_skips_empty_parts() {
+        assert_eq!(super::join(&["", "a", "b/c"]), "a/b/c");
+        assert_eq!(super::join(&["src/", "/r", "f.csv"]), "src/r/f.csv");
+        assert_eq!(super::join(&["", ""]), "");
+    }
+}

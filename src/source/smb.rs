@@ -1,0 +1,502 @@
+//! The SMB share, through `pavao` (Samba's libsmbclient).
+//!
+//! libsmbclient is blocking and pavao serialises every call behind one
+//! process-wide lock, so each operation runs on a blocking thread and is
+//! bounded by a timeout. A client that failed with a connection-level error
+//! is dropped and rebuilt on the next call. pavao's `rename` overwrites an
+//! existing target, so [`SmbShare::rename_no_replace`] checks first.
+
+use super::{Entry, Fetched, FileSource, SourceError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use md5::{Digest, Md5};
+use pavao::{
+    SmbClient, SmbCredentials, SmbDialect, SmbDirentType, SmbError, SmbMode, SmbOpenOptions,
+    SmbOptions, SmbShareMode,
+};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// How to reach the share. `Debug` never shows the password.
+#[derive(Clone)]
+pub struct SmbConfig {
+    /// Server host name or address.
+    pub host: String,
+    /// TCP port (445 by default).
+    pub port: u16,
+    /// Share name.
+    pub share: String,
+    /// NTLM user.
+    pub username: String,
+    /// NTLM password.
+    pub password: String,
+    /// NTLM domain (workgroup), may be empty.
+    pub domain: String,
+    /// Bound on every metadata call and on each request of a transfer.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for SmbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmbConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("share", &self.share)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("domain", &self.domain)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The two native contexts the coordinator needs: a normal one, and one that
+/// opens with deny-write share mode to detect files still open for writing.
+struct Clients {
+    normal: SmbClient,
+    probe: SmbClient,
+}
+
+/// A share reached over SMB2/3 (see the module docs for the client's limits).
+pub struct SmbShare {
+    config: SmbConfig,
+    clients: Mutex<Option<Arc<Clients>>>,
+}
+
+/// Characters escaped in libsmbclient URLs: it percent-decodes paths and
+/// treats `?` as the start of options.
+const PATH_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The dialect bounds every client of this process uses (pavao requires one policy).
+pub fn smb_options() -> SmbOptions {
+    SmbOptions::default()
+        .min_protocol(SmbDialect::Smb210)
+        .max_protocol(SmbDialect::Smb311)
+        .no_auto_anonymous_login(true)
+        .case_sensitive(false)
+}
+
+/// Builds a raw pavao client for `config` with the process-wide options and
+/// the given share mode. Tests use it to write files as a remitter would.
+pub fn new_client(config: &SmbConfig, share_mode: SmbShareMode) -> Result<SmbClient, SmbError> {
+    let client = SmbClient::new(
+        SmbCredentials::default()
+            .server(format!("smb://{}:{}", config.host, config.port))
+            .share(format!("/{}", config.share))
+            .username(&config.username)
+            .password(&config.password)
+            .workgroup(&config.domain),
+        smb_options().open_share_mode(share_mode),
+    )?;
+    client.set_timeout(config.timeout)?;
+    Ok(client)
+}
+
+/// The pavao path (`/a/b%20c`) of a share-relative path (`a/b c`).
+pub fn url_path(path: &str) -> String {
+    let mut out = String::new();
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        out.extend(utf8_percent_encode(seg, PATH_ESCAPE));
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+fn to_utc(t: SystemTime) -> DateTime<Utc> {
+    DateTime::<Utc>::from(t)
+}
+
+fn classify(op: &str, err: SmbError) -> SourceError {
+    match err {
+        SmbError::Io(e) => {
+            let message = e.to_string();
+            match e.raw_os_error() {
+                Some(libc_errno::ENOENT) | Some(libc_errno::ENOTDIR) => {
+                    SourceError::NotFound(op.to_string())
+                }
+                Some(libc_errno::EEXIST) => SourceError::AlreadyExists(op.to_string()),
+                Some(libc_errno::EACCES) | Some(libc_errno::EPERM) => {
+                    SourceError::PermissionDenied(op.to_string())
+                }
+                Some(libc_errno::EBUSY) | Some(libc_errno::ETXTBSY) => {
+                    SourceError::Busy(op.to_string())
+                }
+                _ => SourceError::Io {
+                    op: op.to_string(),
+                    message,
+                },
+            }
+        }
+        other => SourceError::Io {
+            op: op.to_string(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// The errno values we classify (Linux numbering, which libsmbclient uses here).
+mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EACCES: i32 = 13;
+    pub const EBUSY: i32 = 16;
+    pub const EEXIST: i32 = 17;
+    pub const ENOTDIR: i32 = 20;
+    pub const ETXTBSY: i32 = 26;
+}
+
+/// True for errors after which the native connection may be unusable.
+fn is_connection_error(e: &SourceError) -> bool {
+    matches!(e, SourceError::Io { .. } | SourceError::Timeout { .. })
+}
+
+impl SmbShare {
+    /// A share handle; nothing is connected until the first call.
+    pub fn new(config: SmbConfig) -> Self {
+        Self {
+            config,
+            clients: Mutex::new(None),
+        }
+    }
+
+    fn clients(&self) -> Result<Arc<Clients>, SourceError> {
+        let mut guard = self.clients.lock().map_err(|_| SourceError::Io {
+            op: "smb client".into(),
+            message: "client lock poisoned".into(),
+        })?;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let mk = |mode| new_client(&self.config, mode).map_err(|e| classify("connect", e));
+        let clients = Arc::new(Clients {
+            normal: mk(SmbShareMode::DenyNone)?,
+            probe: mk(SmbShareMode::DenyWrite)?,
+        });
+        *guard = Some(clients.clone());
+        Ok(clients)
+    }
+
+    fn reset(&self) {
+        if let Ok(mut g) = self.clients.lock() {
+            *g = None;
+        }
+    }
+
+    /// Runs `f` on a blocking thread with the share's clients, bounded by
+    /// `timeout`; a connection-level failure drops the clients for a rebuild.
+    async fn call<T, F>(
+        &self,
+        op: String,
+        timeout: Option<Duration>,
+        f: F,
+    ) -> Result<T, SourceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Clients) -> Result<T, SourceError> + Send + 'static,
+    {
+        let op_for_task = op.clone();
+        let clients = match self.clients() {
+            Ok(c) => c,
+            Err(e) => {
+                self.reset();
+                return Err(e);
+            }
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let _ = &op_for_task;
+            f(&clients)
+        });
+        let joined = match timeout {
+            Some(t) => match tokio::time::timeout(t, task).await {
+                Ok(j) => j,
+                Err(_) => {
+                    self.reset();
+                    return Err(SourceError::Timeout {
+                        op,
+                        secs: t.as_secs(),
+                    });
+                }
+            },
+            None => task.await,
+        };
+        let result = joined.map_err(|e| SourceError::Io {
+            op: op.clone(),
+            message: format!("blocking task failed: {e}"),
+        })?;
+        if let Err(e) = &result
+            && is_connection_error(e)
+        {
+            self.reset();
+        }
+        result
+    }
+
+    /// A raw pavao client with this share's settings, for tools and tests.
+    pub fn raw_client(&self, share_mode: SmbShareMode) -> Result<SmbClient, SourceError> {
+        new_client(&self.config, share_mode).map_err(|e| classify("connect", e))
+    }
+
+    /// Writes `bytes` to `path` (creating or truncating it).
+    pub async fn write_file(&self, path: &str, bytes: Vec<u8>) -> Result<(), SourceError> {
+        let p = path.to_string();
+        self.call(
+            format!("write {path}"),
+            Some(self.config.timeout),
+            move |c| write_bytes(&c.normal, &p, &bytes),
+        )
+        .await
+    }
+
+    /// Removes the file at `path`.
+    pub async fn remove_file(&self, path: &str) -> Result<(), SourceError> {
+        let p = path.to_string();
+        self.call(
+            format!("unlink {path}"),
+            Some(self.config.timeout),
+            move |c| {
+                c.normal
+                    .unlink(url_path(&p))
+                    .map_err(|e| classify(&format!("unlink {p}"), e))
+            },
+        )
+        .await
+    }
+}
+
+fn write_bytes(client: &SmbClient, path: &str, bytes: &[u8]) -> Result<(), SourceError> {
+    let op = format!("write {path}");
+    let mut f = client
+        .open_with(
+            url_path(path),
+            SmbOpenOptions::default()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .map_err(|e| classify(&op, e))?;
+    f.write_all(bytes)
+        .map_err(|e| classify(&op, SmbError::Io(e)))?;
+    Ok(())
+}
+
+fn stat_entry(client: &SmbClient, path: &str) -> Result<Entry, SourceError> {
+    let st = client
+        .stat(url_path(path))
+        .map_err(|e| classify(&format!("stat {path}"), e))?;
+    Ok(Entry {
+        name: path.rsplit('/').next().unwrap_or(path).to_string(),
+        is_dir: st.mode.is_dir(),
+        size: st.size,
+        mtime: to_utc(st.modified),
+        ctime: to_utc(st.created),
+    })
+}
+
+#[async_trait]
+impl FileSource for SmbShare {
+    async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError> {
+        let d = dir.to_string();
+        self.call(format!("list {dir}"), Some(self.config.timeout), move |c| {
+            match c.normal.list_dirplus(url_path(&d)) {
+                Ok(items) => Ok(items
+                    .into_iter()
+                    .map(|i| Entry {
+                        is_dir: i.get_type() == SmbDirentType::Dir,
+                        name: i.name,
+                        size: i.size,
+                        mtime: to_utc(i.mtime),
+                        ctime: to_utc(i.ctime),
+                    })
+                    .collect()),
+                // opendir reports no errno through pavao: stat tells why.
+                Err(SmbError::BadFileDescriptor) => match stat_entry(&c.normal, &d) {
+                    Ok(e) if !e.is_dir => {
+                        Err(SourceError::NotFound(format!("{d} is not a folder")))
+                    }
+                    Ok(_) => Err(SourceError::Io {
+                        op: format!("list {d}"),
+                        message: "the folder could not be opened".into(),
+                    }),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(classify(&format!("list {d}"), e)),
+            }
+        })
+        .await
+    }
+
+    async fn stat(&self, path: &str) -> Result<Entry, SourceError> {
+        let p = path.to_string();
+        self.call(
+            format!("stat {path}"),
+            Some(self.config.timeout),
+            move |c| stat_entry(&c.normal, &p),
+        )
+        .await
+    }
+
+    async fn open_for_write_elsewhere(&self, path: &str) -> Result<bool, SourceError> {
+        let p = path.to_string();
+        self.call(
+            format!("probe {path}"),
+            Some(self.config.timeout),
+            move |c| match c
+                .probe
+                .open_with(url_path(&p), SmbOpenOptions::default().read(true))
+            {
+                Ok(_file) => Ok(false),
+                Err(e) => match classify(&format!("probe {p}"), e) {
+                    SourceError::Busy(_) => Ok(true),
+                    other => Err(other),
+                },
+            },
+        )
+        .await
+    }
+
+    async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
+        let p = path.to_string();
+        let dest: PathBuf = dest.to_path_buf();
+        // No overall bound: each request is bounded by the native timeout.
+        self.call(format!("read {path}"), None, move |c| {
+            let op = format!("read {p}");
+            let mut f = c
+                .normal
+                .open_with(url_path(&p), SmbOpenOptions::default().read(true))
+                .map_err(|e| classify(&op, e))?;
+            let mut out = std::fs::File::create(&dest).map_err(|e| SourceError::Io {
+                op: format!("create spool file {}", dest.display()),
+                message: e.to_string(),
+            })?;
+            let mut hasher = Md5::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut size = 0u64;
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .map_err(|e| classify(&op, SmbError::Io(e)))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| SourceError::Io {
+                    op: format!("write spool file {}", dest.display()),
+                    message: e.to_string(),
+                })?;
+                size += n as u64;
+            }
+            Ok(Fetched {
+                md5: hex::encode(hasher.finalize()),
+                size,
+            })
+        })
+        .await
+    }
+
+    async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError> {
+        let d = dir.to_string();
+        self.call(
+            format!("mkdir {dir}"),
+            Some(self.config.timeout),
+            move |c| {
+                let mut cur = String::new();
+                for seg in d.split('/').filter(|s| !s.is_empty()) {
+                    if !cur.is_empty() {
+                        cur.push('/');
+                    }
+                    cur.push_str(seg);
+                    match stat_entry(&c.normal, &cur) {
+                        Ok(e) if e.is_dir => continue,
+                        Ok(_) => {
+                            return Err(SourceError::AlreadyExists(format!(
+                                "{cur} exists and is not a folder"
+                            )));
+                        }
+                        Err(SourceError::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                    match c.normal.mkdir(url_path(&cur), SmbMode::from(0o775)) {
+                        Ok(()) => {}
+                        Err(e) => match classify(&format!("mkdir {cur}"), e) {
+                            SourceError::AlreadyExists(_) => {}
+                            other => return Err(other),
+                        },
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    async fn rename_no_replace(&self, from: &str, to: &str) -> Result<(), SourceError> {
+        let (f, t) = (from.to_string(), to.to_string());
+        self.call(
+            format!("rename {from} -> {to}"),
+            Some(self.config.timeout),
+            move |c| {
+                match stat_entry(&c.normal, &t) {
+                    Ok(_) => return Err(SourceError::AlreadyExists(t)),
+                    Err(SourceError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                c.normal
+                    .rename(url_path(&f), url_path(&t))
+                    .map_err(|e| classify(&format!("rename {f} -> {t}"), e))
+            },
+        )
+        .await
+    }
+
+    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
+        self.mkdir_all(scratch_dir).await?;
+        let marker = super::join(&[scratch_dir, ".coordinator-clock"]);
+        self.call(
+            "server clock".to_string(),
+            Some(self.config.timeout),
+            move |c| {
+                let stamp = Utc::now().to_rfc3339();
+                write_bytes(&c.normal, &marker, stamp.as_bytes())?;
+                Ok(stat_entry(&c.normal, &marker)?.mtime)
+            },
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_path_escapes_what_libsmbclient_decodes() {
+        assert_eq!(url_path(""), "/");
+        assert_eq!(url_path("a/b.csv"), "/a/b.csv");
+        assert_eq!(url_path("r 1/50%?#&.csv"), "/r%201/50%25%3F%23%26.csv");
+        assert_eq!(url_path("ü/x"), "/%C3%BC/x");
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let c = SmbConfig {
+            host: "h".into(),
+            port: 445,
+            share: "s".into(),
+            username: "u".into(),
+            password: "hunter2".into(),
+            domain: String::new(),
+            timeout: Duration::from_secs(1),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}
