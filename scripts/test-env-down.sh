@@ -8,7 +8,7 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=lib/env.sh
+# shellcheck source-path=SCRIPTDIR source=lib/env.sh
 . "$SCRIPT_DIR/lib/env.sh"
 IT_LOG_TAG=test-env-down
 
@@ -48,7 +48,9 @@ stop_smbd() {
         return 0
     fi
     if ! group_is_ours "$pgid"; then
-        log "process group $pgid no longer belongs to $dir (pid reused?); not killing it"
+        if group_alive "$pgid"; then
+            log "process group $pgid no longer belongs to $dir (pid reused?); not killing it"
+        fi
         rm -f "$pidfile"
         return 0
     fi
@@ -70,6 +72,40 @@ stop_smbd() {
         log "WARNING: smbd process group $pgid survived SIGKILL"
     else
         rm -f "$pidfile"
+    fi
+}
+
+# --- other samba daemons using our smb.conf. smbd spawns samba-dcerpcd (+ rpcd_* workers)
+# on demand, e.g. for `smbclient -L`; they run in their own session/process group, so the
+# group kill above misses them. Match on the full path of our private smb.conf only.
+our_samba_pids() {
+    local conf="$dir/samba/smb.conf" f pid
+    for f in /proc/[0-9]*/cmdline; do
+        pid="${f#/proc/}"
+        pid="${pid%/cmdline}"
+        [[ "$pid" != "$$" ]] || continue
+        if tr '\0' ' ' <"$f" 2>/dev/null | grep -qF -- "$conf"; then
+            printf '%s\n' "$pid"
+        fi
+    done
+}
+
+stop_samba_helpers() {
+    local pids
+    pids="$(our_samba_pids)"
+    [[ -n "$pids" ]] || return 0
+    log "stopping remaining samba processes: ${pids//$'\n'/ }"
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    local deadline=$((SECONDS + 10))
+    while [[ -n "$(our_samba_pids)" ]] && ((SECONDS < deadline)); do
+        sleep 0.1
+    done
+    pids="$(our_samba_pids)"
+    if [[ -n "$pids" ]]; then
+        log "still alive after 10s, sending SIGKILL: ${pids//$'\n'/ }"
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
     fi
 }
 
@@ -95,6 +131,7 @@ stop_postgres() {
 }
 
 stop_smbd || true
+stop_samba_helpers || true
 stop_postgres || true
 
 if [[ "${IT_KEEP_ARTIFACTS:-0}" == 1 ]]; then

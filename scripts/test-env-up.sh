@@ -17,7 +17,7 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=lib/env.sh
+# shellcheck source-path=SCRIPTDIR source=lib/env.sh
 . "$SCRIPT_DIR/lib/env.sh"
 IT_LOG_TAG=test-env-up
 
@@ -116,8 +116,9 @@ EOF
     for attempt in 1 2 3; do
         port="$(free_port)" || die "no free port for postgres"
         log "starting postgres on 127.0.0.1:$port (attempt $attempt)"
-        if (cd / && runuser -u postgres -- "$PG_BIN/pg_ctl" start -D "$PG_DATA" -w -t 60 \
-            -l "$PG_LOG" -o "-p $port" </dev/null); then
+        # exec_detached: the postmaster must not inherit our fd 3 (the caller's stdout pipe).
+        if (cd / && exec_detached runuser -u postgres -- "$PG_BIN/pg_ctl" start -D "$PG_DATA" \
+            -w -t 60 -l "$PG_LOG" -o "-p $port" </dev/null); then
             pg_port="$port"
             break
         fi
@@ -213,7 +214,7 @@ for attempt in 1 2 3; do
     # fails ("Failed to create session") if it is already a group/session leader. Started
     # as a plain background child (no job control in this script) it becomes its own
     # session + process-group leader, so $! == its pid == the pgid test-env-down.sh kills.
-    smbd --foreground --debug-stdout -s "$SMB_CONF" </dev/null >>"$SMB_LOG" 2>&1 &
+    (exec_detached smbd --foreground --debug-stdout -s "$SMB_CONF") </dev/null >>"$SMB_LOG" 2>&1 &
     smbd_pid=$!
     printf '%s\n' "$smbd_pid" >"$STATE_DIR/smbd.pid"
     if wait_port 127.0.0.1 "$port" 20 "$smbd_pid"; then

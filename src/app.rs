@@ -40,6 +40,7 @@ pub fn build_engine(cfg: &Config) -> anyhow::Result<Arc<Engine>> {
         },
         tracker: TaskTracker::new(),
         instance: instance_name(),
+        passes_done: tokio::sync::watch::channel(0).0,
     }))
 }
 

@@ -188,3 +188,20 @@ ensure_packages() {
 env_export() {
     printf 'export %s=%q\n' "$1" "$2"
 }
+
+# exec_detached CMD [ARGS...]
+# Close every inherited file descriptor above 2, then exec CMD. Use it for anything
+# that outlives the calling script (daemons), typically as
+#   ( exec_detached smbd ... ) </dev/null >>log 2>&1 &
+# Otherwise the daemon keeps e.g. the pipe of a caller's `$(scripts/test-env-up.sh)`
+# open and the command substitution never returns.
+exec_detached() {
+    local fd n
+    for fd in /proc/self/fd/*; do
+        n="${fd##*/}"
+        [[ "$n" =~ ^[0-9]+$ ]] || continue
+        ((n > 2)) || continue
+        eval "exec ${n}>&-" 2>/dev/null || true
+    done
+    exec "$@"
+}

@@ -61,7 +61,15 @@ pub enum SourceError {
         /// The bound that elapsed.
         secs: u64,
     },
-    /// Connection, protocol or local I/O failure.
+    /// The connection to the server broke (aborted, reset, not connected).
+    #[error("connection lost during {op}: {message}")]
+    Disconnected {
+        /// Which operation, with its path.
+        op: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Protocol or local I/O failure.
     #[error("{op}: {message}")]
     Io {
         /// Which operation, with its path.

@@ -4,7 +4,9 @@
 //! process-wide lock, so each operation runs on a blocking thread and is
 //! bounded by a timeout. A client that failed with a connection-level error
 //! is dropped and rebuilt on the next call. pavao's `rename` overwrites an
-//! existing target, so [`SmbShare::rename_no_replace`] checks first.
+//! existing target, so `rename_no_replace` checks first. libsmbclient gives
+//! no way to see that another client holds a file open for writing (see
+//! `open_for_write_elsewhere`).
 
 use super::{Entry, Fetched, FileSource, SourceError};
 use async_trait::async_trait;
@@ -53,11 +55,9 @@ impl std::fmt::Debug for SmbConfig {
     }
 }
 
-/// The two native contexts the coordinator needs: a normal one, and one that
-/// opens with deny-write share mode to detect files still open for writing.
+/// The native context of this share (a struct so more contexts can join it).
 struct Clients {
     normal: SmbClient,
-    probe: SmbClient,
 }
 
 /// A share reached over SMB2/3 (see the module docs for the client's limits).
@@ -131,6 +131,16 @@ fn classify(op: &str, err: SmbError) -> SourceError {
                 Some(libc_errno::EBUSY) | Some(libc_errno::ETXTBSY) => {
                     SourceError::Busy(op.to_string())
                 }
+                Some(
+                    libc_errno::EPIPE
+                    | libc_errno::ECONNABORTED
+                    | libc_errno::ECONNRESET
+                    | libc_errno::ENOTCONN
+                    | libc_errno::ECONNREFUSED,
+                ) => SourceError::Disconnected {
+                    op: op.to_string(),
+                    message,
+                },
                 _ => SourceError::Io {
                     op: op.to_string(),
                     message,
@@ -153,11 +163,28 @@ mod libc_errno {
     pub const EEXIST: i32 = 17;
     pub const ENOTDIR: i32 = 20;
     pub const ETXTBSY: i32 = 26;
+    pub const EPIPE: i32 = 32;
+    pub const ECONNABORTED: i32 = 103;
+    pub const ECONNRESET: i32 = 104;
+    pub const ENOTCONN: i32 = 107;
+    pub const ECONNREFUSED: i32 = 111;
 }
 
 /// True for errors after which the native connection may be unusable.
 fn is_connection_error(e: &SourceError) -> bool {
-    matches!(e, SourceError::Io { .. } | SourceError::Timeout { .. })
+    matches!(
+        e,
+        SourceError::Io { .. } | SourceError::Timeout { .. } | SourceError::Disconnected { .. }
+    )
+}
+
+/// Whether an operation may simply be sent again on a fresh connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads and idempotent changes: one retry after a lost connection.
+    OnDisconnect,
+    /// Renames and writes: a lost answer may hide a success.
+    Never,
 }
 
 impl SmbShare {
@@ -180,7 +207,6 @@ impl SmbShare {
         let mk = |mode| new_client(&self.config, mode).map_err(|e| classify("connect", e));
         let clients = Arc::new(Clients {
             normal: mk(SmbShareMode::DenyNone)?,
-            probe: mk(SmbShareMode::DenyWrite)?,
         });
         *guard = Some(clients.clone());
         Ok(clients)
@@ -193,18 +219,40 @@ impl SmbShare {
     }
 
     /// Runs `f` on a blocking thread with the share's clients, bounded by
-    /// `timeout`; a connection-level failure drops the clients for a rebuild.
+    /// `timeout`. A connection-level failure drops the clients so the next
+    /// call reconnects; with [`Retry::OnDisconnect`] that happens once at once.
     async fn call<T, F>(
         &self,
         op: String,
         timeout: Option<Duration>,
+        retry: Retry,
         f: F,
     ) -> Result<T, SourceError>
     where
         T: Send + 'static,
-        F: FnOnce(&Clients) -> Result<T, SourceError> + Send + 'static,
+        F: Fn(&Clients) -> Result<T, SourceError> + Send + Sync + 'static,
     {
-        let op_for_task = op.clone();
+        let f = Arc::new(f);
+        let first = self.call_once(&op, timeout, f.clone()).await;
+        match first {
+            Err(SourceError::Disconnected { .. }) if retry == Retry::OnDisconnect => {
+                tracing::warn!(op = %op, "SMB connection lost; reconnecting once");
+                self.call_once(&op, timeout, f).await
+            }
+            other => other,
+        }
+    }
+
+    async fn call_once<T, F>(
+        &self,
+        op: &str,
+        timeout: Option<Duration>,
+        f: Arc<F>,
+    ) -> Result<T, SourceError>
+    where
+        T: Send + 'static,
+        F: Fn(&Clients) -> Result<T, SourceError> + Send + Sync + 'static,
+    {
         let clients = match self.clients() {
             Ok(c) => c,
             Err(e) => {
@@ -212,17 +260,14 @@ impl SmbShare {
                 return Err(e);
             }
         };
-        let task = tokio::task::spawn_blocking(move || {
-            let _ = &op_for_task;
-            f(&clients)
-        });
+        let task = tokio::task::spawn_blocking(move || f(&clients));
         let joined = match timeout {
             Some(t) => match tokio::time::timeout(t, task).await {
                 Ok(j) => j,
                 Err(_) => {
                     self.reset();
                     return Err(SourceError::Timeout {
-                        op,
+                        op: op.to_string(),
                         secs: t.as_secs(),
                     });
                 }
@@ -230,7 +275,7 @@ impl SmbShare {
             None => task.await,
         };
         let result = joined.map_err(|e| SourceError::Io {
-            op: op.clone(),
+            op: op.to_string(),
             message: format!("blocking task failed: {e}"),
         })?;
         if let Err(e) = &result
@@ -252,6 +297,7 @@ impl SmbShare {
         self.call(
             format!("write {path}"),
             Some(self.config.timeout),
+            Retry::OnDisconnect,
             move |c| write_bytes(&c.normal, &p, &bytes),
         )
         .await
@@ -263,6 +309,7 @@ impl SmbShare {
         self.call(
             format!("unlink {path}"),
             Some(self.config.timeout),
+            Retry::Never,
             move |c| {
                 c.normal
                     .unlink(url_path(&p))
@@ -306,32 +353,37 @@ fn stat_entry(client: &SmbClient, path: &str) -> Result<Entry, SourceError> {
 impl FileSource for SmbShare {
     async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError> {
         let d = dir.to_string();
-        self.call(format!("list {dir}"), Some(self.config.timeout), move |c| {
-            match c.normal.list_dirplus(url_path(&d)) {
-                Ok(items) => Ok(items
-                    .into_iter()
-                    .map(|i| Entry {
-                        is_dir: i.get_type() == SmbDirentType::Dir,
-                        name: i.name,
-                        size: i.size,
-                        mtime: to_utc(i.mtime),
-                        ctime: to_utc(i.ctime),
-                    })
-                    .collect()),
-                // opendir reports no errno through pavao: stat tells why.
-                Err(SmbError::BadFileDescriptor) => match stat_entry(&c.normal, &d) {
-                    Ok(e) if !e.is_dir => {
-                        Err(SourceError::NotFound(format!("{d} is not a folder")))
-                    }
-                    Ok(_) => Err(SourceError::Io {
-                        op: format!("list {d}"),
-                        message: "the folder could not be opened".into(),
-                    }),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(classify(&format!("list {d}"), e)),
-            }
-        })
+        self.call(
+            format!("list {dir}"),
+            Some(self.config.timeout),
+            Retry::OnDisconnect,
+            move |c| {
+                match c.normal.list_dirplus(url_path(&d)) {
+                    Ok(items) => Ok(items
+                        .into_iter()
+                        .map(|i| Entry {
+                            is_dir: i.get_type() == SmbDirentType::Dir,
+                            name: i.name,
+                            size: i.size,
+                            mtime: to_utc(i.mtime),
+                            ctime: to_utc(i.ctime),
+                        })
+                        .collect()),
+                    // opendir reports no errno through pavao: stat tells why.
+                    Err(SmbError::BadFileDescriptor) => match stat_entry(&c.normal, &d) {
+                        Ok(e) if !e.is_dir => {
+                            Err(SourceError::NotFound(format!("{d} is not a folder")))
+                        }
+                        Ok(_) => Err(SourceError::Io {
+                            op: format!("list {d}"),
+                            message: "the folder could not be opened".into(),
+                        }),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(classify(&format!("list {d}"), e)),
+                }
+            },
+        )
         .await
     }
 
@@ -340,66 +392,61 @@ impl FileSource for SmbShare {
         self.call(
             format!("stat {path}"),
             Some(self.config.timeout),
+            Retry::OnDisconnect,
             move |c| stat_entry(&c.normal, &p),
         )
         .await
     }
 
-    async fn open_for_write_elsewhere(&self, path: &str) -> Result<bool, SourceError> {
-        let p = path.to_string();
-        self.call(
-            format!("probe {path}"),
-            Some(self.config.timeout),
-            move |c| match c
-                .probe
-                .open_with(url_path(&p), SmbOpenOptions::default().read(true))
-            {
-                Ok(_file) => Ok(false),
-                Err(e) => match classify(&format!("probe {p}"), e) {
-                    SourceError::Busy(_) => Ok(true),
-                    other => Err(other),
-                },
-            },
-        )
-        .await
+    /// libsmbclient cannot tell: measured against Samba 4.17, its opens ignore
+    /// the context's share mode (a deny-write or deny-all open succeeds while
+    /// another client writes) and renames succeed on open files. Policy A
+    /// therefore rests on the age and the two looks for this source.
+    async fn open_for_write_elsewhere(&self, _path: &str) -> Result<bool, SourceError> {
+        Ok(false)
     }
 
     async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
         let p = path.to_string();
         let dest: PathBuf = dest.to_path_buf();
         // No overall bound: each request is bounded by the native timeout.
-        self.call(format!("read {path}"), None, move |c| {
-            let op = format!("read {p}");
-            let mut f = c
-                .normal
-                .open_with(url_path(&p), SmbOpenOptions::default().read(true))
-                .map_err(|e| classify(&op, e))?;
-            let mut out = std::fs::File::create(&dest).map_err(|e| SourceError::Io {
-                op: format!("create spool file {}", dest.display()),
-                message: e.to_string(),
-            })?;
-            let mut hasher = Md5::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut size = 0u64;
-            loop {
-                let n = f
-                    .read(&mut buf)
-                    .map_err(|e| classify(&op, SmbError::Io(e)))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).map_err(|e| SourceError::Io {
-                    op: format!("write spool file {}", dest.display()),
+        self.call(
+            format!("read {path}"),
+            None,
+            Retry::OnDisconnect,
+            move |c| {
+                let op = format!("read {p}");
+                let mut f = c
+                    .normal
+                    .open_with(url_path(&p), SmbOpenOptions::default().read(true))
+                    .map_err(|e| classify(&op, e))?;
+                let mut out = std::fs::File::create(&dest).map_err(|e| SourceError::Io {
+                    op: format!("create spool file {}", dest.display()),
                     message: e.to_string(),
                 })?;
-                size += n as u64;
-            }
-            Ok(Fetched {
-                md5: hex::encode(hasher.finalize()),
-                size,
-            })
-        })
+                let mut hasher = Md5::new();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut size = 0u64;
+                loop {
+                    let n = f
+                        .read(&mut buf)
+                        .map_err(|e| classify(&op, SmbError::Io(e)))?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    out.write_all(&buf[..n]).map_err(|e| SourceError::Io {
+                        op: format!("write spool file {}", dest.display()),
+                        message: e.to_string(),
+                    })?;
+                    size += n as u64;
+                }
+                Ok(Fetched {
+                    md5: hex::encode(hasher.finalize()),
+                    size,
+                })
+            },
+        )
         .await
     }
 
@@ -408,6 +455,7 @@ impl FileSource for SmbShare {
         self.call(
             format!("mkdir {dir}"),
             Some(self.config.timeout),
+            Retry::OnDisconnect,
             move |c| {
                 let mut cur = String::new();
                 for seg in d.split('/').filter(|s| !s.is_empty()) {
@@ -444,9 +492,10 @@ impl FileSource for SmbShare {
         self.call(
             format!("rename {from} -> {to}"),
             Some(self.config.timeout),
+            Retry::Never,
             move |c| {
                 match stat_entry(&c.normal, &t) {
-                    Ok(_) => return Err(SourceError::AlreadyExists(t)),
+                    Ok(_) => return Err(SourceError::AlreadyExists(t.clone())),
                     Err(SourceError::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
@@ -464,6 +513,7 @@ impl FileSource for SmbShare {
         self.call(
             "server clock".to_string(),
             Some(self.config.timeout),
+            Retry::OnDisconnect,
             move |c| {
                 let stamp = Utc::now().to_rfc3339();
                 write_bytes(&c.normal, &marker, stamp.as_bytes())?;

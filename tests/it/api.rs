@@ -1,0 +1,85 @@
+//! CONTRACT §4 around the runs: authentication, probes, and scan failures.
+
+use crate::helpers::{Opts, spawn_app};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_need_the_bearer_token_and_probes_do_not() {
+    let app = spawn_app(Opts::default()).await;
+    let url = format!("{}/api/v1/coordinator/runs", app.base_url);
+    let none = app.http.post(&url).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let body: serde_json::Value = none.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    let wrong = app
+        .http
+        .post(&url)
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(
+        app.count("runs").await,
+        0,
+        "no run for an unauthorized call"
+    );
+
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        (
+            body["database"]["ok"].as_bool(),
+            body["share"]["ok"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
+    app.finish().await;
+}
+
+/// A source folder that does not exist fails the run: 5xx, recorded, IQube told once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_source_folder_fails_the_run_and_notifies_once() {
+    let mut app = spawn_app(Opts::default()).await;
+    std::fs::remove_dir_all(app.local(&app.source_dir)).unwrap();
+    let (status, body) = app.trigger().await;
+    assert!((500..600).contains(&status), "{status} {body}");
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["error"], "scan_failed");
+    let run_id = body["run_id"].as_str().unwrap().to_string();
+    app.wait_background().await;
+    let stored: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1::uuid")
+        .bind(&run_id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, "failed");
+    app.eventually(30, "IQube told of the failed run", || async {
+        !app.fakes.iqube_calls().is_empty()
+    })
+    .await;
+    let calls = app.fakes.iqube_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body["event"], "run_failed");
+    assert_eq!(calls[0].body["run_id"], run_id.as_str());
+    assert!(calls[0].body["remitter"].is_null() && calls[0].body["file_name"].is_null());
+
+    // The share is back: the next run completes normally.
+    app.put("acme", "x.csv", b"x").await;
+    let body = app.run_ok().await;
+    assert_eq!(body["summary"]["processed"], 1, "{body}");
+    assert_eq!(app.fakes.iqube_calls().len(), 1);
+    app.finish().await;
+}

@@ -1,0 +1,385 @@
+//! `spawn_app` and friends: each test gets its own database, its own folder on
+//! the real Samba share, its own fakes and its own coordinator on a free port,
+//! and talks to the coordinator over HTTP.
+
+use crate::fakes::Fakes;
+use coordinator::app::{Server, start};
+use coordinator::config::{Config, ConfigArgs, DbArgs};
+use coordinator::source::FileSource;
+use coordinator::source::smb::{SmbConfig, SmbShare};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The servers the project's scripts started (scripts/test.sh).
+pub struct TestEnv {
+    pub smb: SmbConfig,
+    pub share_path: PathBuf,
+    pub database_url: String,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: the integration tests need the private Samba and Postgres. \
+             Run them with `scripts/test.sh` (it installs and starts both), or start them with \
+             `scripts/test-env-up.sh` and `source` the env file it prints."
+        )
+    })
+}
+
+impl TestEnv {
+    pub fn from_env() -> Self {
+        TestEnv {
+            smb: SmbConfig {
+                host: var("IT_SMB_HOST"),
+                port: var("IT_SMB_PORT").parse().expect("IT_SMB_PORT"),
+                share: var("IT_SMB_SHARE"),
+                username: var("IT_SMB_USERNAME"),
+                password: var("IT_SMB_PASSWORD"),
+                domain: String::new(),
+                timeout: Duration::from_secs(20),
+            },
+            share_path: PathBuf::from(var("IT_SMB_SHARE_PATH")),
+            database_url: var("DATABASE_URL"),
+        }
+    }
+}
+
+/// Per-test knobs of the coordinator.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub min_age_secs: f64,
+    pub interval_secs: f64,
+    pub foi_timeout_secs: f64,
+    pub foi_retries: u32,
+    /// Overrides the fake FOI URL (e.g. the resetting listener).
+    pub foi_url: Option<String>,
+    pub api_token: Option<String>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            min_age_secs: 0.0,
+            interval_secs: 0.0,
+            foi_timeout_secs: 10.0,
+            foi_retries: 0,
+            foi_url: None,
+            api_token: Some(format!("tok-{}", Uuid::new_v4())),
+        }
+    }
+}
+
+/// A coordinator under test with everything around it.
+pub struct TestApp {
+    pub base_url: String,
+    pub http: reqwest::Client,
+    pub token: Option<String>,
+    pub db: PgPool,
+    db_name: String,
+    admin_url: String,
+    /// Share-relative folder of this test.
+    pub root: String,
+    pub source_dir: String,
+    pub archive_dir: String,
+    pub share_path: PathBuf,
+    /// A separate SMB connection, writing as a remitter would.
+    pub remitter_share: Arc<SmbShare>,
+    pub fakes: Fakes,
+    pub server: Server,
+    passes: tokio::sync::watch::Receiver<u64>,
+}
+
+fn db_url_with_name(admin: &str, name: &str) -> String {
+    let mut u = reqwest::Url::parse(admin).expect("DATABASE_URL is a URL");
+    u.set_path(&format!("/{name}"));
+    u.to_string()
+}
+
+pub async fn spawn_app(opts: Opts) -> TestApp {
+    coordinator::telemetry::init();
+    let env = TestEnv::from_env();
+    let id = Uuid::new_v4().simple().to_string();
+    let db_name = format!("it_{id}");
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&env.database_url)
+        .await
+        .expect("connect to the test Postgres (DATABASE_URL)");
+    sqlx::query(&format!("CREATE DATABASE \"{db_name}\""))
+        .execute(&admin)
+        .await
+        .expect("create the test database");
+    admin.close().await;
+    let db_url = db_url_with_name(&env.database_url, &db_name);
+
+    let root = format!("it-{id}");
+    let source_dir = format!("{root}/source");
+    let archive_dir = format!("{root}/archive");
+    let remitter_share = Arc::new(SmbShare::new(env.smb.clone()));
+    remitter_share
+        .mkdir_all(&source_dir)
+        .await
+        .expect("create the test folder on the share over SMB");
+
+    let fakes = Fakes::start().await;
+    let args = ConfigArgs {
+        db: DbArgs {
+            database_url: Some(db_url.clone()),
+            database_url_file: None,
+        },
+        env: Some(
+            if opts.api_token.is_some() {
+                "dev"
+            } else {
+                "local"
+            }
+            .into(),
+        ),
+        bind_addr: Some("127.0.0.1:0".into()),
+        api_token: opts.api_token.clone(),
+        smb_host: Some(env.smb.host.clone()),
+        smb_port: Some(env.smb.port.to_string()),
+        smb_share: Some(env.smb.share.clone()),
+        smb_username: Some(env.smb.username.clone()),
+        smb_password: Some(env.smb.password.clone()),
+        smb_source_dir: Some(source_dir.clone()),
+        smb_archive_dir: Some(archive_dir.clone()),
+        foi_api_url: Some(opts.foi_url.clone().unwrap_or_else(|| fakes.foi_url())),
+        itm_api_url: Some(fakes.itm_url()),
+        iqube_api_url: Some(fakes.iqube_url()),
+        foi_timeout_secs: Some(opts.foi_timeout_secs.to_string()),
+        foi_retries: Some(opts.foi_retries.to_string()),
+        itm_timeout_secs: Some("10".into()),
+        iqube_timeout_secs: Some("5".into()),
+        stable_min_age_secs: Some(opts.min_age_secs.to_string()),
+        stable_check_interval_secs: Some(opts.interval_secs.to_string()),
+        max_concurrent_files: Some("4".into()),
+        housekeeping_interval_secs: Some("0".into()),
+        ..Default::default()
+    };
+    let cfg = Config::from_args(args).expect("valid test configuration");
+    let server = start(&cfg).await.expect("start the coordinator");
+    let passes = server.engine.passes_done.subscribe();
+    let db = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db_url)
+        .await
+        .expect("connect to the test database");
+    TestApp {
+        base_url: format!("http://{}", server.addr),
+        http: reqwest::Client::new(),
+        token: opts.api_token,
+        db,
+        db_name,
+        admin_url: env.database_url,
+        root,
+        source_dir,
+        archive_dir,
+        share_path: env.share_path,
+        remitter_share,
+        fakes,
+        server,
+        passes,
+    }
+}
+
+/// A row of `files`.
+#[derive(Debug, Clone)]
+pub struct FileRow {
+    pub id: i64,
+    pub remitter: String,
+    pub file_name: String,
+    pub base_name: String,
+    pub md5: String,
+    pub size: i64,
+    pub status: String,
+    pub archived: bool,
+}
+
+impl TestApp {
+    /// Writes a file into a remitter folder over SMB.
+    pub async fn put(&self, remitter: &str, name: &str, bytes: &[u8]) {
+        let dir = format!("{}/{remitter}", self.source_dir);
+        self.remitter_share
+            .mkdir_all(&dir)
+            .await
+            .expect("mkdir over SMB");
+        self.remitter_share
+            .write_file(&format!("{dir}/{name}"), bytes.to_vec())
+            .await
+            .expect("write over SMB");
+    }
+
+    /// `POST /api/v1/coordinator/runs` with the token.
+    pub async fn trigger(&self) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/api/v1/coordinator/runs", self.base_url));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("call the coordinator");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("JSON answer"))
+    }
+
+    /// Triggers a run, expects 200, and waits for its background pass.
+    pub async fn run_ok(&mut self) -> Value {
+        let (status, body) = self.trigger().await;
+        assert_eq!(status, 200, "run answered {status}: {body}");
+        assert_eq!(body["status"], "completed", "{body}");
+        self.wait_background().await;
+        body
+    }
+
+    /// Waits until every background pass scheduled so far has finished.
+    pub async fn wait_background(&mut self) {
+        let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE status <> 'running'")
+            .fetch_one(&self.db)
+            .await
+            .unwrap();
+        let want = runs as u64;
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            self.passes.wait_for(|n| *n >= want),
+        )
+        .await
+        .expect("background pass did not finish within 60 s")
+        .expect("engine gone");
+    }
+
+    pub async fn files(&self) -> Vec<FileRow> {
+        sqlx::query("SELECT id, remitter, file_name, base_name, md5, size, status, archived_at IS NOT NULL AS archived FROM files ORDER BY id")
+            .fetch_all(&self.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| FileRow {
+                id: r.get("id"),
+                remitter: r.get("remitter"),
+                file_name: r.get("file_name"),
+                base_name: r.get("base_name"),
+                md5: r.get("md5"),
+                size: r.get("size"),
+                status: r.get("status"),
+                archived: r.get("archived"),
+            })
+            .collect()
+    }
+
+    /// Statuses of a file's events, in order.
+    pub async fn events(&self, file_id: i64) -> Vec<String> {
+        sqlx::query_scalar("SELECT status FROM file_events WHERE file_id = $1 ORDER BY id")
+            .bind(file_id)
+            .fetch_all(&self.db)
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Backing path of a share-relative path.
+    pub fn local(&self, rel: &str) -> PathBuf {
+        self.share_path.join(rel)
+    }
+
+    pub fn in_source(&self, remitter: &str, name: &str) -> bool {
+        self.local(&format!("{}/{remitter}/{name}", self.source_dir))
+            .is_file()
+    }
+
+    pub fn in_archive(&self, remitter: &str, name: &str) -> bool {
+        self.local(&format!("{}/{remitter}/{name}", self.archive_dir))
+            .is_file()
+    }
+
+    /// Names in the archive folder of a remitter.
+    pub fn archive_names(&self, remitter: &str) -> Vec<String> {
+        let dir = self.local(&format!("{}/{remitter}", self.archive_dir));
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Polls `check` until it holds or `secs` pass.
+    pub async fn eventually<F, Fut>(&self, secs: u64, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if check().await {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("not within {secs}s: {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the coordinator and removes the test's database and share folder
+    /// (kept when IT_KEEP_ARTIFACTS=1).
+    pub async fn finish(self) {
+        self.server.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.server.done).await;
+        self.db.close().await;
+        if std::env::var("IT_KEEP_ARTIFACTS").as_deref() == Ok("1") {
+            eprintln!(
+                "kept: database {} and share folder {}",
+                self.db_name,
+                self.share_path.join(&self.root).display()
+            );
+            return;
+        }
+        let _ = std::fs::remove_dir_all(self.share_path.join(&self.root));
+        if let Ok(admin) = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.admin_url)
+            .await
+        {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.db_name
+            ))
+            .execute(&admin)
+            .await;
+            admin.close().await;
+        }
+    }
+}
+
+/// The summary entry of one file.
+pub fn decision_of<'a>(body: &'a Value, remitter: &str, name: &str) -> &'a Value {
+    body["summary"]["files"]
+        .as_array()
+        .and_then(|fs| {
+            fs.iter()
+                .find(|f| f["remitter"] == remitter && f["file_name"] == name)
+        })
+        .unwrap_or_else(|| panic!("no summary entry for {remitter}/{name} in {body}"))
+}
+
+/// Hex MD5 of bytes.
+pub fn md5_hex(bytes: &[u8]) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(bytes))
+}

@@ -1,0 +1,14 @@
+//! Integration suite: the seed matrix (`../shared/seeds/000_daa870a8e339852a.txt`)
+//! against a real Samba share and a real Postgres, with the coordinator called
+//! over HTTP and the downstream services faked in this process.
+
+mod fakes;
+mod helpers;
+
+mod api;
+mod extraction_failures;
+mod happy_path;
+mod itm_failure;
+mod policy_a;
+mod temp_files;
+mod versions;
