@@ -83,3 +83,25 @@ async fn missing_source_folder_fails_the_run_and_notifies_once() {
     assert_eq!(app.fakes.iqube_calls().len(), 1);
     app.finish().await;
 }
+
+/// One run at a time: a trigger during a run answers 409 naming the running run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_trigger_during_a_run_gets_409() {
+    let mut app = spawn_app(Opts {
+        interval_secs: 2.0,
+        ..Opts::default()
+    })
+    .await;
+    app.put("acme", "x.csv", b"x").await;
+    let ((s1, b1), (s2, b2)) = tokio::join!(app.trigger(), async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        app.trigger().await
+    });
+    assert_eq!((s1, s2), (200, 409), "{b1} {b2}");
+    assert_eq!(b2["error"], "run_in_progress");
+    assert_eq!(b2["run_id"], b1["run_id"]);
+    app.wait_background().await;
+    assert_eq!(app.fakes.foi_calls().len(), 1);
+    assert_eq!(app.count("runs").await, 1);
+    app.finish().await;
+}

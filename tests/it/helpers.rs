@@ -101,7 +101,51 @@ fn db_url_with_name(admin: &str, name: &str) -> String {
     u.to_string()
 }
 
+/// Everything around a coordinator, before it starts: database, share
+/// folder, fakes and the configuration pointing at them.
+pub struct Prepared {
+    pub args: ConfigArgs,
+    pub db_url: String,
+    pub db_name: String,
+    pub admin_url: String,
+    pub root: String,
+    pub source_dir: String,
+    pub archive_dir: String,
+    pub share_path: PathBuf,
+    pub remitter_share: Arc<SmbShare>,
+    pub fakes: Fakes,
+    pub token: Option<String>,
+}
+
 pub async fn spawn_app(opts: Opts) -> TestApp {
+    let p = prepare(opts).await;
+    let cfg = Config::from_args(p.args.clone()).expect("valid test configuration");
+    let server = start(&cfg).await.expect("start the coordinator");
+    let passes = server.engine.passes_done.subscribe();
+    let db = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&p.db_url)
+        .await
+        .expect("connect to the test database");
+    TestApp {
+        base_url: format!("http://{}", server.addr),
+        http: reqwest::Client::new(),
+        token: p.token,
+        db,
+        db_name: p.db_name,
+        admin_url: p.admin_url,
+        root: p.root,
+        source_dir: p.source_dir,
+        archive_dir: p.archive_dir,
+        share_path: p.share_path,
+        remitter_share: p.remitter_share,
+        fakes: p.fakes,
+        server,
+        passes,
+    }
+}
+
+pub async fn prepare(opts: Opts) -> Prepared {
     coordinator::telemetry::init();
     let env = TestEnv::from_env();
     let id = Uuid::new_v4().simple().to_string();
@@ -163,19 +207,9 @@ pub async fn spawn_app(opts: Opts) -> TestApp {
         housekeeping_interval_secs: Some("0".into()),
         ..Default::default()
     };
-    let cfg = Config::from_args(args).expect("valid test configuration");
-    let server = start(&cfg).await.expect("start the coordinator");
-    let passes = server.engine.passes_done.subscribe();
-    let db = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&db_url)
-        .await
-        .expect("connect to the test database");
-    TestApp {
-        base_url: format!("http://{}", server.addr),
-        http: reqwest::Client::new(),
-        token: opts.api_token,
-        db,
+    Prepared {
+        args,
+        db_url,
         db_name,
         admin_url: env.database_url,
         root,
@@ -184,8 +218,7 @@ pub async fn spawn_app(opts: Opts) -> TestApp {
         share_path: env.share_path,
         remitter_share,
         fakes,
-        server,
-        passes,
+        token: opts.api_token,
     }
 }
 

@@ -6,6 +6,7 @@ mod fakes;
 mod helpers;
 
 mod api;
+mod binary;
 mod extraction_failures;
 mod happy_path;
 mod itm_failure;
