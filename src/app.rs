@@ -13,10 +13,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Builds the engine and its clients; connects nothing yet.
-pub fn build_engine(cfg: &Config) -> anyhow::Result<Arc<Engine>> {
-    let store =
-        PgStore::connect_lazy(cfg.database_url.expose()).context("setting up the database pool")?;
+/// Connects to Postgres and applies the migrations.
+pub async fn migrated_store(url: &str) -> anyhow::Result<PgStore> {
+    let store = PgStore::connect_lazy(url).context("setting up the database pool")?;
+    store
+        .migrate()
+        .await
+        .context("applying database migrations")?;
+    Ok(store)
+}
+
+/// Builds the engine and its clients around `store`; connects nothing else yet.
+pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>> {
     let foi = FoiClient::new(cfg.foi_url.clone(), cfg.foi_timeout, cfg.foi_retries)
         .context("building the FOI client")?;
     let itm =
@@ -25,7 +33,7 @@ pub fn build_engine(cfg: &Config) -> anyhow::Result<Arc<Engine>> {
         .context("building the IQube client")?;
     Ok(Arc::new(Engine {
         source: Arc::new(SmbShare::new(cfg.smb.clone())),
-        store,
+        store: Arc::new(store),
         foi: Arc::new(foi),
         itm: Arc::new(itm),
         iqube: Arc::new(iqube),
@@ -64,12 +72,8 @@ pub struct Server {
 /// Migrates, binds `cfg.bind_addr` and serves until `shutdown` is cancelled;
 /// then waits for in-flight runs and background passes.
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
-    let engine = build_engine(cfg)?;
-    engine
-        .store
-        .migrate()
-        .await
-        .context("applying database migrations")?;
+    let store = migrated_store(cfg.database_url.expose()).await?;
+    let engine = build_engine(cfg, store)?;
     let listener = TcpListener::bind(cfg.bind_addr)
         .await
         .with_context(|| format!("binding {}", cfg.bind_addr))?;
@@ -150,12 +154,8 @@ async fn shutdown_signal() {
 /// `coordinator run`: one run, summary on stdout, background pass awaited.
 /// Returns the process exit code.
 pub async fn run_once(cfg: Config) -> anyhow::Result<i32> {
-    let engine = build_engine(&cfg)?;
-    engine
-        .store
-        .migrate()
-        .await
-        .context("applying database migrations")?;
+    let store = migrated_store(cfg.database_url.expose()).await?;
+    let engine = build_engine(&cfg, store)?;
     let result = engine.run("cli").await;
     engine.tracker.close();
     engine.tracker.wait().await;
@@ -181,11 +181,7 @@ pub async fn run_once(cfg: Config) -> anyhow::Result<i32> {
 
 /// `coordinator migrate`.
 pub async fn migrate(url: &str) -> anyhow::Result<()> {
-    let store = PgStore::connect_lazy(url)?;
-    store
-        .migrate()
-        .await
-        .context("applying database migrations")?;
+    migrated_store(url).await?;
     tracing::info!("migrations applied");
     Ok(())
 }

@@ -9,7 +9,7 @@ use crate::plan::{self, Group};
 use crate::process::{FileReport, Processor};
 use crate::scan::{self, Candidate, names::TempNameFilter};
 use crate::source::FileSource;
-use crate::store::{PgStore, RunStart};
+use crate::store::{RunStart, Store};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
@@ -129,7 +129,7 @@ pub struct Engine {
     /// The share.
     pub source: Arc<dyn FileSource>,
     /// Postgres.
-    pub store: PgStore,
+    pub store: Arc<dyn Store>,
     /// FOI.
     pub foi: Arc<dyn Extractor>,
     /// ITM.
@@ -431,3 +431,7 @@ pub fn run_failed_payload(run_id: Uuid, reason: &str) -> serde_json::Value {
         "run_id": run_id,
     })
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

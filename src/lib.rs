@@ -15,3 +15,5 @@ pub mod scan;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+pub mod testing;

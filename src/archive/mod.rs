@@ -5,7 +5,7 @@
 use crate::downstream::Notifier;
 use crate::scan::Candidate;
 use crate::source::{FileSource, SourceError, join};
-use crate::store::PgStore;
+use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub struct Archiver {
     /// The share.
     pub source: Arc<dyn FileSource>,
     /// Postgres.
-    pub store: PgStore,
+    pub store: Arc<dyn Store>,
     /// IQube.
     pub iqube: Arc<dyn Notifier>,
     /// Share-relative source folder.

@@ -6,7 +6,7 @@ use crate::domain::{Decision, FileStatus};
 use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Submitter};
 use crate::scan::Candidate;
 use crate::source::FileSource;
-use crate::store::{Claim, PgStore};
+use crate::store::{Claim, Store};
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -77,7 +77,7 @@ pub struct Processor {
     /// The share.
     pub source: Arc<dyn FileSource>,
     /// Postgres.
-    pub store: PgStore,
+    pub store: Arc<dyn Store>,
     /// FOI.
     pub foi: Arc<dyn Extractor>,
     /// ITM.

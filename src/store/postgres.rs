@@ -1,0 +1,471 @@
+//! The Postgres store. The unique key `(remitter, file_name, md5)` makes two
+//! concurrent claims of one version impossible; session advisory locks make
+//! one run, and one housekeeping pass, at a time across every instance.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row};
+use std::time::Duration;
+use uuid::Uuid;
+
+use super::{
+    ArchiveCandidate, Claim, Guard, KnownVersion, PendingNotification, RunLock, RunStart, Store,
+    StoreError,
+};
+use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
+use async_trait::async_trait;
+
+/// Embedded migrations (`migrations/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+const RUN_LOCK_KEY: i64 = 0x636f_6f72_6401; // "coord" + 1
+const HOUSEKEEPING_LOCK_KEY: i64 = 0x636f_6f72_6402;
+
+trait Step<T> {
+    fn step(self, step: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Step<T> for Result<T, sqlx::Error> {
+    fn step(self, step: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Query { step, source })
+    }
+}
+
+/// Holds the run lock (a session advisory lock on a dedicated connection).
+pub struct RunLease {
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl Drop for RunLease {
+    fn drop(&mut self) {
+        // Never return a locked connection to the pool: closing it frees the lock.
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
+#[async_trait]
+impl RunLock for RunLease {
+    async fn release(mut self: Box<Self>) {
+        if let Some(mut conn) = self.conn.take() {
+            let ok = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(RUN_LOCK_KEY)
+                .execute(&mut *conn)
+                .await
+                .is_ok();
+            if !ok {
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
+/// The Postgres store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects lazily: the pool opens connections on first use, so `serve`
+    /// starts even while the database is down.
+    pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy(url)
+            .step("parsing DATABASE_URL")?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool, for tests and tools.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    /// True when a trivial query answers.
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .step("ping")?;
+        Ok(())
+    }
+
+    /// Takes the run lock and records the run as running, or says who holds it.
+    async fn begin_run(
+        &self,
+        run_id: Uuid,
+        trigger: &str,
+        instance: &str,
+    ) -> Result<RunStart, StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .step("acquiring a connection for the run lock")?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RUN_LOCK_KEY)
+            .fetch_one(&mut *conn)
+            .await
+            .step("taking the run lock")?;
+        if !got {
+            drop(conn);
+            let running: Option<Uuid> = sqlx::query_scalar(
+                "SELECT id FROM runs WHERE status = 'running' ORDER BY started_at DESC LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await
+            .step("finding the running run")?;
+            return Ok(RunStart::Busy(running));
+        }
+        let lease = RunLease { conn: Some(conn) };
+        // Whoever held the lock before us is gone: its run did not finish.
+        sqlx::query(
+            "UPDATE runs SET status = 'abandoned', finished_at = now(), \
+             message = 'the process running it stopped before it finished' WHERE status = 'running'",
+        )
+        .execute(&self.pool)
+        .await
+        .step("closing abandoned runs")?;
+        sqlx::query(
+            "INSERT INTO runs (id, status, trigger, instance) VALUES ($1, 'running', $2, $3)",
+        )
+        .bind(run_id)
+        .bind(trigger)
+        .bind(instance)
+        .execute(&self.pool)
+        .await
+        .step("recording the run")?;
+        Ok(RunStart::Started(Box::new(lease)))
+    }
+
+    /// Records a run's end; a failed run gets its `run_failed` notification in the same transaction.
+    async fn finish_run(
+        &self,
+        run_id: Uuid,
+        status: &str,
+        summary: &Value,
+        error: Option<(&str, &str)>,
+        notification: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.step("starting a transaction")?;
+        sqlx::query(
+            "UPDATE runs SET status = $2, finished_at = now(), summary = $3, error = $4, message = $5 WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(status)
+        .bind(summary)
+        .bind(error.map(|e| e.0))
+        .bind(error.map(|e| e.1))
+        .execute(&mut *tx)
+        .await
+        .step("recording the run's outcome")?;
+        if let Some(payload) = notification {
+            enqueue(
+                &mut tx,
+                &format!("run_failed:{run_id}"),
+                None,
+                Some(run_id),
+                payload,
+            )
+            .await?;
+        }
+        tx.commit().await.step("committing the run's outcome")?;
+        Ok(())
+    }
+
+    /// Stored versions for these `(remitter, file_name)` pairs: one query per scan.
+    async fn known_versions(
+        &self,
+        names: &[(String, String)],
+    ) -> Result<Vec<KnownVersion>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (rs, fs): (Vec<String>, Vec<String>) = names.iter().cloned().unzip();
+        let rows = sqlx::query(
+            "SELECT f.id, f.remitter, f.file_name, f.size, f.mtime, f.status FROM files f \
+             JOIN unnest($1::text[], $2::text[]) AS n(remitter, file_name) \
+             ON f.remitter = n.remitter AND f.file_name = n.file_name",
+        )
+        .bind(&rs)
+        .bind(&fs)
+        .fetch_all(&self.pool)
+        .await
+        .step("looking up known versions")?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(KnownVersion {
+                    id: r.try_get("id")?,
+                    remitter: r.try_get("remitter")?,
+                    file_name: r.try_get("file_name")?,
+                    size: r.try_get("size")?,
+                    mtime: r.try_get("mtime")?,
+                    status: r.try_get("status")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .step("reading known versions")
+    }
+
+    /// Claims a file version: a new row in `processing` with its first event,
+    /// or the existing row (whose size and last-write time are refreshed so the
+    /// next scan skips it without a download).
+    #[allow(clippy::too_many_arguments)]
+    async fn claim(
+        &self,
+        run_id: Uuid,
+        remitter: &str,
+        file_name: &str,
+        base_name: &str,
+        md5: &str,
+        size: i64,
+        mtime: DateTime<Utc>,
+    ) -> Result<Claim, StoreError> {
+        let mut tx = self.pool.begin().await.step("starting a transaction")?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, run_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'processing', $7) \
+             ON CONFLICT ON CONSTRAINT files_version_key DO NOTHING RETURNING id",
+        )
+        .bind(remitter)
+        .bind(file_name)
+        .bind(base_name)
+        .bind(md5)
+        .bind(size)
+        .bind(mtime)
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .step("claiming the file")?;
+        let claim = match id {
+            Some(id) => {
+                insert_event(
+                    &mut tx,
+                    id,
+                    FileStatus::Processing.as_str(),
+                    &serde_json::json!({"run_id": run_id}),
+                )
+                .await?;
+                Claim::New(id)
+            }
+            None => {
+                let row = sqlx::query(
+                    "UPDATE files SET size = $4, mtime = $5 \
+                     WHERE remitter = $1 AND file_name = $2 AND md5 = $3 RETURNING id, status",
+                )
+                .bind(remitter)
+                .bind(file_name)
+                .bind(md5)
+                .bind(size)
+                .bind(mtime)
+                .fetch_one(&mut *tx)
+                .await
+                .step("reading the existing claim")?;
+                Claim::Exists {
+                    id: row.try_get("id").step("reading the existing claim")?,
+                    status: row.try_get("status").step("reading the existing claim")?,
+                }
+            }
+        };
+        tx.commit().await.step("committing the claim")?;
+        Ok(claim)
+    }
+
+    /// Sets a file's status with its event, and queues its notification in the same transaction.
+    async fn set_status(
+        &self,
+        file_id: i64,
+        status: FileStatus,
+        detail: &Value,
+        notification: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.step("starting a transaction")?;
+        sqlx::query("UPDATE files SET status = $2, updated_at = now() WHERE id = $1")
+            .bind(file_id)
+            .bind(status.as_str())
+            .execute(&mut *tx)
+            .await
+            .step("updating the file status")?;
+        insert_event(&mut tx, file_id, status.as_str(), detail).await?;
+        if let Some(payload) = notification {
+            enqueue(
+                &mut tx,
+                &format!("file_failed:{file_id}"),
+                Some(file_id),
+                None,
+                payload,
+            )
+            .await?;
+        }
+        tx.commit().await.step("committing the file status")?;
+        Ok(())
+    }
+
+    /// Notifications not yet delivered, oldest first.
+    async fn pending_notifications(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<PendingNotification>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, dedupe_key, payload FROM notifications WHERE delivered_at IS NULL ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .step("listing pending notifications")?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(PendingNotification {
+                    id: r.try_get("id")?,
+                    key: r.try_get("dedupe_key")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .step("reading pending notifications")
+    }
+
+    /// Records a delivery attempt.
+    async fn notification_attempted(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE notifications SET attempts = attempts + 1, last_error = $2, \
+             delivered_at = CASE WHEN $2::text IS NULL THEN now() ELSE NULL END WHERE id = $1",
+        )
+        .bind(id)
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .step("recording a notification attempt")?;
+        Ok(())
+    }
+
+    /// Files whose status makes them due for the archive and that are not archived yet.
+    async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, remitter, file_name, size, mtime FROM files \
+             WHERE archived_at IS NULL AND (status = 'success' OR status LIKE 'ops\\_%') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .step("listing files to archive")?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(ArchiveCandidate {
+                    id: r.try_get("id")?,
+                    remitter: r.try_get("remitter")?,
+                    file_name: r.try_get("file_name")?,
+                    size: r.try_get("size")?,
+                    mtime: r.try_get("mtime")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .step("reading files to archive")
+    }
+
+    /// Records an archive move: `archived_at` and one `archive_succeeded` event.
+    async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.step("starting a transaction")?;
+        let updated = sqlx::query(
+            "UPDATE files SET archived_at = now(), archive_path = $2 WHERE id = $1 AND archived_at IS NULL",
+        )
+        .bind(file_id)
+        .bind(archive_path)
+        .execute(&mut *tx)
+        .await
+        .step("recording the archive move")?;
+        if updated.rows_affected() == 1 {
+            insert_event(
+                &mut tx,
+                file_id,
+                ARCHIVE_SUCCEEDED,
+                &serde_json::json!({"archive_path": archive_path}),
+            )
+            .await?;
+        }
+        tx.commit().await.step("committing the archive move")?;
+        Ok(())
+    }
+
+    async fn try_housekeeping_lock(&self) -> Result<Option<Guard>, StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .step("acquiring a connection for housekeeping")?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(HOUSEKEEPING_LOCK_KEY)
+            .fetch_one(&mut *conn)
+            .await
+            .step("taking the housekeeping lock")?;
+        Ok(got.then(|| Box::new(HousekeepingLease { conn: Some(conn) }) as Guard))
+    }
+}
+
+/// Holds the housekeeping lock; dropping it closes the connection, which frees the lock.
+pub struct HousekeepingLease {
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl Drop for HousekeepingLease {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    file_id: i64,
+    status: &str,
+    detail: &Value,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO file_events (file_id, status, detail) VALUES ($1, $2, $3)")
+        .bind(file_id)
+        .bind(status)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await
+        .step("recording a file event")?;
+    Ok(())
+}
+
+async fn enqueue(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    key: &str,
+    file_id: Option<i64>,
+    run_id: Option<Uuid>,
+    payload: &Value,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO notifications (dedupe_key, file_id, run_id, payload) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(file_id)
+    .bind(run_id)
+    .bind(payload)
+    .execute(&mut **tx)
+    .await
+    .step("queueing a notification")?;
+    Ok(())
+}
