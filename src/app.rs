@@ -54,7 +54,8 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
 
 fn instance_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "coordinator".into());
-    format!("{host}:{}", std::process::id())
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &tag[..8])
 }
 
 /// A started HTTP server (used by `serve` and by the integration tests).

@@ -92,6 +92,8 @@ pub struct TestApp {
     pub remitter_share: Arc<SmbShare>,
     pub fakes: Fakes,
     pub server: Server,
+    /// The configuration the coordinator was started with.
+    pub args: ConfigArgs,
     passes: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -141,6 +143,7 @@ pub async fn spawn_app(opts: Opts) -> TestApp {
         remitter_share: p.remitter_share,
         fakes: p.fakes,
         server,
+        args: p.args,
         passes,
     }
 }
@@ -273,10 +276,13 @@ impl TestApp {
 
     /// Waits until every background pass scheduled so far has finished.
     pub async fn wait_background(&mut self) {
-        let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE status <> 'running'")
-            .fetch_one(&self.db)
-            .await
-            .unwrap();
+        let runs: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM runs WHERE status <> 'running' AND instance = $1",
+        )
+        .bind(&self.server.engine.instance)
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
         let want = runs as u64;
         tokio::time::timeout(
             Duration::from_secs(60),
@@ -367,6 +373,12 @@ impl TestApp {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Starts a second coordinator on the same database and share.
+    pub async fn start_another(&self) -> Server {
+        let cfg = Config::from_args(self.args.clone()).expect("valid test configuration");
+        start(&cfg).await.expect("start another coordinator")
     }
 
     /// Stops the coordinator and removes the test's database and share folder

@@ -8,6 +8,7 @@ mod helpers;
 mod api;
 mod binary;
 mod extraction_failures;
+mod faults;
 mod happy_path;
 mod itm_failure;
 mod policy_a;

@@ -1,0 +1,220 @@
+//! Faults and awkward input against the real share and database: what an
+//! operator sees when the archive is not writable, a file cannot be read,
+//! names are unusual, or two coordinators share one database.
+
+use crate::helpers::{Opts, decision_of, md5_hex, spawn_app};
+use coordinator::source::FileSource;
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The archive folder is not writable: the run still answers 200, the file
+/// stays in source with its status, and a later pass archives it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_failure_is_retried_by_the_next_pass() {
+    let mut app = spawn_app(Opts::default()).await;
+    app.put("acme", "remit.csv", b"content").await;
+    let blocked = format!("{}/acme", app.archive_dir);
+    app.remitter_share.mkdir_all(&blocked).await.unwrap();
+    chmod(&app.local(&blocked), 0o555);
+
+    let body = app.run_ok().await;
+    assert_eq!(decision_of(&body, "acme", "remit.csv")["status"], "success");
+    assert!(app.in_source("acme", "remit.csv"));
+    let rows = app.files().await;
+    assert!(!rows[0].archived);
+    assert_eq!(app.events(rows[0].id).await, ["processing", "success"]);
+
+    chmod(&app.local(&blocked), 0o775);
+    let body = app.run_ok().await;
+    assert_eq!(body["summary"]["already_processed"], 1, "{body}");
+    app.eventually(30, "archived on retry", || async {
+        app.in_archive("acme", "remit.csv")
+    })
+    .await;
+    assert!(!app.in_source("acme", "remit.csv"));
+    app.run_ok().await;
+    assert_eq!(
+        app.events(rows[0].id).await,
+        ["processing", "success", "archive_succeeded"]
+    );
+    assert_eq!(app.fakes.itm_calls().len(), 1);
+    app.finish().await;
+}
+
+/// A file the coordinator may not read: reported as an error, nothing sent,
+/// no claim left; the other files go through; once readable it is processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_file_is_an_error_and_picked_up_once_readable() {
+    let mut app = spawn_app(Opts::default()).await;
+    app.put("acme", "locked.csv", b"locked").await;
+    app.put("acme", "fine.csv", b"fine").await;
+    let locked = app.local(&format!("{}/acme/locked.csv", app.source_dir));
+    chmod(&locked, 0o000);
+
+    let body = app.run_ok().await;
+    let d = decision_of(&body, "acme", "locked.csv");
+    assert_eq!(d["decision"], "error", "{body}");
+    assert!(
+        d["reason"].as_str().unwrap().contains("download failed"),
+        "{d}"
+    );
+    assert_eq!(decision_of(&body, "acme", "fine.csv")["status"], "success");
+    assert_eq!(body["summary"]["errors"], 1);
+    let names: Vec<String> = app.files().await.into_iter().map(|r| r.file_name).collect();
+    assert_eq!(names, ["fine.csv"], "no claim for the unreadable file");
+    let sent: Vec<String> = app
+        .fakes
+        .foi_calls()
+        .into_iter()
+        .map(|c| c.file_name)
+        .collect();
+    assert_eq!(sent, ["fine.csv"]);
+
+    chmod(&locked, 0o664);
+    let body = app.run_ok().await;
+    assert_eq!(
+        decision_of(&body, "acme", "locked.csv")["status"],
+        "success",
+        "{body}"
+    );
+    assert_eq!(app.fakes.foi_calls().len(), 2);
+    app.finish().await;
+}
+
+/// Unicode, spaces, `#`, `%`, `&`, quotes and a long name in remitter and file
+/// names: the FOI URL is percent-encoded, SQL parameterised, names kept exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_names_go_through_unchanged() {
+    let mut app = spawn_app(Opts::default()).await;
+    let remitter = "Zürich & Co #1 'ltd' 100%";
+    let long = format!("{}_20240101.csv", "x".repeat(150));
+    let names = [
+        "Überweisung 50% #2 & more_20240101.csv",
+        "a;b,c=d+e'f.xlsx",
+        long.as_str(),
+        "empty.csv",
+    ];
+    for n in names {
+        let bytes: &[u8] = if n == "empty.csv" { b"" } else { n.as_bytes() };
+        app.put(remitter, n, bytes).await;
+    }
+    let body = app.run_ok().await;
+    for n in names {
+        assert_eq!(
+            decision_of(&body, remitter, n)["status"],
+            "success",
+            "{n}: {body}"
+        );
+    }
+    let foi = app.fakes.foi_calls();
+    assert_eq!(foi.len(), names.len());
+    for c in &foi {
+        assert_eq!(c.remitter, remitter);
+        assert_eq!(
+            c.raw_path,
+            "/extract/Z%C3%BCrich%20%26%20Co%20%231%20%27ltd%27%20100%25"
+        );
+    }
+    let empty = foi.iter().find(|c| c.file_name == "empty.csv").unwrap();
+    assert_eq!((empty.size, empty.md5.as_str()), (0, md5_hex(b"").as_str()));
+    let rows = app.files().await;
+    let mut stored: Vec<&str> = rows.iter().map(|r| r.file_name.as_str()).collect();
+    stored.sort();
+    let mut want = names.to_vec();
+    want.sort();
+    assert_eq!(stored, want);
+    for n in names {
+        app.eventually(30, &format!("{n} archived"), || async {
+            app.in_archive(remitter, n)
+        })
+        .await;
+    }
+    app.finish().await;
+}
+
+/// A file replaced by different content under the same name after it was
+/// processed is a new version: processed again, both rows kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_content_under_the_same_name_is_a_new_version() {
+    let mut app = spawn_app(Opts::default()).await;
+    app.put("acme", "remit.csv", b"version one").await;
+    app.run_ok().await;
+    app.eventually(30, "first archived", || async {
+        app.in_archive("acme", "remit.csv")
+    })
+    .await;
+    app.put("acme", "remit.csv", b"version two, longer").await;
+    let body = app.run_ok().await;
+    assert_eq!(
+        decision_of(&body, "acme", "remit.csv")["status"],
+        "success",
+        "{body}"
+    );
+    let md5s: Vec<String> = app.files().await.into_iter().map(|r| r.md5).collect();
+    assert_eq!(
+        md5s,
+        [md5_hex(b"version one"), md5_hex(b"version two, longer")]
+    );
+    // The archive keeps both: the second move got a suffix, nothing overwritten.
+    app.eventually(30, "second archived", || async {
+        app.archive_names("acme").len() == 2
+    })
+    .await;
+    assert_eq!(app.archive_names("acme"), ["remit (1).csv", "remit.csv"]);
+    let first = std::fs::read(app.local(&format!("{}/acme/remit.csv", app.archive_dir))).unwrap();
+    assert_eq!(first, b"version one");
+    app.finish().await;
+}
+
+/// Two coordinators on one database and one share, triggered at once, round
+/// after round: every file processed exactly once, losers answered 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_process_every_file_exactly_once() {
+    let mut app = spawn_app(Opts::default()).await;
+    let other = app.start_another().await;
+    let other_url = format!("http://{}/api/v1/coordinator/runs", other.addr);
+    let token = app.token.clone().unwrap();
+    let mut statuses = Vec::new();
+    for round in 0..5 {
+        for i in 0..8 {
+            app.put(
+                &format!("r{}", i % 3),
+                &format!("f{round}_{i}.csv"),
+                format!("{round}/{i}").as_bytes(),
+            )
+            .await;
+        }
+        let second = app.http.post(&other_url).bearer_auth(&token).send();
+        let (a, b) = tokio::join!(app.trigger(), second);
+        let b = b.unwrap();
+        statuses.push(a.0);
+        statuses.push(b.status().as_u16());
+        if b.status() == 409 {
+            let body: serde_json::Value = b.json().await.unwrap();
+            assert_eq!(body["error"], "run_in_progress");
+        }
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 409),
+        "{statuses:?}"
+    );
+    // Sweep up anything a losing round left, then count calls per file.
+    app.run_ok().await;
+    let mut per_file: HashMap<String, usize> = HashMap::new();
+    for c in app.fakes.foi_calls() {
+        *per_file
+            .entry(format!("{}/{}", c.remitter, c.file_name))
+            .or_default() += 1;
+    }
+    assert_eq!(per_file.len(), 40);
+    assert!(per_file.values().all(|n| *n == 1), "{per_file:?}");
+    assert_eq!(app.fakes.itm_calls().len(), 40);
+    assert_eq!(app.count("files").await, 40);
+    other.shutdown.cancel();
+    let _ = other.done.await;
+    app.finish().await;
+}
