@@ -105,3 +105,58 @@ async fn a_second_trigger_during_a_run_gets_409() {
     assert_eq!(app.count("runs").await, 1);
     app.finish().await;
 }
+
+async fn scan_fails_with_one_run_failed(opts: Opts) {
+    let mut app = spawn_app(opts).await;
+    app.put("acme", "x.csv", b"x").await;
+    let (status, body) = app.trigger().await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        (body["status"].as_str(), body["error"].as_str()),
+        (Some("failed"), Some("scan_failed"))
+    );
+    app.wait_background().await;
+    app.eventually(30, "IQube told of the failed run", || async {
+        !app.fakes.iqube_calls().is_empty()
+    })
+    .await;
+    let calls = app.fakes.iqube_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body["event"], "run_failed");
+    assert_eq!(calls[0].body["run_id"], body["run_id"]);
+    assert_eq!(app.count("files").await, 0);
+    assert!(app.fakes.foi_calls().is_empty());
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    app.finish().await;
+}
+
+/// Wrong SMB credentials: the run fails (502), is recorded, IQube told once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_smb_credentials_fail_the_run() {
+    scan_fails_with_one_run_failed(Opts {
+        smb_password: Some("not-the-password".into()),
+        ..Opts::default()
+    })
+    .await;
+}
+
+/// Share unreachable (nothing listens on the port): the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_share_fails_the_run() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    scan_fails_with_one_run_failed(Opts {
+        smb_port: Some(closed),
+        ..Opts::default()
+    })
+    .await;
+}

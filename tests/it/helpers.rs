@@ -60,6 +60,10 @@ pub struct Opts {
     /// Overrides the fake FOI URL (e.g. the resetting listener).
     pub foi_url: Option<String>,
     pub api_token: Option<String>,
+    /// Overrides the SMB password the coordinator uses (not the remitter's).
+    pub smb_password: Option<String>,
+    /// Overrides the SMB port the coordinator uses.
+    pub smb_port: Option<u16>,
 }
 
 impl Default for Opts {
@@ -71,6 +75,8 @@ impl Default for Opts {
             foi_retries: 0,
             foi_url: None,
             api_token: Some(format!("tok-{}", Uuid::new_v4())),
+            smb_password: None,
+            smb_port: None,
         }
     }
 }
@@ -191,10 +197,14 @@ pub async fn prepare(opts: Opts) -> Prepared {
         bind_addr: Some("127.0.0.1:0".into()),
         api_token: opts.api_token.clone(),
         smb_host: Some(env.smb.host.clone()),
-        smb_port: Some(env.smb.port.to_string()),
+        smb_port: Some(opts.smb_port.unwrap_or(env.smb.port).to_string()),
         smb_share: Some(env.smb.share.clone()),
         smb_username: Some(env.smb.username.clone()),
-        smb_password: Some(env.smb.password.clone()),
+        smb_password: Some(
+            opts.smb_password
+                .clone()
+                .unwrap_or_else(|| env.smb.password.clone()),
+        ),
         smb_source_dir: Some(source_dir.clone()),
         smb_archive_dir: Some(archive_dir.clone()),
         foi_api_url: Some(opts.foi_url.clone().unwrap_or_else(|| fakes.foi_url())),
