@@ -1,1 +1,809 @@
+//! Engine unit tests over the in-memory share, store and downstream fakes.
 
+use super::*;
+use crate::archive::PassReport;
+use crate::domain::FileStatus;
+use crate::downstream::FoiOutcome;
+use crate::process::idempotency_key;
+use crate::testing::{self, FakeFoi, FakeIqube, FakeItm, MemSource, MemStore, RunRow, md5_hex, t0};
+
+/// The stand-ins and an engine over them.
+struct Harness {
+    src: Arc<MemSource>,
+    store: Arc<MemStore>,
+    foi: Arc<FakeFoi>,
+    itm: Arc<FakeItm>,
+    iqube: Arc<FakeIqube>,
+    engine: Arc<Engine>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let src = Arc::new(MemSource::new());
+        let store = Arc::new(MemStore::new());
+        let foi = Arc::new(FakeFoi::new());
+        let itm = Arc::new(FakeItm::new());
+        let iqube = Arc::new(FakeIqube::new());
+        let engine = testing::engine(
+            src.clone(),
+            store.clone(),
+            foi.clone(),
+            itm.clone(),
+            iqube.clone(),
+        );
+        Self {
+            src,
+            store,
+            foi,
+            itm,
+            iqube,
+            engine,
+        }
+    }
+
+    /// One run, then its background pass; panics unless the run completes.
+    async fn run(&self) -> RunReport {
+        let report = self.try_run().await;
+        report.unwrap_or_else(|e| panic!("run did not complete: {e}"))
+    }
+
+    /// One run, then its background pass.
+    async fn try_run(&self) -> Result<RunReport, RunError> {
+        let result = self.engine.run("test").await;
+        self.settle().await;
+        result
+    }
+
+    /// Waits for every background task spawned so far.
+    async fn settle(&self) {
+        self.engine.tracker.close();
+        self.engine.tracker.wait().await;
+    }
+
+    /// One more background pass (archive retries, outbox, housekeeping).
+    async fn pass(&self) -> PassReport {
+        self.engine.background_pass(Vec::new()).await
+    }
+
+    /// The only `files` row; panics unless there is exactly one.
+    fn only_row(&self) -> testing::FileRow {
+        let rows = self.store.files();
+        assert_eq!(rows.len(), 1, "rows: {rows:?}");
+        rows[0].clone()
+    }
+
+    fn spool_is_empty(&self) -> bool {
+        std::fs::read_dir(&self.engine.settings.spool_dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    }
+}
+
+/// A last-write time well past the 60 s minimum age.
+fn old() -> DateTime<Utc> {
+    t0() - chrono::Duration::hours(1)
+}
+
+/// The report of `name`; panics when the run did not mention it.
+fn report_of<'a>(r: &'a RunReport, name: &str) -> &'a FileReport {
+    r.summary
+        .files
+        .iter()
+        .find(|f| f.file_name == name)
+        .unwrap_or_else(|| panic!("{name} not in {:?}", r.summary.files))
+}
+
+fn password_failure() -> FoiOutcome {
+    FoiOutcome::Failure {
+        status: FileStatus::ExtractionFilePasswordFailed,
+        reason: "file is password protected".into(),
+    }
+}
+
+#[tokio::test]
+async fn happy_path_processes_submits_and_archives() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit_20240101.xlsx", b"hello", old());
+
+    let r = h.run().await;
+
+    assert_eq!(r.status, "completed");
+    assert_eq!((r.summary.scanned, r.summary.processed), (1, 1));
+    assert_eq!((r.summary.succeeded, r.summary.failed), (1, 0));
+    let f = report_of(&r, "remit_20240101.xlsx");
+    assert_eq!(f.decision, Decision::Processed);
+    assert_eq!(f.status.as_deref(), Some("success"));
+
+    let row = h.only_row();
+    assert_eq!(
+        (row.remitter.as_str(), row.file_name.as_str()),
+        ("acme", "remit_20240101.xlsx")
+    );
+    assert_eq!(row.base_name, "remit.xlsx");
+    assert_eq!(row.md5, md5_hex(b"hello"));
+    assert_eq!((row.size, row.mtime), (5, old()));
+    assert_eq!(row.status, "success");
+    assert_eq!(
+        row.archive_path.as_deref(),
+        Some("archive/acme/remit_20240101.xlsx")
+    );
+    assert_eq!(
+        h.store.events(row.id),
+        ["processing", "success", "archive_succeeded"]
+    );
+
+    assert!(!h.src.exists("in/acme/remit_20240101.xlsx"));
+    assert_eq!(
+        h.src.read("archive/acme/remit_20240101.xlsx").as_deref(),
+        Some(&b"hello"[..])
+    );
+
+    let foi = h.foi.calls();
+    assert_eq!(foi.len(), 1);
+    assert_eq!(
+        (foi[0].remitter.as_str(), foi[0].file_name.as_str()),
+        ("acme", "remit_20240101.xlsx")
+    );
+    assert_eq!(foi[0].bytes, b"hello");
+
+    let itm = h.itm.calls();
+    assert_eq!(itm.len(), 1);
+    let (sub, key) = &itm[0];
+    assert_eq!(sub.remitter, "acme");
+    assert_eq!(sub.file_name, "remit_20240101.xlsx");
+    assert_eq!(sub.md5, md5_hex(b"hello"));
+    assert_eq!(sub.result, FakeFoi::default_result());
+    assert_eq!(
+        *key,
+        idempotency_key("acme", "remit_20240101.xlsx", &md5_hex(b"hello"))
+    );
+    let success = &h.store.event_rows(row.id)[1];
+    assert_eq!(success.detail["idempotency_key"], json!(key));
+
+    let runs: Vec<RunRow> = h.store.runs();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        (runs[0].id, runs[0].status.as_str()),
+        (r.run_id, "completed")
+    );
+    assert_eq!(runs[0].summary["processed"], json!(1));
+    assert!(h.store.notifications().is_empty());
+    assert!(h.iqube.calls().is_empty());
+    assert!(h.spool_is_empty(), "spool files are removed");
+    assert_eq!(*h.engine.passes_done.borrow(), 1);
+}
+
+#[tokio::test]
+async fn superseded_versions_are_archived_without_a_row() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit_20240101.xlsx", b"v1", old());
+    h.src.put("in/acme/remit_20240101093000.xlsx", b"v2", old());
+    h.src.put("in/acme/remit_20240102.xlsx", b"v3", old());
+
+    let r = h.run().await;
+
+    assert_eq!((r.summary.superseded, r.summary.processed), (2, 1));
+    for old_name in ["remit_20240101.xlsx", "remit_20240101093000.xlsx"] {
+        assert_eq!(report_of(&r, old_name).decision, Decision::Superseded);
+    }
+    let row = h.only_row();
+    assert_eq!(row.file_name, "remit_20240102.xlsx");
+    assert_eq!(h.foi.calls().len(), 1);
+    assert_eq!(h.src.fetches(), ["in/acme/remit_20240102.xlsx"]);
+    assert!(h.src.files_under("in").is_empty());
+    assert_eq!(
+        h.src.files_under("archive"),
+        [
+            "archive/acme/remit_20240101.xlsx",
+            "archive/acme/remit_20240101093000.xlsx",
+            "archive/acme/remit_20240102.xlsx",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn archive_name_collision_gets_a_suffix_and_overwrites_nothing() {
+    let h = Harness::new();
+    h.src
+        .put("archive/acme/remit_20240101.xlsx", b"earlier", old());
+    h.src
+        .put("archive/acme/remit_20240102.xlsx", b"earlier too", old());
+    h.src
+        .put("archive/acme/remit_20240102 (1).xlsx", b"and again", old());
+    h.src.put("in/acme/remit_20240101.xlsx", b"v1", old());
+    h.src.put("in/acme/remit_20240102.xlsx", b"v2", old());
+
+    h.run().await;
+
+    let read = |p: &str| h.src.read(p).unwrap_or_default();
+    assert_eq!(read("archive/acme/remit_20240101.xlsx"), b"earlier");
+    assert_eq!(read("archive/acme/remit_20240101 (1).xlsx"), b"v1");
+    assert_eq!(read("archive/acme/remit_20240102.xlsx"), b"earlier too");
+    assert_eq!(read("archive/acme/remit_20240102 (1).xlsx"), b"and again");
+    assert_eq!(read("archive/acme/remit_20240102 (2).xlsx"), b"v2");
+    assert_eq!(
+        h.only_row().archive_path.as_deref(),
+        Some("archive/acme/remit_20240102 (2).xlsx")
+    );
+    assert!(h.src.files_under("in").is_empty());
+}
+
+#[tokio::test]
+async fn a_group_with_a_young_newest_waits_whole() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit_20240101.xlsx", b"v1", old());
+    let young = t0() - chrono::Duration::seconds(10);
+    h.src.put("in/acme/remit_20240102.xlsx", b"v2", young);
+
+    let r = h.run().await;
+
+    assert_eq!((r.summary.unstable, r.summary.superseded), (1, 1));
+    let newest = report_of(&r, "remit_20240102.xlsx");
+    assert_eq!(newest.decision, Decision::Unstable);
+    assert!(
+        newest
+            .reason
+            .as_deref()
+            .is_some_and(|w| w.contains("10s ago")),
+        "{newest:?}"
+    );
+    assert!(
+        report_of(&r, "remit_20240101.xlsx")
+            .reason
+            .as_deref()
+            .is_some_and(|w| w.contains("archive waits")),
+    );
+    assert!(h.store.files().is_empty());
+    assert!(h.src.fetches().is_empty());
+    assert!(h.foi.calls().is_empty());
+    assert_eq!(
+        h.src.files_under("in"),
+        ["in/acme/remit_20240101.xlsx", "in/acme/remit_20240102.xlsx"]
+    );
+    assert!(h.src.files_under("archive").is_empty());
+
+    // Once old enough, the group is processed and its older version archived.
+    h.src.set_now(t0() + chrono::Duration::minutes(2));
+    let h2 = Harness {
+        engine: testing::engine(
+            h.src.clone(),
+            h.store.clone(),
+            h.foi.clone(),
+            h.itm.clone(),
+            h.iqube.clone(),
+        ),
+        ..h
+    };
+    let r = h2.run().await;
+    assert_eq!((r.summary.processed, r.summary.superseded), (1, 1));
+    assert_eq!(h2.only_row().file_name, "remit_20240102.xlsx");
+    assert!(h2.src.files_under("in").is_empty());
+}
+
+#[tokio::test]
+async fn a_file_open_for_writing_is_unstable() {
+    let h = Harness::new();
+    h.src.put("in/acme/a.csv", b"half", old());
+    h.src.mark_open_for_write("in/acme/a.csv");
+    h.src.put("in/acme/b.csv", b"whole", old());
+
+    let r = h.run().await;
+
+    let a = report_of(&r, "a.csv");
+    assert_eq!(a.decision, Decision::Unstable);
+    assert_eq!(
+        a.reason.as_deref(),
+        Some("open for writing by another client")
+    );
+    assert_eq!(report_of(&r, "b.csv").decision, Decision::Processed);
+    assert_eq!(h.only_row().file_name, "b.csv");
+    assert_eq!(h.src.fetches(), ["in/acme/b.csv"]);
+    assert!(h.src.exists("in/acme/a.csv"));
+}
+
+#[tokio::test]
+async fn a_recent_change_time_makes_an_old_file_unstable() {
+    // A Windows copy keeps the source's last-write time; the change time is new.
+    let h = Harness::new();
+    h.src.put("in/acme/copied.csv", b"half", old());
+    h.src
+        .set_ctime("in/acme/copied.csv", t0() - chrono::Duration::seconds(5));
+
+    let r = h.run().await;
+
+    let f = report_of(&r, "copied.csv");
+    assert_eq!(f.decision, Decision::Unstable);
+    assert_eq!(
+        f.reason.as_deref(),
+        Some("last written 5s ago (server clock)")
+    );
+    assert!(h.store.files().is_empty());
+    assert!(h.src.fetches().is_empty());
+    assert!(h.src.exists("in/acme/copied.csv"));
+}
+
+#[tokio::test]
+async fn temp_names_are_ignored_and_counted() {
+    let h = Harness::new();
+    for name in ["~$remit.xlsx", "remit.xlsx.part", "Thumbs.db", ".hidden"] {
+        h.src.put(&format!("in/acme/{name}"), b"x", old());
+    }
+    h.src.put("in/acme/remit.xlsx", b"real", old());
+
+    let r = h.run().await;
+
+    assert_eq!(r.summary.scanned, 5);
+    assert_eq!(r.summary.ignored, 4);
+    assert_eq!(r.summary.processed, 1);
+    assert_eq!(report_of(&r, "Thumbs.db").decision, Decision::Ignored);
+    assert_eq!(h.only_row().file_name, "remit.xlsx");
+    assert_eq!(h.src.fetches(), ["in/acme/remit.xlsx"]);
+    assert_eq!(
+        h.src.files_under("in"),
+        [
+            "in/acme/.hidden",
+            "in/acme/Thumbs.db",
+            "in/acme/remit.xlsx.part",
+            "in/acme/~$remit.xlsx",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_known_name_size_and_mtime_is_skipped_without_download() {
+    let h = Harness::new();
+    h.foi.set(password_failure());
+    h.src.put("in/acme/remit.xlsx", b"locked", old());
+    h.run().await;
+    let row = h.only_row();
+    assert_eq!(row.status, "extraction_file_password_failed");
+
+    // A download now would fail: the run must not try one.
+    h.src.fail_fetch("in/acme/remit.xlsx");
+    let r = h.run().await;
+
+    let f = report_of(&r, "remit.xlsx");
+    assert_eq!(f.decision, Decision::AlreadyProcessed);
+    assert_eq!(f.status.as_deref(), Some("extraction_file_password_failed"));
+    assert_eq!((r.summary.already_processed, r.summary.errors), (1, 0));
+    assert_eq!(h.src.fetches().len(), 1, "only the first run downloaded");
+    assert_eq!(h.foi.calls().len(), 1);
+    assert_eq!(h.store.files(), [row]);
+    assert_eq!(h.store.notifications().len(), 1);
+    assert_eq!(h.iqube.delivered().len(), 1);
+}
+
+#[tokio::test]
+async fn same_content_with_a_new_mtime_is_already_processed_by_the_claim() {
+    let h = Harness::new();
+    h.foi.set(password_failure());
+    h.src.put("in/acme/remit.xlsx", b"locked", old());
+    h.run().await;
+
+    let touched = old() + chrono::Duration::minutes(5);
+    h.src.put("in/acme/remit.xlsx", b"locked", touched);
+    let r = h.run().await;
+
+    let f = report_of(&r, "remit.xlsx");
+    assert_eq!(f.decision, Decision::AlreadyProcessed);
+    assert_eq!(f.reason.as_deref(), Some("this content was claimed before"));
+    assert_eq!(f.status.as_deref(), Some("extraction_file_password_failed"));
+    assert_eq!(
+        h.src.fetches().len(),
+        2,
+        "the changed mtime needs a download"
+    );
+    assert_eq!(h.foi.calls().len(), 1);
+    let row = h.only_row();
+    assert_eq!(
+        row.mtime, touched,
+        "the claim refreshes the last-write time"
+    );
+    assert_eq!(
+        h.store.events(row.id),
+        ["processing", "extraction_file_password_failed"]
+    );
+
+    // The refreshed row lets the next run skip the download.
+    let r = h.run().await;
+    assert_eq!(
+        report_of(&r, "remit.xlsx").decision,
+        Decision::AlreadyProcessed
+    );
+    assert_eq!(h.src.fetches().len(), 2);
+}
+
+#[tokio::test]
+async fn new_content_under_an_old_name_gets_a_new_row() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit.xlsx", b"first", old());
+    h.run().await;
+    assert!(!h.src.exists("in/acme/remit.xlsx"));
+
+    h.src.put(
+        "in/acme/remit.xlsx",
+        b"second, longer",
+        old() + chrono::Duration::minutes(1),
+    );
+    let r = h.run().await;
+
+    assert_eq!(report_of(&r, "remit.xlsx").decision, Decision::Processed);
+    let rows = h.store.files();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].md5, md5_hex(b"first"));
+    assert_eq!(rows[1].md5, md5_hex(b"second, longer"));
+    assert!(rows.iter().all(|f| f.status == "success"));
+    assert_eq!(
+        rows[1].archive_path.as_deref(),
+        Some("archive/acme/remit (1).xlsx")
+    );
+    assert_eq!(
+        h.src.read("archive/acme/remit.xlsx").as_deref(),
+        Some(&b"first"[..])
+    );
+    let keys: Vec<String> = h.itm.calls().into_iter().map(|(_, k)| k).collect();
+    assert_eq!(keys.len(), 2);
+    assert_ne!(keys[0], keys[1]);
+}
+
+#[tokio::test]
+async fn a_fetch_failure_is_an_error_and_other_files_proceed() {
+    let h = Harness::new();
+    h.src.put("in/acme/a.csv", b"a", old());
+    h.src.put("in/acme/b.csv", b"b", old());
+    h.src.put("in/beta/c.csv", b"c", old());
+    h.src.fail_fetch("in/acme/a.csv");
+
+    let r = h.run().await;
+
+    let a = report_of(&r, "a.csv");
+    assert_eq!(a.decision, Decision::Error);
+    assert!(
+        a.reason
+            .as_deref()
+            .is_some_and(|w| w.contains("download failed"))
+    );
+    assert_eq!((r.summary.errors, r.summary.succeeded), (1, 2));
+    let names: Vec<String> = h.store.files().into_iter().map(|f| f.file_name).collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&"b.csv".into()) && names.contains(&"c.csv".into()));
+    let sent: Vec<String> = h.foi.calls().into_iter().map(|c| c.file_name).collect();
+    assert!(!sent.contains(&"a.csv".to_string()) && sent.len() == 2);
+    assert_eq!(h.itm.calls().len(), 2);
+    assert!(h.store.notifications().is_empty());
+    assert_eq!(h.src.files_under("in"), ["in/acme/a.csv"]);
+    assert!(h.spool_is_empty());
+}
+
+#[tokio::test]
+async fn extraction_failures_notify_once_and_skip_itm() {
+    let cases = [
+        FileStatus::ExtractionFilePasswordFailed,
+        FileStatus::ExtractionFileFailed,
+        FileStatus::ExtractionServiceFailed,
+    ];
+    for status in cases {
+        let h = Harness::new();
+        h.foi.set(FoiOutcome::Failure {
+            status,
+            reason: "no matched template".into(),
+        });
+        h.src.put("in/acme/remit.xlsx", b"x", old());
+
+        let r = h.run().await;
+
+        assert_eq!(
+            (r.summary.processed, r.summary.failed),
+            (1, 1),
+            "{status:?}"
+        );
+        let row = h.only_row();
+        assert_eq!(row.status, status.as_str());
+        assert_eq!(h.store.events(row.id), ["processing", status.as_str()]);
+        assert_eq!(h.store.event_rows(row.id)[1].detail["step"], json!("foi"));
+        assert!(h.itm.calls().is_empty(), "{status:?}");
+        assert!(h.src.exists("in/acme/remit.xlsx"), "failed files stay");
+        assert!(!row.archived());
+
+        let outbox = h.store.notifications();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].dedupe_key, format!("file_failed:{}", row.id));
+        assert!(outbox[0].delivered);
+        let sent = h.iqube.delivered();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].key, format!("file_failed:{}", row.id));
+        assert_eq!(
+            sent[0].payload,
+            json!({
+                "event": "file_failed",
+                "remitter": "acme",
+                "file_name": "remit.xlsx",
+                "status": status.as_str(),
+                "reason": "no matched template",
+                "run_id": r.run_id,
+            })
+        );
+
+        // Later passes and runs do not notify again.
+        h.pass().await;
+        h.run().await;
+        assert_eq!(h.iqube.calls().len(), 1, "{status:?}");
+        assert_eq!(h.foi.calls().len(), 1, "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_undelivered_notification_is_kept_and_delivered_once() {
+    let h = Harness::new();
+    h.iqube.set_up(false);
+    h.foi.set(password_failure());
+    h.src.put("in/acme/remit.xlsx", b"x", old());
+
+    h.run().await;
+    h.pass().await;
+
+    let outbox = h.store.notifications();
+    assert_eq!(outbox.len(), 1);
+    assert!(!outbox[0].delivered);
+    assert_eq!(outbox[0].attempts, 2);
+    assert!(outbox[0].last_error.is_some());
+    assert!(h.iqube.delivered().is_empty());
+
+    h.iqube.set_up(true);
+    let report = h.pass().await;
+    assert_eq!(report.notified, 1);
+    h.pass().await;
+
+    let outbox = h.store.notifications();
+    assert!(outbox[0].delivered);
+    assert_eq!(outbox[0].last_error, None);
+    assert_eq!(h.iqube.delivered().len(), 1);
+    assert_eq!(h.iqube.calls().len(), 3, "two refused, one accepted");
+}
+
+#[tokio::test]
+async fn an_itm_failure_is_itm_failed_and_notified() {
+    let h = Harness::new();
+    h.itm.set(Err("ITM answered HTTP 500: boom".into()));
+    h.src.put("in/acme/remit.xlsx", b"x", old());
+
+    let r = h.run().await;
+
+    let f = report_of(&r, "remit.xlsx");
+    assert_eq!(f.status.as_deref(), Some("itm_failed"));
+    assert_eq!(f.reason.as_deref(), Some("ITM answered HTTP 500: boom"));
+    let row = h.only_row();
+    assert_eq!(row.status, "itm_failed");
+    assert_eq!(h.store.events(row.id), ["processing", "itm_failed"]);
+    let detail = &h.store.event_rows(row.id)[1].detail;
+    assert_eq!(detail["reason"], json!("ITM answered HTTP 500: boom"));
+    assert_eq!(
+        detail["idempotency_key"],
+        json!(idempotency_key("acme", "remit.xlsx", &row.md5))
+    );
+    assert_eq!(h.itm.calls().len(), 1);
+    assert!(h.src.exists("in/acme/remit.xlsx"));
+    let sent = h.iqube.delivered();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].payload["status"], json!("itm_failed"));
+}
+
+#[tokio::test]
+async fn a_failed_listing_fails_the_run_and_notifies_once() {
+    // (how the share is set up, label)
+    type Setup = fn(&MemSource);
+    let cases: [(Setup, &str); 2] = [
+        (
+            |s| {
+                s.put("in/acme/remit.xlsx", b"x", old());
+                s.fail_list(true);
+            },
+            "listing error",
+        ),
+        (
+            |s| s.put("elsewhere/acme/remit.xlsx", b"x", old()),
+            "no source folder",
+        ),
+    ];
+    for (setup, label) in cases {
+        let h = Harness::new();
+        setup(&h.src);
+
+        let err = h.try_run().await.expect_err(label);
+
+        let RunError::Failed { run_id, code, .. } = err else {
+            panic!("{label}: not a failed run: {err:?}");
+        };
+        assert_eq!(code, "scan_failed", "{label}");
+        let runs = h.store.runs();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].status, "failed");
+        assert_eq!(
+            runs[0].error.as_ref().map(|e| e.0.as_str()),
+            Some("scan_failed")
+        );
+        let outbox = h.store.notifications();
+        assert_eq!(outbox.len(), 1, "{label}");
+        assert_eq!(outbox[0].dedupe_key, format!("run_failed:{run_id}"));
+        let sent = h.iqube.delivered();
+        assert_eq!(sent.len(), 1, "{label}");
+        assert_eq!(sent[0].payload["event"], json!("run_failed"));
+        assert_eq!(sent[0].payload["file_name"], serde_json::Value::Null);
+        assert_eq!(sent[0].payload["run_id"], json!(run_id));
+        assert!(h.store.files().is_empty());
+        assert!(h.foi.calls().is_empty());
+
+        h.pass().await;
+        assert_eq!(h.iqube.calls().len(), 1, "{label}: delivered once");
+    }
+}
+
+#[tokio::test]
+async fn an_unavailable_database_fails_the_run_and_tells_iqube_directly() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit.xlsx", b"x", old());
+    h.store.set_unavailable(true);
+
+    let err = h.try_run().await.expect_err("no database");
+
+    let RunError::Failed { run_id, code, .. } = err else {
+        panic!("not a failed run: {err:?}");
+    };
+    assert_eq!(code, "database_unavailable");
+    let sent = h.iqube.delivered();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].key, format!("run_failed:{run_id}"));
+    assert!(h.src.fetches().is_empty());
+    assert!(h.foi.calls().is_empty());
+    assert!(h.src.exists("in/acme/remit.xlsx"));
+}
+
+#[tokio::test]
+async fn a_second_run_while_one_holds_the_lock_is_busy() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit.xlsx", b"x", old());
+    let holder = Uuid::new_v4();
+    let Ok(RunStart::Started(lease)) = h.store.begin_run(holder, "manual", "other").await else {
+        panic!("the first begin_run takes the lock");
+    };
+
+    let err = h.engine.run("test").await.expect_err("lock held");
+
+    assert!(
+        matches!(err, RunError::Busy { running: Some(id) } if id == holder),
+        "{err:?}"
+    );
+    assert_eq!(h.store.runs().len(), 1);
+    assert!(h.src.fetches().is_empty());
+    assert!(h.store.files().is_empty());
+
+    lease.release().await;
+    let r = h.run().await;
+    assert_eq!(r.summary.processed, 1);
+    let runs = h.store.runs();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[1].status, "completed");
+}
+
+#[tokio::test]
+async fn housekeeping_archives_an_ops_file() {
+    let h = Harness::new();
+    h.foi.set(password_failure());
+    h.src.put("in/acme/remit.xlsx", b"x", old());
+    h.run().await;
+    let id = h.only_row().id;
+    assert!(h.src.exists("in/acme/remit.xlsx"), "failed files stay");
+
+    h.store.set_status_raw(id, "ops_done");
+    let report = h.pass().await;
+
+    assert_eq!(report.moved, 1);
+    assert!(!h.src.exists("in/acme/remit.xlsx"));
+    assert!(h.src.exists("archive/acme/remit.xlsx"));
+    let row = h.only_row();
+    assert_eq!(row.archive_path.as_deref(), Some("archive/acme/remit.xlsx"));
+    assert_eq!(
+        h.store.events(id),
+        [
+            "processing",
+            "extraction_file_password_failed",
+            "archive_succeeded"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn housekeeping_leaves_a_replaced_success_file_alone() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit.xlsx", b"first", old());
+    h.src.fail_rename("in/acme/remit.xlsx");
+    h.run().await;
+    let row = h.only_row();
+    assert_eq!((row.status.as_str(), row.archived()), ("success", false));
+
+    // A new version lands under the same name before the archive retries.
+    h.src.clear_faults();
+    let replaced = old() + chrono::Duration::minutes(10);
+    h.src.put("in/acme/remit.xlsx", b"second", replaced);
+    let report = h.pass().await;
+
+    assert_eq!(report.moved, 0);
+    assert!(!h.only_row().archived());
+    assert_eq!(
+        h.src.read("in/acme/remit.xlsx").as_deref(),
+        Some(&b"second"[..])
+    );
+    assert!(h.src.files_under("archive").is_empty());
+    assert_eq!(h.store.events(row.id), ["processing", "success"]);
+
+    // The next run processes the new version and archives it.
+    let r = h.run().await;
+    assert_eq!(report_of(&r, "remit.xlsx").decision, Decision::Processed);
+    let rows = h.store.files();
+    assert_eq!(rows.len(), 2);
+    assert!(!rows[0].archived());
+    assert!(rows[1].archived());
+}
+
+#[tokio::test]
+async fn a_failed_archive_move_is_retried_and_recorded_once() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit.xlsx", b"x", old());
+    h.src.fail_rename("in/acme/remit.xlsx");
+
+    let r = h.run().await;
+
+    assert_eq!(
+        report_of(&r, "remit.xlsx").status.as_deref(),
+        Some("success")
+    );
+    let id = h.only_row().id;
+    assert_eq!(h.store.events(id), ["processing", "success"]);
+    assert!(h.src.exists("in/acme/remit.xlsx"));
+    assert_eq!(h.pass().await.failed, 1);
+    assert!(!h.only_row().archived());
+
+    h.src.clear_faults();
+    let report = h.pass().await;
+    assert_eq!((report.moved, report.failed), (1, 0));
+    assert_eq!(h.pass().await, PassReport::default());
+    assert_eq!(
+        h.store.events(id),
+        ["processing", "success", "archive_succeeded"]
+    );
+    assert!(h.src.exists("archive/acme/remit.xlsx"));
+    assert!(!h.src.exists("in/acme/remit.xlsx"));
+    assert_eq!(h.foi.calls().len(), 1);
+    assert_eq!(h.itm.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn archive_folders_outside_remitter_folders_are_not_scanned() {
+    let h = Harness::new();
+    let mut e = testing::engine(
+        h.src.clone(),
+        h.store.clone(),
+        h.foi.clone(),
+        h.itm.clone(),
+        h.iqube.clone(),
+    );
+    // The archive inside the source folder is never a remitter.
+    Arc::get_mut(&mut e)
+        .expect("a new engine has one owner")
+        .settings
+        .archive_dir = "in/archive".into();
+    let h = Harness { engine: e, ..h };
+    h.src.put("in/archive/acme/old.csv", b"archived", old());
+    h.src.put("in/root.csv", b"at the root", old());
+    h.src.put("in/acme/deeper/x.csv", b"too deep", old());
+    h.src.put("in/acme/remit.xlsx", b"x", old());
+
+    let r = h.run().await;
+
+    assert_eq!(r.summary.scanned, 1);
+    assert_eq!(h.only_row().file_name, "remit.xlsx");
+    assert_eq!(h.src.fetches(), ["in/acme/remit.xlsx"]);
+    assert!(h.src.exists("in/archive/acme/remit.xlsx"));
+    assert!(h.src.exists("in/root.csv"));
+    assert!(h.src.exists("in/acme/deeper/x.csv"));
+}

@@ -1,2 +1,965 @@
 //! In-memory stand-ins for the share, the database and the downstream
 //! services, for unit tests of the engine without servers.
+
+use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
+use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Notifier, Submitter};
+use crate::engine::{Engine, RunSettings};
+use crate::scan::names::TempNameFilter;
+use crate::source::{Entry, Fetched, FileSource, SourceError, join};
+use crate::store::{
+    ArchiveCandidate, Claim, Guard, KnownVersion, PendingNotification, RunLock, RunStart, Store,
+    StoreError,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use md5::{Digest, Md5};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+/// Locks a test mutex, ignoring poisoning (a failed assertion elsewhere).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The folder holding `path` (`""` for the share root).
+fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+/// The last segment of `path`.
+fn base(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(_, name)| name)
+}
+
+/// 2024-06-03 12:00:00 UTC: the clock a new [`MemSource`] starts at.
+pub fn t0() -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(1_717_416_000, 0).unwrap_or_default()
+}
+
+/// One file of a [`MemSource`].
+#[derive(Debug, Clone)]
+struct MemFile {
+    bytes: Vec<u8>,
+    mtime: DateTime<Utc>,
+    ctime: DateTime<Utc>,
+}
+
+#[derive(Debug, Default)]
+struct SourceState {
+    files: BTreeMap<String, MemFile>,
+    dirs: BTreeSet<String>,
+    now: DateTime<Utc>,
+    open_for_write: HashSet<String>,
+    fail_fetch: HashSet<String>,
+    fail_rename: HashSet<String>,
+    fail_list: bool,
+    fetches: Vec<String>,
+}
+
+impl SourceState {
+    fn add_dirs(&mut self, dir: &str) {
+        let mut cur = dir;
+        while !cur.is_empty() {
+            self.dirs.insert(cur.to_string());
+            cur = parent(cur);
+        }
+    }
+
+    fn is_dir(&self, dir: &str) -> bool {
+        dir.is_empty() || self.dirs.contains(dir)
+    }
+}
+
+/// An in-memory share: files and folders by share-relative path, a settable
+/// server clock, and fault injection.
+#[derive(Debug)]
+pub struct MemSource {
+    state: Mutex<SourceState>,
+}
+
+impl Default for MemSource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemSource {
+    /// An empty share whose clock reads [`t0`].
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(SourceState {
+                now: t0(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Writes a file (replacing any), creating its folders; ctime = mtime.
+    pub fn put(&self, path: &str, bytes: &[u8], mtime: DateTime<Utc>) {
+        let path = join(&[path]);
+        let mut s = lock(&self.state);
+        s.add_dirs(parent(&path));
+        s.files.insert(
+            path,
+            MemFile {
+                bytes: bytes.to_vec(),
+                mtime,
+                ctime: mtime,
+            },
+        );
+    }
+
+    /// Sets the change time of an existing file (a copy keeps mtime, not ctime).
+    pub fn set_ctime(&self, path: &str, ctime: DateTime<Utc>) {
+        if let Some(f) = lock(&self.state).files.get_mut(&join(&[path])) {
+            f.ctime = ctime;
+        }
+    }
+
+    /// True when a file or folder exists at `path`.
+    pub fn exists(&self, path: &str) -> bool {
+        let path = join(&[path]);
+        let s = lock(&self.state);
+        s.files.contains_key(&path) || s.dirs.contains(&path)
+    }
+
+    /// The bytes of a file, if it exists.
+    pub fn read(&self, path: &str) -> Option<Vec<u8>> {
+        lock(&self.state)
+            .files
+            .get(&join(&[path]))
+            .map(|f| f.bytes.clone())
+    }
+
+    /// Every file below the folder `prefix`, sorted.
+    pub fn files_under(&self, prefix: &str) -> Vec<String> {
+        let prefix = join(&[prefix]);
+        lock(&self.state)
+            .files
+            .keys()
+            .filter(|p| prefix.is_empty() || p.starts_with(&format!("{prefix}/")))
+            .cloned()
+            .collect()
+    }
+
+    /// Sets the server clock.
+    pub fn set_now(&self, now: DateTime<Utc>) {
+        lock(&self.state).now = now;
+    }
+
+    /// The server clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        lock(&self.state).now
+    }
+
+    /// Makes `path` look held open for writing by another client.
+    pub fn mark_open_for_write(&self, path: &str) {
+        lock(&self.state).open_for_write.insert(join(&[path]));
+    }
+
+    /// Makes every fetch of `path` fail with [`SourceError::Io`].
+    pub fn fail_fetch(&self, path: &str) {
+        lock(&self.state).fail_fetch.insert(join(&[path]));
+    }
+
+    /// Makes every rename from `path` fail with [`SourceError::PermissionDenied`].
+    pub fn fail_rename(&self, path: &str) {
+        lock(&self.state).fail_rename.insert(join(&[path]));
+    }
+
+    /// Makes every listing fail (or work again).
+    pub fn fail_list(&self, fail: bool) {
+        lock(&self.state).fail_list = fail;
+    }
+
+    /// Removes every injected fault and open-for-write mark.
+    pub fn clear_faults(&self) {
+        let mut s = lock(&self.state);
+        s.fail_fetch.clear();
+        s.fail_rename.clear();
+        s.open_for_write.clear();
+        s.fail_list = false;
+    }
+
+    /// Every path a fetch was attempted for, in order (failed ones included).
+    pub fn fetches(&self) -> Vec<String> {
+        lock(&self.state).fetches.clone()
+    }
+}
+
+fn file_entry(name: &str, f: &MemFile) -> Entry {
+    Entry {
+        name: name.to_string(),
+        is_dir: false,
+        size: f.bytes.len() as u64,
+        mtime: f.mtime,
+        ctime: f.ctime,
+    }
+}
+
+fn dir_entry(name: &str, now: DateTime<Utc>) -> Entry {
+    Entry {
+        name: name.to_string(),
+        is_dir: true,
+        size: 0,
+        mtime: now,
+        ctime: now,
+    }
+}
+
+#[async_trait]
+impl FileSource for MemSource {
+    async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError> {
+        let dir = join(&[dir]);
+        let s = lock(&self.state);
+        if s.fail_list {
+            return Err(SourceError::Io {
+                op: format!("list {dir}"),
+                message: "injected listing failure".into(),
+            });
+        }
+        if !s.is_dir(&dir) {
+            return Err(SourceError::NotFound(format!("list {dir}")));
+        }
+        let dirs = s
+            .dirs
+            .iter()
+            .filter(|d| parent(d) == dir)
+            .map(|d| dir_entry(base(d), s.now));
+        let files = s
+            .files
+            .iter()
+            .filter(|(p, _)| parent(p) == dir)
+            .map(|(p, f)| file_entry(base(p), f));
+        Ok(dirs.chain(files).collect())
+    }
+
+    async fn stat(&self, path: &str) -> Result<Entry, SourceError> {
+        let path = join(&[path]);
+        let s = lock(&self.state);
+        if let Some(f) = s.files.get(&path) {
+            Ok(file_entry(base(&path), f))
+        } else if s.is_dir(&path) {
+            Ok(dir_entry(base(&path), s.now))
+        } else {
+            Err(SourceError::NotFound(format!("stat {path}")))
+        }
+    }
+
+    async fn open_for_write_elsewhere(&self, path: &str) -> Result<bool, SourceError> {
+        let path = join(&[path]);
+        let s = lock(&self.state);
+        if !s.files.contains_key(&path) {
+            return Err(SourceError::NotFound(format!("open {path}")));
+        }
+        Ok(s.open_for_write.contains(&path))
+    }
+
+    async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
+        let path = join(&[path]);
+        let bytes = {
+            let mut s = lock(&self.state);
+            s.fetches.push(path.clone());
+            if s.fail_fetch.contains(&path) {
+                return Err(SourceError::Io {
+                    op: format!("read {path}"),
+                    message: "injected read failure".into(),
+                });
+            }
+            match s.files.get(&path) {
+                Some(f) => f.bytes.clone(),
+                None => return Err(SourceError::NotFound(format!("read {path}"))),
+            }
+        };
+        tokio::fs::write(dest, &bytes)
+            .await
+            .map_err(|e| SourceError::Io {
+                op: format!("write spool file {}", dest.display()),
+                message: e.to_string(),
+            })?;
+        Ok(Fetched {
+            md5: md5_hex(&bytes),
+            size: bytes.len() as u64,
+        })
+    }
+
+    async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError> {
+        let dir = join(&[dir]);
+        let mut s = lock(&self.state);
+        let mut cur = dir.as_str();
+        while !cur.is_empty() {
+            if s.files.contains_key(cur) {
+                return Err(SourceError::AlreadyExists(format!(
+                    "{cur} exists and is not a folder"
+                )));
+            }
+            cur = parent(cur);
+        }
+        s.add_dirs(&dir);
+        Ok(())
+    }
+
+    async fn rename_no_replace(&self, from: &str, to: &str) -> Result<(), SourceError> {
+        let (from, to) = (join(&[from]), join(&[to]));
+        let mut s = lock(&self.state);
+        if s.fail_rename.contains(&from) {
+            return Err(SourceError::PermissionDenied(format!(
+                "rename {from} -> {to}"
+            )));
+        }
+        if !s.files.contains_key(&from) {
+            return Err(SourceError::NotFound(format!("rename {from}")));
+        }
+        if s.files.contains_key(&to) || s.dirs.contains(&to) {
+            return Err(SourceError::AlreadyExists(to));
+        }
+        if !s.is_dir(parent(&to)) {
+            return Err(SourceError::NotFound(format!(
+                "rename {from} -> {to}: no folder {}",
+                parent(&to)
+            )));
+        }
+        if let Some(f) = s.files.remove(&from) {
+            s.files.insert(to, f);
+        }
+        Ok(())
+    }
+
+    async fn server_now(&self, _scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
+        Ok(self.now())
+    }
+}
+
+/// Hex MD5 of `bytes`, as a fetch reports it.
+pub fn md5_hex(bytes: &[u8]) -> String {
+    hex::encode(Md5::digest(bytes))
+}
+
+/// A row of the `files` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRow {
+    /// Row id.
+    pub id: i64,
+    /// Remitter folder.
+    pub remitter: String,
+    /// File name.
+    pub file_name: String,
+    /// Logical name.
+    pub base_name: String,
+    /// Hex MD5.
+    pub md5: String,
+    /// Size when last seen.
+    pub size: i64,
+    /// Last-write time when last seen.
+    pub mtime: DateTime<Utc>,
+    /// Latest status.
+    pub status: String,
+    /// The run that claimed it.
+    pub run_id: Uuid,
+    /// Where the archive move put it.
+    pub archive_path: Option<String>,
+}
+
+impl FileRow {
+    /// True once the archive move is recorded.
+    pub fn archived(&self) -> bool {
+        self.archive_path.is_some()
+    }
+}
+
+/// A row of `file_events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// The file.
+    pub file_id: i64,
+    /// Status (or `archive_succeeded`).
+    pub status: String,
+    /// Step details.
+    pub detail: Value,
+}
+
+/// A row of the notification outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationRow {
+    /// Outbox id.
+    pub id: i64,
+    /// `file_failed:<file_id>` or `run_failed:<run_id>`.
+    pub dedupe_key: String,
+    /// The JSON body.
+    pub payload: Value,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+    /// True once IQube accepted it.
+    pub delivered: bool,
+}
+
+/// A row of `runs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    /// Run id.
+    pub id: Uuid,
+    /// `running`, `completed`, `failed` or `abandoned`.
+    pub status: String,
+    /// What started it.
+    pub trigger: String,
+    /// Which process ran it.
+    pub instance: String,
+    /// The summary, once finished.
+    pub summary: Value,
+    /// The error code and message of a failed run.
+    pub error: Option<(String, String)>,
+}
+
+#[derive(Debug, Default)]
+struct StoreState {
+    files: Vec<FileRow>,
+    events: Vec<EventRow>,
+    notifications: Vec<NotificationRow>,
+    runs: Vec<RunRow>,
+    run_lock: bool,
+    unavailable: bool,
+}
+
+impl StoreState {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.unavailable {
+            Err(StoreError::Unavailable("injected database outage".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn event(&mut self, file_id: i64, status: &str, detail: Value) {
+        self.events.push(EventRow {
+            file_id,
+            status: status.to_string(),
+            detail,
+        });
+    }
+
+    fn enqueue(&mut self, key: String, payload: &Value) {
+        if self.notifications.iter().any(|n| n.dedupe_key == key) {
+            return;
+        }
+        let id = self.notifications.len() as i64 + 1;
+        self.notifications.push(NotificationRow {
+            id,
+            dedupe_key: key,
+            payload: payload.clone(),
+            attempts: 0,
+            last_error: None,
+            delivered: false,
+        });
+    }
+}
+
+/// An in-memory [`Store`] with the semantics of the Postgres one.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    state: Arc<Mutex<StoreState>>,
+}
+
+/// The run lock of a [`MemStore`]; released when dropped, like a closed session.
+struct MemRunLock(Arc<Mutex<StoreState>>);
+
+impl Drop for MemRunLock {
+    fn drop(&mut self) {
+        lock(&self.0).run_lock = false;
+    }
+}
+
+#[async_trait]
+impl RunLock for MemRunLock {
+    async fn release(self: Box<Self>) {}
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every `files` row, by id.
+    pub fn files(&self) -> Vec<FileRow> {
+        lock(&self.state).files.clone()
+    }
+
+    /// One `files` row.
+    pub fn file(&self, id: i64) -> Option<FileRow> {
+        lock(&self.state).files.iter().find(|f| f.id == id).cloned()
+    }
+
+    /// The event statuses of a file, oldest first.
+    pub fn events(&self, file_id: i64) -> Vec<String> {
+        self.event_rows(file_id)
+            .into_iter()
+            .map(|e| e.status)
+            .collect()
+    }
+
+    /// The events of a file with their details, oldest first.
+    pub fn event_rows(&self, file_id: i64) -> Vec<EventRow> {
+        lock(&self.state)
+            .events
+            .iter()
+            .filter(|e| e.file_id == file_id)
+            .cloned()
+            .collect()
+    }
+
+    /// The notification outbox, by id.
+    pub fn notifications(&self) -> Vec<NotificationRow> {
+        lock(&self.state).notifications.clone()
+    }
+
+    /// Every run, oldest first.
+    pub fn runs(&self) -> Vec<RunRow> {
+        lock(&self.state).runs.clone()
+    }
+
+    /// Sets a status without an event, as an operator's SQL would (`ops_done`).
+    pub fn set_status_raw(&self, file_id: i64, status: &str) {
+        let mut s = lock(&self.state);
+        if let Some(f) = s.files.iter_mut().find(|f| f.id == file_id) {
+            f.status = status.to_string();
+        }
+    }
+
+    /// Makes every call fail with [`StoreError::Unavailable`] (or work again).
+    pub fn set_unavailable(&self, down: bool) {
+        lock(&self.state).unavailable = down;
+    }
+}
+
+#[async_trait]
+impl Store for MemStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        lock(&self.state).check()
+    }
+
+    async fn begin_run(
+        &self,
+        run_id: Uuid,
+        trigger: &str,
+        instance: &str,
+    ) -> Result<RunStart, StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        if s.run_lock {
+            let running = s.runs.iter().rev().find(|r| r.status == "running");
+            return Ok(RunStart::Busy(running.map(|r| r.id)));
+        }
+        s.run_lock = true;
+        for r in s.runs.iter_mut().filter(|r| r.status == "running") {
+            r.status = "abandoned".into();
+        }
+        s.runs.push(RunRow {
+            id: run_id,
+            status: "running".into(),
+            trigger: trigger.into(),
+            instance: instance.into(),
+            summary: Value::Null,
+            error: None,
+        });
+        Ok(RunStart::Started(Box::new(MemRunLock(self.state.clone()))))
+    }
+
+    async fn finish_run(
+        &self,
+        run_id: Uuid,
+        status: &str,
+        summary: &Value,
+        error: Option<(&str, &str)>,
+        notification: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        if let Some(r) = s.runs.iter_mut().find(|r| r.id == run_id) {
+            r.status = status.into();
+            r.summary = summary.clone();
+            r.error = error.map(|(c, m)| (c.into(), m.into()));
+        }
+        if let Some(payload) = notification {
+            s.enqueue(format!("run_failed:{run_id}"), payload);
+        }
+        Ok(())
+    }
+
+    async fn known_versions(
+        &self,
+        names: &[(String, String)],
+    ) -> Result<Vec<KnownVersion>, StoreError> {
+        let s = lock(&self.state);
+        s.check()?;
+        Ok(s.files
+            .iter()
+            .filter(|f| {
+                names
+                    .iter()
+                    .any(|(r, n)| *r == f.remitter && *n == f.file_name)
+            })
+            .map(|f| KnownVersion {
+                id: f.id,
+                remitter: f.remitter.clone(),
+                file_name: f.file_name.clone(),
+                size: f.size,
+                mtime: f.mtime,
+                status: f.status.clone(),
+            })
+            .collect())
+    }
+
+    async fn claim(
+        &self,
+        run_id: Uuid,
+        remitter: &str,
+        file_name: &str,
+        base_name: &str,
+        md5: &str,
+        size: i64,
+        mtime: DateTime<Utc>,
+    ) -> Result<Claim, StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        if let Some(f) = s
+            .files
+            .iter_mut()
+            .find(|f| f.remitter == remitter && f.file_name == file_name && f.md5 == md5)
+        {
+            f.size = size;
+            f.mtime = mtime;
+            return Ok(Claim::Exists {
+                id: f.id,
+                status: f.status.clone(),
+            });
+        }
+        let id = s.files.len() as i64 + 1;
+        s.files.push(FileRow {
+            id,
+            remitter: remitter.into(),
+            file_name: file_name.into(),
+            base_name: base_name.into(),
+            md5: md5.into(),
+            size,
+            mtime,
+            status: FileStatus::Processing.as_str().into(),
+            run_id,
+            archive_path: None,
+        });
+        s.event(
+            id,
+            FileStatus::Processing.as_str(),
+            json!({"run_id": run_id}),
+        );
+        Ok(Claim::New(id))
+    }
+
+    async fn set_status(
+        &self,
+        file_id: i64,
+        status: FileStatus,
+        detail: &Value,
+        notification: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        let Some(f) = s.files.iter_mut().find(|f| f.id == file_id) else {
+            return Err(StoreError::Unavailable(format!("no file {file_id}")));
+        };
+        f.status = status.as_str().into();
+        s.event(file_id, status.as_str(), detail.clone());
+        if let Some(payload) = notification {
+            s.enqueue(format!("file_failed:{file_id}"), payload);
+        }
+        Ok(())
+    }
+
+    async fn pending_notifications(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<PendingNotification>, StoreError> {
+        let s = lock(&self.state);
+        s.check()?;
+        Ok(s.notifications
+            .iter()
+            .filter(|n| !n.delivered)
+            .take(usize::try_from(limit).unwrap_or(0))
+            .map(|n| PendingNotification {
+                id: n.id,
+                key: n.dedupe_key.clone(),
+                payload: n.payload.clone(),
+            })
+            .collect())
+    }
+
+    async fn notification_attempted(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        if let Some(n) = s.notifications.iter_mut().find(|n| n.id == id) {
+            n.attempts += 1;
+            n.last_error = error.map(str::to_string);
+            n.delivered = error.is_none();
+        }
+        Ok(())
+    }
+
+    async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError> {
+        let s = lock(&self.state);
+        s.check()?;
+        Ok(s.files
+            .iter()
+            .filter(|f| {
+                !f.archived()
+                    && (f.status == "success"
+                        || (f.status.starts_with("ops_") && f.status.len() > 4))
+            })
+            .map(|f| ArchiveCandidate {
+                id: f.id,
+                remitter: f.remitter.clone(),
+                file_name: f.file_name.clone(),
+                size: f.size,
+                mtime: f.mtime,
+            })
+            .collect())
+    }
+
+    async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        let Some(f) = s
+            .files
+            .iter_mut()
+            .find(|f| f.id == file_id && !f.archived())
+        else {
+            return Ok(());
+        };
+        f.archive_path = Some(archive_path.into());
+        s.event(
+            file_id,
+            ARCHIVE_SUCCEEDED,
+            json!({"archive_path": archive_path}),
+        );
+        Ok(())
+    }
+
+    async fn try_housekeeping_lock(&self) -> Result<Option<Guard>, StoreError> {
+        lock(&self.state).check()?;
+        Ok(Some(Box::new(())))
+    }
+}
+
+/// One call FOI received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoiCall {
+    /// Remitter.
+    pub remitter: String,
+    /// File name.
+    pub file_name: String,
+    /// The spooled bytes it was sent.
+    pub bytes: Vec<u8>,
+}
+
+/// A fake FOI answering with a settable outcome (success by default).
+#[derive(Debug)]
+pub struct FakeFoi {
+    calls: Mutex<Vec<FoiCall>>,
+    outcome: Mutex<FoiOutcome>,
+}
+
+impl Default for FakeFoi {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeFoi {
+    /// The result a default [`FakeFoi`] extracts.
+    pub fn default_result() -> Value {
+        json!([{"invoice": "INV-1", "amount": "100.00"}])
+    }
+
+    /// Answers `Success(default_result())`.
+    pub fn new() -> Self {
+        Self {
+            calls: Mutex::new(Vec::new()),
+            outcome: Mutex::new(FoiOutcome::Success(Self::default_result())),
+        }
+    }
+
+    /// Sets the answer to every later call.
+    pub fn set(&self, outcome: FoiOutcome) {
+        *lock(&self.outcome) = outcome;
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<FoiCall> {
+        lock(&self.calls).clone()
+    }
+}
+
+#[async_trait]
+impl Extractor for FakeFoi {
+    async fn extract(&self, remitter: &str, file_name: &str, local: &Path) -> FoiOutcome {
+        let bytes = std::fs::read(local).unwrap_or_default();
+        lock(&self.calls).push(FoiCall {
+            remitter: remitter.into(),
+            file_name: file_name.into(),
+            bytes,
+        });
+        lock(&self.outcome).clone()
+    }
+}
+
+/// A fake ITM answering with a settable result (accepting by default).
+#[derive(Debug)]
+pub struct FakeItm {
+    calls: Mutex<Vec<(ItmSubmission, String)>>,
+    answer: Mutex<Result<(), String>>,
+}
+
+impl Default for FakeItm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeItm {
+    /// Accepts every submission.
+    pub fn new() -> Self {
+        Self {
+            calls: Mutex::new(Vec::new()),
+            answer: Mutex::new(Ok(())),
+        }
+    }
+
+    /// Sets the answer to every later call.
+    pub fn set(&self, answer: Result<(), String>) {
+        *lock(&self.answer) = answer;
+    }
+
+    /// Every submission so far, with its idempotency key.
+    pub fn calls(&self) -> Vec<(ItmSubmission, String)> {
+        lock(&self.calls).clone()
+    }
+}
+
+#[async_trait]
+impl Submitter for FakeItm {
+    async fn submit(&self, sub: &ItmSubmission, idempotency_key: &str) -> Result<(), String> {
+        lock(&self.calls).push((sub.clone(), idempotency_key.into()));
+        lock(&self.answer).clone()
+    }
+}
+
+/// One delivery attempt IQube saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IqubeCall {
+    /// The JSON body.
+    pub payload: Value,
+    /// The `Idempotency-Key`.
+    pub key: String,
+    /// True when IQube was up and took it.
+    pub accepted: bool,
+}
+
+/// A fake IQube that is up (accepting) or down (refusing).
+#[derive(Debug)]
+pub struct FakeIqube {
+    calls: Mutex<Vec<IqubeCall>>,
+    up: AtomicBool,
+}
+
+impl Default for FakeIqube {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeIqube {
+    /// An IQube that is up.
+    pub fn new() -> Self {
+        Self {
+            calls: Mutex::new(Vec::new()),
+            up: AtomicBool::new(true),
+        }
+    }
+
+    /// Brings IQube up or down.
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+
+    /// Every attempt so far, refused ones included.
+    pub fn calls(&self) -> Vec<IqubeCall> {
+        lock(&self.calls).clone()
+    }
+
+    /// The attempts IQube accepted.
+    pub fn delivered(&self) -> Vec<IqubeCall> {
+        self.calls().into_iter().filter(|c| c.accepted).collect()
+    }
+}
+
+#[async_trait]
+impl Notifier for FakeIqube {
+    async fn notify(&self, payload: &Value, key: &str) -> Result<(), String> {
+        let accepted = self.up.load(Ordering::SeqCst);
+        lock(&self.calls).push(IqubeCall {
+            payload: payload.clone(),
+            key: key.into(),
+            accepted,
+        });
+        if accepted {
+            Ok(())
+        } else {
+            Err("IQube answered HTTP 503: down".into())
+        }
+    }
+}
+
+/// An engine over the stand-ins: source `in`, archive `archive`, a fresh
+/// spool folder, default temp names, 60 s minimum age, no wait between looks,
+/// two files at once.
+pub fn engine(
+    source: Arc<MemSource>,
+    store: Arc<MemStore>,
+    foi: Arc<FakeFoi>,
+    itm: Arc<FakeItm>,
+    iqube: Arc<FakeIqube>,
+) -> Arc<Engine> {
+    // Kept for the whole test process: spool files are deleted by the engine.
+    let spool_dir = tempfile::Builder::new()
+        .prefix("coordinator-spool-")
+        .tempdir()
+        .map(|d| d.keep())
+        .unwrap_or_else(|_| {
+            std::env::temp_dir().join(format!("coordinator-spool-{}", Uuid::new_v4()))
+        });
+    Arc::new(Engine {
+        source,
+        store,
+        foi,
+        itm,
+        iqube,
+        settings: RunSettings {
+            source_dir: "in".into(),
+            archive_dir: "archive".into(),
+            spool_dir,
+            ignore: TempNameFilter::default(),
+            stable_min_age: Duration::from_secs(60),
+            stable_check_interval: Duration::ZERO,
+            max_concurrent_files: 2,
+        },
+        tracker: TaskTracker::new(),
+        instance: "test".into(),
+        passes_done: tokio::sync::watch::channel(0).0,
+    })
+}
