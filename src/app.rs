@@ -45,6 +45,7 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
             stable_min_age: cfg.stable_min_age,
             stable_check_interval: cfg.stable_check_interval,
             max_concurrent_files: cfg.max_concurrent_files,
+            claim_lease: cfg.claim_lease,
         },
         tracker: TaskTracker::new(),
         instance: instance_name(),
@@ -92,7 +93,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tick.tick() => { e.background_pass(Vec::new()).await; }
+                    _ = tick.tick() => { e.background_pass().await; }
                 }
             }
         });

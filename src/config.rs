@@ -150,6 +150,9 @@ pub struct ConfigArgs {
     /// Comma-separated temp-name patterns (prefix*, *suffix, exact) [default: CONTRACT §5 list]
     #[arg(long, env = "IGNORE_NAME_PATTERNS")]
     pub ignore_name_patterns: Option<String>,
+    /// Seconds a `processing` claim may go without an update before another run takes it over [default: 900]
+    #[arg(long, env = "CLAIM_LEASE_SECS")]
+    pub claim_lease_secs: Option<String>,
     /// Local folder for spooling downloads [default: the system temp folder]
     #[arg(long, env = "SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
@@ -199,6 +202,8 @@ pub struct Config {
     pub ignore: TempNameFilter,
     /// Where downloads are spooled.
     pub spool_dir: PathBuf,
+    /// Lease of a `processing` claim.
+    pub claim_lease: Duration,
     /// Period of the background housekeeping pass (None: only after runs).
     pub housekeeping_interval: Option<Duration>,
 }
@@ -380,6 +385,7 @@ impl Config {
             max_concurrent_files,
             ignore,
             spool_dir: a.spool_dir.unwrap_or_else(std::env::temp_dir),
+            claim_lease: timeout(a.claim_lease_secs, "CLAIM_LEASE_SECS", 900.0)?,
             housekeeping_interval: (!housekeeping.is_zero()).then_some(housekeeping),
         })
     }

@@ -9,7 +9,7 @@ use crate::plan::{self, Group};
 use crate::process::{FileReport, Processor};
 use crate::scan::{self, Candidate, names::TempNameFilter};
 use crate::source::FileSource;
-use crate::store::{RunStart, Store};
+use crate::store::{RunStart, Store, SupersededFile};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
@@ -38,6 +38,9 @@ pub struct RunSettings {
     pub stable_check_interval: Duration,
     /// Files processed at once.
     pub max_concurrent_files: usize,
+    /// How long a `processing` claim may go without an update before another
+    /// run takes it over (its process is presumed dead).
+    pub claim_lease: Duration,
 }
 
 /// Counts and per-file decisions of one run (CONTRACT §4).
@@ -157,18 +160,18 @@ impl Engine {
         }
     }
 
-    /// One background pass now: archive `superseded`, deliver notifications, housekeeping.
-    pub async fn background_pass(&self, superseded: Vec<Candidate>) -> PassReport {
-        let report = self.archiver().pass(&superseded).await;
+    /// One background pass now: superseded versions, notifications, housekeeping.
+    pub async fn background_pass(&self) -> PassReport {
+        let report = self.archiver().pass().await;
         self.passes_done.send_modify(|n| *n += 1);
         report
     }
 
     /// Schedules a background pass on the tracker.
-    pub fn spawn_background(self: &Arc<Self>, superseded: Vec<Candidate>) {
+    pub fn spawn_background(self: &Arc<Self>) {
         let me = self.clone();
         self.tracker.spawn(async move {
-            me.background_pass(superseded).await;
+            me.background_pass().await;
         });
     }
 
@@ -204,7 +207,7 @@ impl Engine {
         let outcome = tracing::Instrument::instrument(self.perform(run_id), span.clone()).await;
         let finished_at = Utc::now();
         let result = match outcome {
-            Ok((summary, to_archive)) => {
+            Ok(summary) => {
                 let report = RunReport {
                     run_id,
                     status: "completed",
@@ -220,7 +223,7 @@ impl Engine {
                 {
                     tracing::error!(%run_id, error = %e, "could not record the run's outcome");
                 }
-                self.spawn_background(to_archive);
+                self.spawn_background();
                 Ok(report)
             }
             Err((code, message)) => {
@@ -243,7 +246,7 @@ impl Engine {
                         .notify(&payload, &format!("run_failed:{run_id}"))
                         .await;
                 }
-                self.spawn_background(Vec::new());
+                self.spawn_background();
                 Err(fail(code, message))
             }
         };
@@ -251,10 +254,7 @@ impl Engine {
         result
     }
 
-    async fn perform(
-        &self,
-        run_id: Uuid,
-    ) -> Result<(Summary, Vec<Candidate>), (&'static str, String)> {
+    async fn perform(&self, run_id: Uuid) -> Result<Summary, (&'static str, String)> {
         let s = &self.settings;
         let scanned = scan::scan(
             self.source.as_ref(),
@@ -277,7 +277,30 @@ impl Engine {
                 reason: Some("temp-like name".into()),
             });
         }
-        let groups = plan::group(scanned.candidates);
+        // Versions an earlier run superseded stay superseded until moved, even
+        // when they are now alone in their group.
+        let earlier = self
+            .store
+            .pending_superseded()
+            .await
+            .map_err(|e| ("database_error", e.to_string()))?;
+        let (candidates, already_superseded): (Vec<Candidate>, Vec<Candidate>) =
+            scanned.candidates.into_iter().partition(|c| {
+                !earlier.iter().any(|e| {
+                    e.remitter == c.remitter
+                        && e.file_name == c.entry.name
+                        && e.size == c.entry.size as i64
+                        && e.mtime == c.entry.mtime
+                })
+            });
+        for c in &already_superseded {
+            summary.push(FileReport::new(
+                c,
+                Decision::Superseded,
+                Some("superseded by an earlier run; waiting for the archive move".into()),
+            ));
+        }
+        let groups = plan::group(candidates);
         let names: Vec<(String, String)> = groups
             .iter()
             .map(|g| (g.newest.remitter.clone(), g.newest.entry.name.clone()))
@@ -295,15 +318,17 @@ impl Engine {
                 .or_default()
                 .push(k);
         }
-        let mut to_archive = Vec::new();
+        let mut to_archive: Vec<SupersededFile> = Vec::new();
         let mut pending: Vec<&Group> = Vec::new();
         for g in &groups {
             let e = &g.newest.entry;
+            // A claim still `processing` goes through the claim again (lease recovery).
             let seen = known_by_name
                 .get(&(g.newest.remitter.as_str(), e.name.as_str()))
                 .and_then(|ks| {
-                    ks.iter()
-                        .find(|k| k.size == e.size as i64 && k.mtime == e.mtime)
+                    ks.iter().find(|k| {
+                        k.size == e.size as i64 && k.mtime == e.mtime && k.status != "processing"
+                    })
                 });
             match seen {
                 Some(k) => {
@@ -379,6 +404,7 @@ impl Engine {
                 itm: self.itm.clone(),
                 source_dir: s.source_dir.clone(),
                 spool_dir: s.spool_dir.clone(),
+                claim_lease: s.claim_lease,
             };
             let jobs: Vec<_> = stable
                 .iter()
@@ -402,20 +428,31 @@ impl Engine {
             errors = summary.errors,
             "run completed"
         );
-        Ok((summary, to_archive))
+        if let Err(e) = self.store.record_superseded(run_id, &to_archive).await {
+            // Not fatal: nothing was moved, and the next run decides again.
+            tracing::error!(error = %e, "could not record superseded versions; they wait for the next run");
+        }
+        Ok(summary)
     }
 
-    fn supersede(&self, g: &Group, summary: &mut Summary, to_archive: &mut Vec<Candidate>) {
+    fn supersede(&self, g: &Group, summary: &mut Summary, to_archive: &mut Vec<SupersededFile>) {
         for old in &g.superseded {
             summary.push(FileReport::new(
                 old,
                 Decision::Superseded,
                 Some(format!(
-                    "older version of {}; archived",
+                    "older version of {}; moved to the archive in the background",
                     g.newest.entry.name
                 )),
             ));
-            to_archive.push(old.clone());
+            to_archive.push(SupersededFile {
+                id: 0,
+                remitter: old.remitter.clone(),
+                file_name: old.entry.name.clone(),
+                size: old.entry.size as i64,
+                mtime: old.entry.mtime,
+                newer_file_name: g.newest.entry.name.clone(),
+            });
         }
     }
 }

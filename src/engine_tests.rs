@@ -5,6 +5,7 @@ use crate::archive::PassReport;
 use crate::domain::FileStatus;
 use crate::downstream::FoiOutcome;
 use crate::process::idempotency_key;
+use crate::store::Claim;
 use crate::testing::{self, FakeFoi, FakeIqube, FakeItm, MemSource, MemStore, RunRow, md5_hex, t0};
 
 /// The stand-ins and an engine over them.
@@ -62,7 +63,7 @@ impl Harness {
 
     /// One more background pass (archive retries, outbox, housekeeping).
     async fn pass(&self) -> PassReport {
-        self.engine.background_pass(Vec::new()).await
+        self.engine.background_pass().await
     }
 
     /// The only `files` row; panics unless there is exactly one.
@@ -806,4 +807,110 @@ async fn archive_folders_outside_remitter_folders_are_not_scanned() {
     assert!(h.src.exists("in/archive/acme/remit.xlsx"));
     assert!(h.src.exists("in/root.csv"));
     assert!(h.src.exists("in/acme/deeper/x.csv"));
+}
+
+#[tokio::test]
+async fn a_superseded_version_whose_move_failed_is_never_processed() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit_20240101.xlsx", b"old", old());
+    h.src.put("in/acme/remit_20240102.xlsx", b"new", old());
+    h.src.fail_rename("in/acme/remit_20240101.xlsx");
+
+    let r = h.run().await;
+    assert_eq!(
+        report_of(&r, "remit_20240101.xlsx").decision,
+        Decision::Superseded
+    );
+    assert!(
+        h.src.exists("in/acme/remit_20240101.xlsx"),
+        "the move failed"
+    );
+
+    // Alone in its group now, it is still the superseded version: not processed.
+    let r = h.run().await;
+    let again = report_of(&r, "remit_20240101.xlsx");
+    assert_eq!(again.decision, Decision::Superseded, "{again:?}");
+    assert_eq!(h.foi.calls().len(), 1);
+    assert_eq!(h.store.files().len(), 1);
+
+    h.src.clear_faults();
+    h.pass().await;
+    assert!(!h.src.exists("in/acme/remit_20240101.xlsx"));
+    assert_eq!(
+        h.src.files_under("archive"),
+        [
+            "archive/acme/remit_20240101.xlsx",
+            "archive/acme/remit_20240102.xlsx"
+        ]
+    );
+    assert_eq!(h.foi.calls().len(), 1);
+}
+
+/// An engine like `h`'s but with another claim lease.
+fn with_lease(h: &Harness, lease: std::time::Duration) -> Arc<Engine> {
+    let e = &h.engine;
+    Arc::new(Engine {
+        source: e.source.clone(),
+        store: e.store.clone(),
+        foi: e.foi.clone(),
+        itm: e.itm.clone(),
+        iqube: e.iqube.clone(),
+        settings: RunSettings {
+            claim_lease: lease,
+            ..e.settings.clone()
+        },
+        tracker: TaskTracker::new(),
+        instance: "test-2".into(),
+        passes_done: tokio::sync::watch::channel(0).0,
+    })
+}
+
+#[tokio::test]
+async fn a_claim_left_processing_is_taken_over_after_its_lease() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit.csv", b"bytes", old());
+    // A process claimed the file and died before recording an outcome.
+    let dead_run = Uuid::new_v4();
+    let claim = h
+        .store
+        .claim(
+            dead_run,
+            "acme",
+            "remit.csv",
+            "remit.csv",
+            &md5_hex(b"bytes"),
+            5,
+            old(),
+            std::time::Duration::from_secs(900),
+        )
+        .await
+        .unwrap();
+    let Claim::New(id) = claim else {
+        panic!("{claim:?}")
+    };
+
+    // Within the lease: left alone, nothing sent.
+    let r = h.run().await;
+    let f = report_of(&r, "remit.csv");
+    assert_eq!(
+        (f.decision, f.status.as_deref()),
+        (Decision::AlreadyProcessed, Some("processing"))
+    );
+    assert!(h.foi.calls().is_empty());
+
+    // Past the lease: taken over and driven to a final status, same ITM key.
+    let later = with_lease(&h, std::time::Duration::ZERO);
+    let r = later.run("test").await.unwrap();
+    assert_eq!(
+        report_of(&r, "remit.csv").status.as_deref(),
+        Some("success")
+    );
+    assert_eq!(h.store.events(id), ["processing", "processing", "success"]);
+    let itm = h.itm.calls();
+    assert_eq!(itm.len(), 1);
+    assert_eq!(
+        itm[0].1,
+        idempotency_key("acme", "remit.csv", &md5_hex(b"bytes"))
+    );
+    assert_eq!(h.store.files().len(), 1);
 }

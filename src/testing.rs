@@ -8,7 +8,7 @@ use crate::scan::names::TempNameFilter;
 use crate::source::{Entry, Fetched, FileSource, SourceError, join};
 use crate::store::{
     ArchiveCandidate, Claim, Guard, KnownVersion, PendingNotification, RunLock, RunStart, Store,
-    StoreError,
+    StoreError, SupersededFile,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -364,6 +364,8 @@ pub struct FileRow {
     pub run_id: Uuid,
     /// Where the archive move put it.
     pub archive_path: Option<String>,
+    /// Last claim or status change (the claim's lease runs from here).
+    pub updated_at: DateTime<Utc>,
 }
 
 impl FileRow {
@@ -424,6 +426,7 @@ struct StoreState {
     events: Vec<EventRow>,
     notifications: Vec<NotificationRow>,
     runs: Vec<RunRow>,
+    superseded: Vec<(SupersededFile, Option<Option<String>>)>,
     run_lock: bool,
     unavailable: bool,
 }
@@ -626,9 +629,11 @@ impl Store for MemStore {
         md5: &str,
         size: i64,
         mtime: DateTime<Utc>,
+        lease: Duration,
     ) -> Result<Claim, StoreError> {
         let mut s = lock(&self.state);
         s.check()?;
+        let now = Utc::now();
         if let Some(f) = s
             .files
             .iter_mut()
@@ -636,10 +641,27 @@ impl Store for MemStore {
         {
             f.size = size;
             f.mtime = mtime;
-            return Ok(Claim::Exists {
-                id: f.id,
-                status: f.status.clone(),
-            });
+            let expired = f.status == FileStatus::Processing.as_str()
+                && now
+                    .signed_duration_since(f.updated_at)
+                    .to_std()
+                    .unwrap_or_default()
+                    > lease;
+            if !expired {
+                return Ok(Claim::Exists {
+                    id: f.id,
+                    status: f.status.clone(),
+                });
+            }
+            f.run_id = run_id;
+            f.updated_at = now;
+            let id = f.id;
+            s.event(
+                id,
+                FileStatus::Processing.as_str(),
+                json!({"run_id": run_id, "recovered": "the claim's lease expired"}),
+            );
+            return Ok(Claim::New(id));
         }
         let id = s.files.len() as i64 + 1;
         s.files.push(FileRow {
@@ -653,6 +675,7 @@ impl Store for MemStore {
             status: FileStatus::Processing.as_str().into(),
             run_id,
             archive_path: None,
+            updated_at: now,
         });
         s.event(
             id,
@@ -675,6 +698,7 @@ impl Store for MemStore {
             return Err(StoreError::Unavailable(format!("no file {file_id}")));
         };
         f.status = status.as_str().into();
+        f.updated_at = Utc::now();
         s.event(file_id, status.as_str(), detail.clone());
         if let Some(payload) = notification {
             s.enqueue(format!("file_failed:{file_id}"), payload);
@@ -747,6 +771,54 @@ impl Store for MemStore {
             ARCHIVE_SUCCEEDED,
             json!({"archive_path": archive_path}),
         );
+        Ok(())
+    }
+
+    async fn record_superseded(
+        &self,
+        _run_id: Uuid,
+        files: &[SupersededFile],
+    ) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        for f in files {
+            let known = s.superseded.iter().any(|(k, _)| {
+                k.remitter == f.remitter
+                    && k.file_name == f.file_name
+                    && k.size == f.size
+                    && k.mtime == f.mtime
+            });
+            if !known {
+                let mut row = f.clone();
+                row.id = s.superseded.len() as i64 + 1;
+                s.superseded.push((row, None));
+            }
+        }
+        Ok(())
+    }
+
+    async fn pending_superseded(&self) -> Result<Vec<SupersededFile>, StoreError> {
+        let s = lock(&self.state);
+        s.check()?;
+        Ok(s.superseded
+            .iter()
+            .filter(|(_, resolved)| resolved.is_none())
+            .map(|(f, _)| f.clone())
+            .collect())
+    }
+
+    async fn resolve_superseded(
+        &self,
+        id: i64,
+        archive_path: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        if let Some((_, resolved)) = s.superseded.iter_mut().find(|(f, _)| f.id == id)
+            && resolved.is_none()
+        {
+            *resolved = Some(archive_path.map(str::to_string));
+        }
         Ok(())
     }
 
@@ -957,6 +1029,7 @@ pub fn engine(
             stable_min_age: Duration::from_secs(60),
             stable_check_interval: Duration::ZERO,
             max_concurrent_files: 2,
+            claim_lease: Duration::from_secs(900),
         },
         tracker: TaskTracker::new(),
         instance: "test".into(),

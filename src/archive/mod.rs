@@ -3,7 +3,6 @@
 //! Moves never overwrite; a failed move stays in place for the next pass.
 
 use crate::downstream::Notifier;
-use crate::scan::Candidate;
 use crate::source::{FileSource, SourceError, join};
 use crate::store::Store;
 use std::sync::Arc;
@@ -64,21 +63,53 @@ impl Archiver {
         )))
     }
 
-    /// Archives this run's superseded versions.
-    pub async fn archive_superseded(&self, files: &[Candidate], report: &mut PassReport) {
-        for c in files {
-            match self.move_to_archive(&c.remitter, &c.entry.name).await {
-                Ok(to) => {
-                    tracing::info!(remitter = %c.remitter, file = %c.entry.name, to = %to, "archived superseded version");
-                    report.moved += 1;
+    /// Archives the superseded versions runs recorded, provided the file in
+    /// the source is still that version; one that is gone or was replaced is
+    /// resolved without a move.
+    pub async fn archive_superseded(&self, report: &mut PassReport) {
+        let due = match self.store.pending_superseded().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list superseded versions");
+                return;
+            }
+        };
+        for f in due {
+            let path = join(&[&self.source_dir, &f.remitter, &f.file_name]);
+            let resolved = match self.source.stat(&path).await {
+                Ok(e) if e.size as i64 == f.size && e.mtime == f.mtime => {
+                    match self.move_to_archive(&f.remitter, &f.file_name).await {
+                        Ok(to) => {
+                            tracing::info!(remitter = %f.remitter, file = %f.file_name, to = %to, "archived superseded version");
+                            report.moved += 1;
+                            Some(Some(to))
+                        }
+                        Err(e) => {
+                            tracing::warn!(remitter = %f.remitter, file = %f.file_name, error = %e, "archive move failed; retried next pass");
+                            report.failed += 1;
+                            None
+                        }
+                    }
+                }
+                Ok(_) => {
+                    tracing::info!(remitter = %f.remitter, file = %f.file_name, "superseded version was replaced; the next run decides again");
+                    Some(None)
                 }
                 Err(SourceError::NotFound(_)) => {
-                    tracing::info!(remitter = %c.remitter, file = %c.entry.name, "superseded version already gone")
+                    tracing::info!(remitter = %f.remitter, file = %f.file_name, "superseded version already gone");
+                    Some(None)
                 }
                 Err(e) => {
-                    tracing::warn!(remitter = %c.remitter, file = %c.entry.name, error = %e, "archive move failed; the next run retries");
+                    tracing::warn!(remitter = %f.remitter, file = %f.file_name, error = %e, "archive check failed; retried next pass");
                     report.failed += 1;
+                    None
                 }
+            };
+            if let Some(to) = resolved
+                && let Err(e) = self.store.resolve_superseded(f.id, to.as_deref()).await
+            {
+                tracing::error!(remitter = %f.remitter, file = %f.file_name, error = %e, "could not record the superseded version's move");
+                report.failed += 1;
             }
         }
     }
@@ -154,11 +185,10 @@ impl Archiver {
         }
     }
 
-    /// One background pass: superseded files, then (under the housekeeping
-    /// lock, so one pass at a time across instances) notifications and housekeeping.
-    pub async fn pass(&self, superseded: &[Candidate]) -> PassReport {
+    /// One background pass, under the housekeeping lock so one runs at a time
+    /// across instances: superseded versions, notifications, housekeeping.
+    pub async fn pass(&self) -> PassReport {
         let mut report = PassReport::default();
-        self.archive_superseded(superseded, &mut report).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         let lease = loop {
             match self.store.try_housekeeping_lock().await {
@@ -174,6 +204,7 @@ impl Archiver {
             }
         };
         if let Some(_lease) = lease {
+            self.archive_superseded(&mut report).await;
             self.deliver_notifications(&mut report).await;
             self.housekeeping(&mut report).await;
         } else {

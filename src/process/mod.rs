@@ -86,6 +86,8 @@ pub struct Processor {
     pub source_dir: String,
     /// Local spool folder.
     pub spool_dir: PathBuf,
+    /// Lease of a `processing` claim (see `Store::claim`).
+    pub claim_lease: std::time::Duration,
 }
 
 /// Deletes the spool file however processing ends.
@@ -122,16 +124,18 @@ impl Processor {
                 &fetched.md5,
                 fetched.size as i64,
                 c.entry.mtime,
+                self.claim_lease,
             )
             .await;
         let file_id = match claim {
             Ok(Claim::New(id)) => id,
             Ok(Claim::Exists { status, .. }) => {
-                let mut r = FileReport::new(
-                    c,
-                    Decision::AlreadyProcessed,
-                    Some("this content was claimed before".into()),
-                );
+                let reason = if status == FileStatus::Processing.as_str() {
+                    "claimed by a run that has not finished (its lease has not run out)"
+                } else {
+                    "this content was claimed before"
+                };
+                let mut r = FileReport::new(c, Decision::AlreadyProcessed, Some(reason.into()));
                 r.status = Some(status);
                 return r;
             }

@@ -89,6 +89,23 @@ pub struct PendingNotification {
     pub payload: Value,
 }
 
+/// An older version a run decided to archive without processing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupersededFile {
+    /// Row id (0 before it is recorded).
+    pub id: i64,
+    /// Remitter folder.
+    pub remitter: String,
+    /// File name.
+    pub file_name: String,
+    /// Size when it was superseded.
+    pub size: i64,
+    /// Last-write time when it was superseded.
+    pub mtime: DateTime<Utc>,
+    /// The version that superseded it.
+    pub newer_file_name: String,
+}
+
 /// The outcome of asking for the run lock.
 pub enum RunStart {
     /// This process holds the run lock until it is released.
@@ -133,7 +150,9 @@ pub trait Store: Send + Sync {
         &self,
         names: &[(String, String)],
     ) -> Result<Vec<KnownVersion>, StoreError>;
-    /// Claims a file version (see [`Claim`]).
+    /// Claims a file version (see [`Claim`]). A claim still `processing` whose
+    /// last update is older than `lease` was left by a process that died: it
+    /// is taken over (a new `processing` event) and returned as `Claim::New`.
     #[allow(clippy::too_many_arguments)]
     async fn claim(
         &self,
@@ -144,6 +163,7 @@ pub trait Store: Send + Sync {
         md5: &str,
         size: i64,
         mtime: DateTime<Utc>,
+        lease: std::time::Duration,
     ) -> Result<Claim, StoreError>;
     /// Sets a file's status with its event, queueing its notification atomically.
     async fn set_status(
@@ -164,6 +184,20 @@ pub trait Store: Send + Sync {
     async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError>;
     /// Records an archive move and its `archive_succeeded` event, once.
     async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError>;
+    /// Remembers superseded versions (a version already remembered is kept as is).
+    async fn record_superseded(
+        &self,
+        run_id: Uuid,
+        files: &[SupersededFile],
+    ) -> Result<(), StoreError>;
+    /// Superseded versions not yet resolved.
+    async fn pending_superseded(&self) -> Result<Vec<SupersededFile>, StoreError>;
+    /// Resolves a superseded version: moved to `archive_path`, or (`None`) gone from the source.
+    async fn resolve_superseded(
+        &self,
+        id: i64,
+        archive_path: Option<&str>,
+    ) -> Result<(), StoreError>;
     /// The housekeeping lock, or `None` while another pass holds it.
     async fn try_housekeeping_lock(&self) -> Result<Option<Guard>, StoreError>;
 }

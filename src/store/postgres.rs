@@ -3,7 +3,7 @@
 //! one run, and one housekeeping pass, at a time across every instance.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     ArchiveCandidate, Claim, Guard, KnownVersion, PendingNotification, RunLock, RunStart, Store,
-    StoreError,
+    StoreError, SupersededFile,
 };
 use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
 use async_trait::async_trait;
@@ -239,6 +239,7 @@ impl Store for PgStore {
         md5: &str,
         size: i64,
         mtime: DateTime<Utc>,
+        lease: Duration,
     ) -> Result<Claim, StoreError> {
         let mut tx = self.pool.begin().await.step("starting a transaction")?;
         let id: Option<i64> = sqlx::query_scalar(
@@ -256,32 +257,51 @@ impl Store for PgStore {
         .fetch_optional(&mut *tx)
         .await
         .step("claiming the file")?;
-        let claim = match id {
-            Some(id) => {
+        let claim = if let Some(id) = id {
+            insert_event(
+                &mut tx,
+                id,
+                FileStatus::Processing.as_str(),
+                &json!({"run_id": run_id}),
+            )
+            .await?;
+            Claim::New(id)
+        } else {
+            // Take over a claim whose process died (its lease ran out), else report it.
+            let lease_secs = lease.as_secs_f64();
+            let row = sqlx::query(
+                "UPDATE files SET size = $4, mtime = $5, \
+                   run_id = CASE WHEN status = 'processing' AND updated_at < now() - make_interval(secs => $6) THEN $7 ELSE run_id END, \
+                   updated_at = CASE WHEN status = 'processing' AND updated_at < now() - make_interval(secs => $6) THEN now() ELSE updated_at END \
+                 WHERE remitter = $1 AND file_name = $2 AND md5 = $3 \
+                 RETURNING id, status, run_id = $7 AS taken_over",
+            )
+            .bind(remitter)
+            .bind(file_name)
+            .bind(md5)
+            .bind(size)
+            .bind(mtime)
+            .bind(lease_secs)
+            .bind(run_id)
+            .fetch_one(&mut *tx)
+            .await
+            .step("reading the existing claim")?;
+            let id: i64 = row.try_get("id").step("reading the existing claim")?;
+            let taken_over: bool = row
+                .try_get("taken_over")
+                .step("reading the existing claim")?;
+            if taken_over {
                 insert_event(
                     &mut tx,
                     id,
                     FileStatus::Processing.as_str(),
-                    &serde_json::json!({"run_id": run_id}),
+                    &json!({"run_id": run_id, "recovered": "the claim's lease expired"}),
                 )
                 .await?;
                 Claim::New(id)
-            }
-            None => {
-                let row = sqlx::query(
-                    "UPDATE files SET size = $4, mtime = $5 \
-                     WHERE remitter = $1 AND file_name = $2 AND md5 = $3 RETURNING id, status",
-                )
-                .bind(remitter)
-                .bind(file_name)
-                .bind(md5)
-                .bind(size)
-                .bind(mtime)
-                .fetch_one(&mut *tx)
-                .await
-                .step("reading the existing claim")?;
+            } else {
                 Claim::Exists {
-                    id: row.try_get("id").step("reading the existing claim")?,
+                    id,
                     status: row.try_get("status").step("reading the existing claim")?,
                 }
             }
@@ -290,7 +310,6 @@ impl Store for PgStore {
         Ok(claim)
     }
 
-    /// Sets a file's status with its event, and queues its notification in the same transaction.
     async fn set_status(
         &self,
         file_id: i64,
@@ -397,11 +416,81 @@ impl Store for PgStore {
                 &mut tx,
                 file_id,
                 ARCHIVE_SUCCEEDED,
-                &serde_json::json!({"archive_path": archive_path}),
+                &json!({"archive_path": archive_path}),
             )
             .await?;
         }
         tx.commit().await.step("committing the archive move")?;
+        Ok(())
+    }
+
+    async fn record_superseded(
+        &self,
+        run_id: Uuid,
+        files: &[SupersededFile],
+    ) -> Result<(), StoreError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let remitters: Vec<&str> = files.iter().map(|f| f.remitter.as_str()).collect();
+        let names: Vec<&str> = files.iter().map(|f| f.file_name.as_str()).collect();
+        let sizes: Vec<i64> = files.iter().map(|f| f.size).collect();
+        let mtimes: Vec<DateTime<Utc>> = files.iter().map(|f| f.mtime).collect();
+        let newer: Vec<&str> = files.iter().map(|f| f.newer_file_name.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO superseded_files (remitter, file_name, size, mtime, newer_file_name, run_id) \
+             SELECT r, f, s, m, n, $6 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[]) \
+               AS u(r, f, s, m, n) \
+             ON CONFLICT ON CONSTRAINT superseded_version_key DO NOTHING",
+        )
+        .bind(&remitters)
+        .bind(&names)
+        .bind(&sizes)
+        .bind(&mtimes)
+        .bind(&newer)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .step("recording superseded versions")?;
+        Ok(())
+    }
+
+    async fn pending_superseded(&self) -> Result<Vec<SupersededFile>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, remitter, file_name, size, mtime, newer_file_name FROM superseded_files \
+             WHERE resolved_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .step("listing superseded versions")?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(SupersededFile {
+                    id: r.try_get("id")?,
+                    remitter: r.try_get("remitter")?,
+                    file_name: r.try_get("file_name")?,
+                    size: r.try_get("size")?,
+                    mtime: r.try_get("mtime")?,
+                    newer_file_name: r.try_get("newer_file_name")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .step("reading superseded versions")
+    }
+
+    async fn resolve_superseded(
+        &self,
+        id: i64,
+        archive_path: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE superseded_files SET resolved_at = now(), archive_path = $2 WHERE id = $1 AND resolved_at IS NULL",
+        )
+        .bind(id)
+        .bind(archive_path)
+        .execute(&self.pool)
+        .await
+        .step("resolving a superseded version")?;
         Ok(())
     }
 
