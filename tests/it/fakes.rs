@@ -41,6 +41,10 @@ pub enum ItmBehavior {
     Failed,
     /// This status and raw body.
     Raw(u16, String),
+    /// Success after this long.
+    Slow(Duration),
+    /// Never answer.
+    Hang,
 }
 
 /// How IQube answers.
@@ -239,6 +243,14 @@ async fn itm(State(f): State<Fakes>, headers: HeaderMap, Json(body): Json<Value>
             Json(json!({"status": "failed", "error": "rejected by ITM"})).into_response()
         }
         ItmBehavior::Raw(code, body) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
+        ItmBehavior::Slow(d) => {
+            tokio::time::sleep(d).await;
+            Json(json!({"status": "success", "id": "itm-slow"})).into_response()
+        }
+        ItmBehavior::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
     }
 }
 

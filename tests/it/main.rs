@@ -6,11 +6,11 @@ mod fakes;
 mod helpers;
 
 mod api;
-mod binary;
 mod extraction_failures;
 mod faults;
 mod happy_path;
 mod itm_failure;
 mod policy_a;
+mod process;
 mod temp_files;
 mod versions;

@@ -1,0 +1,301 @@
+//! The real `coordinator serve` process, configured only through CONTRACT §3
+//! variables (secrets from `_FILE`s): runs over HTTP, a graceful stop that
+//! finishes the files in flight, and a SIGKILL mid-file recovered after the
+//! claim's lease.
+
+use crate::fakes::ItmBehavior;
+use crate::helpers::{Opts, Prepared, prepare};
+use coordinator::source::FileSource;
+use sqlx::postgres::PgPoolOptions;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `coordinator serve`.
+struct Serve {
+    child: Child,
+    base: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Serve {
+    /// Starts the binary for `p` with `extra` variables on top.
+    async fn start(p: &Prepared, extra: &[(&str, &str)]) -> Serve {
+        let a = &p.args;
+        let dir = tempfile::tempdir().unwrap();
+        let token = p.token.clone().unwrap();
+        std::fs::write(dir.path().join("token"), format!("{token}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("smbpw"),
+            format!("{}\n", a.smb_password.clone().unwrap()),
+        )
+        .unwrap();
+        let log = dir.path().join("coordinator.log");
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "debug,pavao=off")
+            .env("ENV", "prod")
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("API_TOKEN_FILE", dir.path().join("token"))
+            .env("DATABASE_URL", &p.db_url)
+            .env("SMB_HOST", a.smb_host.clone().unwrap())
+            .env("SMB_PORT", a.smb_port.clone().unwrap())
+            .env("SMB_SHARE", a.smb_share.clone().unwrap())
+            .env("SMB_USERNAME", a.smb_username.clone().unwrap())
+            .env("SMB_PASSWORD_FILE", dir.path().join("smbpw"))
+            .env("SMB_SOURCE_DIR", &p.source_dir)
+            .env("SMB_ARCHIVE_DIR", &p.archive_dir)
+            .env("FOI_API_URL", p.fakes.foi_url())
+            .env("ITM_API_URL", p.fakes.itm_url())
+            .env("IQUBE_API_URL", p.fakes.iqube_url())
+            .env("STABLE_MIN_AGE_SECS", "0")
+            .env("STABLE_CHECK_INTERVAL_SECS", "0")
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start coordinator serve");
+        let s = Serve {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+            http: reqwest::Client::new(),
+            token,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = s.http.get(format!("{}/healthz", s.base)).send().await
+                && r.status() == 200
+            {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "serve did not answer /healthz: {}",
+                s.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn trigger(
+        &self,
+    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+        self.http
+            .post(format!("{}/api/v1/coordinator/runs", self.base))
+            .bearer_auth(&self.token)
+            .send()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit code (None when killed by a signal).
+    async fn wait(&mut self) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "serve did not exit: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn put(p: &Prepared, remitter: &str, name: &str, bytes: &[u8]) {
+    let dir = format!("{}/{remitter}", p.source_dir);
+    p.remitter_share.mkdir_all(&dir).await.unwrap();
+    p.remitter_share
+        .write_file(&format!("{dir}/{name}"), bytes.to_vec())
+        .await
+        .unwrap();
+}
+
+async fn until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {secs}s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_runs_over_http_and_stops_gracefully() {
+    let p = prepare(Opts::default()).await;
+    let mut serve = Serve::start(&p, &[]).await;
+    put(&p, "acme", "remit_20240101.csv", b"a,b\n1,2\n").await;
+
+    let unauthorized = serve
+        .http
+        .post(format!("{}/api/v1/coordinator/runs", serve.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let resp = serve.trigger().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["summary"]["succeeded"], 1, "{body}");
+    assert_eq!(p.fakes.itm_calls().len(), 1);
+    let archived = p
+        .share_path
+        .join(&p.archive_dir)
+        .join("acme/remit_20240101.csv");
+    until(30, "archived", || archived.is_file()).await;
+
+    serve.signal("-TERM");
+    let code = serve.wait().await;
+    let log = serve.log_text();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("coordinator listening"), "{log}");
+    for secret in [
+        serve.token.as_str(),
+        p.args.smb_password.as_deref().unwrap(),
+    ] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
+
+/// SIGTERM during a run: the in-flight files finish, the request is answered,
+/// no claim is left `processing`, exit code 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_finishes_the_files_in_flight() {
+    let p = prepare(Opts::default()).await;
+    p.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(2)));
+    let mut serve = Serve::start(&p, &[]).await;
+    put(&p, "acme", "a.csv", b"a").await;
+    put(&p, "acme", "b.csv", b"b").await;
+
+    let run = tokio::spawn(serve.trigger());
+    until(30, "ITM reached", || !p.fakes.itm_calls().is_empty()).await;
+    serve.signal("-TERM");
+
+    let resp = run
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["summary"]["succeeded"], 2, "{body}");
+    assert_eq!(serve.wait().await, Some(0), "{}", serve.log_text());
+
+    let db = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&p.db_url)
+        .await
+        .unwrap();
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM files ORDER BY file_name")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(statuses, ["success", "success"]);
+    let runs: Vec<String> = sqlx::query_scalar("SELECT status FROM runs")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(runs, ["completed"]);
+}
+
+/// SIGKILL while ITM holds a file: after a restart the claim's lease runs out,
+/// the file reaches a final status, and ITM sees the same Idempotency-Key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_file_is_recovered_after_the_lease() {
+    let p = prepare(Opts::default()).await;
+    p.fakes.set_itm(ItmBehavior::Hang);
+    let mut serve = Serve::start(&p, &[("CLAIM_LEASE_SECS", "1")]).await;
+    put(&p, "acme", "remit.csv", b"remittance").await;
+
+    let run = tokio::spawn(serve.trigger());
+    until(30, "ITM reached", || !p.fakes.itm_calls().is_empty()).await;
+    serve.signal("-KILL");
+    assert_eq!(serve.wait().await, None, "killed by the signal");
+    assert!(
+        run.await.unwrap().is_err(),
+        "the request died with the process"
+    );
+
+    let db = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&p.db_url)
+        .await
+        .unwrap();
+    let status: String = sqlx::query_scalar("SELECT status FROM files")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        status, "processing",
+        "the claim was committed before any downstream call"
+    );
+
+    p.fakes.set_itm(ItmBehavior::Success);
+    let serve = Serve::start(&p, &[("CLAIM_LEASE_SECS", "1")]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body: serde_json::Value = serve.trigger().await.unwrap().json().await.unwrap();
+        if body["summary"]["succeeded"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never recovered: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let itm = p.fakes.itm_calls();
+    assert_eq!(itm.len(), 2, "one submission per process");
+    assert_eq!(itm[0].idempotency_key, itm[1].idempotency_key);
+    let events: Vec<String> = sqlx::query_scalar("SELECT status FROM file_events ORDER BY id")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(events, ["processing", "processing", "success"]);
+    let runs: Vec<String> = sqlx::query_scalar("SELECT status FROM runs ORDER BY started_at")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs.first().map(String::as_str),
+        Some("abandoned"),
+        "{runs:?}"
+    );
+}
