@@ -46,6 +46,7 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
             stable_check_interval: cfg.stable_check_interval,
             max_concurrent_files: cfg.max_concurrent_files,
             claim_lease: cfg.claim_lease,
+            read_failure_notify_after: cfg.read_failure_notify_after,
         },
         tracker: TaskTracker::new(),
         instance: instance_name(),

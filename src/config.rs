@@ -153,6 +153,9 @@ pub struct ConfigArgs {
     /// Seconds a `processing` claim may go without an update before another run takes it over [default: 900]
     #[arg(long, env = "CLAIM_LEASE_SECS")]
     pub claim_lease_secs: Option<String>,
+    /// Failed reads of one file version before IQube is told, once [default: 3]
+    #[arg(long, env = "READ_FAILURE_NOTIFY_AFTER")]
+    pub read_failure_notify_after: Option<String>,
     /// Local folder for spooling downloads [default: the system temp folder]
     #[arg(long, env = "SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
@@ -204,6 +207,8 @@ pub struct Config {
     pub spool_dir: PathBuf,
     /// Lease of a `processing` claim.
     pub claim_lease: Duration,
+    /// Failed reads of one version before IQube is told.
+    pub read_failure_notify_after: u32,
     /// Period of the background housekeeping pass (None: only after runs).
     pub housekeeping_interval: Option<Duration>,
 }
@@ -386,6 +391,12 @@ impl Config {
             ignore,
             spool_dir: a.spool_dir.unwrap_or_else(std::env::temp_dir),
             claim_lease: timeout(a.claim_lease_secs, "CLAIM_LEASE_SECS", 900.0)?,
+            read_failure_notify_after: parsed(
+                a.read_failure_notify_after,
+                "READ_FAILURE_NOTIFY_AFTER",
+                3u32,
+            )?
+            .max(1),
             housekeeping_interval: (!housekeeping.is_zero()).then_some(housekeeping),
         })
     }

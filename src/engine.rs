@@ -41,6 +41,8 @@ pub struct RunSettings {
     /// How long a `processing` claim may go without an update before another
     /// run takes it over (its process is presumed dead).
     pub claim_lease: Duration,
+    /// Failed reads of one file version before IQube is told (once).
+    pub read_failure_notify_after: u32,
 }
 
 /// Counts and per-file decisions of one run (CONTRACT §4).
@@ -405,6 +407,7 @@ impl Engine {
                 source_dir: s.source_dir.clone(),
                 spool_dir: s.spool_dir.clone(),
                 claim_lease: s.claim_lease,
+                read_failure_notify_after: s.read_failure_notify_after,
             };
             let jobs: Vec<_> = stable
                 .iter()

@@ -427,6 +427,7 @@ struct StoreState {
     notifications: Vec<NotificationRow>,
     runs: Vec<RunRow>,
     superseded: Vec<(SupersededFile, Option<Option<String>>)>,
+    read_failures: std::collections::HashMap<String, u32>,
     run_lock: bool,
     unavailable: bool,
 }
@@ -774,6 +775,31 @@ impl Store for MemStore {
         Ok(())
     }
 
+    async fn record_read_failure(
+        &self,
+        remitter: &str,
+        file_name: &str,
+        size: i64,
+        mtime: DateTime<Utc>,
+        _error: &str,
+        notify_after: u32,
+        notification: &Value,
+    ) -> Result<u32, StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        let key = format!(
+            "read_failed:{remitter}/{file_name}/{size}/{}",
+            mtime.timestamp()
+        );
+        let count = s.read_failures.entry(key.clone()).or_insert(0);
+        *count += 1;
+        let n = *count;
+        if n >= notify_after {
+            s.enqueue(key, notification);
+        }
+        Ok(n)
+    }
+
     async fn record_superseded(
         &self,
         _run_id: Uuid,
@@ -1030,6 +1056,7 @@ pub fn engine(
             stable_check_interval: Duration::ZERO,
             max_concurrent_files: 2,
             claim_lease: Duration::from_secs(900),
+            read_failure_notify_after: 3,
         },
         tracker: TaskTracker::new(),
         instance: "test".into(),

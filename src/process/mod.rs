@@ -88,6 +88,26 @@ pub struct Processor {
     pub spool_dir: PathBuf,
     /// Lease of a `processing` claim (see `Store::claim`).
     pub claim_lease: std::time::Duration,
+    /// Failed reads of one version before IQube is told.
+    pub read_failure_notify_after: u32,
+}
+
+/// The IQube payload of a file that keeps failing to be read.
+pub fn read_failed_payload(
+    run_id: Uuid,
+    remitter: &str,
+    file_name: &str,
+    failures: u32,
+    reason: &str,
+) -> serde_json::Value {
+    json!({
+        "event": "file_failed",
+        "remitter": remitter,
+        "file_name": file_name,
+        "status": "read_failed",
+        "reason": format!("could not be read {failures} times; last: {reason}"),
+        "run_id": run_id,
+    })
 }
 
 /// Deletes the spool file however processing ends.
@@ -100,6 +120,34 @@ impl Drop for Spool {
 }
 
 impl Processor {
+    /// A download failed: nothing was claimed or sent. Counts the failure and
+    /// tells IQube once when the same version keeps failing.
+    async fn read_failed(&self, run_id: Uuid, c: &Candidate, error: &str) -> FileReport {
+        tracing::warn!(error, "download failed; nothing sent");
+        let n = self.read_failure_notify_after;
+        let payload = read_failed_payload(run_id, &c.remitter, &c.entry.name, n, error);
+        let counted = self
+            .store
+            .record_read_failure(
+                &c.remitter,
+                &c.entry.name,
+                c.entry.size as i64,
+                c.entry.mtime,
+                error,
+                n,
+                &payload,
+            )
+            .await;
+        let reason = match counted {
+            Ok(times) => format!("download failed ({times} time(s) so far): {error}"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not count the read failure");
+                format!("download failed: {error}")
+            }
+        };
+        FileReport::new(c, Decision::Error, Some(reason))
+    }
+
     /// Drives one file to a final status (or explains why it could not).
     #[tracing::instrument(skip_all, fields(remitter = %c.remitter, file = %c.entry.name))]
     pub async fn process(&self, run_id: Uuid, c: &Candidate, base_name: &str) -> FileReport {
@@ -109,10 +157,7 @@ impl Processor {
         );
         let fetched = match self.source.fetch(&c.path(&self.source_dir), &spool.0).await {
             Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %e, "download failed; nothing sent");
-                return FileReport::new(c, Decision::Error, Some(format!("download failed: {e}")));
-            }
+            Err(e) => return self.read_failed(run_id, c, &e.to_string()).await,
         };
         let claim = self
             .store

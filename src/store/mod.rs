@@ -184,6 +184,20 @@ pub trait Store: Send + Sync {
     async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError>;
     /// Records an archive move and its `archive_succeeded` event, once.
     async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError>;
+    /// Counts a failed read of a file version; once it has failed
+    /// `notify_after` times, queues `notification` (once per version) in the
+    /// same transaction. Returns the failure count.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_read_failure(
+        &self,
+        remitter: &str,
+        file_name: &str,
+        size: i64,
+        mtime: DateTime<Utc>,
+        error: &str,
+        notify_after: u32,
+        notification: &Value,
+    ) -> Result<u32, StoreError>;
     /// Remembers superseded versions (a version already remembered is kept as is).
     async fn record_superseded(
         &self,

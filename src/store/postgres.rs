@@ -424,6 +424,56 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn record_read_failure(
+        &self,
+        remitter: &str,
+        file_name: &str,
+        size: i64,
+        mtime: DateTime<Utc>,
+        error: &str,
+        notify_after: u32,
+        notification: &Value,
+    ) -> Result<u32, StoreError> {
+        let mut tx = self.pool.begin().await.step("starting a transaction")?;
+        let failures: i32 = sqlx::query_scalar(
+            "INSERT INTO read_failures (remitter, file_name, size, mtime, failures, last_error) \
+             VALUES ($1, $2, $3, $4, 1, $5) \
+             ON CONFLICT (remitter, file_name, size, mtime) DO UPDATE \
+               SET failures = read_failures.failures + 1, last_failed_at = now(), last_error = EXCLUDED.last_error \
+             RETURNING failures",
+        )
+        .bind(remitter)
+        .bind(file_name)
+        .bind(size)
+        .bind(mtime)
+        .bind(error)
+        .fetch_one(&mut *tx)
+        .await
+        .step("counting a read failure")?;
+        if failures as i64 >= notify_after as i64 {
+            let first = sqlx::query(
+                "UPDATE read_failures SET notified_at = now() \
+                 WHERE remitter = $1 AND file_name = $2 AND size = $3 AND mtime = $4 AND notified_at IS NULL",
+            )
+            .bind(remitter)
+            .bind(file_name)
+            .bind(size)
+            .bind(mtime)
+            .execute(&mut *tx)
+            .await
+            .step("marking a read failure notified")?;
+            if first.rows_affected() == 1 {
+                let key = format!(
+                    "read_failed:{remitter}/{file_name}/{size}/{}",
+                    mtime.timestamp()
+                );
+                enqueue(&mut tx, &key, None, None, notification).await?;
+            }
+        }
+        tx.commit().await.step("committing a read failure")?;
+        Ok(failures.max(0) as u32)
+    }
+
     async fn record_superseded(
         &self,
         run_id: Uuid,

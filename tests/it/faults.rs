@@ -46,10 +46,15 @@ async fn archive_failure_is_retried_by_the_next_pass() {
 }
 
 /// A file the coordinator may not read: reported as an error, nothing sent,
-/// no claim left; the other files go through; once readable it is processed.
+/// no claim left; the other files go through; IQube is told once when it
+/// keeps failing; once readable it is processed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_file_is_an_error_and_picked_up_once_readable() {
-    let mut app = spawn_app(Opts::default()).await;
+    let mut app = spawn_app(Opts {
+        read_failure_notify_after: 2,
+        ..Opts::default()
+    })
+    .await;
     app.put("acme", "locked.csv", b"locked").await;
     app.put("acme", "fine.csv", b"fine").await;
     let locked = app.local(&format!("{}/acme/locked.csv", app.source_dir));
@@ -73,6 +78,25 @@ async fn unreadable_file_is_an_error_and_picked_up_once_readable() {
         .map(|c| c.file_name)
         .collect();
     assert_eq!(sent, ["fine.csv"]);
+    assert_eq!(
+        app.fakes.iqube_attempts(),
+        0,
+        "one failure tells nobody yet"
+    );
+
+    for _ in 0..3 {
+        let body = app.run_ok().await;
+        assert_eq!(
+            decision_of(&body, "acme", "locked.csv")["decision"],
+            "error"
+        );
+    }
+    let calls = app.fakes.iqube_calls();
+    assert_eq!(calls.len(), 1, "told once, not on every run: {calls:?}");
+    assert_eq!(calls[0].body["event"], "file_failed");
+    assert_eq!(calls[0].body["status"], "read_failed");
+    assert_eq!(calls[0].body["file_name"], "locked.csv");
+    assert_eq!(app.count("files").await, 1);
 
     chmod(&locked, 0o664);
     let body = app.run_ok().await;
@@ -82,6 +106,7 @@ async fn unreadable_file_is_an_error_and_picked_up_once_readable() {
         "{body}"
     );
     assert_eq!(app.fakes.foi_calls().len(), 2);
+    assert_eq!(app.fakes.iqube_calls().len(), 1);
     app.finish().await;
 }
 

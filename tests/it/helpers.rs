@@ -64,6 +64,8 @@ pub struct Opts {
     pub smb_password: Option<String>,
     /// Overrides the SMB port the coordinator uses.
     pub smb_port: Option<u16>,
+    pub read_failure_notify_after: u32,
+    pub claim_lease_secs: f64,
 }
 
 impl Default for Opts {
@@ -77,6 +79,8 @@ impl Default for Opts {
             api_token: Some(format!("tok-{}", Uuid::new_v4())),
             smb_password: None,
             smb_port: None,
+            read_failure_notify_after: 3,
+            claim_lease_secs: 900.0,
         }
     }
 }
@@ -218,6 +222,8 @@ pub async fn prepare(opts: Opts) -> Prepared {
         stable_check_interval_secs: Some(opts.interval_secs.to_string()),
         max_concurrent_files: Some("4".into()),
         housekeeping_interval_secs: Some("0".into()),
+        read_failure_notify_after: Some(opts.read_failure_notify_after.to_string()),
+        claim_lease_secs: Some(opts.claim_lease_secs.to_string()),
         ..Default::default()
     };
     Prepared {
