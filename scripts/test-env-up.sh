@@ -136,8 +136,11 @@ EOF
         ((SECONDS < deadline)) || die "postgres on port $pg_port not ready after 30s"
         sleep 0.2
     done
-    DATABASE_URL="postgres://postgres@127.0.0.1:${pg_port}/postgres"
-    log "postgres ready: $DATABASE_URL"
+    # Trust auth ignores the password; it is there so the suite can check that
+    # the coordinator never logs the database password.
+    pg_password=$(random_password)
+    DATABASE_URL="postgres://postgres:${pg_password}@127.0.0.1:${pg_port}/postgres"
+    log "postgres ready: postgres://postgres:***@127.0.0.1:${pg_port}/postgres"
 fi
 
 # ---------------------------------------------------------------- samba user

@@ -21,9 +21,40 @@ log "checking formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 
+# The coordinators under test log into IT_LOG_DIR; every API token carries
+# IT_SECRET_MARK. After the run, no secret may appear in any of those logs.
+export IT_LOG_DIR="$state_dir/logs" IT_SECRET_MARK="secretmark$(random_password 12)"
+mkdir -p "$IT_LOG_DIR"
+
 log "running every test (unit + integration against Samba :$IT_SMB_PORT and Postgres)"
+out="$state_dir/test-output.txt"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --locked --no-fail-fast "$@"
+    cargo nextest run --locked --no-fail-fast "$@" 2>&1 | tee "$out" || status=$?
 else
-    cargo test --locked --no-fail-fast "$@"
+    cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$out" || status=$?
 fi
+
+log "checking the coordinators' logs for secrets"
+db_password=$(sed -nE 's#^postgres://[^:/@]+:([^@]+)@.*#\1#p' <<<"$DATABASE_URL")
+files=$(find "$IT_LOG_DIR" -type f | wc -l)
+lines=$(cat "$IT_LOG_DIR"/* 2>/dev/null | wc -l)
+leaks=0
+for secret in "$IT_SMB_PASSWORD" "$IT_SECRET_MARK" ${db_password:+"$db_password"}; do
+    if grep -rqF -- "$secret" "$IT_LOG_DIR"; then
+        log "FAILED: a secret appears in the logs: $(grep -rlF -- "$secret" "$IT_LOG_DIR" | head -3)"
+        leaks=1
+    fi
+done
+if ((files == 0 || lines == 0)); then
+    log "FAILED: no coordinator log was written to $IT_LOG_DIR (the check would prove nothing)"
+    leaks=1
+fi
+((leaks == 0)) && log "no secret in $files log files ($lines lines)"
+((leaks == 0)) || status=1
+
+# Stop the servers now, so the test runner's own closing line is the last one.
+cleanup
+trap - EXIT
+grep -E '^ +Summary \[|^test result:' "$out" | tail -n 1 || true
+exit "$status"

@@ -76,7 +76,7 @@ impl Default for Opts {
             foi_timeout_secs: 10.0,
             foi_retries: 0,
             foi_url: None,
-            api_token: Some(format!("tok-{}", Uuid::new_v4())),
+            api_token: Some(new_token()),
             smb_password: None,
             smb_port: None,
             read_failure_notify_after: 3,
@@ -129,6 +129,41 @@ pub struct Prepared {
     pub token: Option<String>,
 }
 
+/// Logs of the coordinators under test: into `$IT_LOG_DIR` when set (the
+/// test command greps them for secrets afterwards), else to stderr.
+pub fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let Ok(dir) = std::env::var("IT_LOG_DIR") else {
+        coordinator::telemetry::init();
+        return;
+    };
+    let path = PathBuf::from(dir).join(format!("it-{}.log", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open the test log file");
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("debug,pavao=off"))
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+}
+
+/// A fresh API token carrying `IT_SECRET_MARK`, so the secret check finds any leak.
+pub fn new_token() -> String {
+    let mark = std::env::var("IT_SECRET_MARK").unwrap_or_else(|_| "tok".into());
+    format!("{mark}-{}", Uuid::new_v4().simple())
+}
+
+/// Copies a coordinator process's log into `$IT_LOG_DIR` for the secret check.
+pub fn keep_log(text: &str) {
+    if let Ok(dir) = std::env::var("IT_LOG_DIR") {
+        let path = PathBuf::from(dir).join(format!("serve-{}.log", Uuid::new_v4().simple()));
+        let _ = std::fs::write(path, text);
+    }
+}
+
 pub async fn spawn_app(opts: Opts) -> TestApp {
     let p = prepare(opts).await;
     let cfg = Config::from_args(p.args.clone()).expect("valid test configuration");
@@ -159,7 +194,7 @@ pub async fn spawn_app(opts: Opts) -> TestApp {
 }
 
 pub async fn prepare(opts: Opts) -> Prepared {
-    coordinator::telemetry::init();
+    init_logs();
     let env = TestEnv::from_env();
     let id = Uuid::new_v4().simple().to_string();
     let db_name = format!("it_{id}");

@@ -133,6 +133,7 @@ impl Serve {
 
 impl Drop for Serve {
     fn drop(&mut self) {
+        crate::helpers::keep_log(&self.log_text());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
