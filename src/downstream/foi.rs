@@ -159,7 +159,8 @@ impl FoiClient {
             .await
             .map_err(|e| format!("stat spool file: {e}"))?
             .len();
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
         let part = reqwest::multipart::Part::stream_with_length(body, len)
             .file_name(file_name.to_string())
             .mime_str("application/octet-stream")
