@@ -54,7 +54,8 @@ fi
 ((leaks == 0)) || status=1
 
 # Stop the servers now, so the test runner's own closing line is the last one.
+closing=$(grep -E '^ +Summary \[|^test result:' "$out" | tail -n 1 || true)
 cleanup
 trap - EXIT
-grep -E '^ +Summary \[|^test result:' "$out" | tail -n 1 || true
+printf '%s\n' "$closing"
 exit "$status"

@@ -16,6 +16,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// The servers the project's scripts started (scripts/test.sh).
+#[derive(Clone, Debug)]
 pub struct TestEnv {
     pub smb: SmbConfig,
     pub share_path: PathBuf,
@@ -66,6 +67,8 @@ pub struct Opts {
     pub smb_port: Option<u16>,
     pub read_failure_notify_after: u32,
     pub claim_lease_secs: f64,
+    /// Servers other than the suite's (a private Samba or Postgres).
+    pub env: Option<TestEnv>,
 }
 
 impl Default for Opts {
@@ -81,6 +84,7 @@ impl Default for Opts {
             smb_port: None,
             read_failure_notify_after: 3,
             claim_lease_secs: 900.0,
+            env: None,
         }
     }
 }
@@ -195,7 +199,7 @@ pub async fn spawn_app(opts: Opts) -> TestApp {
 
 pub async fn prepare(opts: Opts) -> Prepared {
     init_logs();
-    let env = TestEnv::from_env();
+    let env = opts.env.clone().unwrap_or_else(TestEnv::from_env);
     let id = Uuid::new_v4().simple().to_string();
     let db_name = format!("it_{id}");
     let admin = PgPoolOptions::new()

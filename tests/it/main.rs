@@ -10,6 +10,7 @@ mod extraction_failures;
 mod faults;
 mod happy_path;
 mod itm_failure;
+mod outages;
 mod policy_a;
 mod process;
 mod temp_files;

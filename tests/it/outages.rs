@@ -1,0 +1,284 @@
+//! Outages of the servers themselves, on private instances so the rest of
+//! the suite is not disturbed: the share going away and coming back, and
+//! Postgres restarted in the middle of a run.
+
+use crate::fakes::ItmBehavior;
+use crate::helpers::{Opts, TestEnv, spawn_app};
+use coordinator::source::smb::SmbConfig;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A private Samba (and Postgres, when asked) from `scripts/test-env-up.sh`.
+struct PrivateServers {
+    vars: HashMap<String, String>,
+    state_dir: String,
+    /// smbd processes this test started itself, reaped on drop.
+    started: std::sync::Mutex<Vec<std::process::Child>>,
+}
+
+impl PrivateServers {
+    fn start(with_postgres: bool) -> Self {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut cmd = Command::new("bash");
+        cmd.arg(format!("{root}/scripts/test-env-up.sh"))
+            .env_remove("IT_STATE_DIR")
+            .env_remove("IT_PG_DATA")
+            .stderr(Stdio::inherit());
+        if with_postgres {
+            cmd.env_remove("DATABASE_URL");
+        }
+        let out = cmd.output().expect("run scripts/test-env-up.sh");
+        assert!(out.status.success(), "test-env-up failed");
+        let envfile = String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        let mut vars = HashMap::new();
+        for line in std::fs::read_to_string(&envfile).unwrap().lines() {
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                vars.insert(k.to_string(), v.trim_matches('\'').to_string());
+            }
+        }
+        let state_dir = vars["IT_STATE_DIR"].clone();
+        PrivateServers {
+            vars,
+            state_dir,
+            started: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn env(&self) -> TestEnv {
+        TestEnv {
+            smb: SmbConfig {
+                host: self.vars["IT_SMB_HOST"].clone(),
+                port: self.vars["IT_SMB_PORT"].parse().unwrap(),
+                share: self.vars["IT_SMB_SHARE"].clone(),
+                username: self.vars["IT_SMB_USERNAME"].clone(),
+                password: self.vars["IT_SMB_PASSWORD"].clone(),
+                domain: String::new(),
+                timeout: Duration::from_secs(5),
+            },
+            share_path: PathBuf::from(&self.vars["IT_SMB_SHARE_PATH"]),
+            database_url: self
+                .vars
+                .get("DATABASE_URL")
+                .cloned()
+                .unwrap_or_else(|| std::env::var("DATABASE_URL").unwrap()),
+        }
+    }
+
+    fn port_open(&self) -> bool {
+        std::net::TcpStream::connect((
+            "127.0.0.1",
+            self.vars["IT_SMB_PORT"].parse::<u16>().unwrap(),
+        ))
+        .is_ok()
+    }
+
+    /// Stops every smbd of this instance (they all run with its private config).
+    async fn stop_smbd(&self) {
+        let conf = &self.vars["IT_SMB_CONF"];
+        let _ = Command::new("pkill").args(["-TERM", "-f", conf]).status();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.port_open() {
+            assert!(tokio::time::Instant::now() < deadline, "smbd did not stop");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn start_smbd(&self) {
+        let child = Command::new("smbd")
+            .args([
+                "--foreground",
+                "--debug-stdout",
+                "-s",
+                &self.vars["IT_SMB_CONF"],
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start smbd");
+        self.started.lock().unwrap().push(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !self.port_open() {
+            assert!(tokio::time::Instant::now() < deadline, "smbd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn restart_postgres(&self) {
+        let bin = &self.vars["IT_PG_BIN"];
+        let status = Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{bin}/pg_ctl"),
+                "restart",
+                "-D",
+                &self.vars["IT_PG_DATA"],
+                "-m",
+                "fast",
+                "-w",
+            ])
+            .current_dir("/")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl restart failed");
+    }
+}
+
+impl Drop for PrivateServers {
+    fn drop(&mut self) {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let _ = Command::new("bash")
+            .arg(format!("{root}/scripts/test-env-down.sh"))
+            .arg(&self.state_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for mut child in self.started.lock().unwrap().drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The share goes away: the run fails (502) and IQube is told once; the share
+/// comes back: the next run processes the file normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_down_then_back() {
+    let servers = PrivateServers::start(false);
+    let mut app = spawn_app(Opts {
+        env: Some(servers.env()),
+        ..Opts::default()
+    })
+    .await;
+    app.put("acme", "remit.csv", b"remittance").await;
+    app.run_ok().await;
+    app.put("acme", "later.csv", b"later").await;
+
+    servers.stop_smbd().await;
+    let (status, body) = app.trigger().await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "scan_failed");
+    app.wait_background().await;
+    app.eventually(30, "IQube told of the failed run", || async {
+        !app.fakes.iqube_calls().is_empty()
+    })
+    .await;
+    assert_eq!(app.fakes.iqube_calls()[0].body["event"], "run_failed");
+
+    servers.start_smbd().await;
+    let body = app.run_ok().await;
+    assert_eq!(body["summary"]["succeeded"], 1, "{body}");
+    let sent: Vec<String> = app
+        .fakes
+        .foi_calls()
+        .into_iter()
+        .map(|c| c.file_name)
+        .collect();
+    assert_eq!(sent, ["remit.csv", "later.csv"]);
+    assert_eq!(app.fakes.iqube_calls().len(), 1);
+    app.eventually(30, "archived after the outage", || async {
+        app.in_archive("acme", "later.csv")
+    })
+    .await;
+    app.finish().await;
+}
+
+/// Postgres restarts while ITM holds a file: the run answers (completed or
+/// failed), and runs after it drive the file to `success` with the same
+/// Idempotency-Key; no row is left `processing`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_mid_run_is_recovered() {
+    let servers = PrivateServers::start(true);
+    let app = spawn_app(Opts {
+        env: Some(servers.env()),
+        claim_lease_secs: 1.0,
+        ..Opts::default()
+    })
+    .await;
+    app.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(2)));
+    app.put("acme", "remit.csv", b"remittance").await;
+
+    let url = format!("{}/api/v1/coordinator/runs", app.base_url);
+    let run = tokio::spawn(
+        app.http
+            .post(url)
+            .bearer_auth(app.token.clone().unwrap())
+            .send(),
+    );
+    app.eventually(30, "ITM reached", || async {
+        !app.fakes.itm_calls().is_empty()
+    })
+    .await;
+    let restart = tokio::task::spawn_blocking({
+        let bin = servers.vars["IT_PG_BIN"].clone();
+        let data = servers.vars["IT_PG_DATA"].clone();
+        move || {
+            let s = Command::new("runuser")
+                .args([
+                    "-u",
+                    "postgres",
+                    "--",
+                    &format!("{bin}/pg_ctl"),
+                    "restart",
+                    "-D",
+                    &data,
+                    "-m",
+                    "fast",
+                    "-w",
+                ])
+                .current_dir("/")
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(s.success());
+        }
+    });
+    let resp = run.await.unwrap().expect("the run request is answered");
+    restart.await.unwrap();
+    let status = resp.status().as_u16();
+    assert!(status == 200 || (500..600).contains(&status), "{status}");
+
+    app.fakes.set_itm(ItmBehavior::Success);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = app.trigger().await;
+        let rows = if code == 200 {
+            app.files().await
+        } else {
+            Vec::new()
+        };
+        if rows.len() == 1 && rows[0].status == "success" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never recovered: {code} {body} {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let keys: Vec<Option<String>> = app
+        .fakes
+        .itm_calls()
+        .into_iter()
+        .map(|c| c.idempotency_key)
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
+    let processing: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM files WHERE status = 'processing'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(processing, 0);
+    servers.restart_postgres();
+    app.finish().await;
+}
