@@ -68,6 +68,17 @@ pub struct Summary {
     pub errors: usize,
     /// One entry per file, with the decision and its reason.
     pub files: Vec<FileReport>,
+    /// Remitter folders that could not be listed (counted in `errors`).
+    pub folder_errors: Vec<FolderError>,
+}
+
+/// A remitter folder the scan could not list.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FolderError {
+    /// Remitter folder name.
+    pub remitter: String,
+    /// Why.
+    pub reason: String,
 }
 
 impl Summary {
@@ -270,6 +281,13 @@ impl Engine {
             scanned: scanned.candidates.len() + scanned.ignored.len(),
             ..Default::default()
         };
+        for (remitter, reason) in scanned.folder_errors {
+            summary.errors += 1;
+            summary.folder_errors.push(FolderError {
+                remitter,
+                reason: format!("remitter folder could not be listed: {reason}"),
+            });
+        }
         for (remitter, name) in scanned.ignored {
             summary.push(FileReport {
                 remitter,

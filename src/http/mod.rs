@@ -4,6 +4,8 @@
 
 use crate::config::Secret;
 use crate::engine::{Engine, RunError};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -14,7 +16,6 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -38,7 +39,26 @@ pub enum AppError {
     RunFailed(RunError),
     /// No such route.
     NotFound,
+    /// The route exists, the method does not.
+    MethodNotAllowed,
+    /// The request is malformed (body or query).
+    BadRequest(String),
+    /// The body is larger than the API accepts.
+    PayloadTooLarge,
+    /// The query string is longer than the API accepts.
+    UriTooLong,
 }
+
+/// Largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest query string the API accepts.
+pub const MAX_QUERY_BYTES: usize = 2048;
+
+/// Options of a run. None exist yet; the body may be empty or `{}`, and an
+/// unknown field is an error rather than silently ignored.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {}
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
@@ -71,6 +91,22 @@ impl IntoResponse for AppError {
                 StatusCode::NOT_FOUND,
                 json!({"error": "not_found", "message": "no such route"}),
             ),
+            AppError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed", "message": "this route does not take that method"}),
+            ),
+            AppError::BadRequest(message) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "message": message}),
+            ),
+            AppError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "payload_too_large", "message": format!("request bodies are limited to {MAX_BODY_BYTES} bytes")}),
+            ),
+            AppError::UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                json!({"error": "uri_too_long", "message": format!("query strings are limited to {MAX_QUERY_BYTES} bytes")}),
+            ),
         };
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -100,7 +136,44 @@ async fn require_token(
     Ok(next.run(req).await)
 }
 
-async fn create_run(State(state): State<AppState>) -> Result<Response, AppError> {
+/// Refuses over-long query strings before anything else looks at them.
+async fn limit_query(req: Request, next: Next) -> Result<Response, AppError> {
+    if req.uri().query().is_some_and(|q| q.len() > MAX_QUERY_BYTES) {
+        return Err(AppError::UriTooLong);
+    }
+    Ok(next.run(req).await)
+}
+
+fn parse_run_request(body: Result<Bytes, BytesRejection>) -> Result<RunRequest, AppError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::PayloadTooLarge
+        } else {
+            AppError::BadRequest(e.body_text())
+        }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(RunRequest::default());
+    }
+    let invalid = |e: String| {
+        AppError::BadRequest(format!(
+            "the body must be a JSON object with known fields: {e}"
+        ))
+    };
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v @ serde_json::Value::Object(_)) => {
+            serde_json::from_value(v).map_err(|e| invalid(e.to_string()))
+        }
+        Ok(_) => Err(invalid("not an object".into())),
+        Err(e) => Err(invalid(e.to_string())),
+    }
+}
+
+async fn create_run(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let _options = parse_run_request(body)?;
     // The run is its own task: a client that hangs up must not cancel it half-way.
     let engine = state.engine.clone();
     let handle = state
@@ -161,8 +234,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { AppError::NotFound })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state)
-        .layer(RequestBodyLimitLayer::new(64 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(limit_query))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let id = req
@@ -175,4 +250,21 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_request_bodies() {
+        let ok = |b: &str| parse_run_request(Ok(Bytes::from(b.to_string()))).is_ok();
+        assert!(ok(""));
+        assert!(ok("  \n"));
+        assert!(ok("{}"));
+        assert!(!ok("{not json"));
+        assert!(!ok(r#"{"dry_runn": true}"#));
+        assert!(!ok("[]"));
+        assert!(!ok("null"));
+    }
 }

@@ -31,10 +31,13 @@ pub struct ScanResult {
     pub ignored: Vec<(String, String)>,
     /// Remitter folders that were listed.
     pub remitters: usize,
+    /// Remitter folders that could not be listed (denied, or gone), with why.
+    pub folder_errors: Vec<(String, String)>,
 }
 
-/// Lists every remitter folder of `source_dir`. Any listing failure fails the scan:
-/// a partial scan would silently skip a remitter.
+/// Lists every remitter folder of `source_dir`. A remitter folder that is
+/// denied or gone is reported in `folder_errors` and the others go on; any
+/// other failure (the share itself) fails the scan.
 pub async fn scan(
     source: &dyn FileSource,
     source_dir: &str,
@@ -56,7 +59,15 @@ pub async fn scan(
         .collect();
     remitters.sort();
     for remitter in remitters {
-        let mut entries = source.list(&join(&[source_dir, &remitter])).await?;
+        let mut entries = match source.list(&join(&[source_dir, &remitter])).await {
+            Ok(entries) => entries,
+            Err(e @ (SourceError::PermissionDenied(_) | SourceError::NotFound(_))) => {
+                tracing::warn!(remitter = %remitter, error = %e, "remitter folder could not be listed");
+                out.folder_errors.push((remitter, e.to_string()));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         for entry in entries.into_iter().filter(|e| !e.is_dir) {
             if filter.is_temp(&entry.name) {

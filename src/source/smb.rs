@@ -369,17 +369,27 @@ impl FileSource for SmbShare {
                             ctime: to_utc(i.ctime),
                         })
                         .collect()),
-                    // opendir reports no errno through pavao: stat tells why.
-                    Err(SmbError::BadFileDescriptor) => match stat_entry(&c.normal, &d) {
-                        Ok(e) if !e.is_dir => {
-                            Err(SourceError::NotFound(format!("{d} is not a folder")))
+                    // pavao drops opendir's errno; it is still this thread's last one.
+                    Err(SmbError::BadFileDescriptor) => {
+                        match std::io::Error::last_os_error().raw_os_error() {
+                            Some(libc_errno::EACCES | libc_errno::EPERM) => {
+                                Err(SourceError::PermissionDenied(format!("list {d}")))
+                            }
+                            Some(libc_errno::ENOENT | libc_errno::ENOTDIR) => {
+                                Err(SourceError::NotFound(format!("list {d}")))
+                            }
+                            _ => match stat_entry(&c.normal, &d) {
+                                Ok(e) if !e.is_dir => {
+                                    Err(SourceError::NotFound(format!("{d} is not a folder")))
+                                }
+                                Ok(_) => Err(SourceError::Io {
+                                    op: format!("list {d}"),
+                                    message: "the folder could not be opened".into(),
+                                }),
+                                Err(e) => Err(e),
+                            },
                         }
-                        Ok(_) => Err(SourceError::Io {
-                            op: format!("list {d}"),
-                            message: "the folder could not be opened".into(),
-                        }),
-                        Err(e) => Err(e),
-                    },
+                    }
                     Err(e) => Err(classify(&format!("list {d}"), e)),
                 }
             },

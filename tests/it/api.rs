@@ -160,3 +160,88 @@ async fn unreachable_share_fails_the_run() {
     })
     .await;
 }
+
+/// Malformed or oversized requests get a 4xx JSON error and start no run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_json_errors_and_start_no_run() {
+    let app = spawn_app(Opts::default()).await;
+    let runs = format!("{}/api/v1/coordinator/runs", app.base_url);
+    let token = app.token.clone().unwrap();
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            app.http.post(&runs).bearer_auth(&token).body("{not json"),
+            400,
+            "invalid_request",
+        ),
+        (
+            app.http
+                .post(&runs)
+                .bearer_auth(&token)
+                .body(r#"{"dry_runn": true}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            app.http.post(&runs).bearer_auth(&token).body("[]"),
+            400,
+            "invalid_request",
+        ),
+        (
+            app.http
+                .post(&runs)
+                .bearer_auth(&token)
+                .body(vec![b' '; 100 * 1024]),
+            413,
+            "payload_too_large",
+        ),
+        (
+            app.http
+                .post(format!("{runs}?{}", "x".repeat(4096)))
+                .bearer_auth(&token),
+            414,
+            "uri_too_long",
+        ),
+        (
+            app.http.get(&runs).bearer_auth(&token),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            app.http
+                .post(format!("{}/api/v1/nope", app.base_url))
+                .bearer_auth(&token),
+            404,
+            "not_found",
+        ),
+        (
+            app.http.post(&runs).bearer_auth(&token).body("{bad"),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (req, status, error) in cases {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        let body: serde_json::Value = resp.json().await.expect("a JSON error body");
+        assert_eq!(body["error"], error, "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+    // Unauthenticated: 401 comes before the body is looked at.
+    let resp = app.http.post(&runs).body("{not json").send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(app.count("runs").await, 0, "no run was started");
+    // An empty object is a valid request.
+    let resp = app
+        .http
+        .post(&runs)
+        .bearer_auth(&token)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    app.finish().await;
+}

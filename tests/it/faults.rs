@@ -243,3 +243,33 @@ async fn two_instances_process_every_file_exactly_once() {
     let _ = other.done.await;
     app.finish().await;
 }
+
+/// A remitter folder the coordinator may not list: reported, the other
+/// remitters go through, and once it is readable its files are processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_remitter_folder_does_not_stop_the_others() {
+    let mut app = spawn_app(Opts::default()).await;
+    app.put("closed", "a.csv", b"a").await;
+    app.put("open", "b.csv", b"b").await;
+    let closed = app.local(&format!("{}/closed", app.source_dir));
+    chmod(&closed, 0o000);
+
+    let body = app.run_ok().await;
+    assert_eq!(body["summary"]["errors"], 1, "{body}");
+    assert_eq!(
+        body["summary"]["folder_errors"][0]["remitter"], "closed",
+        "{body}"
+    );
+    assert_eq!(decision_of(&body, "open", "b.csv")["status"], "success");
+    assert_eq!(app.files().await.len(), 1);
+
+    chmod(&closed, 0o775);
+    let body = app.run_ok().await;
+    assert_eq!(
+        decision_of(&body, "closed", "a.csv")["status"],
+        "success",
+        "{body}"
+    );
+    assert_eq!(app.fakes.foi_calls().len(), 2);
+    app.finish().await;
+}
