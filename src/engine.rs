@@ -170,6 +170,7 @@ impl Engine {
             iqube: self.iqube.clone(),
             source_dir: self.settings.source_dir.clone(),
             archive_dir: self.settings.archive_dir.clone(),
+            made_dirs: Default::default(),
         }
     }
 

@@ -3,8 +3,11 @@
 //! Moves never overwrite; a failed move stays in place for the next pass.
 
 use crate::downstream::Notifier;
-use crate::source::{FileSource, SourceError, join};
+use crate::source::{Entry, FileSource, SourceError, join};
 use crate::store::Store;
+use chrono::{DateTime, Utc};
+use futures::{FutureExt, StreamExt};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +22,23 @@ pub fn suffixed(name: &str, n: u32) -> String {
     }
 }
 
+/// A file due for the archive, from either list.
+struct Due {
+    remitter: String,
+    file_name: String,
+    size: i64,
+    mtime: DateTime<Utc>,
+    record: Record,
+}
+
+/// Where a move is recorded.
+enum Record {
+    /// `superseded_files.id`.
+    Superseded(i64),
+    /// `files.id`.
+    Processed(i64),
+}
+
 /// Moves files into the archive and delivers queued notifications.
 pub struct Archiver {
     /// The share.
@@ -31,6 +51,8 @@ pub struct Archiver {
     pub source_dir: String,
     /// Share-relative archive folder.
     pub archive_dir: String,
+    /// Archive folders known to exist during this pass.
+    pub made_dirs: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// What a pass did, for logs and tests.
@@ -49,7 +71,18 @@ impl Archiver {
     pub async fn move_to_archive(&self, remitter: &str, name: &str) -> Result<String, SourceError> {
         let from = join(&[&self.source_dir, remitter, name]);
         let dir = join(&[&self.archive_dir, remitter]);
-        self.source.mkdir_all(&dir).await?;
+        // One mkdir per remitter and pass, not one per file.
+        let known = self
+            .made_dirs
+            .lock()
+            .map(|d| d.contains(&dir))
+            .unwrap_or(false);
+        if !known {
+            self.source.mkdir_all(&dir).await?;
+            if let Ok(mut d) = self.made_dirs.lock() {
+                d.insert(dir.clone());
+            }
+        }
         for n in 0..1000 {
             let to = join(&[&dir, &suffixed(name, n)]);
             match self.source.rename_no_replace(&from, &to).await {
@@ -67,94 +100,137 @@ impl Archiver {
     /// the source is still that version; one that is gone or was replaced is
     /// resolved without a move.
     pub async fn archive_superseded(&self, report: &mut PassReport) {
-        let due = match self.store.pending_superseded().await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not list superseded versions");
-                return;
+        match self.store.pending_superseded().await {
+            Ok(due) => {
+                let due = due
+                    .into_iter()
+                    .map(|f| Due {
+                        remitter: f.remitter,
+                        file_name: f.file_name,
+                        size: f.size,
+                        mtime: f.mtime,
+                        record: Record::Superseded(f.id),
+                    })
+                    .collect();
+                self.move_due(due, report).await;
             }
-        };
-        for f in due {
-            let path = join(&[&self.source_dir, &f.remitter, &f.file_name]);
-            let resolved = match self.source.stat(&path).await {
-                Ok(e) if e.size as i64 == f.size && e.mtime == f.mtime => {
-                    match self.move_to_archive(&f.remitter, &f.file_name).await {
-                        Ok(to) => {
-                            tracing::info!(remitter = %f.remitter, file = %f.file_name, to = %to, "archived superseded version");
-                            report.moved += 1;
-                            Some(Some(to))
-                        }
-                        Err(e) => {
-                            tracing::warn!(remitter = %f.remitter, file = %f.file_name, error = %e, "archive move failed; retried next pass");
-                            report.failed += 1;
-                            None
-                        }
-                    }
-                }
-                Ok(_) => {
-                    tracing::info!(remitter = %f.remitter, file = %f.file_name, "superseded version was replaced; the next run decides again");
-                    Some(None)
-                }
-                Err(SourceError::NotFound(_)) => {
-                    tracing::info!(remitter = %f.remitter, file = %f.file_name, "superseded version already gone");
-                    Some(None)
-                }
-                Err(e) => {
-                    tracing::warn!(remitter = %f.remitter, file = %f.file_name, error = %e, "archive check failed; retried next pass");
-                    report.failed += 1;
-                    None
-                }
-            };
-            if let Some(to) = resolved
-                && let Err(e) = self.store.resolve_superseded(f.id, to.as_deref()).await
-            {
-                tracing::error!(remitter = %f.remitter, file = %f.file_name, error = %e, "could not record the superseded version's move");
-                report.failed += 1;
-            }
+            Err(e) => tracing::warn!(error = %e, "could not list superseded versions"),
         }
     }
 
     /// Housekeeping: archive every `success`/`ops_*` file still in the source,
     /// provided the file there is still the version that was processed.
     pub async fn housekeeping(&self, report: &mut PassReport) {
-        let due = match self.store.archive_candidates().await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "housekeeping could not list files to archive");
-                return;
+        match self.store.archive_candidates().await {
+            Ok(due) => {
+                let due = due
+                    .into_iter()
+                    .map(|f| Due {
+                        remitter: f.remitter,
+                        file_name: f.file_name,
+                        size: f.size,
+                        mtime: f.mtime,
+                        record: Record::Processed(f.id),
+                    })
+                    .collect();
+                self.move_due(due, report).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "housekeeping could not list files to archive"),
+        }
+    }
+
+    /// Checks each due file against one listing of its remitter folder, moves
+    /// the ones that still hold the recorded version (a few at a time: the
+    /// database work overlaps the serialised SMB calls) and records the result.
+    async fn move_due(&self, due: Vec<Due>, report: &mut PassReport) {
+        let mut by_remitter: BTreeMap<String, Vec<Due>> = BTreeMap::new();
+        for d in due {
+            by_remitter.entry(d.remitter.clone()).or_default().push(d);
+        }
+        for (remitter, files) in by_remitter {
+            let listing: HashMap<String, Entry> = match self
+                .source
+                .list(&join(&[&self.source_dir, &remitter]))
+                .await
+            {
+                Ok(entries) => entries.into_iter().map(|e| (e.name.clone(), e)).collect(),
+                Err(SourceError::NotFound(_)) => HashMap::new(),
+                Err(e) => {
+                    tracing::warn!(remitter = %remitter, error = %e, "archive check failed; retried next pass");
+                    report.failed += files.len();
+                    continue;
+                }
+            };
+            // One move per name and pass: two moves of one name at once could
+            // both find the same free archive name. Only a due file that still
+            // matches the source moves, so that is the one that takes the name.
+            let mut moving = std::collections::HashSet::new();
+            let jobs: Vec<_> = files
+                .into_iter()
+                .filter_map(|d| {
+                    let current = listing.get(&d.file_name).cloned();
+                    let moves = current
+                        .as_ref()
+                        .is_some_and(|e| e.size as i64 == d.size && e.mtime == d.mtime);
+                    if moves && !moving.insert(d.file_name.clone()) {
+                        return None;
+                    }
+                    Some(self.move_one(d, current).boxed())
+                })
+                .collect();
+            let outcomes: Vec<bool> = futures::stream::iter(jobs)
+                .buffer_unordered(4)
+                .filter_map(|o| async move { o })
+                .collect()
+                .await;
+            for moved in outcomes {
+                if moved {
+                    report.moved += 1;
+                } else {
+                    report.failed += 1;
+                }
+            }
+        }
+    }
+
+    /// Moves one due file if `current` is still its version, and records it.
+    /// `Some(true)` moved, `Some(false)` failed (retried next pass), `None`
+    /// nothing to move.
+    async fn move_one(&self, d: Due, current: Option<Entry>) -> Option<bool> {
+        let moved_to = match current {
+            Some(e) if e.size as i64 == d.size && e.mtime == d.mtime => {
+                match self.move_to_archive(&d.remitter, &d.file_name).await {
+                    Ok(to) => Some(to),
+                    Err(e) => {
+                        tracing::warn!(remitter = %d.remitter, file = %d.file_name, error = %e, "archive move failed; retried next pass");
+                        return Some(false);
+                    }
+                }
+            }
+            Some(_) => {
+                tracing::info!(remitter = %d.remitter, file = %d.file_name, "the source holds another version now; not archived");
+                None
+            }
+            None => {
+                tracing::warn!(remitter = %d.remitter, file = %d.file_name, "file to archive is not in the source folder");
+                None
             }
         };
-        for f in due {
-            let path = join(&[&self.source_dir, &f.remitter, &f.file_name]);
-            match self.source.stat(&path).await {
-                Ok(e) if e.size as i64 == f.size && e.mtime == f.mtime => {}
-                Ok(_) => {
-                    // A new version replaced it: the next run processes that one.
-                    tracing::info!(remitter = %f.remitter, file = %f.file_name, "source holds a newer version; not archived");
-                    continue;
-                }
-                Err(SourceError::NotFound(_)) => {
-                    tracing::warn!(remitter = %f.remitter, file = %f.file_name, "file to archive is not in the source folder");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(remitter = %f.remitter, file = %f.file_name, error = %e, "archive check failed; retried next pass");
-                    report.failed += 1;
-                    continue;
-                }
+        let recorded = match (&d.record, &moved_to) {
+            (Record::Superseded(id), to) => self.store.resolve_superseded(*id, to.as_deref()).await,
+            (Record::Processed(id), Some(to)) => self.store.mark_archived(*id, to).await,
+            // A processed file that is gone or replaced stays listed: an operator decides.
+            (Record::Processed(_), None) => return None,
+        };
+        match (recorded, moved_to) {
+            (Ok(()), Some(to)) => {
+                tracing::info!(remitter = %d.remitter, file = %d.file_name, to = %to, "archived");
+                Some(true)
             }
-            match self.move_to_archive(&f.remitter, &f.file_name).await {
-                Ok(to) => match self.store.mark_archived(f.id, &to).await {
-                    Ok(()) => report.moved += 1,
-                    Err(e) => {
-                        tracing::error!(file_id = f.id, to = %to, error = %e, "moved but not recorded");
-                        report.failed += 1;
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(remitter = %f.remitter, file = %f.file_name, error = %e, "archive move failed; retried next pass");
-                    report.failed += 1;
-                }
+            (Ok(()), None) => None,
+            (Err(e), to) => {
+                tracing::error!(remitter = %d.remitter, file = %d.file_name, moved_to = ?to, error = %e, "archive result not recorded");
+                Some(false)
             }
         }
     }

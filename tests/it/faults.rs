@@ -204,8 +204,8 @@ async fn two_instances_process_every_file_exactly_once() {
     let other_url = format!("http://{}/api/v1/coordinator/runs", other.addr);
     let token = app.token.clone().unwrap();
     let mut statuses = Vec::new();
-    for round in 0..5 {
-        for i in 0..8 {
+    for round in 0..10 {
+        for i in 0..25 {
             app.put(
                 &format!("r{}", i % 3),
                 &format!("f{round}_{i}.csv"),
@@ -227,6 +227,10 @@ async fn two_instances_process_every_file_exactly_once() {
         statuses.iter().all(|s| *s == 200 || *s == 409),
         "{statuses:?}"
     );
+    assert!(
+        statuses.contains(&409),
+        "simultaneous triggers never overlapped: {statuses:?}"
+    );
     // Sweep up anything a losing round left, then count calls per file.
     app.run_ok().await;
     let mut per_file: HashMap<String, usize> = HashMap::new();
@@ -235,10 +239,25 @@ async fn two_instances_process_every_file_exactly_once() {
             .entry(format!("{}/{}", c.remitter, c.file_name))
             .or_default() += 1;
     }
-    assert_eq!(per_file.len(), 40);
+    assert_eq!(per_file.len(), 250);
     assert!(per_file.values().all(|n| *n == 1), "{per_file:?}");
-    assert_eq!(app.fakes.itm_calls().len(), 40);
-    assert_eq!(app.count("files").await, 40);
+    assert_eq!(app.fakes.itm_calls().len(), 250);
+    assert_eq!(app.count("files").await, 250);
+    // Every file archived once, under its own name: no collision, no suffix.
+    app.eventually(60, "all archived", || async {
+        (0..3)
+            .map(|r| app.archive_names(&format!("r{r}")).len())
+            .sum::<usize>()
+            == 250
+    })
+    .await;
+    for r in 0..3 {
+        assert!(
+            app.archive_names(&format!("r{r}"))
+                .iter()
+                .all(|n| !n.contains(" ("))
+        );
+    }
     other.shutdown.cancel();
     let _ = other.done.await;
     app.finish().await;
@@ -271,5 +290,45 @@ async fn an_unreadable_remitter_folder_does_not_stop_the_others() {
         "{body}"
     );
     assert_eq!(app.fakes.foi_calls().len(), 2);
+    app.finish().await;
+}
+
+/// A remitter folder with 10,000 files (IT_MANY_FILES to change it): one scan,
+/// every file processed once and archived, and a second run that sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_with_ten_thousand_files() {
+    let n: usize = std::env::var("IT_MANY_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let mut app = spawn_app(Opts::default()).await;
+    app.put("bulk", "seed.csv", b"seed").await;
+    // Written on the server side: 10,000 writes over SMB would only time the test.
+    let dir = app.local(&format!("{}/bulk", app.source_dir));
+    for i in 0..n {
+        std::fs::write(dir.join(format!("f{i:05}.csv")), format!("{i}")).unwrap();
+    }
+    let t = std::time::Instant::now();
+    let body = app.run_ok().await;
+    eprintln!("{} files: run and archive took {:?}", n + 1, t.elapsed());
+    let s = &body["summary"];
+    assert_eq!(
+        (
+            s["scanned"].as_u64(),
+            s["succeeded"].as_u64(),
+            s["errors"].as_u64()
+        ),
+        (Some(n as u64 + 1), Some(n as u64 + 1), Some(0)),
+        "{s}"
+    );
+    assert_eq!(app.fakes.foi_calls().len(), n + 1);
+    assert_eq!(app.count("files").await, n as i64 + 1);
+    app.eventually(300, "all archived", || async {
+        app.archive_names("bulk").len() == n + 1
+    })
+    .await;
+    let again = app.run_ok().await;
+    assert_eq!(again["summary"]["scanned"], 0, "{again}");
+    assert_eq!(app.fakes.foi_calls().len(), n + 1);
     app.finish().await;
 }
