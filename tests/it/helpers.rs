@@ -261,6 +261,7 @@ pub async fn prepare(opts: Opts) -> Prepared {
         stable_check_interval_secs: Some(opts.interval_secs.to_string()),
         max_concurrent_files: Some("4".into()),
         housekeeping_interval_secs: Some("0".into()),
+        spool_dir: Some(std::env::temp_dir().join(format!("coordinator-spool-{id}"))),
         read_failure_notify_after: Some(opts.read_failure_notify_after.to_string()),
         claim_lease_secs: Some(opts.claim_lease_secs.to_string()),
         ..Default::default()
@@ -451,6 +452,9 @@ impl TestApp {
             return;
         }
         let _ = std::fs::remove_dir_all(self.share_path.join(&self.root));
+        if let Some(spool) = &self.args.spool_dir {
+            let _ = std::fs::remove_dir_all(spool);
+        }
         if let Ok(admin) = PgPoolOptions::new()
             .max_connections(1)
             .connect(&self.admin_url)

@@ -282,3 +282,119 @@ async fn postgres_restart_mid_run_is_recovered() {
     servers.restart_postgres();
     app.finish().await;
 }
+
+/// smbd dies while a file is being read: the file is an error (nothing
+/// claimed, nothing sent); once the share is back it is processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smbd_killed_mid_read() {
+    let servers = PrivateServers::start(false);
+    let mut app = spawn_app(Opts {
+        env: Some(servers.env()),
+        ..Opts::default()
+    })
+    .await;
+    let big = vec![7u8; 128 << 20];
+    app.put("acme", "big.bin", &big).await;
+    let spool = app.args.spool_dir.clone().unwrap();
+
+    let url = format!("{}/api/v1/coordinator/runs", app.base_url);
+    let run = tokio::spawn(
+        app.http
+            .post(url)
+            .bearer_auth(app.token.clone().unwrap())
+            .send(),
+    );
+    // Reading has started once the spool file holds some bytes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let spooled: u64 = std::fs::read_dir(&spool)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if spooled > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the read never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    servers.stop_smbd().await;
+    let resp = run.await.unwrap().unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    if status == 200 {
+        assert_eq!(body["summary"]["errors"], 1, "{body}");
+    } else {
+        assert_eq!(status, 502, "{body}");
+    }
+    assert_eq!(app.count("files").await, 0, "no claim without a whole read");
+    assert!(app.fakes.foi_calls().is_empty());
+
+    servers.start_smbd().await;
+    let body = app.run_ok().await;
+    assert_eq!(body["summary"]["succeeded"], 1, "{body}");
+    let foi = app.fakes.foi_calls();
+    assert_eq!((foi.len(), foi[0].size), (1, big.len()));
+    app.finish().await;
+}
+
+/// The share goes away in the middle of an archive pass: the run already
+/// answered 200; the next pass moves the rest; every file is archived once
+/// with exactly one `archive_succeeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_gone_mid_archive() {
+    let servers = PrivateServers::start(false);
+    let mut app = spawn_app(Opts {
+        env: Some(servers.env()),
+        ..Opts::default()
+    })
+    .await;
+    app.put("acme", "seed.csv", b"seed").await;
+    let dir = app.local(&format!("{}/acme", app.source_dir));
+    for i in 0..600 {
+        std::fs::write(dir.join(format!("f{i:03}.csv")), format!("{i}")).unwrap();
+    }
+    let (status, body) = app.trigger().await;
+    assert_eq!(status, 200, "{body}");
+    app.eventually(60, "the archive pass started", || async {
+        !app.archive_names("acme").is_empty()
+    })
+    .await;
+    servers.stop_smbd().await;
+    app.wait_background().await;
+    let moved = app.archive_names("acme").len();
+    assert!(
+        moved < 601,
+        "the outage came too late to interrupt the pass"
+    );
+
+    servers.start_smbd().await;
+    app.run_ok().await;
+    app.eventually(120, "all archived", || async {
+        app.archive_names("acme").len() == 601
+    })
+    .await;
+    let names = app.archive_names("acme");
+    assert!(
+        names.iter().all(|n| !n.contains(" (")),
+        "a file was moved twice"
+    );
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM file_events WHERE status = 'archive_succeeded'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(events, 601);
+    let unarchived: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM files WHERE archived_at IS NULL")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(unarchived, 0);
+    app.finish().await;
+}
