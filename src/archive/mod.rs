@@ -4,7 +4,7 @@
 
 use crate::downstream::Notifier;
 use crate::source::{Entry, FileSource, SourceError, join};
-use crate::store::Store;
+use crate::store::{ArchiveCandidate, Store, SupersededFile};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +37,30 @@ enum Record {
     Superseded(i64),
     /// `files.id`.
     Processed(i64),
+}
+
+impl From<SupersededFile> for Due {
+    fn from(f: SupersededFile) -> Self {
+        Due {
+            remitter: f.remitter,
+            file_name: f.file_name,
+            size: f.size,
+            mtime: f.mtime,
+            record: Record::Superseded(f.id),
+        }
+    }
+}
+
+impl From<ArchiveCandidate> for Due {
+    fn from(f: ArchiveCandidate) -> Self {
+        Due {
+            remitter: f.remitter,
+            file_name: f.file_name,
+            size: f.size,
+            mtime: f.mtime,
+            record: Record::Processed(f.id),
+        }
+    }
 }
 
 /// Moves files into the archive and delivers queued notifications.
@@ -102,17 +126,8 @@ impl Archiver {
     pub async fn archive_superseded(&self, report: &mut PassReport) {
         match self.store.pending_superseded().await {
             Ok(due) => {
-                let due = due
-                    .into_iter()
-                    .map(|f| Due {
-                        remitter: f.remitter,
-                        file_name: f.file_name,
-                        size: f.size,
-                        mtime: f.mtime,
-                        record: Record::Superseded(f.id),
-                    })
-                    .collect();
-                self.move_due(due, report).await;
+                self.move_due(due.into_iter().map(Due::from).collect(), report)
+                    .await
             }
             Err(e) => tracing::warn!(error = %e, "could not list superseded versions"),
         }
@@ -123,17 +138,8 @@ impl Archiver {
     pub async fn housekeeping(&self, report: &mut PassReport) {
         match self.store.archive_candidates().await {
             Ok(due) => {
-                let due = due
-                    .into_iter()
-                    .map(|f| Due {
-                        remitter: f.remitter,
-                        file_name: f.file_name,
-                        size: f.size,
-                        mtime: f.mtime,
-                        record: Record::Processed(f.id),
-                    })
-                    .collect();
-                self.move_due(due, report).await;
+                self.move_due(due.into_iter().map(Due::from).collect(), report)
+                    .await
             }
             Err(e) => tracing::warn!(error = %e, "housekeeping could not list files to archive"),
         }
