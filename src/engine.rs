@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -305,14 +305,18 @@ impl Engine {
             .pending_superseded()
             .await
             .map_err(|e| ("database_error", e.to_string()))?;
+        let earlier: HashSet<(&str, &str, i64, DateTime<Utc>)> = earlier
+            .iter()
+            .map(|e| (e.remitter.as_str(), e.file_name.as_str(), e.size, e.mtime))
+            .collect();
         let (candidates, already_superseded): (Vec<Candidate>, Vec<Candidate>) =
             scanned.candidates.into_iter().partition(|c| {
-                !earlier.iter().any(|e| {
-                    e.remitter == c.remitter
-                        && e.file_name == c.entry.name
-                        && e.size == c.entry.size as i64
-                        && e.mtime == c.entry.mtime
-                })
+                !earlier.contains(&(
+                    c.remitter.as_str(),
+                    c.entry.name.as_str(),
+                    c.entry.size as i64,
+                    c.entry.mtime,
+                ))
             });
         for c in &already_superseded {
             summary.push(FileReport::new(
