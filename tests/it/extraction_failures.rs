@@ -246,3 +246,37 @@ async fn iqube_down_notification_is_kept_and_delivered_once_later() {
     assert_eq!(app.fakes.foi_calls().len(), 1);
     app.finish().await;
 }
+
+/// `serve`'s periodic pass delivers a kept notification without another run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_pass_delivers_kept_notifications() {
+    let mut app = spawn_app(Opts {
+        housekeeping_interval_secs: 0.3,
+        ..Opts::default()
+    })
+    .await;
+    app.fakes.set_foi(FoiBehavior::Raw(422, "no".into()));
+    app.fakes.set_iqube(crate::fakes::IqubeBehavior::Down);
+    app.put(REMITTER, NAME, b"remittance bytes").await;
+    app.run_ok().await;
+    assert!(app.fakes.iqube_calls().is_empty());
+    app.fakes.set_iqube(crate::fakes::IqubeBehavior::Ok);
+    app.eventually(30, "delivered by a periodic pass", || async {
+        !app.fakes.iqube_calls().is_empty()
+    })
+    .await;
+    let runs = app.count("runs").await;
+    assert_eq!(runs, 1, "no other run was triggered");
+    // Later passes do not deliver it again.
+    let passes = *app.server.engine.passes_done.borrow();
+    let mut rx = app.server.engine.passes_done.subscribe();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        rx.wait_for(|n| *n >= passes + 2),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(app.fakes.iqube_calls().len(), 1);
+    app.finish().await;
+}

@@ -69,6 +69,8 @@ pub struct Opts {
     pub claim_lease_secs: f64,
     /// Servers other than the suite's (a private Samba or Postgres).
     pub env: Option<TestEnv>,
+    /// Period of the background pass in `serve` (0: only after runs).
+    pub housekeeping_interval_secs: f64,
 }
 
 impl Default for Opts {
@@ -85,6 +87,7 @@ impl Default for Opts {
             read_failure_notify_after: 3,
             claim_lease_secs: 900.0,
             env: None,
+            housekeeping_interval_secs: 0.0,
         }
     }
 }
@@ -260,7 +263,7 @@ pub async fn prepare(opts: Opts) -> Prepared {
         stable_min_age_secs: Some(opts.min_age_secs.to_string()),
         stable_check_interval_secs: Some(opts.interval_secs.to_string()),
         max_concurrent_files: Some("4".into()),
-        housekeeping_interval_secs: Some("0".into()),
+        housekeeping_interval_secs: Some(opts.housekeeping_interval_secs.to_string()),
         spool_dir: Some(std::env::temp_dir().join(format!("coordinator-spool-{id}"))),
         read_failure_notify_after: Some(opts.read_failure_notify_after.to_string()),
         claim_lease_secs: Some(opts.claim_lease_secs.to_string()),
