@@ -175,6 +175,10 @@ impl Fakes {
     pub fn foi_calls(&self) -> Vec<FoiCall> {
         self.inner.lock().unwrap().foi_calls.clone()
     }
+    /// File names FOI received, in order.
+    pub fn foi_names(&self) -> Vec<String> {
+        self.foi_calls().into_iter().map(|c| c.file_name).collect()
+    }
     /// Submissions ITM received.
     pub fn itm_calls(&self) -> Vec<JsonCall> {
         self.inner.lock().unwrap().itm_calls.clone()

@@ -71,12 +71,7 @@ async fn unreadable_file_is_an_error_and_picked_up_once_readable() {
     assert_eq!(body["summary"]["errors"], 1);
     let names: Vec<String> = app.files().await.into_iter().map(|r| r.file_name).collect();
     assert_eq!(names, ["fine.csv"], "no claim for the unreadable file");
-    let sent: Vec<String> = app
-        .fakes
-        .foi_calls()
-        .into_iter()
-        .map(|c| c.file_name)
-        .collect();
+    let sent = app.fakes.foi_names();
     assert_eq!(sent, ["fine.csv"]);
     assert_eq!(
         app.fakes.iqube_attempts(),

@@ -134,6 +134,17 @@ impl PrivateServers {
     }
 }
 
+impl PrivateServers {
+    /// A coordinator under test on these servers.
+    async fn app(&self, opts: Opts) -> crate::helpers::TestApp {
+        spawn_app(Opts {
+            env: Some(self.env()),
+            ..opts
+        })
+        .await
+    }
+}
+
 impl Drop for PrivateServers {
     fn drop(&mut self) {
         let root = env!("CARGO_MANIFEST_DIR");
@@ -155,11 +166,7 @@ impl Drop for PrivateServers {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn share_down_then_back() {
     let servers = PrivateServers::start(false);
-    let mut app = spawn_app(Opts {
-        env: Some(servers.env()),
-        ..Opts::default()
-    })
-    .await;
+    let mut app = servers.app(Opts::default()).await;
     app.put("acme", "remit.csv", b"remittance").await;
     app.run_ok().await;
     app.put("acme", "later.csv", b"later").await;
@@ -178,12 +185,7 @@ async fn share_down_then_back() {
     servers.start_smbd().await;
     let body = app.run_ok().await;
     assert_eq!(body["summary"]["succeeded"], 1, "{body}");
-    let sent: Vec<String> = app
-        .fakes
-        .foi_calls()
-        .into_iter()
-        .map(|c| c.file_name)
-        .collect();
+    let sent = app.fakes.foi_names();
     assert_eq!(sent, ["remit.csv", "later.csv"]);
     assert_eq!(app.fakes.iqube_calls().len(), 1);
     app.eventually(30, "archived after the outage", || async {
@@ -199,12 +201,12 @@ async fn share_down_then_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_run_is_recovered() {
     let servers = PrivateServers::start(true);
-    let app = spawn_app(Opts {
-        env: Some(servers.env()),
-        claim_lease_secs: 1.0,
-        ..Opts::default()
-    })
-    .await;
+    let app = servers
+        .app(Opts {
+            claim_lease_secs: 1.0,
+            ..Opts::default()
+        })
+        .await;
     app.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(2)));
     app.put("acme", "remit.csv", b"remittance").await;
 
@@ -288,11 +290,7 @@ async fn postgres_restart_mid_run_is_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smbd_killed_mid_read() {
     let servers = PrivateServers::start(false);
-    let mut app = spawn_app(Opts {
-        env: Some(servers.env()),
-        ..Opts::default()
-    })
-    .await;
+    let mut app = servers.app(Opts::default()).await;
     let big = vec![7u8; 128 << 20];
     app.put("acme", "big.bin", &big).await;
     let spool = app.args.spool_dir.clone().unwrap();
@@ -349,11 +347,7 @@ async fn smbd_killed_mid_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn share_gone_mid_archive() {
     let servers = PrivateServers::start(false);
-    let mut app = spawn_app(Opts {
-        env: Some(servers.env()),
-        ..Opts::default()
-    })
-    .await;
+    let mut app = servers.app(Opts::default()).await;
     app.put("acme", "seed.csv", b"seed").await;
     let dir = app.local(&format!("{}/acme", app.source_dir));
     for i in 0..600 {

@@ -37,12 +37,7 @@ async fn d1_temp_files_are_ignored_by_the_scan() {
     let rows = app.files().await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].file_name, "remit.xlsx");
-    let sent: Vec<String> = app
-        .fakes
-        .foi_calls()
-        .into_iter()
-        .map(|c| c.file_name)
-        .collect();
+    let sent = app.fakes.foi_names();
     assert_eq!(sent, ["remit.xlsx"]);
     app.eventually(30, "the real file archived", || async {
         app.in_archive("acme", "remit.xlsx")

@@ -154,12 +154,7 @@ async fn b5_t_separator_is_not_grouped_each_file_is_processed() {
         .collect();
     got.sort();
     assert_eq!(got, [(names[0], names[0]), (names[1], names[1])]);
-    let mut sent: Vec<String> = app
-        .fakes
-        .foi_calls()
-        .into_iter()
-        .map(|c| c.file_name)
-        .collect();
+    let mut sent = app.fakes.foi_names();
     sent.sort();
     assert_eq!(sent, names);
     assert_eq!(app.fakes.itm_calls().len(), 2);
