@@ -182,6 +182,7 @@ write_smb_conf() { # PORT
     ncalrpc dir = $SMB_ROOT/ncalrpc
     log file = $SMB_ROOT/log.%m
     max log size = 0
+    log level = 1
     load printers = no
     printing = bsd
     printcap name = /dev/null

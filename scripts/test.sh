@@ -53,6 +53,13 @@ fi
 ((leaks == 0)) && log "no secret in $files log files ($lines lines)"
 ((leaks == 0)) || status=1
 
+if ((status != 0)); then
+    log "tests failed; the private smbd's logs (for infrastructure trouble):"
+    for f in "$state_dir"/samba/smbd.log "$state_dir"/samba/log.*; do
+        [[ -f "$f" ]] && tail_log "$f" 30
+    done
+fi
+
 # Stop the servers now, so the test runner's own closing line is the last one.
 closing=$(grep -E '^ +Summary \[|^test result:' "$out" | tail -n 1 || true)
 cleanup

@@ -23,8 +23,10 @@ pub async fn migrated_store(url: &str) -> anyhow::Result<PgStore> {
     Ok(store)
 }
 
-/// Builds the engine and its clients around `store`; connects nothing else yet.
+/// Builds the engine and its clients around `store`; connects nothing else
+/// yet. Spool files left by killed processes are removed first.
 pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>> {
+    crate::process::sweep_stale_spools(&cfg.spool_dir);
     let foi = FoiClient::new(cfg.foi_url.clone(), cfg.foi_timeout, cfg.foi_retries)
         .context("building the FOI client")?;
     let itm =

@@ -16,6 +16,8 @@ struct Harness {
     itm: Arc<FakeItm>,
     iqube: Arc<FakeIqube>,
     engine: Arc<Engine>,
+    /// The spool folder, removed when the harness goes.
+    spool: Arc<tempfile::TempDir>,
 }
 
 impl Harness {
@@ -25,7 +27,9 @@ impl Harness {
         let foi = Arc::new(FakeFoi::new());
         let itm = Arc::new(FakeItm::new());
         let iqube = Arc::new(FakeIqube::new());
+        let spool = Arc::new(tempfile::tempdir().expect("a spool folder"));
         let engine = testing::engine(
+            spool.path().to_path_buf(),
             src.clone(),
             store.clone(),
             foi.clone(),
@@ -39,6 +43,7 @@ impl Harness {
             itm,
             iqube,
             engine,
+            spool,
         }
     }
 
@@ -267,6 +272,7 @@ async fn a_group_with_a_young_newest_waits_whole() {
     h.src.set_now(t0() + chrono::Duration::minutes(2));
     let h2 = Harness {
         engine: testing::engine(
+            h.spool.path().to_path_buf(),
             h.src.clone(),
             h.store.clone(),
             h.foi.clone(),
@@ -782,6 +788,7 @@ async fn a_failed_archive_move_is_retried_and_recorded_once() {
 async fn archive_folders_outside_remitter_folders_are_not_scanned() {
     let h = Harness::new();
     let mut e = testing::engine(
+        h.spool.path().to_path_buf(),
         h.src.clone(),
         h.store.clone(),
         h.foi.clone(),
@@ -913,4 +920,31 @@ async fn a_claim_left_processing_is_taken_over_after_its_lease() {
         idempotency_key("acme", "remit.csv", &md5_hex(b"bytes"))
     );
     assert_eq!(h.store.files().len(), 1);
+}
+
+#[tokio::test]
+async fn a_move_whose_answer_was_lost_is_recorded_from_the_archive() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit.xlsx", b"x", old());
+    h.src.fail_rename("in/acme/remit.xlsx");
+    h.run().await;
+    let row = h.only_row();
+    assert!(!row.archived());
+
+    // The server did move it, but the answer never arrived.
+    h.src.clear_faults();
+    h.src.mkdir_all("archive/acme").await.unwrap();
+    h.src
+        .rename_no_replace("in/acme/remit.xlsx", "archive/acme/remit.xlsx")
+        .await
+        .unwrap();
+    h.pass().await;
+
+    let row = h.only_row();
+    assert_eq!(row.archive_path.as_deref(), Some("archive/acme/remit.xlsx"));
+    assert_eq!(
+        h.store.events(row.id),
+        ["processing", "success", "archive_succeeded"]
+    );
+    assert_eq!(h.src.files_under("archive"), ["archive/acme/remit.xlsx"]);
 }

@@ -1023,24 +1023,17 @@ impl Notifier for FakeIqube {
     }
 }
 
-/// An engine over the stand-ins: source `in`, archive `archive`, a fresh
-/// spool folder, default temp names, 60 s minimum age, no wait between looks,
-/// two files at once.
+/// An engine over the stand-ins: source `in`, archive `archive`, spooling
+/// into `spool_dir`, default temp names, 60 s minimum age, no wait between
+/// looks, two files at once.
 pub fn engine(
+    spool_dir: std::path::PathBuf,
     source: Arc<MemSource>,
     store: Arc<MemStore>,
     foi: Arc<FakeFoi>,
     itm: Arc<FakeItm>,
     iqube: Arc<FakeIqube>,
 ) -> Arc<Engine> {
-    // Kept for the whole test process: spool files are deleted by the engine.
-    let spool_dir = tempfile::Builder::new()
-        .prefix("coordinator-spool-")
-        .tempdir()
-        .map(|d| d.keep())
-        .unwrap_or_else(|_| {
-            std::env::temp_dir().join(format!("coordinator-spool-{}", Uuid::new_v4()))
-        });
     Arc::new(Engine {
         source,
         store,

@@ -167,6 +167,23 @@ impl Archiver {
                     continue;
                 }
             };
+            // A processed file missing from the source may have been moved by
+            // an earlier pass whose answer was lost: look in the archive once.
+            let archived: HashMap<String, Entry> = if files.iter().any(|d| {
+                matches!(d.record, Record::Processed(_)) && !listing.contains_key(&d.file_name)
+            }) {
+                match self
+                    .source
+                    .list(&join(&[&self.archive_dir, &remitter]))
+                    .await
+                {
+                    Ok(entries) => entries.into_iter().map(|e| (e.name.clone(), e)).collect(),
+                    Err(_) => HashMap::new(),
+                }
+            } else {
+                HashMap::new()
+            };
+            let archived = &archived;
             // One move per name and pass: two moves of one name at once could
             // both find the same free archive name. Only a due file that still
             // matches the source moves, so that is the one that takes the name.
@@ -181,7 +198,7 @@ impl Archiver {
                     if moves && !moving.insert(d.file_name.clone()) {
                         return None;
                     }
-                    Some(self.move_one(d, current).boxed())
+                    Some(self.move_one(d, current, archived).boxed())
                 })
                 .collect();
             let outcomes: Vec<bool> = futures::stream::iter(jobs)
@@ -202,7 +219,12 @@ impl Archiver {
     /// Moves one due file if `current` is still its version, and records it.
     /// `Some(true)` moved, `Some(false)` failed (retried next pass), `None`
     /// nothing to move.
-    async fn move_one(&self, d: Due, current: Option<Entry>) -> Option<bool> {
+    async fn move_one(
+        &self,
+        d: Due,
+        current: Option<Entry>,
+        archived: &HashMap<String, Entry>,
+    ) -> Option<bool> {
         let moved_to = match current {
             Some(e) if e.size as i64 == d.size && e.mtime == d.mtime => {
                 match self.move_to_archive(&d.remitter, &d.file_name).await {
@@ -218,8 +240,25 @@ impl Archiver {
                 None
             }
             None => {
-                tracing::warn!(remitter = %d.remitter, file = %d.file_name, "file to archive is not in the source folder");
-                None
+                // Moved by a pass that lost the server's answer: the archive holds it.
+                let found = (0..1000)
+                    .map(|n| suffixed(&d.file_name, n))
+                    .take_while(|name| archived.contains_key(name))
+                    .find(|name| {
+                        archived
+                            .get(name)
+                            .is_some_and(|e| e.size as i64 == d.size && e.mtime == d.mtime)
+                    });
+                match found {
+                    Some(name) => {
+                        tracing::info!(remitter = %d.remitter, file = %d.file_name, "already in the archive (an earlier move's answer was lost)");
+                        Some(join(&[&self.archive_dir, &d.remitter, &name]))
+                    }
+                    None => {
+                        tracing::warn!(remitter = %d.remitter, file = %d.file_name, "file to archive is not in the source folder");
+                        None
+                    }
+                }
             }
         };
         let recorded = match (&d.record, &moved_to) {

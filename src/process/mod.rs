@@ -110,8 +110,43 @@ pub fn read_failed_payload(
     })
 }
 
-/// Deletes the spool file however processing ends.
+/// Deletes the spool file however processing ends (a killed process leaves
+/// it behind; [`sweep_stale_spools`] removes those).
 struct Spool(PathBuf);
+
+/// The spool file name prefix of this process: `coordinator-<pid>-`.
+fn spool_prefix(pid: u32) -> String {
+    format!("coordinator-{pid}-")
+}
+
+/// Removes spool files left in `dir` by coordinator processes that no longer
+/// run (killed mid-file). Files of live processes are kept. Returns how many
+/// were removed.
+pub fn sweep_stale_spools(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("coordinator-")
+            .filter(|_| name.ends_with(".spool"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %dir.display(), "removed spool files of stopped processes");
+    }
+    removed
+}
 
 impl Drop for Spool {
     fn drop(&mut self) {
@@ -151,10 +186,11 @@ impl Processor {
     /// Drives one file to a final status (or explains why it could not).
     #[tracing::instrument(skip_all, fields(remitter = %c.remitter, file = %c.entry.name))]
     pub async fn process(&self, run_id: Uuid, c: &Candidate, base_name: &str) -> FileReport {
-        let spool = Spool(
-            self.spool_dir
-                .join(format!("coordinator-{}.spool", Uuid::new_v4())),
-        );
+        let spool = Spool(self.spool_dir.join(format!(
+            "{}{}.spool",
+            spool_prefix(std::process::id()),
+            Uuid::new_v4().simple()
+        )));
         let fetched = match self.source.fetch(&c.path(&self.source_dir), &spool.0).await {
             Ok(f) => f,
             Err(e) => return self.read_failed(run_id, c, &e.to_string()).await,
@@ -250,6 +286,23 @@ impl Processor {
 #[cfg(test)]
 mod tests {
     use super::idempotency_key;
+
+    #[test]
+    fn stale_spools_of_dead_processes_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join(format!(
+            "{}x.spool",
+            super::spool_prefix(std::process::id())
+        ));
+        // Pid numbers above the kernel's limit are never alive.
+        let dead = dir.path().join("coordinator-4999999-x.spool");
+        let other = dir.path().join("unrelated.spool");
+        for p in [&mine, &dead, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(super::sweep_stale_spools(dir.path()), 1);
+        assert!(mine.exists() && other.exists() && !dead.exists());
+    }
 
     #[test]
     fn idempotency_key_is_stable_and_distinct() {

@@ -336,6 +336,16 @@ fn write_bytes(client: &SmbClient, path: &str, bytes: &[u8]) -> Result<(), Sourc
     Ok(())
 }
 
+fn entry_of(i: pavao::SmbDirentInfo) -> Entry {
+    Entry {
+        is_dir: i.get_type() == SmbDirentType::Dir,
+        name: i.name,
+        size: i.size,
+        mtime: to_utc(i.mtime),
+        ctime: to_utc(i.ctime),
+    }
+}
+
 fn stat_entry(client: &SmbClient, path: &str) -> Result<Entry, SourceError> {
     let st = client
         .stat(url_path(path))
@@ -359,16 +369,7 @@ impl FileSource for SmbShare {
             Retry::OnDisconnect,
             move |c| {
                 match c.normal.list_dirplus(url_path(&d)) {
-                    Ok(items) => Ok(items
-                        .into_iter()
-                        .map(|i| Entry {
-                            is_dir: i.get_type() == SmbDirentType::Dir,
-                            name: i.name,
-                            size: i.size,
-                            mtime: to_utc(i.mtime),
-                            ctime: to_utc(i.ctime),
-                        })
-                        .collect()),
+                    Ok(items) => Ok(items.into_iter().map(entry_of).collect()),
                     // pavao drops opendir's errno; it is still this thread's last one.
                     Err(SmbError::BadFileDescriptor) => {
                         match std::io::Error::last_os_error().raw_os_error() {
@@ -382,10 +383,14 @@ impl FileSource for SmbShare {
                                 Ok(e) if !e.is_dir => {
                                     Err(SourceError::NotFound(format!("{d} is not a folder")))
                                 }
-                                Ok(_) => Err(SourceError::Io {
-                                    op: format!("list {d}"),
-                                    message: "the folder could not be opened".into(),
-                                }),
+                                // It is a folder: a passing failure; try once more.
+                                Ok(_) => match c.normal.list_dirplus(url_path(&d)) {
+                                    Ok(items) => Ok(items.into_iter().map(entry_of).collect()),
+                                    Err(_) => Err(SourceError::Disconnected {
+                                        op: format!("list {d}"),
+                                        message: "the folder could not be opened".into(),
+                                    }),
+                                },
                                 Err(e) => Err(e),
                             },
                         }

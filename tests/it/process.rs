@@ -27,6 +27,7 @@ struct Serve {
     _dir: tempfile::TempDir,
     http: reqwest::Client,
     token: String,
+    spool: PathBuf,
 }
 
 impl Serve {
@@ -64,6 +65,7 @@ impl Serve {
             .env("IQUBE_API_URL", p.fakes.iqube_url())
             .env("STABLE_MIN_AGE_SECS", "0")
             .env("STABLE_CHECK_INTERVAL_SECS", "0")
+            .env("SPOOL_DIR", p.args.spool_dir.clone().unwrap())
             .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -76,6 +78,7 @@ impl Serve {
             _dir: dir,
             http: reqwest::Client::new(),
             token,
+            spool: p.args.spool_dir.clone().unwrap(),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -136,6 +139,7 @@ impl Drop for Serve {
         crate::helpers::keep_log(&self.log_text());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.spool);
     }
 }
 
@@ -285,6 +289,16 @@ async fn sigkill_mid_file_is_recovered_after_the_lease() {
     let itm = p.fakes.itm_calls();
     assert_eq!(itm.len(), 2, "one submission per process");
     assert_eq!(itm[0].idempotency_key, itm[1].idempotency_key);
+    let spool = p.args.spool_dir.clone().unwrap();
+    let left: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the killed process's spool file is swept: {left:?}"
+    );
     let events: Vec<String> = sqlx::query_scalar("SELECT status FROM file_events ORDER BY id")
         .fetch_all(&db)
         .await
