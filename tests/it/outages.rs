@@ -112,25 +112,7 @@ impl PrivateServers {
     }
 
     fn restart_postgres(&self) {
-        let bin = &self.vars["IT_PG_BIN"];
-        let status = Command::new("runuser")
-            .args([
-                "-u",
-                "postgres",
-                "--",
-                &format!("{bin}/pg_ctl"),
-                "restart",
-                "-D",
-                &self.vars["IT_PG_DATA"],
-                "-m",
-                "fast",
-                "-w",
-            ])
-            .current_dir("/")
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_ctl restart failed");
+        restart_postgres(&self.vars["IT_PG_BIN"], &self.vars["IT_PG_DATA"]);
     }
 }
 
@@ -143,6 +125,28 @@ impl PrivateServers {
         })
         .await
     }
+}
+
+/// `pg_ctl restart` of a private cluster, as its owner.
+fn restart_postgres(bin: &str, data: &str) {
+    let status = Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            &format!("{bin}/pg_ctl"),
+            "restart",
+            "-D",
+            data,
+            "-m",
+            "fast",
+            "-w",
+        ])
+        .current_dir("/")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctl restart failed");
 }
 
 impl Drop for PrivateServers {
@@ -221,30 +225,11 @@ async fn postgres_restart_mid_run_is_recovered() {
         !app.fakes.itm_calls().is_empty()
     })
     .await;
-    let restart = tokio::task::spawn_blocking({
-        let bin = servers.vars["IT_PG_BIN"].clone();
-        let data = servers.vars["IT_PG_DATA"].clone();
-        move || {
-            let s = Command::new("runuser")
-                .args([
-                    "-u",
-                    "postgres",
-                    "--",
-                    &format!("{bin}/pg_ctl"),
-                    "restart",
-                    "-D",
-                    &data,
-                    "-m",
-                    "fast",
-                    "-w",
-                ])
-                .current_dir("/")
-                .stdout(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(s.success());
-        }
-    });
+    let (bin, data) = (
+        servers.vars["IT_PG_BIN"].clone(),
+        servers.vars["IT_PG_DATA"].clone(),
+    );
+    let restart = tokio::task::spawn_blocking(move || restart_postgres(&bin, &data));
     let resp = run.await.unwrap().expect("the run request is answered");
     restart.await.unwrap();
     let status = resp.status().as_u16();
