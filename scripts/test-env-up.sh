@@ -156,7 +156,12 @@ SMB_GROUP="$(id -gn "$SMB_USER")"
 SMB_PASSWORD="$(random_password 24)"
 
 mkdir -p "$SMB_ROOT"/{private,lock,state,cache,pid,ncalrpc} "$SHARE_PATH"
-chmod 0700 "$SMB_ROOT" "$SMB_ROOT/private"
+# smbd's per-connection processes run as the share user and must reach the
+# lock directory: with $SMB_ROOT at 0700 share modes are silently not
+# enforced ("Could not get share mode lock"), and a deny-write open succeeds
+# while another client writes. 0711: traverse, not list.
+chmod 0711 "$SMB_ROOT"
+chmod 0700 "$SMB_ROOT/private"
 chown "$SMB_USER:$SMB_GROUP" "$SHARE_PATH"
 chmod 0775 "$SHARE_PATH"
 
