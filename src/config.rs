@@ -366,7 +366,7 @@ impl Config {
             }
             Ok(t)
         };
-        Ok(Self {
+        let cfg = Self {
             env,
             bind_addr,
             api_token,
@@ -398,7 +398,22 @@ impl Config {
             )?
             .max(1),
             housekeeping_interval: (!housekeeping.is_zero()).then_some(housekeeping),
-        })
+        };
+        // A claim is renewed while its file is in flight; the lease must still
+        // cover the longest one file may take, else a live file could be taken over.
+        let one_file = crate::downstream::foi::longest_extraction(cfg.foi_timeout, cfg.foi_retries)
+            + cfg.itm_timeout;
+        if cfg.claim_lease <= one_file {
+            return Err(err(
+                "CLAIM_LEASE_SECS",
+                format!(
+                    "must be more than the longest one file may take, {:.1}s \
+                     (FOI_TIMEOUT_SECS × (FOI_RETRIES + 1) + retry pauses + ITM_TIMEOUT_SECS)",
+                    one_file.as_secs_f64()
+                ),
+            ));
+        }
+        Ok(cfg)
     }
 }
 
@@ -466,6 +481,11 @@ mod tests {
             ),
             (|a| a.bind_addr = Some("nowhere".into()), "BIND_ADDR"),
             (|a| a.smb_archive_dir = Some("/".into()), "SMB_ARCHIVE_DIR"),
+            // 120 s × 3 attempts + 1.5 s of pauses + 30 s of ITM = 391.5 s.
+            (
+                |a| a.claim_lease_secs = Some("391.5".into()),
+                "CLAIM_LEASE_SECS",
+            ),
         ];
         for (edit, var) in cases {
             let mut a = full();
@@ -474,6 +494,20 @@ mod tests {
             assert_eq!(e.var, *var, "{e}");
             assert!(e.to_string().contains(var), "{e}");
         }
+    }
+
+    #[test]
+    fn the_claim_lease_must_cover_one_file() {
+        let mut a = full();
+        a.claim_lease_secs = Some("391.6".into());
+        assert!(Config::from_args(a).is_ok());
+        let mut a = full();
+        a.foi_retries = Some("0".into());
+        a.foi_timeout_secs = Some("1".into());
+        a.itm_timeout_secs = Some("1".into());
+        a.claim_lease_secs = Some("2".into());
+        let e = Config::from_args(a).unwrap_err();
+        assert!(e.to_string().contains("2.0s"), "{e}");
     }
 
     #[test]

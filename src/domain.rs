@@ -1,5 +1,6 @@
 //! Statuses and decisions shared by every stage of a run.
 
+use crate::scan::Candidate;
 use serde::Serialize;
 
 /// A file's processing status (CONTRACT §7).
@@ -58,4 +59,49 @@ pub enum Decision {
     Processed,
     /// Could not be read or recorded; nothing was sent.
     Error,
+}
+
+/// What the run reports for one file.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FileReport {
+    /// Remitter folder.
+    pub remitter: String,
+    /// File name.
+    pub file_name: String,
+    /// What the run did with it.
+    pub decision: Decision,
+    /// The file's status after this run, when it has a row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Why, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl FileReport {
+    /// A report for `c` with no status.
+    pub fn new(c: &Candidate, decision: Decision, reason: Option<String>) -> Self {
+        Self {
+            remitter: c.remitter.clone(),
+            file_name: c.entry.name.clone(),
+            decision,
+            status: None,
+            reason,
+        }
+    }
+
+    /// The same report with the file's status.
+    pub fn with_status(mut self, status: impl Into<String>) -> Self {
+        self.status = Some(status.into());
+        self
+    }
+}
+
+/// A remitter folder that could not be listed, at either look.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FolderError {
+    /// Remitter folder name.
+    pub remitter: String,
+    /// Why.
+    pub reason: String,
 }

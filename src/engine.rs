@@ -3,18 +3,19 @@
 //! [`FileSource`] and downstream traits, so each can be swapped or faked.
 
 use crate::archive::{Archiver, PassReport};
-use crate::domain::Decision;
+pub use crate::domain::FolderError;
+use crate::domain::{Decision, FileReport};
 use crate::downstream::{Extractor, Notifier, Submitter};
-use crate::plan::{self, Group};
-use crate::process::{FileReport, Processor};
-use crate::scan::{self, Candidate, names::TempNameFilter};
+use crate::plan;
+use crate::process::Processor;
+use crate::scan::{self, names::TempNameFilter};
 use crate::source::FileSource;
-use crate::store::{RunStart, Store, SupersededFile};
+use crate::store::{RunStart, Store};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,23 +67,22 @@ pub struct Summary {
     pub failed: usize,
     /// Files that could not be read or recorded.
     pub errors: usize,
-    /// One entry per file, with the decision and its reason.
+    /// One entry per file, with the decision and its reason: every file
+    /// processed or in error, and the others up to [`LISTED_FILES`] entries.
     pub files: Vec<FileReport>,
+    /// True when files were left out of `files` (the counts still cover them).
+    pub files_truncated: bool,
     /// Remitter folders that could not be listed (counted in `errors`).
     pub folder_errors: Vec<FolderError>,
 }
 
-/// A remitter folder the scan could not list.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FolderError {
-    /// Remitter folder name.
-    pub remitter: String,
-    /// Why.
-    pub reason: String,
-}
+/// Past this many entries a summary lists only files processed or in error
+/// (CONTRACT §4), so a share of 100,000 files does not store megabytes per run.
+pub const LISTED_FILES: usize = 1000;
 
 impl Summary {
     fn push(&mut self, r: FileReport) {
+        let always = matches!(r.decision, Decision::Processed | Decision::Error);
         match r.decision {
             Decision::Ignored => self.ignored += 1,
             Decision::Superseded => self.superseded += 1,
@@ -98,7 +98,11 @@ impl Summary {
             }
             Decision::Error => self.errors += 1,
         }
-        self.files.push(r);
+        if always || self.files.len() < LISTED_FILES {
+            self.files.push(r);
+        } else {
+            self.files_truncated = true;
+        }
     }
 }
 
@@ -270,7 +274,8 @@ impl Engine {
 
     async fn perform(&self, run_id: Uuid) -> Result<Summary, (&'static str, String)> {
         let s = &self.settings;
-        let scanned = scan::scan(
+        let db_error = |e: crate::store::StoreError| ("database_error", e.to_string());
+        let scan = scan::scan(
             self.source.as_ref(),
             &s.source_dir,
             &s.archive_dir,
@@ -278,174 +283,100 @@ impl Engine {
         )
         .await
         .map_err(|e| ("scan_failed", format!("the share could not be listed: {e}")))?;
-        let mut summary = Summary {
-            scanned: scanned.candidates.len() + scanned.ignored.len(),
-            ..Default::default()
+        let keys: Vec<String> = scan
+            .candidates
+            .iter()
+            .map(|c| plan::key_of(&c.remitter, &c.entry.name))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let known = self.store.group_versions(&keys).await.map_err(db_error)?;
+        let remembered = self.store.pending_superseded().await.map_err(db_error)?;
+        let now = match self.source.server_now(&s.archive_dir).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "server clock unavailable; using the local clock for Policy A");
+                Utc::now()
+            }
         };
-        for (remitter, reason) in scanned.folder_errors {
-            summary.errors += 1;
-            summary.folder_errors.push(FolderError {
-                remitter,
-                reason: format!("remitter folder could not be listed: {reason}"),
-            });
+        let draft = plan::draft(plan::Inputs {
+            scan,
+            known: &known,
+            remembered: &remembered,
+            now,
+            min_age: s.stable_min_age,
+        });
+        // The second look: one listing per remitter folder with a pending file.
+        let mut second = HashMap::new();
+        let folders = draft.folders_to_recheck();
+        if !folders.is_empty() {
+            tokio::time::sleep(s.stable_check_interval).await;
         }
-        for (remitter, name) in scanned.ignored {
-            summary.push(FileReport {
-                remitter,
-                file_name: name,
-                decision: Decision::Ignored,
-                status: None,
-                reason: Some("temp-like name".into()),
-            });
-        }
-        // Versions an earlier run superseded stay superseded until moved, even
-        // when they are now alone in their group.
-        let earlier = self
-            .store
-            .pending_superseded()
-            .await
-            .map_err(|e| ("database_error", e.to_string()))?;
-        let earlier: HashSet<(&str, &str, i64, DateTime<Utc>)> = earlier
-            .iter()
-            .map(|e| (e.remitter.as_str(), e.file_name.as_str(), e.size, e.mtime))
-            .collect();
-        let (candidates, already_superseded): (Vec<Candidate>, Vec<Candidate>) =
-            scanned.candidates.into_iter().partition(|c| {
-                !earlier.contains(&(
-                    c.remitter.as_str(),
-                    c.entry.name.as_str(),
-                    c.entry.size as i64,
-                    c.entry.mtime,
-                ))
-            });
-        for c in &already_superseded {
-            summary.push(FileReport::new(
-                c,
-                Decision::Superseded,
-                Some("superseded by an earlier run; waiting for the archive move".into()),
-            ));
-        }
-        let groups = plan::group(candidates);
-        let names: Vec<(String, String)> = groups
-            .iter()
-            .map(|g| (g.newest.remitter.clone(), g.newest.entry.name.clone()))
-            .collect();
-        let known = self
-            .store
-            .known_versions(&names)
-            .await
-            .map_err(|e| ("database_error", e.to_string()))?;
-        let mut known_by_name: HashMap<(&str, &str), Vec<&crate::store::KnownVersion>> =
-            HashMap::new();
-        for k in &known {
-            known_by_name
-                .entry((&k.remitter, &k.file_name))
-                .or_default()
-                .push(k);
-        }
-        let mut to_archive: Vec<SupersededFile> = Vec::new();
-        let mut pending: Vec<&Group> = Vec::new();
-        for g in &groups {
-            let e = &g.newest.entry;
-            // A claim still `processing` goes through the claim again (lease recovery).
-            let seen = known_by_name
-                .get(&(g.newest.remitter.as_str(), e.name.as_str()))
-                .and_then(|ks| {
-                    ks.iter().find(|k| {
-                        k.size == e.size as i64 && k.mtime == e.mtime && k.status != "processing"
-                    })
-                });
-            match seen {
-                Some(k) => {
-                    let mut r = FileReport::new(
-                        &g.newest,
-                        Decision::AlreadyProcessed,
-                        Some("same name, size and last-write time as a recorded version".into()),
-                    );
-                    r.status = Some(k.status.clone());
-                    summary.push(r);
-                    self.supersede(g, &mut summary, &mut to_archive);
-                }
-                None => pending.push(g),
+        for remitter in folders {
+            let listing = self
+                .source
+                .list(&crate::source::join(&[&s.source_dir, &remitter]))
+                .await
+                .map_err(|e| e.to_string());
+            if let Err(why) = &listing {
+                tracing::warn!(remitter = %remitter, error = %why, "second look: folder could not be listed");
             }
+            second.insert(remitter, listing);
         }
-        if !pending.is_empty() {
-            let now = match self.source.server_now(&s.archive_dir).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "server clock unavailable; using the local clock for Policy A");
-                    Utc::now()
-                }
-            };
-            let newest: Vec<&Candidate> = pending.iter().map(|g| &g.newest).collect();
-            let verdicts = plan::stability(
-                self.source.as_ref(),
-                &s.source_dir,
-                &newest,
-                now,
-                s.stable_min_age,
-                s.stable_check_interval,
-            )
-            .await
-            .map_err(|e| {
-                (
-                    "scan_failed",
-                    format!("the share could not be listed again: {e}"),
-                )
-            })?;
-            let mut stable: Vec<&Group> = Vec::new();
-            for (g, v) in pending.into_iter().zip(verdicts) {
-                match v {
-                    Ok(()) => stable.push(g),
-                    Err(why) => {
-                        summary.push(FileReport::new(
-                            &g.newest,
-                            Decision::Unstable,
-                            Some(why.to_string()),
-                        ));
-                        for old in &g.superseded {
-                            summary.push(FileReport::new(
-                                old,
-                                Decision::Superseded,
-                                Some(format!(
-                                    "archive waits: newest version {} is not stable yet",
-                                    g.newest.entry.name
-                                )),
-                            ));
-                        }
-                    }
-                }
-            }
+        let plan::Plan {
+            decided: mut d,
+            work,
+        } = draft.settle(&second);
+        if let Err(e) = self.store.rearchive(&d.rearchive).await {
+            tracing::error!(error = %e, "could not queue re-uploaded files for the archive; the next run tries again");
+        }
+        if !work.is_empty() {
             std::fs::create_dir_all(&s.spool_dir).map_err(|e| {
                 (
                     "spool_unavailable",
                     format!("cannot create {}: {e}", s.spool_dir.display()),
                 )
             })?;
-            let processor = Processor {
-                source: self.source.clone(),
-                store: self.store.clone(),
-                foi: self.foi.clone(),
-                itm: self.itm.clone(),
-                source_dir: s.source_dir.clone(),
-                spool_dir: s.spool_dir.clone(),
-                claim_lease: s.claim_lease,
-                read_failure_notify_after: s.read_failure_notify_after,
-            };
-            let jobs: Vec<_> = stable
-                .iter()
-                .map(|g| processor.process(run_id, &g.newest, &g.base_name).boxed())
-                .collect();
-            let reports: Vec<FileReport> = futures::stream::iter(jobs)
-                .buffer_unordered(s.max_concurrent_files)
-                .collect()
-                .await;
-            for r in reports {
-                summary.push(r);
-            }
-            for g in stable {
-                self.supersede(g, &mut summary, &mut to_archive);
-            }
+        }
+        let processor = Processor {
+            source: self.source.clone(),
+            store: self.store.clone(),
+            foi: self.foi.clone(),
+            itm: self.itm.clone(),
+            source_dir: s.source_dir.clone(),
+            spool_dir: s.spool_dir.clone(),
+            claim_lease: s.claim_lease,
+            read_failure_notify_after: s.read_failure_notify_after,
+            lock_lost: Default::default(),
+        };
+        let jobs: Vec<_> = work
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                processor
+                    .process(run_id, &g.newest, &g.base_name)
+                    .map(move |r| (i, r))
+                    .boxed()
+            })
+            .collect();
+        let reports: Vec<(usize, FileReport)> = futures::stream::iter(jobs)
+            .buffer_unordered(s.max_concurrent_files)
+            .collect()
+            .await;
+        for (i, report) in reports {
+            d.after_processing(&work[i], &report);
+            d.reports.push(report);
+        }
+        let mut summary = Summary {
+            scanned: d.scanned,
+            ..Default::default()
+        };
+        for f in d.folder_errors {
+            summary.errors += 1;
+            summary.folder_errors.push(f);
+        }
+        for r in d.reports {
+            summary.push(r);
         }
         tracing::info!(
             scanned = summary.scanned,
@@ -454,32 +385,11 @@ impl Engine {
             errors = summary.errors,
             "run completed"
         );
-        if let Err(e) = self.store.record_superseded(run_id, &to_archive).await {
+        if let Err(e) = self.store.record_superseded(run_id, &d.to_archive).await {
             // Not fatal: nothing was moved, and the next run decides again.
             tracing::error!(error = %e, "could not record superseded versions; they wait for the next run");
         }
         Ok(summary)
-    }
-
-    fn supersede(&self, g: &Group, summary: &mut Summary, to_archive: &mut Vec<SupersededFile>) {
-        for old in &g.superseded {
-            summary.push(FileReport::new(
-                old,
-                Decision::Superseded,
-                Some(format!(
-                    "older version of {}; moved to the archive in the background",
-                    g.newest.entry.name
-                )),
-            ));
-            to_archive.push(SupersededFile {
-                id: 0,
-                remitter: old.remitter.clone(),
-                file_name: old.entry.name.clone(),
-                size: old.entry.size as i64,
-                mtime: old.entry.mtime,
-                newer_file_name: g.newest.entry.name.clone(),
-            });
-        }
     }
 }
 

@@ -304,7 +304,9 @@ async fn a_file_open_for_writing_is_unstable() {
     );
     assert_eq!(report_of(&r, "b.csv").decision, Decision::Processed);
     assert_eq!(h.only_row().file_name, "b.csv");
-    assert_eq!(h.src.fetches(), ["in/acme/b.csv"]);
+    // The deny-write open of a.csv was refused: nothing claimed or sent.
+    let sent: Vec<String> = h.foi.calls().into_iter().map(|c| c.file_name).collect();
+    assert_eq!(sent, ["b.csv"]);
     assert!(h.src.exists("in/acme/a.csv"));
 }
 
@@ -892,7 +894,7 @@ async fn a_claim_left_processing_is_taken_over_after_its_lease() {
         )
         .await
         .unwrap();
-    let Claim::New(id) = claim else {
+    let Claim::New { id, .. } = claim else {
         panic!("{claim:?}")
     };
 

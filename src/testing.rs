@@ -56,6 +56,7 @@ struct SourceState {
     dirs: BTreeSet<String>,
     now: DateTime<Utc>,
     open_for_write: HashSet<String>,
+    replace_on_fetch: std::collections::HashMap<String, Vec<u8>>,
     fail_fetch: HashSet<String>,
     fail_rename: HashSet<String>,
     fail_list: bool,
@@ -163,6 +164,14 @@ impl MemSource {
         lock(&self.state).open_for_write.insert(join(&[path]));
     }
 
+    /// Rewrites `path` with `bytes` (stamped with the share's clock) just
+    /// before its next fetch reads it: a change after the second look.
+    pub fn replace_on_fetch(&self, path: &str, bytes: &[u8]) {
+        lock(&self.state)
+            .replace_on_fetch
+            .insert(join(&[path]), bytes.to_vec());
+    }
+
     /// Makes every fetch of `path` fail with [`SourceError::Io`].
     pub fn fail_fetch(&self, path: &str) {
         lock(&self.state).fail_fetch.insert(join(&[path]));
@@ -252,15 +261,6 @@ impl FileSource for MemSource {
         }
     }
 
-    async fn open_for_write_elsewhere(&self, path: &str) -> Result<bool, SourceError> {
-        let path = join(&[path]);
-        let s = lock(&self.state);
-        if !s.files.contains_key(&path) {
-            return Err(SourceError::NotFound(format!("open {path}")));
-        }
-        Ok(s.open_for_write.contains(&path))
-    }
-
     async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
         let path = join(&[path]);
         let bytes = {
@@ -272,11 +272,23 @@ impl FileSource for MemSource {
                     message: "injected read failure".into(),
                 });
             }
+            if s.open_for_write.contains(&path) {
+                return Err(SourceError::Busy(format!("open {path}")));
+            }
+            if let Some(bytes) = s.replace_on_fetch.remove(&path) {
+                let now = s.now;
+                if let Some(f) = s.files.get_mut(&path) {
+                    f.bytes = bytes;
+                    f.mtime = now;
+                    f.ctime = now;
+                }
+            }
             match s.files.get(&path) {
-                Some(f) => f.bytes.clone(),
+                Some(f) => (f.bytes.clone(), file_entry(base(&path), f)),
                 None => return Err(SourceError::NotFound(format!("read {path}"))),
             }
         };
+        let (bytes, after) = bytes;
         tokio::fs::write(dest, &bytes)
             .await
             .map_err(|e| SourceError::Io {
@@ -286,6 +298,7 @@ impl FileSource for MemSource {
         Ok(Fetched {
             md5: md5_hex(&bytes),
             size: bytes.len() as u64,
+            after,
         })
     }
 
@@ -366,6 +379,8 @@ pub struct FileRow {
     pub archive_path: Option<String>,
     /// Last claim or status change (the claim's lease runs from here).
     pub updated_at: DateTime<Utc>,
+    /// The token of the current claim.
+    pub claim_token: Uuid,
 }
 
 impl FileRow {
@@ -597,19 +612,12 @@ impl Store for MemStore {
         Ok(())
     }
 
-    async fn known_versions(
-        &self,
-        names: &[(String, String)],
-    ) -> Result<Vec<KnownVersion>, StoreError> {
+    async fn group_versions(&self, keys: &[String]) -> Result<Vec<KnownVersion>, StoreError> {
         let s = lock(&self.state);
         s.check()?;
         Ok(s.files
             .iter()
-            .filter(|f| {
-                names
-                    .iter()
-                    .any(|(r, n)| *r == f.remitter && *n == f.file_name)
-            })
+            .filter(|f| keys.contains(&crate::plan::versions::group_key(&f.remitter, &f.base_name)))
             .map(|f| KnownVersion {
                 id: f.id,
                 remitter: f.remitter.clone(),
@@ -617,6 +625,7 @@ impl Store for MemStore {
                 size: f.size,
                 mtime: f.mtime,
                 status: f.status.clone(),
+                archived: f.archived(),
             })
             .collect())
     }
@@ -642,6 +651,9 @@ impl Store for MemStore {
         {
             f.size = size;
             f.mtime = mtime;
+            if crate::plan::is_archivable(&f.status) {
+                f.archive_path = None;
+            }
             let expired = f.status == FileStatus::Processing.as_str()
                 && now
                     .signed_duration_since(f.updated_at)
@@ -654,16 +666,19 @@ impl Store for MemStore {
                     status: f.status.clone(),
                 });
             }
+            let token = Uuid::new_v4();
             f.run_id = run_id;
             f.updated_at = now;
+            f.claim_token = token;
             let id = f.id;
             s.event(
                 id,
                 FileStatus::Processing.as_str(),
                 json!({"run_id": run_id, "recovered": "the claim's lease expired"}),
             );
-            return Ok(Claim::New(id));
+            return Ok(Claim::New { id, token });
         }
+        let token = Uuid::new_v4();
         let id = s.files.len() as i64 + 1;
         s.files.push(FileRow {
             id,
@@ -677,32 +692,56 @@ impl Store for MemStore {
             run_id,
             archive_path: None,
             updated_at: now,
+            claim_token: token,
         });
         s.event(
             id,
             FileStatus::Processing.as_str(),
             json!({"run_id": run_id}),
         );
-        Ok(Claim::New(id))
+        Ok(Claim::New { id, token })
     }
 
     async fn set_status(
         &self,
         file_id: i64,
+        token: Uuid,
         status: FileStatus,
         detail: &Value,
         notification: Option<&Value>,
     ) -> Result<(), StoreError> {
         let mut s = lock(&self.state);
         s.check()?;
-        let Some(f) = s.files.iter_mut().find(|f| f.id == file_id) else {
-            return Err(StoreError::Unavailable(format!("no file {file_id}")));
+        let Some(f) = s.files.iter_mut().find(|f| {
+            f.id == file_id && f.claim_token == token && f.status == FileStatus::Processing.as_str()
+        }) else {
+            return Err(StoreError::ClaimLost(file_id));
         };
         f.status = status.as_str().into();
         f.updated_at = Utc::now();
         s.event(file_id, status.as_str(), detail.clone());
         if let Some(payload) = notification {
             s.enqueue(format!("file_failed:{file_id}"), payload);
+        }
+        Ok(())
+    }
+
+    async fn renew_claim(&self, file_id: i64, token: Uuid) -> Result<bool, StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        let f = s.files.iter_mut().find(|f| {
+            f.id == file_id && f.claim_token == token && f.status == FileStatus::Processing.as_str()
+        });
+        Ok(f.map(|f| f.updated_at = Utc::now()).is_some())
+    }
+
+    async fn rearchive(&self, file_ids: &[i64]) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        for f in s.files.iter_mut().filter(|f| file_ids.contains(&f.id)) {
+            if crate::plan::is_archivable(&f.status) {
+                f.archive_path = None;
+            }
         }
         Ok(())
     }

@@ -126,6 +126,18 @@ pub fn endpoint(template: &str, remitter: &str) -> String {
     )
 }
 
+/// The pause before the first retry of a FOI call; it doubles for each next one.
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The longest one extraction may take: every attempt timing out, plus the
+/// pauses between them.
+pub fn longest_extraction(timeout: Duration, retries: u32) -> Duration {
+    let pauses = (0..retries)
+        .map(|i| RETRY_BACKOFF * 2u32.pow(i))
+        .sum::<Duration>();
+    timeout * (retries + 1) + pauses
+}
+
 /// HTTP client for FOI.
 pub struct FoiClient {
     http: reqwest::Client,
@@ -141,7 +153,7 @@ impl FoiClient {
             http: reqwest::Client::builder().timeout(timeout).build()?,
             template,
             retries,
-            backoff: Duration::from_millis(500),
+            backoff: RETRY_BACKOFF,
         })
     }
 

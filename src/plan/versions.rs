@@ -68,6 +68,12 @@ pub fn strip_ts_basename(name: &str) -> String {
     parse_version(name).base_name
 }
 
+/// The key grouping versions of one logical file: remitter and base name,
+/// lower-cased (CONTRACT §6), as `remitter/base_name` (a folder name holds no `/`).
+pub fn group_key(remitter: &str, base_name: &str) -> String {
+    format!("{}/{}", remitter.to_lowercase(), base_name.to_lowercase())
+}
+
 /// Orders two file names of one group, newest first (CONTRACT §6): later stamp,
 /// then the 14-digit form, then timestamped over plain, then by name descending.
 pub fn newest_first(a: &str, b: &str) -> Ordering {

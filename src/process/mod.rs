@@ -4,45 +4,18 @@
 
 use crate::domain::{Decision, FileStatus};
 use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Submitter};
+use crate::plan::Unstable;
 use crate::scan::Candidate;
-use crate::source::FileSource;
-use crate::store::{Claim, Store};
-use serde::Serialize;
+use crate::source::{FileSource, SourceError};
+use crate::store::{Claim, Store, StoreError};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
-/// What the run reports for one file.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct FileReport {
-    /// Remitter folder.
-    pub remitter: String,
-    /// File name.
-    pub file_name: String,
-    /// What the run did with it.
-    pub decision: Decision,
-    /// The file's status after this run, when it has a row.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    /// Why, in words.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl FileReport {
-    /// A report for `c` with no status.
-    pub fn new(c: &Candidate, decision: Decision, reason: Option<String>) -> Self {
-        Self {
-            remitter: c.remitter.clone(),
-            file_name: c.entry.name.clone(),
-            decision,
-            status: None,
-            reason,
-        }
-    }
-}
+pub use crate::domain::FileReport;
 
 /// The key ITM sees on every attempt for one file version.
 pub fn idempotency_key(remitter: &str, file_name: &str, md5: &str) -> String {
@@ -90,6 +63,8 @@ pub struct Processor {
     pub claim_lease: std::time::Duration,
     /// Failed reads of one version before IQube is told.
     pub read_failure_notify_after: u32,
+    /// Set once a claim found the run lock gone: no more claims in this run.
+    pub lock_lost: AtomicBool,
 }
 
 /// The IQube payload of a file that keeps failing to be read.
@@ -186,6 +161,9 @@ impl Processor {
     /// Drives one file to a final status (or explains why it could not).
     #[tracing::instrument(skip_all, fields(remitter = %c.remitter, file = %c.entry.name))]
     pub async fn process(&self, run_id: Uuid, c: &Candidate, base_name: &str) -> FileReport {
+        if self.lock_lost.load(Ordering::Relaxed) {
+            return FileReport::new(c, Decision::Error, Some(lock_lost_reason()));
+        }
         let spool = Spool(self.spool_dir.join(format!(
             "{}{}.spool",
             spool_prefix(std::process::id()),
@@ -193,8 +171,30 @@ impl Processor {
         )));
         let fetched = match self.source.fetch(&c.path(&self.source_dir), &spool.0).await {
             Ok(f) => f,
+            Err(SourceError::Busy(_)) => {
+                tracing::info!("open for writing by another client; left for a later run");
+                return FileReport::new(
+                    c,
+                    Decision::Unstable,
+                    Some(Unstable::OpenForWrite.to_string()),
+                );
+            }
             Err(e) => return self.read_failed(run_id, c, &e.to_string()).await,
         };
+        // The bytes read must be the version that passed Policy A (CONTRACT §1.4).
+        let (e, a) = (&c.entry, &fetched.after);
+        if fetched.size != e.size || a.size != e.size || a.mtime != e.mtime || a.ctime != e.ctime {
+            tracing::info!(
+                listed_size = e.size,
+                read_size = fetched.size,
+                "changed after the second look; nothing claimed"
+            );
+            return FileReport::new(
+                c,
+                Decision::Unstable,
+                Some(Unstable::ChangedDuringRead.to_string()),
+            );
+        }
         let claim = self
             .store
             .claim(
@@ -208,17 +208,21 @@ impl Processor {
                 self.claim_lease,
             )
             .await;
-        let file_id = match claim {
-            Ok(Claim::New(id)) => id,
+        let (file_id, token) = match claim {
+            Ok(Claim::New { id, token }) => (id, token),
             Ok(Claim::Exists { status, .. }) => {
                 let reason = if status == FileStatus::Processing.as_str() {
                     "claimed by a run that has not finished (its lease has not run out)"
                 } else {
                     "this content was claimed before"
                 };
-                let mut r = FileReport::new(c, Decision::AlreadyProcessed, Some(reason.into()));
-                r.status = Some(status);
-                return r;
+                return FileReport::new(c, Decision::AlreadyProcessed, Some(reason.into()))
+                    .with_status(status);
+            }
+            Err(StoreError::RunLockLost) => {
+                tracing::error!("the run lock is gone; this run claims nothing more");
+                self.lock_lost.store(true, Ordering::Relaxed);
+                return FileReport::new(c, Decision::Error, Some(lock_lost_reason()));
             }
             Err(e) => {
                 tracing::error!(error = %e, "claim failed; nothing sent");
@@ -226,51 +230,23 @@ impl Processor {
             }
         };
         tracing::info!(file_id, md5 = %fetched.md5, size = fetched.size, "claimed");
-        let (status, detail, failure) =
-            match self.foi.extract(&c.remitter, &c.entry.name, &spool.0).await {
-                FoiOutcome::Failure { status, reason } => (
-                    status,
-                    json!({"step": "foi", "reason": reason}),
-                    Some(reason),
-                ),
-                FoiOutcome::Success(result) => {
-                    let sub = ItmSubmission {
-                        remitter: c.remitter.clone(),
-                        file_name: c.entry.name.clone(),
-                        md5: fetched.md5.clone(),
-                        result,
-                    };
-                    let key = idempotency_key(&c.remitter, &c.entry.name, &fetched.md5);
-                    match self.itm.submit(&sub, &key).await {
-                        Ok(()) => (
-                            FileStatus::Success,
-                            json!({"step": "itm", "idempotency_key": key}),
-                            None,
-                        ),
-                        Err(reason) => (
-                            FileStatus::ItmFailed,
-                            json!({"step": "itm", "idempotency_key": key, "reason": reason}),
-                            Some(reason),
-                        ),
-                    }
-                }
-            };
+        let downstream = self.downstream(c, &fetched.md5, &spool.0);
+        let (status, detail, failure) = self.renewing(file_id, token, downstream).await;
         let notification = failure
             .as_deref()
             .map(|reason| file_failed_payload(run_id, &c.remitter, &c.entry.name, status, reason));
         if let Err(e) = self
             .store
-            .set_status(file_id, status, &detail, notification.as_ref())
+            .set_status(file_id, token, status, &detail, notification.as_ref())
             .await
         {
             tracing::error!(error = %e, status = status.as_str(), "could not record the outcome");
-            let mut r = FileReport::new(
+            return FileReport::new(
                 c,
                 Decision::Error,
                 Some(format!("outcome {} not recorded: {e}", status.as_str())),
-            );
-            r.status = Some(FileStatus::Processing.as_str().into());
-            return r;
+            )
+            .with_status(FileStatus::Processing.as_str());
         }
         tracing::info!(status = status.as_str(), "processed");
         FileReport {
@@ -281,6 +257,73 @@ impl Processor {
             reason: failure,
         }
     }
+
+    /// FOI, then ITM on success: the status, the event detail and the
+    /// failure reason (for IQube) of one claimed file.
+    async fn downstream(
+        &self,
+        c: &Candidate,
+        md5: &str,
+        spool: &std::path::Path,
+    ) -> (FileStatus, serde_json::Value, Option<String>) {
+        match self.foi.extract(&c.remitter, &c.entry.name, spool).await {
+            FoiOutcome::Failure { status, reason } => (
+                status,
+                json!({"step": "foi", "reason": reason}),
+                Some(reason),
+            ),
+            FoiOutcome::Success(result) => {
+                let sub = ItmSubmission {
+                    remitter: c.remitter.clone(),
+                    file_name: c.entry.name.clone(),
+                    md5: md5.to_string(),
+                    result,
+                };
+                let key = idempotency_key(&c.remitter, &c.entry.name, md5);
+                match self.itm.submit(&sub, &key).await {
+                    Ok(()) => (
+                        FileStatus::Success,
+                        json!({"step": "itm", "idempotency_key": key}),
+                        None,
+                    ),
+                    Err(reason) => (
+                        FileStatus::ItmFailed,
+                        json!({"step": "itm", "idempotency_key": key, "reason": reason}),
+                        Some(reason),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Awaits `work` while renewing the claim every third of its lease, so a
+    /// slow but live file is never taken over by another run.
+    async fn renewing<T>(&self, file_id: i64, token: Uuid, work: impl Future<Output = T>) -> T {
+        let mut tick = tokio::time::interval(renewal_period(self.claim_lease));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = tick.tick() => match self.store.renew_claim(file_id, token).await {
+                    Ok(true) => tracing::debug!(file_id, "claim renewed"),
+                    Ok(false) => tracing::warn!(file_id, "the claim was taken over while in flight"),
+                    Err(e) => tracing::warn!(file_id, error = %e, "could not renew the claim"),
+                },
+            }
+        }
+    }
+}
+
+/// How often a claim in flight is renewed: a third of its lease.
+fn renewal_period(lease: std::time::Duration) -> std::time::Duration {
+    (lease / 3).max(std::time::Duration::from_millis(100))
+}
+
+fn lock_lost_reason() -> String {
+    "not claimed: the run lock was lost (its database session ended); a later run takes the file"
+        .into()
 }
 
 #[cfg(test)]

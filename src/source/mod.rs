@@ -36,6 +36,9 @@ pub struct Fetched {
     pub md5: String,
     /// Bytes read.
     pub size: u64,
+    /// The file's metadata after the last byte was read, taken while it was
+    /// still open: what the bytes read correspond to.
+    pub after: Entry,
 }
 
 /// Errors of a file source, classified so callers can tell "gone" from "broken".
@@ -86,10 +89,10 @@ pub trait FileSource: Send + Sync {
     async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError>;
     /// Metadata of one path.
     async fn stat(&self, path: &str) -> Result<Entry, SourceError>;
-    /// True when another client holds `path` open for writing (deny-write probe).
-    /// Sources that cannot tell answer `false`.
-    async fn open_for_write_elsewhere(&self, path: &str) -> Result<bool, SourceError>;
     /// Copies `path` into the local file `dest`, streaming, and hashes it.
+    /// The file is opened denying writers: while another client holds it open
+    /// for writing this fails with [`SourceError::Busy`], and no client can
+    /// open it for writing while it is read.
     async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError>;
     /// Creates `dir` and its parents if missing.
     async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError>;

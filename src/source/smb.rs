@@ -4,9 +4,10 @@
 //! process-wide lock, so each operation runs on a blocking thread and is
 //! bounded by a timeout. A client that failed with a connection-level error
 //! is dropped and rebuilt on the next call. pavao's `rename` overwrites an
-//! existing target, so `rename_no_replace` checks first. libsmbclient gives
-//! no way to see that another client holds a file open for writing (see
-//! `open_for_write_elsewhere`).
+//! existing target, so `rename_no_replace` checks first. Downloads open the
+//! file through a second context whose share mode denies writers: Samba
+//! refuses that open (EBUSY) while another client holds the file open for
+//! writing, and refuses writers while the download holds it.
 
 use super::{Entry, Fetched, FileSource, SourceError};
 use async_trait::async_trait;
@@ -55,9 +56,12 @@ impl std::fmt::Debug for SmbConfig {
     }
 }
 
-/// The native context of this share (a struct so more contexts can join it).
+/// The native contexts of this share (pavao's share mode is per context).
 struct Clients {
+    /// Share mode deny-none: listings, metadata, writes, renames.
     normal: SmbClient,
+    /// Share mode deny-write: downloads.
+    deny_write: SmbClient,
 }
 
 /// A share reached over SMB2/3 (see the module docs for the client's limits).
@@ -207,6 +211,7 @@ impl SmbShare {
         let mk = |mode| new_client(&self.config, mode).map_err(|e| classify("connect", e));
         let clients = Arc::new(Clients {
             normal: mk(SmbShareMode::DenyNone)?,
+            deny_write: mk(SmbShareMode::DenyWrite)?,
         });
         *guard = Some(clients.clone());
         Ok(clients)
@@ -413,14 +418,6 @@ impl FileSource for SmbShare {
         .await
     }
 
-    /// libsmbclient cannot tell: measured against Samba 4.17, its opens ignore
-    /// the context's share mode (a deny-write or deny-all open succeeds while
-    /// another client writes) and renames succeed on open files. Policy A
-    /// therefore rests on the age and the two looks for this source.
-    async fn open_for_write_elsewhere(&self, _path: &str) -> Result<bool, SourceError> {
-        Ok(false)
-    }
-
     async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
         let p = path.to_string();
         let dest: PathBuf = dest.to_path_buf();
@@ -432,7 +429,7 @@ impl FileSource for SmbShare {
             move |c| {
                 let op = format!("read {p}");
                 let mut f = c
-                    .normal
+                    .deny_write
                     .open_with(url_path(&p), SmbOpenOptions::default().read(true))
                     .map_err(|e| classify(&op, e))?;
                 let mut out = std::fs::File::create(&dest).map_err(|e| SourceError::Io {
@@ -456,9 +453,13 @@ impl FileSource for SmbShare {
                     })?;
                     size += n as u64;
                 }
+                // While `f` is open no SMB client can have it open for writing.
+                let after = stat_entry(&c.normal, &p)?;
+                drop(f);
                 Ok(Fetched {
                     md5: hex::encode(hasher.finalize()),
                     size,
+                    after,
                 })
             },
         )

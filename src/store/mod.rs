@@ -30,6 +30,14 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The claim is no longer this process's: another run took it over (its
+    /// lease ran out). Nothing was written.
+    #[error("the claim of file {0} was taken over by another run; nothing written")]
+    ClaimLost(i64),
+    /// The run no longer holds the run lock (its database session ended, for
+    /// example when Postgres restarted): it must not claim anything more.
+    #[error("the run lock was lost (the database session holding it ended); no more claims")]
+    RunLockLost,
 }
 
 /// A stored version seen again by a scan.
@@ -47,13 +55,21 @@ pub struct KnownVersion {
     pub mtime: DateTime<Utc>,
     /// Current status.
     pub status: String,
+    /// True once it was moved to the archive.
+    pub archived: bool,
 }
 
 /// The result of a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// This process owns the new row and must drive it to a final status.
-    New(i64),
+    /// This process owns the claim and must drive it to a final status; only
+    /// the holder of `token` may renew it or write its outcome.
+    New {
+        /// Row id.
+        id: i64,
+        /// The claim token.
+        token: Uuid,
+    },
     /// The version was claimed before (by any run): it is not sent again.
     Exists {
         /// Row id.
@@ -145,14 +161,16 @@ pub trait Store: Send + Sync {
         error: Option<(&str, &str)>,
         notification: Option<&Value>,
     ) -> Result<(), StoreError>;
-    /// Stored versions for these `(remitter, file_name)` pairs, in one query.
-    async fn known_versions(
-        &self,
-        names: &[(String, String)],
-    ) -> Result<Vec<KnownVersion>, StoreError>;
-    /// Claims a file version (see [`Claim`]). A claim still `processing` whose
-    /// last update is older than `lease` was left by a process that died: it
-    /// is taken over (a new `processing` event) and returned as `Claim::New`.
+    /// Every claimed version of these groups (keys from
+    /// `plan::versions::group_key`), in one query.
+    async fn group_versions(&self, keys: &[String]) -> Result<Vec<KnownVersion>, StoreError>;
+    /// Claims a file version (see [`Claim`]) for run `run_id`, which must
+    /// still hold the run lock ([`StoreError::RunLockLost`] otherwise). A
+    /// claim still `processing` whose last update is older than `lease` was
+    /// left by a process that died: it is taken over (a new `processing`
+    /// event, a new token) and returned as `Claim::New`. A version claimed
+    /// and archived before whose content is back in the source is due for
+    /// the archive again.
     #[allow(clippy::too_many_arguments)]
     async fn claim(
         &self,
@@ -165,14 +183,22 @@ pub trait Store: Send + Sync {
         mtime: DateTime<Utc>,
         lease: std::time::Duration,
     ) -> Result<Claim, StoreError>;
-    /// Sets a file's status with its event, queueing its notification atomically.
+    /// Sets a file's status with its event, queueing its notification
+    /// atomically, provided `token` still holds the claim
+    /// ([`StoreError::ClaimLost`] otherwise, and nothing is written).
     async fn set_status(
         &self,
         file_id: i64,
+        token: Uuid,
         status: FileStatus,
         detail: &Value,
         notification: Option<&Value>,
     ) -> Result<(), StoreError>;
+    /// Renews a claim in flight (its lease starts again); `false` when
+    /// `token` no longer holds it.
+    async fn renew_claim(&self, file_id: i64, token: Uuid) -> Result<bool, StoreError>;
+    /// Archived rows whose content is in the source again: due for the archive again.
+    async fn rearchive(&self, file_ids: &[i64]) -> Result<(), StoreError>;
     /// Notifications not yet delivered, oldest first.
     async fn pending_notifications(
         &self,

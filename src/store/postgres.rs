@@ -15,6 +15,7 @@ use super::{
     StoreError, SupersededFile,
 };
 use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
+use crate::plan::versions::group_key;
 use async_trait::async_trait;
 
 /// Embedded migrations (`migrations/`).
@@ -22,6 +23,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 const RUN_LOCK_KEY: i64 = 0x636f_6f72_6401; // "coord" + 1
 const HOUSEKEEPING_LOCK_KEY: i64 = 0x636f_6f72_6402;
+
+/// The session holding an advisory lock (`$1`, a bigint key: Postgres shows
+/// its high half as `classid` and its low half as `objid`).
+const RUN_LOCK_HOLDER: &str = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+     AND objsubid = 1 AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295)";
+
+/// How long a refused run waits for the running run's row: the lock is
+/// taken a moment before that row is written.
+const RUNNING_ROW_WAIT: Duration = Duration::from_secs(5);
 
 trait Step<T> {
     fn step(self, step: &'static str) -> Result<T, StoreError>;
@@ -91,6 +101,30 @@ impl PgStore {
         &self.pool
     }
 
+    /// The run holding the run lock: the `running` row of the session that
+    /// holds it, waited for briefly (the winner writes it just after taking
+    /// the lock). `None` when no session holds the lock any more;
+    /// `Some(None)` when its holder wrote no `running` row in time.
+    async fn running_run(&self) -> Result<Option<Option<Uuid>>, StoreError> {
+        let deadline = tokio::time::Instant::now() + RUNNING_ROW_WAIT;
+        loop {
+            let running: Option<Option<Uuid>> = sqlx::query_scalar(&format!(
+                "SELECT (SELECT r.id FROM runs r WHERE r.status = 'running' AND r.lock_pid = l.pid \
+                   ORDER BY r.started_at DESC LIMIT 1) FROM ({RUN_LOCK_HOLDER}) l"
+            ))
+            .bind(RUN_LOCK_KEY)
+            .fetch_optional(&self.pool)
+            .await
+            .step("finding the running run")?;
+            match running {
+                Some(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
@@ -121,21 +155,27 @@ impl Store for PgStore {
             .acquire()
             .await
             .step("acquiring a connection for the run lock")?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(RUN_LOCK_KEY)
+        // A refusal names the running run; a holder that let go meanwhile
+        // means the lock is free: ask again.
+        for attempt in 1.. {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(RUN_LOCK_KEY)
+                .fetch_one(&mut *conn)
+                .await
+                .step("taking the run lock")?;
+            if got {
+                break;
+            }
+            match self.running_run().await? {
+                Some(running) => return Ok(RunStart::Busy(running)),
+                None if attempt < 5 => continue,
+                None => return Ok(RunStart::Busy(None)),
+            }
+        }
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut *conn)
             .await
-            .step("taking the run lock")?;
-        if !got {
-            drop(conn);
-            let running: Option<Uuid> = sqlx::query_scalar(
-                "SELECT id FROM runs WHERE status = 'running' ORDER BY started_at DESC LIMIT 1",
-            )
-            .fetch_optional(&self.pool)
-            .await
-            .step("finding the running run")?;
-            return Ok(RunStart::Busy(running));
-        }
+            .step("reading the run lock's session")?;
         let lease = RunLease { conn: Some(conn) };
         // Whoever held the lock before us is gone: its run did not finish.
         sqlx::query(
@@ -146,11 +186,12 @@ impl Store for PgStore {
         .await
         .step("closing abandoned runs")?;
         sqlx::query(
-            "INSERT INTO runs (id, status, trigger, instance) VALUES ($1, 'running', $2, $3)",
+            "INSERT INTO runs (id, status, trigger, instance, lock_pid) VALUES ($1, 'running', $2, $3, $4)",
         )
         .bind(run_id)
         .bind(trigger)
         .bind(instance)
+        .bind(pid)
         .execute(&self.pool)
         .await
         .step("recording the run")?;
@@ -192,22 +233,16 @@ impl Store for PgStore {
         Ok(())
     }
 
-    /// Stored versions for these `(remitter, file_name)` pairs: one query per scan.
-    async fn known_versions(
-        &self,
-        names: &[(String, String)],
-    ) -> Result<Vec<KnownVersion>, StoreError> {
-        if names.is_empty() {
+    /// Every claimed version of these groups: one query per scan.
+    async fn group_versions(&self, keys: &[String]) -> Result<Vec<KnownVersion>, StoreError> {
+        if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let (rs, fs): (Vec<String>, Vec<String>) = names.iter().cloned().unzip();
         let rows = sqlx::query(
-            "SELECT f.id, f.remitter, f.file_name, f.size, f.mtime, f.status FROM files f \
-             JOIN unnest($1::text[], $2::text[]) AS n(remitter, file_name) \
-             ON f.remitter = n.remitter AND f.file_name = n.file_name",
+            "SELECT id, remitter, file_name, size, mtime, status, archived_at IS NOT NULL AS archived \
+             FROM files WHERE group_key = ANY($1)",
         )
-        .bind(&rs)
-        .bind(&fs)
+        .bind(keys)
         .fetch_all(&self.pool)
         .await
         .step("looking up known versions")?;
@@ -220,6 +255,7 @@ impl Store for PgStore {
                     size: r.try_get("size")?,
                     mtime: r.try_get("mtime")?,
                     status: r.try_get("status")?,
+                    archived: r.try_get("archived")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -242,9 +278,21 @@ impl Store for PgStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let mut tx = self.pool.begin().await.step("starting a transaction")?;
+        let holds_lock: bool = sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM runs r JOIN ({RUN_LOCK_HOLDER}) l ON l.pid = r.lock_pid WHERE r.id = $2)"
+        ))
+        .bind(RUN_LOCK_KEY)
+        .bind(run_id)
+        .fetch_one(&mut *tx)
+        .await
+        .step("checking the run lock")?;
+        if !holds_lock {
+            return Err(StoreError::RunLockLost);
+        }
+        let token = Uuid::new_v4();
         let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, run_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'processing', $7) \
+            "INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, run_id, claim_token, group_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'processing', $7, $8, $9) \
              ON CONFLICT ON CONSTRAINT files_version_key DO NOTHING RETURNING id",
         )
         .bind(remitter)
@@ -254,6 +302,8 @@ impl Store for PgStore {
         .bind(size)
         .bind(mtime)
         .bind(run_id)
+        .bind(token)
+        .bind(group_key(remitter, base_name))
         .fetch_optional(&mut *tx)
         .await
         .step("claiming the file")?;
@@ -265,16 +315,21 @@ impl Store for PgStore {
                 &json!({"run_id": run_id}),
             )
             .await?;
-            Claim::New(id)
+            Claim::New { id, token }
         } else {
-            // Take over a claim whose process died (its lease ran out), else report it.
+            // Take over a claim whose process died (its lease ran out), else
+            // report it; archived content back in the source is archived again.
             let lease_secs = lease.as_secs_f64();
             let row = sqlx::query(
-                "UPDATE files SET size = $4, mtime = $5, \
-                   run_id = CASE WHEN status = 'processing' AND updated_at < now() - make_interval(secs => $6) THEN $7 ELSE run_id END, \
-                   updated_at = CASE WHEN status = 'processing' AND updated_at < now() - make_interval(secs => $6) THEN now() ELSE updated_at END \
-                 WHERE remitter = $1 AND file_name = $2 AND md5 = $3 \
-                 RETURNING id, status, run_id = $7 AS taken_over",
+                "WITH old AS (SELECT id, status = 'processing' AND updated_at < now() - make_interval(secs => $6) AS expired \
+                   FROM files WHERE remitter = $1 AND file_name = $2 AND md5 = $3 FOR UPDATE) \
+                 UPDATE files f SET size = $4, mtime = $5, \
+                   run_id = CASE WHEN old.expired THEN $7 ELSE f.run_id END, \
+                   claim_token = CASE WHEN old.expired THEN $8 ELSE f.claim_token END, \
+                   updated_at = CASE WHEN old.expired THEN now() ELSE f.updated_at END, \
+                   archived_at = CASE WHEN f.status = 'success' OR f.status LIKE 'ops\\_%' THEN NULL ELSE f.archived_at END \
+                 FROM old WHERE f.id = old.id \
+                 RETURNING f.id, f.status, old.expired AS taken_over",
             )
             .bind(remitter)
             .bind(file_name)
@@ -283,6 +338,7 @@ impl Store for PgStore {
             .bind(mtime)
             .bind(lease_secs)
             .bind(run_id)
+            .bind(token)
             .fetch_one(&mut *tx)
             .await
             .step("reading the existing claim")?;
@@ -298,7 +354,7 @@ impl Store for PgStore {
                     &json!({"run_id": run_id, "recovered": "the claim's lease expired"}),
                 )
                 .await?;
-                Claim::New(id)
+                Claim::New { id, token }
             } else {
                 Claim::Exists {
                     id,
@@ -313,17 +369,25 @@ impl Store for PgStore {
     async fn set_status(
         &self,
         file_id: i64,
+        token: Uuid,
         status: FileStatus,
         detail: &Value,
         notification: Option<&Value>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.step("starting a transaction")?;
-        sqlx::query("UPDATE files SET status = $2, updated_at = now() WHERE id = $1")
-            .bind(file_id)
-            .bind(status.as_str())
-            .execute(&mut *tx)
-            .await
-            .step("updating the file status")?;
+        let updated = sqlx::query(
+            "UPDATE files SET status = $2, updated_at = now() \
+             WHERE id = $1 AND claim_token = $3 AND status = 'processing'",
+        )
+        .bind(file_id)
+        .bind(status.as_str())
+        .bind(token)
+        .execute(&mut *tx)
+        .await
+        .step("updating the file status")?;
+        if updated.rows_affected() != 1 {
+            return Err(StoreError::ClaimLost(file_id));
+        }
         insert_event(&mut tx, file_id, status.as_str(), detail).await?;
         if let Some(payload) = notification {
             enqueue(
@@ -336,6 +400,34 @@ impl Store for PgStore {
             .await?;
         }
         tx.commit().await.step("committing the file status")?;
+        Ok(())
+    }
+
+    async fn renew_claim(&self, file_id: i64, token: Uuid) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE files SET updated_at = now() \
+             WHERE id = $1 AND claim_token = $2 AND status = 'processing'",
+        )
+        .bind(file_id)
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .step("renewing a claim")?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    async fn rearchive(&self, file_ids: &[i64]) -> Result<(), StoreError> {
+        if file_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE files SET archived_at = NULL WHERE id = ANY($1) AND archived_at IS NOT NULL \
+             AND (status = 'success' OR status LIKE 'ops\\_%')",
+        )
+        .bind(file_ids)
+        .execute(&self.pool)
+        .await
+        .step("queueing archived files for the archive again")?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ mod api;
 mod extraction_failures;
 mod faults;
 mod happy_path;
+mod integrity;
 mod itm_failure;
 mod outages;
 mod policy_a;

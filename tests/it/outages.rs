@@ -207,7 +207,10 @@ async fn postgres_restart_mid_run_is_recovered() {
     let servers = PrivateServers::start(true);
     let app = servers
         .app(Opts {
-            claim_lease_secs: 1.0,
+            // ITM holds the file 2 s; the lease covers one file (2 + 3 s).
+            foi_timeout_secs: 2.0,
+            itm_timeout_secs: 3.0,
+            claim_lease_secs: 6.0,
             ..Opts::default()
         })
         .await;
@@ -375,5 +378,88 @@ async fn share_gone_mid_archive() {
             .await
             .unwrap();
     assert_eq!(unarchived, 0);
+    app.finish().await;
+}
+
+/// Postgres restarts mid-run: the run's advisory lock went with the session
+/// that held it, so the run claims nothing more (another instance could be
+/// running now); later runs process the rest, each file once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_lost_its_lock_claims_nothing_more() {
+    let servers = PrivateServers::start(true);
+    let mut app = servers
+        .app(Opts {
+            foi_timeout_secs: 1.0,
+            itm_timeout_secs: 4.0,
+            claim_lease_secs: 6.0,
+            max_concurrent_files: 1,
+            ..Opts::default()
+        })
+        .await;
+    app.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(2)));
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        app.put("acme", name, name.as_bytes()).await;
+    }
+    let url = format!("{}/api/v1/coordinator/runs", app.base_url);
+    let run = tokio::spawn(
+        app.http
+            .post(url)
+            .bearer_auth(app.token.clone().unwrap())
+            .send(),
+    );
+    app.eventually(30, "ITM reached", || async {
+        !app.fakes.itm_calls().is_empty()
+    })
+    .await;
+    let first: uuid::Uuid = sqlx::query_scalar("SELECT id FROM runs")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking({
+        let (bin, data) = (
+            servers.vars["IT_PG_BIN"].clone(),
+            servers.vars["IT_PG_DATA"].clone(),
+        );
+        move || restart_postgres(&bin, &data)
+    })
+    .await
+    .unwrap();
+    let resp = run.await.unwrap().expect("the run request is answered");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let claimed_by_first: i64 = sqlx::query_scalar("SELECT count(*) FROM files WHERE run_id = $1")
+        .bind(first)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(
+        claimed_by_first <= 1,
+        "claimed after the lock was lost: {body}"
+    );
+    assert_eq!(app.fakes.itm_calls().len(), 1, "{body}");
+
+    app.fakes.set_itm(ItmBehavior::Success);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, _) = app.trigger().await;
+        let rows = app.files().await;
+        if code == 200 && rows.len() == 3 && rows.iter().all(|r| r.status == "success") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never finished: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut sent: Vec<String> = app
+        .fakes
+        .itm_calls()
+        .into_iter()
+        .map(|c| c.body["file_name"].as_str().unwrap().to_string())
+        .collect();
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent, ["a.csv", "b.csv", "c.csv"]);
+    app.wait_background().await;
     app.finish().await;
 }

@@ -1,0 +1,536 @@
+//! Complete files, exactly once (issue 6): late-arriving older versions, files
+//! still held open for writing or rewritten during their download, a folder
+//! that fails the second look, claims that stay their holder's, the run lock,
+//! the bounded per-file list and archived content uploaded again.
+
+use crate::fakes::ItmBehavior;
+use crate::helpers::{Opts, TestApp, decision_of, md5_hex, spawn_app};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use coordinator::domain::FileStatus;
+use coordinator::engine::Engine;
+use coordinator::source::smb::url_path;
+use coordinator::source::{Entry, Fetched, FileSource, SourceError};
+use coordinator::store::{Claim, PgStore, RunStart, Store, StoreError};
+use pavao::{SmbOpenOptions, SmbShareMode};
+use serde_json::json;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Called with a folder and how many listings of it came before.
+type ListHook = Box<dyn Fn(&str, usize) + Send + Sync>;
+
+/// The test's real share with a hook that runs just before a step, so a
+/// change lands exactly between two of the coordinator's steps.
+struct Tamper {
+    inner: Arc<dyn FileSource>,
+    /// Called before each fetch with the path.
+    before_fetch: Box<dyn Fn(&str) + Send + Sync>,
+    /// Called before each listing with the folder and how many listings of
+    /// it came before.
+    before_list: ListHook,
+    lists: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Tamper {
+    fn new(inner: Arc<dyn FileSource>) -> Self {
+        Self {
+            inner,
+            before_fetch: Box::new(|_| {}),
+            before_list: Box::new(|_, _| {}),
+            lists: Default::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl FileSource for Tamper {
+    async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError> {
+        let n = {
+            let mut lists = self.lists.lock().unwrap();
+            let n = lists.entry(dir.to_string()).or_default();
+            *n += 1;
+            *n - 1
+        };
+        (self.before_list)(dir, n);
+        self.inner.list(dir).await
+    }
+    async fn stat(&self, path: &str) -> Result<Entry, SourceError> {
+        self.inner.stat(path).await
+    }
+    async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
+        (self.before_fetch)(path);
+        self.inner.fetch(path, dest).await
+    }
+    async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError> {
+        self.inner.mkdir_all(dir).await
+    }
+    async fn rename_no_replace(&self, from: &str, to: &str) -> Result<(), SourceError> {
+        self.inner.rename_no_replace(from, to).await
+    }
+    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
+        self.inner.server_now(scratch_dir).await
+    }
+}
+
+/// An engine like the app's, over `source`.
+fn engine_over(app: &TestApp, source: Arc<dyn FileSource>) -> Arc<Engine> {
+    let e = &app.server.engine;
+    Arc::new(Engine {
+        source,
+        store: e.store.clone(),
+        foi: e.foi.clone(),
+        itm: e.itm.clone(),
+        iqube: e.iqube.clone(),
+        settings: e.settings.clone(),
+        tracker: tokio_util::task::TaskTracker::new(),
+        instance: format!("{}-tampered", e.instance),
+        passes_done: tokio::sync::watch::channel(0).0,
+    })
+}
+
+/// CONTRACT §1.2: `remit_20240101.csv` dropped after `remit_20240102.csv`
+/// was processed and archived is superseded and archived, never sent; and
+/// so is an old version uploaded again with new content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_arriving_older_version_is_superseded_not_sent() {
+    let mut app = spawn_app(Opts::default()).await;
+    app.put("acme", "remit_20240101.csv", b"first day").await;
+    app.run_ok().await;
+    app.put("acme", "remit_20240102.csv", b"second day").await;
+    app.run_ok().await;
+    app.eventually(30, "both archived", || async {
+        app.in_archive("acme", "remit_20240101.csv") && app.in_archive("acme", "remit_20240102.csv")
+    })
+    .await;
+    assert_eq!(
+        app.fakes.foi_names(),
+        ["remit_20240101.csv", "remit_20240102.csv"]
+    );
+
+    // A version older than the claimed newest arrives late, alone.
+    app.put("acme", "remit_20231231.csv", b"late").await;
+    // The old version comes back with other bytes.
+    app.put("acme", "remit_20240101.csv", b"first day, corrected")
+        .await;
+    let body = app.run_ok().await;
+    for name in ["remit_20231231.csv", "remit_20240101.csv"] {
+        let d = decision_of(&body, "acme", name);
+        assert_eq!(d["decision"], "superseded", "{body}");
+        assert!(
+            d["reason"].as_str().unwrap().contains("remit_20240102.csv"),
+            "{d}"
+        );
+    }
+    app.eventually(30, "late versions archived", || async {
+        !app.in_source("acme", "remit_20231231.csv") && !app.in_source("acme", "remit_20240101.csv")
+    })
+    .await;
+    assert!(app.in_archive("acme", "remit_20231231.csv"));
+    assert_eq!(app.archive_names("acme").len(), 4, "nothing replaced");
+    assert_eq!(app.fakes.foi_calls().len(), 2, "nothing more sent");
+    assert_eq!(app.fakes.itm_calls().len(), 2);
+    assert_eq!(app.count("files").await, 2, "no row for a late arrival");
+    app.finish().await;
+}
+
+/// CONTRACT §1.3: a remitter's client holds the file open for writing (a
+/// stalled Windows copy): the half file is never sent; once the writer
+/// closes, the whole file goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_held_open_for_writing_is_unstable_until_closed() {
+    let mut app = spawn_app(Opts::default()).await;
+    app.put("acme", "other.csv", b"whole").await;
+    let path = format!("{}/acme/copy.csv", app.source_dir);
+    let writer = app
+        .remitter_share
+        .raw_client(SmbShareMode::DenyNone)
+        .expect("a remitter's client");
+    let mut file = writer
+        .open_with(
+            url_path(&path),
+            SmbOpenOptions::default()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .expect("open for writing");
+    file.write_all(b"first half;").unwrap();
+
+    let body = app.run_ok().await;
+    let d = decision_of(&body, "acme", "copy.csv");
+    assert_eq!(d["decision"], "unstable", "{body}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("open for writing by another client"),
+        "{d}"
+    );
+    assert_eq!(
+        decision_of(&body, "acme", "other.csv")["decision"],
+        "processed"
+    );
+    assert_eq!(
+        app.fakes.foi_names(),
+        ["other.csv"],
+        "the half file is not sent"
+    );
+    assert_eq!(app.count("files").await, 1);
+    assert!(app.in_source("acme", "copy.csv"));
+
+    file.write_all(b"second half").unwrap();
+    drop(file);
+    drop(writer);
+    let body = app.run_ok().await;
+    assert_eq!(
+        decision_of(&body, "acme", "copy.csv")["decision"],
+        "processed",
+        "{body}"
+    );
+    let sent = app.fakes.foi_calls();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].md5, md5_hex(b"first half;second half"));
+    let row = app
+        .files()
+        .await
+        .into_iter()
+        .find(|r| r.file_name == "copy.csv")
+        .unwrap();
+    assert_eq!(row.md5, md5_hex(b"first half;second half"));
+    app.finish().await;
+}
+
+/// CONTRACT §1.4: the file is rewritten after the second look, just before
+/// its download: nothing is claimed or sent in this run; the next run sends
+/// the new content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_after_the_second_look_is_not_claimed() {
+    let mut app = spawn_app(Opts::default()).await;
+    app.put("acme", "remit.csv", b"as listed").await;
+    let local = app.local(&format!("{}/acme/remit.csv", app.source_dir));
+    let mut tamper = Tamper::new(app.server.engine.source.clone());
+    tamper.before_fetch = Box::new(move |_| {
+        std::fs::write(&local, b"rewritten, longer than before").unwrap();
+    });
+    let engine = engine_over(&app, Arc::new(tamper));
+
+    let report = engine.run("test").await.expect("the run completes");
+    let r = report
+        .summary
+        .files
+        .iter()
+        .find(|f| f.file_name == "remit.csv")
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(r.decision).unwrap(),
+        "unstable",
+        "{r:?}"
+    );
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap()
+            .contains("changed between the second look"),
+        "{r:?}"
+    );
+    assert_eq!(app.count("files").await, 0, "nothing claimed");
+    assert!(app.fakes.foi_calls().is_empty(), "nothing sent");
+
+    let body = app.run_ok().await;
+    assert_eq!(
+        decision_of(&body, "acme", "remit.csv")["status"],
+        "success",
+        "{body}"
+    );
+    assert_eq!(
+        app.fakes.foi_calls()[0].md5,
+        md5_hex(b"rewritten, longer than before")
+    );
+    app.finish().await;
+}
+
+/// CONTRACT §1.1: a remitter folder that disappears between the two looks is
+/// that folder's error; the other folders are processed and the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_gone_at_the_second_look_is_only_that_folders_error() {
+    let app = spawn_app(Opts::default()).await;
+    app.put("acme", "a.csv", b"a").await;
+    app.put("gone", "g.csv", b"g").await;
+    let gone_dir = format!("{}/gone", app.source_dir);
+    let local = app.local(&gone_dir);
+    let mut tamper = Tamper::new(app.server.engine.source.clone());
+    tamper.before_list = Box::new(move |dir, n| {
+        if dir == gone_dir && n == 1 {
+            std::fs::remove_dir_all(&local).unwrap();
+        }
+    });
+    let engine = engine_over(&app, Arc::new(tamper));
+
+    let report = engine.run("test").await.expect("the run completes");
+    let s = &report.summary;
+    assert_eq!((s.processed, s.succeeded, s.errors), (1, 1, 1), "{s:?}");
+    assert_eq!(s.folder_errors.len(), 1, "{s:?}");
+    assert_eq!(s.folder_errors[0].remitter, "gone");
+    assert!(s.folder_errors[0].reason.contains("second look"), "{s:?}");
+    let g = s.files.iter().find(|f| f.file_name == "g.csv").unwrap();
+    assert_eq!(serde_json::to_value(g.decision).unwrap(), "unstable");
+    assert_eq!(app.fakes.foi_names(), ["a.csv"]);
+    app.finish().await;
+}
+
+/// Status writes need the claim's token: a process whose claim was taken
+/// over cannot overwrite the new holder's outcome, nor an operator's verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_claims_holder_writes_its_outcome() {
+    let app = spawn_app(Opts::default()).await;
+    let store = PgStore::from_pool(app.db.clone());
+    let claim = |run_id: Uuid, lease: Duration| {
+        let store = store.clone();
+        async move {
+            store
+                .claim(
+                    run_id,
+                    "acme",
+                    "a.csv",
+                    "a.csv",
+                    "0123",
+                    1,
+                    Utc::now(),
+                    lease,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let first = Uuid::new_v4();
+    let RunStart::Started(lock) = store.begin_run(first, "test", "a").await.unwrap() else {
+        panic!("run lock");
+    };
+    let Claim::New { id, token: old } = claim(first, Duration::from_secs(900)).await else {
+        panic!("a new claim");
+    };
+    lock.release().await;
+    // The first holder is presumed dead; the next run takes the claim over.
+    let second = Uuid::new_v4();
+    let RunStart::Started(lock) = store.begin_run(second, "test", "b").await.unwrap() else {
+        panic!("run lock");
+    };
+    let Claim::New {
+        id: same,
+        token: new,
+    } = claim(second, Duration::ZERO).await
+    else {
+        panic!("taken over");
+    };
+    assert_eq!(same, id);
+    assert!(matches!(
+        store
+            .set_status(id, old, FileStatus::Success, &json!({}), None)
+            .await,
+        Err(StoreError::ClaimLost(_))
+    ));
+    assert!(!store.renew_claim(id, old).await.unwrap());
+    assert!(store.renew_claim(id, new).await.unwrap());
+    store
+        .set_status(id, new, FileStatus::ItmFailed, &json!({}), None)
+        .await
+        .unwrap();
+    // An operator's verdict is never overwritten by a late writer.
+    sqlx::query("UPDATE files SET status = 'ops_resent_by_hand' WHERE id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .set_status(id, new, FileStatus::Success, &json!({}), None)
+            .await,
+        Err(StoreError::ClaimLost(_))
+    ));
+    let rows = app.files().await;
+    assert_eq!(rows[0].status, "ops_resent_by_hand");
+    assert_eq!(
+        app.events(id).await,
+        ["processing", "processing", "itm_failed"]
+    );
+    lock.release().await;
+    app.finish().await;
+}
+
+/// A claim is renewed while its file is in flight, so its lease never runs
+/// out under a slow but live downstream call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_in_flight_is_renewed() {
+    let mut app = spawn_app(Opts {
+        foi_timeout_secs: 1.0,
+        itm_timeout_secs: 5.0,
+        claim_lease_secs: 6.5,
+        ..Opts::default()
+    })
+    .await;
+    app.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(4)));
+    app.put("acme", "slow.csv", b"slow").await;
+    let url = format!("{}/api/v1/coordinator/runs", app.base_url);
+    let run = tokio::spawn(
+        app.http
+            .post(url)
+            .bearer_auth(app.token.clone().unwrap())
+            .send(),
+    );
+    app.eventually(30, "ITM reached", || async {
+        !app.fakes.itm_calls().is_empty()
+    })
+    .await;
+    let stamp = || async {
+        let t: (DateTime<Utc>, DateTime<Utc>) =
+            sqlx::query_as("SELECT claimed_at, updated_at FROM files")
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        t
+    };
+    app.eventually(10, "claim renewed while ITM holds the file", || async {
+        let (claimed, updated) = stamp().await;
+        updated > claimed + chrono::Duration::seconds(1)
+    })
+    .await;
+    let resp = run.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    app.wait_background().await;
+    assert_eq!(app.files().await[0].status, "success");
+    app.finish().await;
+}
+
+/// Two runs posted at the same instant: the loser's 409 always names the
+/// running run, even when it asks before the winner wrote its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_run_always_names_the_running_run() {
+    let app = spawn_app(Opts::default()).await;
+    // The winner has taken the lock but not written its row yet.
+    let mut winner = app.db.acquire().await.unwrap();
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(0x636f_6f72_6401_i64)
+        .fetch_one(&mut *winner)
+        .await
+        .unwrap();
+    assert!(got);
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *winner)
+        .await
+        .unwrap();
+    let running = Uuid::new_v4();
+    let db = app.db.clone();
+    let late_row = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::query(
+            "INSERT INTO runs (id, status, trigger, instance, lock_pid) VALUES ($1, 'running', 'api', 'x', $2)",
+        )
+        .bind(running)
+        .bind(pid)
+        .execute(&db)
+        .await
+        .unwrap();
+    });
+    let (code, body) = app.trigger().await;
+    late_row.await.unwrap();
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["run_id"], json!(running), "{body}");
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *winner)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE runs SET status = 'completed' WHERE id = $1")
+        .bind(running)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    drop(winner);
+
+    // And through the API, many times: every refusal names a run.
+    for _ in 0..10 {
+        let (a, b) = tokio::join!(app.trigger(), app.trigger());
+        for (code, body) in [a, b] {
+            if code == 409 {
+                assert!(body["run_id"].is_string(), "{body}");
+            } else {
+                assert_eq!(code, 200, "{body}");
+            }
+        }
+    }
+    app.finish().await;
+}
+
+/// CONTRACT §4: past 1,000 entries the per-file list keeps only files
+/// processed or in error and says so; the counts still cover every file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_file_list_is_bounded() {
+    let mut app = spawn_app(Opts::default()).await;
+    app.put("acme", "real.csv", b"real").await;
+    let dir = app.local(&format!("{}/acme", app.source_dir));
+    for i in 0..1_100 {
+        std::fs::write(dir.join(format!("~$temp{i:04}.xlsx")), b"t").unwrap();
+    }
+    let body = app.run_ok().await;
+    let s = &body["summary"];
+    assert_eq!(s["scanned"], 1_101, "{s}");
+    assert_eq!(s["ignored"], 1_100);
+    assert_eq!(s["processed"], 1);
+    assert_eq!(s["files_truncated"], true);
+    let files = s["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1_001);
+    assert!(files.iter().any(|f| f["file_name"] == "real.csv"));
+    let stored: serde_json::Value =
+        sqlx::query_scalar("SELECT summary FROM runs WHERE id = $1::uuid")
+            .bind(body["run_id"].as_str().unwrap())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(stored["files"].as_array().unwrap().len(), 1_001);
+    assert_eq!(stored["files_truncated"], true);
+    app.finish().await;
+}
+
+/// CONTRACT §1.6: the same content uploaded again after it was archived is
+/// archived again (once more `archive_succeeded`), not left in the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_content_uploaded_again_is_archived_again() {
+    let mut app = spawn_app(Opts::default()).await;
+    app.put("acme", "remit.csv", b"paid").await;
+    app.run_ok().await;
+    app.eventually(30, "archived", || async {
+        app.in_archive("acme", "remit.csv")
+    })
+    .await;
+
+    app.put("acme", "remit.csv", b"paid").await;
+    let body = app.run_ok().await;
+    assert_eq!(
+        decision_of(&body, "acme", "remit.csv")["decision"],
+        "already_processed",
+        "{body}"
+    );
+    app.eventually(30, "archived again", || async {
+        !app.in_source("acme", "remit.csv")
+    })
+    .await;
+    assert_eq!(app.archive_names("acme"), ["remit (1).csv", "remit.csv"]);
+    assert_eq!(app.fakes.foi_calls().len(), 1, "sent once");
+    let id = app.files().await[0].id;
+    assert_eq!(
+        app.events(id).await,
+        [
+            "processing",
+            "success",
+            "archive_succeeded",
+            "archive_succeeded"
+        ]
+    );
+    // And nothing happens on the next run.
+    let body = app.run_ok().await;
+    assert_eq!(body["summary"]["scanned"], 0, "{body}");
+    app.finish().await;
+}
