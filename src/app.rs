@@ -49,6 +49,7 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
             max_concurrent_files: cfg.max_concurrent_files,
             claim_lease: cfg.claim_lease,
             read_failure_notify_after: cfg.read_failure_notify_after,
+            run_detail_retention: cfg.run_detail_retention,
         },
         tracker: TaskTracker::new(),
         instance: instance_name(),

@@ -162,6 +162,9 @@ pub struct ConfigArgs {
     /// Seconds between background housekeeping passes in `serve`; 0 = only after runs [default: 300]
     #[arg(long, env = "HOUSEKEEPING_INTERVAL_SECS")]
     pub housekeeping_interval_secs: Option<String>,
+    /// Days a finished run keeps its per-file list (its counts are kept for good); 0 = forever [default: 30]
+    #[arg(long, env = "RUN_DETAIL_RETENTION_DAYS")]
+    pub run_detail_retention_days: Option<String>,
 }
 
 /// The validated configuration of a coordinator process.
@@ -211,6 +214,8 @@ pub struct Config {
     pub read_failure_notify_after: u32,
     /// Period of the background housekeeping pass (None: only after runs).
     pub housekeeping_interval: Option<Duration>,
+    /// How long a finished run keeps its per-file list (None: forever).
+    pub run_detail_retention: Option<Duration>,
 }
 
 fn secret(
@@ -398,6 +403,14 @@ impl Config {
             )?
             .max(1),
             housekeeping_interval: (!housekeeping.is_zero()).then_some(housekeeping),
+            run_detail_retention: {
+                let days = parsed(
+                    a.run_detail_retention_days,
+                    "RUN_DETAIL_RETENTION_DAYS",
+                    30u32,
+                )?;
+                (days > 0).then(|| Duration::from_secs(u64::from(days) * 86_400))
+            },
         };
         // A claim is renewed while its file is in flight; the lease must still
         // cover the longest one file may take, else a live file could be taken over.

@@ -44,6 +44,8 @@ pub struct RunSettings {
     pub claim_lease: Duration,
     /// Failed reads of one file version before IQube is told (once).
     pub read_failure_notify_after: u32,
+    /// How long a finished run keeps its per-file list (None: forever).
+    pub run_detail_retention: Option<Duration>,
 }
 
 /// Counts and per-file decisions of one run (CONTRACT §4).
@@ -181,6 +183,13 @@ impl Engine {
     /// One background pass now: superseded versions, notifications, housekeeping.
     pub async fn background_pass(&self) -> PassReport {
         let report = self.archiver().pass().await;
+        if let Some(age) = self.settings.run_detail_retention {
+            match self.store.prune_run_details(age).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(runs = n, "per-file lists of old runs pruned"),
+                Err(e) => tracing::warn!(error = %e, "could not prune old runs' per-file lists"),
+            }
+        }
         self.passes_done.send_modify(|n| *n += 1);
         report
     }

@@ -887,6 +887,10 @@ impl Store for MemStore {
         Ok(())
     }
 
+    async fn prune_run_details(&self, _older_than: Duration) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     async fn try_housekeeping_lock(&self) -> Result<Option<Guard>, StoreError> {
         lock(&self.state).check()?;
         Ok(Some(Box::new(())))
@@ -1089,6 +1093,7 @@ pub fn engine(
             max_concurrent_files: 2,
             claim_lease: Duration::from_secs(900),
             read_failure_notify_after: 3,
+            run_detail_retention: None,
         },
         tracker: TaskTracker::new(),
         instance: "test".into(),

@@ -238,6 +238,9 @@ pub trait Store: Send + Sync {
         id: i64,
         archive_path: Option<&str>,
     ) -> Result<(), StoreError>;
+    /// Drops the per-file list (`summary.files`) of runs that finished more
+    /// than `older_than` ago; their counts stay. Returns how many were pruned.
+    async fn prune_run_details(&self, older_than: std::time::Duration) -> Result<u64, StoreError>;
     /// The housekeeping lock, or `None` while another pass holds it.
     async fn try_housekeeping_lock(&self) -> Result<Option<Guard>, StoreError>;
 }

@@ -636,6 +636,18 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn prune_run_details(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let pruned = sqlx::query(
+            "UPDATE runs SET summary = (summary - 'files') || '{\"files_pruned\": true}'::jsonb \
+             WHERE finished_at < now() - make_interval(secs => $1) AND summary ? 'files'",
+        )
+        .bind(older_than.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .step("pruning old runs' per-file lists")?;
+        Ok(pruned.rows_affected())
+    }
+
     async fn try_housekeeping_lock(&self) -> Result<Option<Guard>, StoreError> {
         let mut conn = self
             .pool

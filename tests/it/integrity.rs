@@ -534,3 +534,43 @@ async fn archived_content_uploaded_again_is_archived_again() {
     assert_eq!(body["summary"]["scanned"], 0, "{body}");
     app.finish().await;
 }
+
+/// History is pruned: a run finished longer ago than
+/// RUN_DETAIL_RETENTION_DAYS (30 by default) loses its per-file list in the
+/// next background pass and keeps its counts; recent runs keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_runs_lose_their_per_file_list_and_keep_their_counts() {
+    let mut app = spawn_app(Opts::default()).await;
+    let old = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO runs (id, status, trigger, instance, started_at, finished_at, summary) \
+         VALUES ($1, 'completed', 'api', 'x', now() - interval '41 days', now() - interval '40 days', $2)",
+    )
+    .bind(old)
+    .bind(json!({"scanned": 3, "processed": 1, "files": [{"file_name": "a.csv"}]}))
+    .execute(&app.db)
+    .await
+    .unwrap();
+    app.put("acme", "new.csv", b"new").await;
+    let body = app.run_ok().await;
+    let summary = |id: String| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, serde_json::Value>(
+                "SELECT summary FROM runs WHERE id = $1::uuid",
+            )
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let pruned = summary(old.to_string()).await;
+    assert_eq!(
+        pruned,
+        json!({"scanned": 3, "processed": 1, "files_pruned": true})
+    );
+    let recent = summary(body["run_id"].as_str().unwrap().to_string()).await;
+    assert_eq!(recent["files"].as_array().unwrap().len(), 1, "{recent}");
+    app.finish().await;
+}
