@@ -14,4 +14,5 @@ mod outages;
 mod policy_a;
 mod process;
 mod temp_files;
+mod tls;
 mod versions;
