@@ -9,7 +9,7 @@ mod fakes;
 
 #[tokio::main]
 async fn main() {
-    let f = fakes::Fakes::start().await;
+    let f = fakes::Fakes::start(None).await;
     println!("FOI_API_URL={}", f.foi_url());
     println!("ITM_API_URL={}", f.itm_url());
     println!("IQUBE_API_URL={}", f.iqube_url());

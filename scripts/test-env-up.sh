@@ -13,6 +13,8 @@
 #                    (ignored if it came from a previously sourced env file, i.e. IT_PG_DATA is set)
 #   IT_SMB_USERNAME  unix + samba user owning the share (default coordit)
 #   IT_PG_VERSION    Postgres major version (default 15)
+#   IT_SMB_ENCRYPT   `server smb encrypt` of the private smbd (off, if_required,
+#                    desired, required); unset = Samba's default
 #   IT_KEEP_ARTIFACTS=1  on failure, keep the state dir for inspection
 set -euo pipefail
 
@@ -27,6 +29,9 @@ exec 3>&1 1>&2
 SMB_SHARE=itshare
 SMB_USER="${IT_SMB_USERNAME:-coordit}"
 [[ "$SMB_USER" =~ ^[a-z_][a-z0-9_-]{0,30}$ ]] || die "invalid IT_SMB_USERNAME '$SMB_USER'"
+SMB_ENCRYPT="${IT_SMB_ENCRYPT:-}"
+[[ "$SMB_ENCRYPT" =~ ^(|off|if_required|desired|required)$ ]] ||
+    die "invalid IT_SMB_ENCRYPT '$SMB_ENCRYPT' (off, if_required, desired or required)"
 
 # ---------------------------------------------------------------- what do we need?
 start_pg=1
@@ -193,6 +198,7 @@ write_smb_conf() { # PORT
     printcap name = /dev/null
     disable spoolss = yes
     usershare max shares = 0
+${SMB_ENCRYPT:+    server smb encrypt = $SMB_ENCRYPT}
 
 [$SMB_SHARE]
     path = $SHARE_PATH

@@ -2,7 +2,7 @@
 //! CONTRACT §2 (`serve`, `run`, `migrate`).
 
 use crate::config::Config;
-use crate::downstream::{FoiClient, IqubeClient, ItmClient};
+use crate::downstream::{FoiClient, IqubeClient, ItmClient, http_client};
 use crate::engine::{Engine, RunError, RunSettings};
 use crate::http::{AppState, router};
 use crate::source::smb::SmbShare;
@@ -27,12 +27,17 @@ pub async fn migrated_store(url: &str) -> anyhow::Result<PgStore> {
 /// yet. Spool files left by killed processes are removed first.
 pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>> {
     crate::process::sweep_stale_spools(&cfg.spool_dir);
-    let foi = FoiClient::new(cfg.foi_url.clone(), cfg.foi_timeout, cfg.foi_retries)
-        .context("building the FOI client")?;
-    let itm =
-        ItmClient::new(cfg.itm_url.clone(), cfg.itm_timeout).context("building the ITM client")?;
-    let iqube = IqubeClient::new(cfg.iqube_url.clone(), cfg.iqube_timeout)
-        .context("building the IQube client")?;
+    let http = |timeout, what| {
+        http_client(timeout, &cfg.extra_ca_certs)
+            .with_context(|| format!("building the {what} client"))
+    };
+    let foi = FoiClient::new(
+        http(cfg.foi_timeout, "FOI")?,
+        cfg.foi_url.clone(),
+        cfg.foi_retries,
+    );
+    let itm = ItmClient::new(http(cfg.itm_timeout, "ITM")?, cfg.itm_url.clone());
+    let iqube = IqubeClient::new(http(cfg.iqube_timeout, "IQube")?, cfg.iqube_url.clone());
     Ok(Arc::new(Engine {
         source: Arc::new(SmbShare::new(cfg.smb.clone())),
         store: Arc::new(store),

@@ -135,6 +135,9 @@ pub struct ConfigArgs {
     /// Whole-request timeout of an ITM call, seconds [default: 30]
     #[arg(long, env = "ITM_TIMEOUT_SECS")]
     pub itm_timeout_secs: Option<String>,
+    /// PEM file of CA certificates trusted for https downstream URLs, in addition to the system's [default: none]
+    #[arg(long, env = "EXTRA_CA_CERTS_FILE")]
+    pub extra_ca_certs_file: Option<PathBuf>,
     /// Whole-request timeout of an IQube call, seconds [default: 10]
     #[arg(long, env = "IQUBE_TIMEOUT_SECS")]
     pub iqube_timeout_secs: Option<String>,
@@ -198,6 +201,8 @@ pub struct Config {
     pub itm_timeout: Duration,
     /// IQube whole-request timeout.
     pub iqube_timeout: Duration,
+    /// CA certificates trusted for HTTPS downstreams besides the system's.
+    pub extra_ca_certs: Vec<reqwest::Certificate>,
     /// Policy A minimum age.
     pub stable_min_age: Duration,
     /// Policy A gap between looks.
@@ -280,6 +285,25 @@ fn url(v: Option<String>, var: &'static str) -> Result<String, ConfigError> {
         return Err(err(var, "URL must be http or https"));
     }
     Ok(s)
+}
+
+/// The certificates of `EXTRA_CA_CERTS_FILE`: at least one, or an error.
+fn ca_certs(path: Option<PathBuf>) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    const VAR: &str = "EXTRA_CA_CERTS_FILE";
+    let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(&path)
+        .map_err(|e| err(VAR, format!("cannot read {}: {e}", path.display())))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| err(VAR, format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(err(
+            VAR,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(certs)
 }
 
 fn rel_dir(v: Option<String>, default: &str) -> String {
@@ -386,6 +410,7 @@ impl Config {
             foi_retries: parsed(a.foi_retries, "FOI_RETRIES", 2u32)?.min(10),
             itm_timeout: timeout(a.itm_timeout_secs, "ITM_TIMEOUT_SECS", 30.0)?,
             iqube_timeout: timeout(a.iqube_timeout_secs, "IQUBE_TIMEOUT_SECS", 10.0)?,
+            extra_ca_certs: ca_certs(a.extra_ca_certs_file)?,
             stable_min_age: secs(a.stable_min_age_secs, "STABLE_MIN_AGE_SECS", 60.0)?,
             stable_check_interval: secs(
                 a.stable_check_interval_secs,
@@ -550,6 +575,38 @@ mod tests {
             Config::from_args(missing).unwrap_err().var,
             "API_TOKEN_FILE"
         );
+    }
+
+    #[test]
+    fn extra_ca_certs_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        let mut a = full();
+        a.extra_ca_certs_file = Some(ca);
+        assert_eq!(Config::from_args(a).unwrap().extra_ca_certs.len(), 1);
+        assert!(Config::from_args(full()).unwrap().extra_ca_certs.is_empty());
+
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        for (path, says) in [
+            (dir.path().join("missing.pem"), "cannot read"),
+            (not_pem, "holds no PEM certificate"),
+        ] {
+            let mut a = full();
+            a.extra_ca_certs_file = Some(path);
+            let e = Config::from_args(a).unwrap_err();
+            assert_eq!(e.var, "EXTRA_CA_CERTS_FILE");
+            assert!(
+                e.to_string()
+                    .starts_with("configuration error: EXTRA_CA_CERTS_FILE: ")
+                    && e.to_string().contains(says),
+                "{e}"
+            );
+        }
     }
 
     #[test]

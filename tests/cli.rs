@@ -41,6 +41,7 @@ fn help_documents_every_variable() {
         "FOI_TIMEOUT_SECS",
         "ITM_TIMEOUT_SECS",
         "IQUBE_TIMEOUT_SECS",
+        "EXTRA_CA_CERTS_FILE",
         "STABLE_MIN_AGE_SECS",
         "STABLE_CHECK_INTERVAL_SECS",
         "MAX_CONCURRENT_FILES",
@@ -80,6 +81,21 @@ fn missing_or_bad_configuration_stops_with_one_message_naming_the_variable() {
                 ("SMB_PORT", "abc"),
             ],
             "SMB_PORT",
+        ),
+        (
+            &[
+                ("ENV", "local"),
+                ("DATABASE_URL", "postgres://x/y"),
+                ("SMB_PASSWORD", "pw"),
+                ("SMB_HOST", "h"),
+                ("SMB_SHARE", "s"),
+                ("SMB_USERNAME", "u"),
+                ("FOI_API_URL", "https://foi/{remitter}"),
+                ("ITM_API_URL", "https://itm/"),
+                ("IQUBE_API_URL", "https://iqube/"),
+                ("EXTRA_CA_CERTS_FILE", "/nonexistent/ca.pem"),
+            ],
+            "EXTRA_CA_CERTS_FILE",
         ),
     ];
     for (env, var) in cases {

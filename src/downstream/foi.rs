@@ -147,14 +147,15 @@ pub struct FoiClient {
 }
 
 impl FoiClient {
-    /// A client with a whole-request `timeout` and `retries` on transport failures.
-    pub fn new(template: String, timeout: Duration, retries: u32) -> reqwest::Result<Self> {
-        Ok(Self {
-            http: reqwest::Client::builder().timeout(timeout).build()?,
+    /// A client over `http` (see [`super::http_client`]) with `retries` on
+    /// transport failures.
+    pub fn new(http: reqwest::Client, template: String, retries: u32) -> Self {
+        Self {
+            http,
             template,
             retries,
             backoff: RETRY_BACKOFF,
-        })
+        }
     }
 
     async fn attempt(

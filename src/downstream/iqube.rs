@@ -3,7 +3,6 @@
 
 use super::{Notifier, foi::describe, snippet};
 use async_trait::async_trait;
-use std::time::Duration;
 
 /// HTTP client for IQube.
 pub struct IqubeClient {
@@ -12,12 +11,9 @@ pub struct IqubeClient {
 }
 
 impl IqubeClient {
-    /// A client with a whole-request `timeout`.
-    pub fn new(url: String, timeout: Duration) -> reqwest::Result<Self> {
-        Ok(Self {
-            http: reqwest::Client::builder().timeout(timeout).build()?,
-            url,
-        })
+    /// A client over `http` (see [`super::http_client`]).
+    pub fn new(http: reqwest::Client, url: String) -> Self {
+        Self { http, url }
     }
 }
 

@@ -2,7 +2,6 @@
 
 use super::{ItmSubmission, Submitter, foi::describe, snippet};
 use async_trait::async_trait;
-use std::time::Duration;
 
 /// HTTP client for ITM.
 pub struct ItmClient {
@@ -11,12 +10,9 @@ pub struct ItmClient {
 }
 
 impl ItmClient {
-    /// A client with a whole-request `timeout`.
-    pub fn new(url: String, timeout: Duration) -> reqwest::Result<Self> {
-        Ok(Self {
-            http: reqwest::Client::builder().timeout(timeout).build()?,
-            url,
-        })
+    /// A client over `http` (see [`super::http_client`]).
+    pub fn new(http: reqwest::Client, url: String) -> Self {
+        Self { http, url }
     }
 }
 

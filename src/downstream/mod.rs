@@ -8,6 +8,7 @@ pub mod itm;
 use async_trait::async_trait;
 use serde::Serialize;
 use std::path::Path;
+use std::time::Duration;
 
 pub use foi::{FoiClient, FoiOutcome};
 pub use iqube::IqubeClient;
@@ -45,6 +46,28 @@ pub trait Submitter: Send + Sync {
 pub trait Notifier: Send + Sync {
     /// `Ok` once IQube accepted the payload; `Err(reason)` to keep it for later.
     async fn notify(&self, payload: &serde_json::Value, key: &str) -> Result<(), String>;
+}
+
+/// The one way the FOI, ITM and IQube clients are built: HTTPS through
+/// rustls, certificates verified against the system's trust store plus
+/// `extra_roots` (EXTRA_CA_CERTS_FILE), and a whole-request `timeout`.
+/// A certificate that does not verify fails the call; nothing is retried
+/// in plaintext.
+pub fn http_client(
+    timeout: Duration,
+    extra_roots: &[reqwest::Certificate],
+) -> reqwest::Result<reqwest::Client> {
+    extra_roots
+        .iter()
+        .cloned()
+        .fold(
+            reqwest::Client::builder()
+                .use_rustls_tls()
+                .tls_built_in_native_certs(true)
+                .timeout(timeout),
+            reqwest::ClientBuilder::add_root_certificate,
+        )
+        .build()
 }
 
 /// Shortens a response body for an event's detail or a log line.

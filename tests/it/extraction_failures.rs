@@ -182,7 +182,7 @@ async fn e_timeout_after_retries_maps_to_service_failed() {
 /// FOI resetting the connection, after the retries → `extraction_service_failed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e_connection_reset_maps_to_service_failed() {
-    let probe = crate::fakes::Fakes::start().await;
+    let probe = crate::fakes::Fakes::start(None).await;
     let app = spawn_app(Opts {
         foi_retries: 1,
         foi_url: Some(probe.reset_url.clone()),

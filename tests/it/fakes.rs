@@ -90,6 +90,34 @@ struct Inner {
     iqube_attempts: usize,
 }
 
+/// Accepts TLS connections with the given server configuration. A client
+/// that refuses the certificate ends here, before it could send a request.
+struct TlsListener {
+    tcp: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((sock, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            let handshake = self.tls.accept(sock);
+            if let Ok(Ok(io)) = tokio::time::timeout(Duration::from_secs(5), handshake).await {
+                return (io, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 /// The three fakes, on one server (plus a listener that resets connections).
 #[derive(Clone)]
 pub struct Fakes {
@@ -97,17 +125,18 @@ pub struct Fakes {
     foi: Arc<Mutex<FoiBehavior>>,
     itm: Arc<Mutex<ItmBehavior>>,
     iqube: Arc<Mutex<IqubeBehavior>>,
-    /// `http://127.0.0.1:port`.
+    /// `http://127.0.0.1:port`, or `https://` when served over TLS.
     pub base: String,
     /// A URL whose server resets every connection after reading the request.
     pub reset_url: String,
 }
 
 impl Fakes {
-    /// Starts the fakes on free loopback ports.
-    pub async fn start() -> Self {
+    /// Starts the fakes on free loopback ports; over TLS with `tls`.
+    pub async fn start(tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", listener.local_addr().unwrap());
         let reset = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let reset_url = format!(
             "http://{}/extract/{{remitter}}",
@@ -127,7 +156,16 @@ impl Fakes {
             .route("/iqube/notify", post(iqube))
             .with_state(fakes.clone())
             .layer(axum::extract::DefaultBodyLimit::disable());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        match tls {
+            None => tokio::spawn(async move { axum::serve(listener, app).await }),
+            Some(config) => {
+                let tls = TlsListener {
+                    tcp: listener,
+                    tls: config.into(),
+                };
+                tokio::spawn(async move { axum::serve(tls, app).await })
+            }
+        };
         tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = reset.accept().await else {

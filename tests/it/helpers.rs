@@ -73,6 +73,10 @@ pub struct Opts {
     pub env: Option<TestEnv>,
     /// Period of the background pass in `serve` (0: only after runs).
     pub housekeeping_interval_secs: f64,
+    /// Serve the fakes over TLS with this configuration (`https://` URLs).
+    pub fakes_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// `EXTRA_CA_CERTS_FILE` of the coordinator.
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 impl Default for Opts {
@@ -92,6 +96,8 @@ impl Default for Opts {
             claim_lease_secs: 900.0,
             env: None,
             housekeeping_interval_secs: 0.0,
+            fakes_tls: None,
+            extra_ca_file: None,
         }
     }
 }
@@ -230,7 +236,7 @@ pub async fn prepare(opts: Opts) -> Prepared {
         .await
         .expect("create the test folder on the share over SMB");
 
-    let fakes = Fakes::start().await;
+    let fakes = Fakes::start(opts.fakes_tls.clone()).await;
     let args = ConfigArgs {
         db: DbArgs {
             database_url: Some(db_url.clone()),
@@ -264,6 +270,7 @@ pub async fn prepare(opts: Opts) -> Prepared {
         foi_retries: Some(opts.foi_retries.to_string()),
         itm_timeout_secs: Some(opts.itm_timeout_secs.to_string()),
         iqube_timeout_secs: Some("5".into()),
+        extra_ca_certs_file: opts.extra_ca_file.clone(),
         stable_min_age_secs: Some(opts.min_age_secs.to_string()),
         stable_check_interval_secs: Some(opts.interval_secs.to_string()),
         max_concurrent_files: Some(opts.max_concurrent_files.to_string()),

@@ -15,4 +15,5 @@ mod outages;
 mod policy_a;
 mod process;
 mod temp_files;
+mod tls;
 mod versions;

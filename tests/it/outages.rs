@@ -11,20 +11,27 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A private Samba (and Postgres, when asked) from `scripts/test-env-up.sh`.
-struct PrivateServers {
-    vars: HashMap<String, String>,
+pub(crate) struct PrivateServers {
+    pub(crate) vars: HashMap<String, String>,
     state_dir: String,
     /// smbd processes this test started itself, reaped on drop.
     started: std::sync::Mutex<Vec<std::process::Child>>,
 }
 
 impl PrivateServers {
-    fn start(with_postgres: bool) -> Self {
+    pub(crate) fn start(with_postgres: bool) -> Self {
+        Self::start_with(with_postgres, &[])
+    }
+
+    /// As `start`, with extra variables for the script (e.g. `IT_SMB_ENCRYPT`).
+    pub(crate) fn start_with(with_postgres: bool, script_env: &[(&str, &str)]) -> Self {
         let root = env!("CARGO_MANIFEST_DIR");
         let mut cmd = Command::new("bash");
         cmd.arg(format!("{root}/scripts/test-env-up.sh"))
             .env_remove("IT_STATE_DIR")
             .env_remove("IT_PG_DATA")
+            .env_remove("IT_SMB_ENCRYPT")
+            .envs(script_env.iter().copied())
             .stderr(Stdio::inherit());
         if with_postgres {
             cmd.env_remove("DATABASE_URL");
@@ -52,7 +59,7 @@ impl PrivateServers {
         }
     }
 
-    fn env(&self) -> TestEnv {
+    pub(crate) fn env(&self) -> TestEnv {
         TestEnv {
             smb: SmbConfig {
                 host: self.vars["IT_SMB_HOST"].clone(),
@@ -111,14 +118,14 @@ impl PrivateServers {
         }
     }
 
-    fn restart_postgres(&self) {
+    pub(crate) fn restart_postgres(&self) {
         restart_postgres(&self.vars["IT_PG_BIN"], &self.vars["IT_PG_DATA"]);
     }
 }
 
 impl PrivateServers {
     /// A coordinator under test on these servers.
-    async fn app(&self, opts: Opts) -> crate::helpers::TestApp {
+    pub(crate) async fn app(&self, opts: Opts) -> crate::helpers::TestApp {
         spawn_app(Opts {
             env: Some(self.env()),
             ..opts
