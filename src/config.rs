@@ -485,7 +485,23 @@ mod tests {
         assert_eq!(c.source_dir, "");
         assert_eq!(c.archive_dir, "archive");
         assert_eq!(c.bind_addr.to_string(), "0.0.0.0:8080");
-        assert!(c.max_concurrent_files >= 1);
+        assert_eq!(c.max_concurrent_files, 4);
+        assert_eq!(c.smb.timeout, Duration::from_secs(30));
+        assert_eq!(c.foi_timeout, Duration::from_secs(120));
+        assert_eq!(c.foi_retries, 2);
+        assert_eq!(c.itm_timeout, Duration::from_secs(30));
+        assert_eq!(c.iqube_timeout, Duration::from_secs(10));
+        assert_eq!(c.stable_min_age, Duration::from_secs(60));
+        assert_eq!(c.stable_check_interval, Duration::from_secs(5));
+        assert_eq!(c.claim_lease, Duration::from_secs(900));
+        assert_eq!(c.read_failure_notify_after, 3);
+        assert_eq!(c.housekeeping_interval, Some(Duration::from_secs(300)));
+        assert_eq!(
+            c.run_detail_retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(c.spool_dir, std::env::temp_dir());
+        assert!(c.extra_ca_certs.is_empty());
     }
 
     #[test]
