@@ -43,6 +43,8 @@ pub struct RunSettings {
     pub claim_lease: Duration,
     /// Failed reads of one file version before IQube is told (once).
     pub read_failure_notify_after: u32,
+    /// Most time one background pass spends delivering notifications.
+    pub delivery_budget: Duration,
 }
 
 /// Counts and per-file decisions of one run (CONTRACT §4).
@@ -160,6 +162,9 @@ pub struct Engine {
     pub instance: String,
     /// Count of finished background passes (for tests and, later, metrics).
     pub passes_done: tokio::sync::watch::Sender<u64>,
+    /// Cancelled on shutdown: background passes start no new move or
+    /// delivery, so the process exits promptly even while IQube hangs.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl Engine {
@@ -171,6 +176,8 @@ impl Engine {
             source_dir: self.settings.source_dir.clone(),
             archive_dir: self.settings.archive_dir.clone(),
             made_dirs: Default::default(),
+            stop: self.stop.clone(),
+            delivery_budget: self.settings.delivery_budget,
         }
     }
 

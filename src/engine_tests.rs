@@ -540,13 +540,17 @@ async fn extraction_failures_notify_once_and_skip_itm() {
 }
 
 #[tokio::test]
-async fn an_undelivered_notification_is_kept_and_delivered_once() {
+async fn an_undelivered_notification_is_kept_backed_off_and_delivered_once() {
     let h = Harness::new();
     h.iqube.set_up(false);
     h.foi.set(password_failure());
     h.src.put("in/acme/remit.xlsx", b"x", old());
 
     h.run().await;
+    // Refused once; the next pass does not hammer IQube before the backoff.
+    h.pass().await;
+    assert_eq!(h.iqube.calls().len(), 1);
+    h.store.make_notifications_due();
     h.pass().await;
 
     let outbox = h.store.notifications();
@@ -557,8 +561,10 @@ async fn an_undelivered_notification_is_kept_and_delivered_once() {
     assert!(h.iqube.delivered().is_empty());
 
     h.iqube.set_up(true);
+    h.store.make_notifications_due();
     let report = h.pass().await;
     assert_eq!(report.notified, 1);
+    h.store.make_notifications_due();
     h.pass().await;
 
     let outbox = h.store.notifications();
@@ -869,6 +875,7 @@ fn with_lease(h: &Harness, lease: std::time::Duration) -> Arc<Engine> {
         tracker: TaskTracker::new(),
         instance: "test-2".into(),
         passes_done: tokio::sync::watch::channel(0).0,
+        stop: Default::default(),
     })
 }
 
