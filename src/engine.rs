@@ -165,6 +165,8 @@ pub struct Engine {
     /// Cancelled on shutdown: background passes start no new move or
     /// delivery, so the process exits promptly even while IQube hangs.
     pub stop: tokio_util::sync::CancellationToken,
+    /// Archive name reservations a pass could not release, for the next pass.
+    pub leftover_reservations: Arc<std::sync::Mutex<Vec<crate::source::Reservation>>>,
 }
 
 impl Engine {
@@ -177,6 +179,7 @@ impl Engine {
             archive_dir: self.settings.archive_dir.clone(),
             made_dirs: Default::default(),
             stop: self.stop.clone(),
+            leftovers: self.leftover_reservations.clone(),
             delivery_budget: self.settings.delivery_budget,
         }
     }

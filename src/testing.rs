@@ -305,9 +305,8 @@ impl FileSource for MemSource {
         Ok(())
     }
 
-    async fn reserve(&self, path: &str) -> Result<Reservation, SourceError> {
-        let r = Reservation::new(path);
-        let path = join(&[path]);
+    async fn reserve(&self, r: &Reservation) -> Result<(), SourceError> {
+        let path = join(&[&r.path]);
         let mut s = lock(&self.state);
         if s.files.contains_key(&path) || s.dirs.contains(&path) {
             return Err(SourceError::AlreadyExists(path));
@@ -324,7 +323,7 @@ impl FileSource for MemSource {
                 ctime: now,
             },
         );
-        Ok(r)
+        Ok(())
     }
 
     /// Replaces the target only while it still holds this reservation's placeholder.
@@ -1116,5 +1115,6 @@ pub fn engine(
         instance: "test".into(),
         passes_done: tokio::sync::watch::channel(0).0,
         stop: Default::default(),
+        leftover_reservations: Default::default(),
     })
 }

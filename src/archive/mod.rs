@@ -6,7 +6,7 @@
 //! stays in place for the next pass.
 
 use crate::downstream::Notifier;
-use crate::source::{Entry, FileSource, SourceError, join};
+use crate::source::{Entry, FileSource, Reservation, SourceError, join};
 use crate::store::{ArchiveCandidate, Store, SupersededFile};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
@@ -95,6 +95,10 @@ pub struct Archiver {
     pub made_dirs: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Cancelled on shutdown: no new move or delivery starts after it.
     pub stop: CancellationToken,
+    /// Reservations this process could not release (the share dropped
+    /// mid-move); the next pass releases them first, so an outage does not
+    /// leave placeholders that push later moves to suffixed names.
+    pub leftovers: Arc<std::sync::Mutex<Vec<Reservation>>>,
     /// Most time one pass spends delivering notifications.
     pub delivery_budget: Duration,
 }
@@ -137,11 +141,16 @@ impl Archiver {
         }
         for n in 0..1000 {
             let to = join(&[&dir, &suffixed(name, n)]);
-            let reservation = match self.source.reserve(&to).await {
-                Ok(r) => r,
+            let reservation = Reservation::new(&to);
+            match self.source.reserve(&reservation).await {
+                Ok(()) => {}
                 Err(SourceError::AlreadyExists(_)) => continue,
-                Err(e) => return Err(e),
-            };
+                Err(e) => {
+                    // The create may have happened with its answer lost.
+                    self.release_later(reservation, &e);
+                    return Err(e);
+                }
+            }
             match self
                 .source
                 .rename_onto_reservation(&from, &reservation)
@@ -149,9 +158,7 @@ impl Archiver {
             {
                 Ok(()) => return Ok(to),
                 Err(e) => {
-                    if let Err(r) = self.source.release(&reservation).await {
-                        tracing::warn!(path = %to, error = %r, "archive name reservation left in place; later moves skip that name");
-                    }
+                    self.release(reservation).await;
                     match e {
                         // The reservation was lost after libsmbclient's unlink:
                         // another mover holds the name now.
@@ -169,12 +176,59 @@ impl Archiver {
     /// Puts a file that turned out to be a new upload back under its source
     /// name, reserved like an archive name so nothing there is replaced.
     async fn move_back(&self, archived: &str, from: &str) -> Result<(), SourceError> {
-        let r = self.source.reserve(from).await?;
+        let r = Reservation::new(from);
+        if let Err(e) = self.source.reserve(&r).await {
+            self.release_later(r, &e);
+            return Err(e);
+        }
         if let Err(e) = self.source.rename_onto_reservation(archived, &r).await {
-            let _ = self.source.release(&r).await;
+            self.release(r).await;
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Releases a reservation whose move failed; one that cannot be
+    /// released now is kept for the next pass.
+    async fn release(&self, r: Reservation) {
+        if let Err(e) = self.source.release(&r).await {
+            self.release_later(r, &e);
+        }
+    }
+
+    /// Keeps `r` for the next pass unless `e` says the name was never made.
+    fn release_later(&self, r: Reservation, e: &SourceError) {
+        if matches!(
+            e,
+            SourceError::AlreadyExists(_)
+                | SourceError::NotFound(_)
+                | SourceError::PermissionDenied(_)
+        ) {
+            return;
+        }
+        tracing::warn!(path = %r.path, error = %e, "archive name reservation may be left in place; released by the next pass");
+        if let Ok(mut l) = self.leftovers.lock() {
+            l.push(r);
+        }
+    }
+
+    /// Releases the reservations earlier passes of this process left behind.
+    /// Safe: a placeholder is removed only while it still holds its token,
+    /// and this process's own SMB calls never overlap (pavao serialises
+    /// them), so no late rename of ours can land between check and unlink.
+    async fn release_leftovers(&self) {
+        let left: Vec<Reservation> = match self.leftovers.lock() {
+            Ok(mut l) => std::mem::take(&mut *l),
+            Err(_) => return,
+        };
+        for r in left {
+            match self.source.release(&r).await {
+                Ok(()) => {
+                    tracing::info!(path = %r.path, "left-over archive name reservation released")
+                }
+                Err(e) => self.release_later(r, &e),
+            }
+        }
     }
 
     /// Moves `d` if the source still holds its version: checked by a stat
@@ -484,6 +538,7 @@ impl Archiver {
             }
         };
         if let Some(_lease) = lease {
+            self.release_leftovers().await;
             self.archive_superseded(&mut report).await;
             self.housekeeping(&mut report).await;
             self.deliver_notifications(&mut report).await;

@@ -49,7 +49,7 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// A fresh reservation of `path` with a unique token.
+    /// A fresh reservation of `path` with a unique token (not yet made).
     pub fn new(path: &str) -> Self {
         Reservation {
             path: path.to_string(),
@@ -124,11 +124,12 @@ pub trait FileSource: Send + Sync {
     async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError>;
     /// Creates `dir` and its parents if missing.
     async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError>;
-    /// Reserves the name `path`: creates it exclusively (atomically on the
-    /// server) as a small placeholder holding the reservation's token.
+    /// Reserves the name `reservation.path`: creates it exclusively
+    /// (atomically on the server) as a small placeholder holding the
+    /// reservation's token.
     /// `AlreadyExists` when the name is taken. Only the holder of a
     /// reservation ever renames onto that name.
-    async fn reserve(&self, path: &str) -> Result<Reservation, SourceError>;
+    async fn reserve(&self, reservation: &Reservation) -> Result<(), SourceError>;
     /// Moves `from` onto the name `to` this caller reserved, replacing only
     /// its own placeholder.
     async fn rename_onto_reservation(
@@ -142,7 +143,8 @@ pub trait FileSource: Send + Sync {
     /// Moves `from` to `to`; fails with `AlreadyExists` rather than overwrite.
     /// Reserves `to` first, so a concurrent move can never be replaced.
     async fn rename_no_replace(&self, from: &str, to: &str) -> Result<(), SourceError> {
-        let r = self.reserve(to).await?;
+        let r = Reservation::new(to);
+        self.reserve(&r).await?;
         match self.rename_onto_reservation(from, &r).await {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -505,11 +505,10 @@ impl FileSource for SmbShare {
 
     /// `O_CREAT|O_EXCL`: the server creates the name only if it is free,
     /// atomically, so two movers can never both hold one name.
-    async fn reserve(&self, path: &str) -> Result<Reservation, SourceError> {
-        let r = Reservation::new(path);
-        let (p, bytes) = (path.to_string(), r.placeholder());
+    async fn reserve(&self, reservation: &Reservation) -> Result<(), SourceError> {
+        let (p, bytes) = (reservation.path.clone(), reservation.placeholder());
         self.call(
-            format!("reserve {path}"),
+            format!("reserve {}", reservation.path),
             Some(self.config.timeout),
             Retry::Never,
             move |c| {
@@ -528,8 +527,7 @@ impl FileSource for SmbShare {
                     .map_err(|e| classify(&op, SmbError::Io(e)))
             },
         )
-        .await?;
-        Ok(r)
+        .await
     }
 
     /// libsmbclient's rename tries a no-replace rename and, on EEXIST,
