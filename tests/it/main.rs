@@ -6,6 +6,7 @@ mod fakes;
 mod helpers;
 
 mod api;
+mod archive_races;
 mod extraction_failures;
 mod faults;
 mod happy_path;
