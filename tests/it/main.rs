@@ -12,6 +12,7 @@ mod faults;
 mod happy_path;
 mod itm_failure;
 mod outages;
+mod outbox;
 mod policy_a;
 mod process;
 mod temp_files;
