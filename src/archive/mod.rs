@@ -139,6 +139,7 @@ impl Archiver {
                 d.insert(dir.clone());
             }
         }
+        let mut lost = 0;
         for n in 0..1000 {
             let to = join(&[&dir, &suffixed(name, n)]);
             let reservation = Reservation::new(&to);
@@ -160,9 +161,12 @@ impl Archiver {
                 Err(e) => {
                     self.release(reservation).await;
                     match e {
-                        // The reservation was lost after libsmbclient's unlink:
-                        // another mover holds the name now.
-                        SourceError::AlreadyExists(_) => continue,
+                        // libsmbclient reports any failure of its second
+                        // rename (after removing our placeholder) as EEXIST:
+                        // another mover may hold the name now. Try the next
+                        // name, a few times at most, then leave it to the
+                        // next pass.
+                        SourceError::AlreadyExists(_) if lost < 3 => lost += 1,
                         other => return Err(other),
                     }
                 }
