@@ -13,6 +13,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Most time a background pass spends delivering IQube notifications: a
+/// hanging IQube costs each pass at most this, and shutdown cuts it short.
+const DELIVERY_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Connects to Postgres and applies the migrations.
 pub async fn migrated_store(url: &str) -> anyhow::Result<PgStore> {
     let store = PgStore::connect_lazy(url).context("setting up the database pool")?;
@@ -55,10 +59,13 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
             claim_lease: cfg.claim_lease,
             read_failure_notify_after: cfg.read_failure_notify_after,
             run_detail_retention: cfg.run_detail_retention,
+            delivery_budget: DELIVERY_BUDGET,
         },
         tracker: TaskTracker::new(),
         instance: instance_name(),
         passes_done: tokio::sync::watch::channel(0).0,
+        stop: CancellationToken::new(),
+        leftover_reservations: Default::default(),
     }))
 }
 
@@ -89,7 +96,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("binding {}", cfg.bind_addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let shutdown = CancellationToken::new();
+    // One token: stopping the server also tells background passes to wrap up.
+    let shutdown = engine.stop.clone();
     let app = router(AppState {
         engine: engine.clone(),
         api_token: cfg.api_token.clone(),

@@ -46,6 +46,8 @@ pub struct RunSettings {
     pub read_failure_notify_after: u32,
     /// How long a finished run keeps its per-file list (None: forever).
     pub run_detail_retention: Option<Duration>,
+    /// Most time one background pass spends delivering notifications.
+    pub delivery_budget: Duration,
 }
 
 /// Counts and per-file decisions of one run (CONTRACT §4).
@@ -166,9 +168,33 @@ pub struct Engine {
     pub instance: String,
     /// Count of finished background passes (for tests and, later, metrics).
     pub passes_done: tokio::sync::watch::Sender<u64>,
+    /// Cancelled on shutdown: background passes start no new move or
+    /// delivery, so the process exits promptly even while IQube hangs.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// Archive name reservations a pass could not release, for the next pass.
+    pub leftover_reservations: Arc<std::sync::Mutex<Vec<crate::source::Reservation>>>,
 }
 
 impl Engine {
+    /// An engine with the same store, downstreams and settings over another
+    /// share (a wrapper that injects faults, in tests), with its own
+    /// background work.
+    pub fn over(&self, source: Arc<dyn FileSource>) -> Arc<Engine> {
+        Arc::new(Engine {
+            source,
+            store: self.store.clone(),
+            foi: self.foi.clone(),
+            itm: self.itm.clone(),
+            iqube: self.iqube.clone(),
+            settings: self.settings.clone(),
+            tracker: TaskTracker::new(),
+            instance: format!("{}-over", self.instance),
+            passes_done: tokio::sync::watch::channel(0).0,
+            stop: Default::default(),
+            leftover_reservations: Default::default(),
+        })
+    }
+
     fn archiver(&self) -> Archiver {
         Archiver {
             source: self.source.clone(),
@@ -177,6 +203,9 @@ impl Engine {
             source_dir: self.settings.source_dir.clone(),
             archive_dir: self.settings.archive_dir.clone(),
             made_dirs: Default::default(),
+            stop: self.stop.clone(),
+            leftovers: self.leftover_reservations.clone(),
+            delivery_budget: self.settings.delivery_budget,
         }
     }
 

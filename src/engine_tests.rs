@@ -542,13 +542,17 @@ async fn extraction_failures_notify_once_and_skip_itm() {
 }
 
 #[tokio::test]
-async fn an_undelivered_notification_is_kept_and_delivered_once() {
+async fn an_undelivered_notification_is_kept_backed_off_and_delivered_once() {
     let h = Harness::new();
     h.iqube.set_up(false);
     h.foi.set(password_failure());
     h.src.put("in/acme/remit.xlsx", b"x", old());
 
     h.run().await;
+    // Refused once; the next pass does not hammer IQube before the backoff.
+    h.pass().await;
+    assert_eq!(h.iqube.calls().len(), 1);
+    h.store.make_notifications_due();
     h.pass().await;
 
     let outbox = h.store.notifications();
@@ -559,8 +563,10 @@ async fn an_undelivered_notification_is_kept_and_delivered_once() {
     assert!(h.iqube.delivered().is_empty());
 
     h.iqube.set_up(true);
+    h.store.make_notifications_due();
     let report = h.pass().await;
     assert_eq!(report.notified, 1);
+    h.store.make_notifications_due();
     h.pass().await;
 
     let outbox = h.store.notifications();
@@ -871,6 +877,8 @@ fn with_lease(h: &Harness, lease: std::time::Duration) -> Arc<Engine> {
         tracker: TaskTracker::new(),
         instance: "test-2".into(),
         passes_done: tokio::sync::watch::channel(0).0,
+        stop: Default::default(),
+        leftover_reservations: Default::default(),
     })
 }
 
@@ -949,4 +957,72 @@ async fn a_move_whose_answer_was_lost_is_recorded_from_the_archive() {
         ["processing", "success", "archive_succeeded"]
     );
     assert_eq!(h.src.files_under("archive"), ["archive/acme/remit.xlsx"]);
+}
+
+#[tokio::test]
+async fn the_lost_answer_recovery_never_takes_a_placeholder_for_the_moved_file() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit.xlsx", b"bytes", old());
+    h.src.fail_rename("in/acme/remit.xlsx");
+    h.run().await;
+
+    // The source file is gone; the archive holds, under its name, a file of
+    // the same size and time that is not it (a placeholder left by a crash),
+    // and the moved file under the next name.
+    h.src.clear_faults();
+    h.src.mkdir_all("archive/acme").await.unwrap();
+    h.src.put("archive/acme/remit.xlsx", b"xxxxx", old());
+    h.src
+        .rename_no_replace("in/acme/remit.xlsx", "archive/acme/remit (1).xlsx")
+        .await
+        .unwrap();
+    h.pass().await;
+
+    let row = h.only_row();
+    assert_eq!(
+        row.archive_path.as_deref(),
+        Some("archive/acme/remit (1).xlsx")
+    );
+    assert_eq!(
+        h.src.read("archive/acme/remit.xlsx").as_deref(),
+        Some(&b"xxxxx"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_reserved_name_is_never_replaced_and_a_move_takes_the_next_name() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit.xlsx", b"new", old());
+    h.src.fail_rename("in/acme/remit.xlsx");
+    h.run().await;
+    h.src.clear_faults();
+    // Another mover holds the name; a plain file holds the next one.
+    let other = crate::source::Reservation::new("archive/acme/remit.xlsx");
+    h.src.mkdir_all("archive/acme").await.unwrap();
+    h.src.reserve(&other).await.unwrap();
+    h.src.put("archive/acme/remit (1).xlsx", b"older", old());
+    h.pass().await;
+
+    assert_eq!(
+        h.only_row().archive_path.as_deref(),
+        Some("archive/acme/remit (2).xlsx")
+    );
+    assert_eq!(
+        h.src.read("archive/acme/remit.xlsx"),
+        Some(other.placeholder())
+    );
+    assert_eq!(
+        h.src.read("archive/acme/remit (1).xlsx").as_deref(),
+        Some(&b"older"[..])
+    );
+    // The holder's rename replaces only its own placeholder.
+    h.src.put("in/acme/other.xlsx", b"other", old());
+    h.src
+        .rename_onto_reservation("in/acme/other.xlsx", &other)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.src.read("archive/acme/remit.xlsx").as_deref(),
+        Some(&b"other"[..])
+    );
 }

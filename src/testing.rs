@@ -5,7 +5,7 @@ use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
 use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Notifier, Submitter};
 use crate::engine::{Engine, RunSettings};
 use crate::scan::names::TempNameFilter;
-use crate::source::{Entry, Fetched, FileSource, SourceError, join};
+use crate::source::{Entry, Fetched, FileSource, Reservation, SourceError, join};
 use crate::store::{
     ArchiveCandidate, Claim, Guard, KnownVersion, PendingNotification, RunLock, RunStart, Store,
     StoreError, SupersededFile,
@@ -318,28 +318,66 @@ impl FileSource for MemSource {
         Ok(())
     }
 
-    async fn rename_no_replace(&self, from: &str, to: &str) -> Result<(), SourceError> {
-        let (from, to) = (join(&[from]), join(&[to]));
+    async fn reserve(&self, r: &Reservation) -> Result<(), SourceError> {
+        let path = join(&[&r.path]);
+        let mut s = lock(&self.state);
+        if s.files.contains_key(&path) || s.dirs.contains(&path) {
+            return Err(SourceError::AlreadyExists(path));
+        }
+        if !s.is_dir(parent(&path)) {
+            return Err(SourceError::NotFound(format!("reserve {path}")));
+        }
+        let now = s.now;
+        s.files.insert(
+            path,
+            MemFile {
+                bytes: r.placeholder(),
+                mtime: now,
+                ctime: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Replaces the target only while it still holds this reservation's placeholder.
+    async fn rename_onto_reservation(
+        &self,
+        from: &str,
+        to: &Reservation,
+    ) -> Result<(), SourceError> {
+        let (from, to_path) = (join(&[from]), join(&[&to.path]));
         let mut s = lock(&self.state);
         if s.fail_rename.contains(&from) {
             return Err(SourceError::PermissionDenied(format!(
-                "rename {from} -> {to}"
+                "rename {from} -> {to_path}"
             )));
         }
         if !s.files.contains_key(&from) {
             return Err(SourceError::NotFound(format!("rename {from}")));
         }
-        if s.files.contains_key(&to) || s.dirs.contains(&to) {
-            return Err(SourceError::AlreadyExists(to));
-        }
-        if !s.is_dir(parent(&to)) {
-            return Err(SourceError::NotFound(format!(
-                "rename {from} -> {to}: no folder {}",
-                parent(&to)
-            )));
+        match s.files.get(&to_path) {
+            Some(f) if f.bytes == to.placeholder() => {}
+            Some(_) => return Err(SourceError::AlreadyExists(to_path)),
+            None => {
+                return Err(SourceError::NotFound(format!(
+                    "rename {from} -> {to_path}: the reservation is gone"
+                )));
+            }
         }
         if let Some(f) = s.files.remove(&from) {
-            s.files.insert(to, f);
+            s.files.insert(to_path, f);
+        }
+        Ok(())
+    }
+
+    async fn release(&self, reservation: &Reservation) -> Result<(), SourceError> {
+        let path = join(&[&reservation.path]);
+        let mut s = lock(&self.state);
+        if s.files
+            .get(&path)
+            .is_some_and(|f| f.bytes == reservation.placeholder())
+        {
+            s.files.remove(&path);
         }
         Ok(())
     }
@@ -416,6 +454,8 @@ pub struct NotificationRow {
     pub last_error: Option<String>,
     /// True once IQube accepted it.
     pub delivered: bool,
+    /// Not attempted again before this time (backoff).
+    pub next_attempt_at: DateTime<Utc>,
 }
 
 /// A row of `runs`.
@@ -476,6 +516,7 @@ impl StoreState {
             attempts: 0,
             last_error: None,
             delivered: false,
+            next_attempt_at: Utc::now(),
         });
     }
 }
@@ -504,6 +545,13 @@ impl MemStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes every undelivered notification due now, as if its backoff had passed.
+    pub fn make_notifications_due(&self) {
+        for n in lock(&self.state).notifications.iter_mut() {
+            n.next_attempt_at = Utc::now();
+        }
     }
 
     /// Every `files` row, by id.
@@ -746,20 +794,31 @@ impl Store for MemStore {
         Ok(())
     }
 
-    async fn pending_notifications(
+    async fn take_due_notifications(
         &self,
         limit: i64,
     ) -> Result<Vec<PendingNotification>, StoreError> {
-        let s = lock(&self.state);
+        let mut s = lock(&self.state);
         s.check()?;
-        Ok(s.notifications
-            .iter()
-            .filter(|n| !n.delivered)
+        let now = Utc::now();
+        let mut due: Vec<&mut NotificationRow> = s
+            .notifications
+            .iter_mut()
+            .filter(|n| !n.delivered && n.next_attempt_at <= now)
+            .collect();
+        due.sort_by_key(|n| (n.attempts > 0, n.next_attempt_at, n.id));
+        Ok(due
+            .into_iter()
             .take(usize::try_from(limit).unwrap_or(0))
-            .map(|n| PendingNotification {
-                id: n.id,
-                key: n.dedupe_key.clone(),
-                payload: n.payload.clone(),
+            .map(|n| {
+                n.attempts += 1;
+                let delay = crate::store::retry_delay(n.attempts);
+                n.next_attempt_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                PendingNotification {
+                    id: n.id,
+                    key: n.dedupe_key.clone(),
+                    payload: n.payload.clone(),
+                }
             })
             .collect())
     }
@@ -768,7 +827,6 @@ impl Store for MemStore {
         let mut s = lock(&self.state);
         s.check()?;
         if let Some(n) = s.notifications.iter_mut().find(|n| n.id == id) {
-            n.attempts += 1;
             n.last_error = error.map(str::to_string);
             n.delivered = error.is_none();
         }
@@ -791,6 +849,7 @@ impl Store for MemStore {
                 file_name: f.file_name.clone(),
                 size: f.size,
                 mtime: f.mtime,
+                md5: f.md5.clone(),
             })
             .collect())
     }
@@ -1094,9 +1153,12 @@ pub fn engine(
             claim_lease: Duration::from_secs(900),
             read_failure_notify_after: 3,
             run_detail_retention: None,
+            delivery_budget: Duration::from_secs(30),
         },
         tracker: TaskTracker::new(),
         instance: "test".into(),
         passes_done: tokio::sync::watch::channel(0).0,
+        stop: Default::default(),
+        leftover_reservations: Default::default(),
     })
 }

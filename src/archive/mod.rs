@@ -1,15 +1,19 @@
 //! Archive, in the background after a run has answered: superseded versions,
-//! then housekeeping of `success`/`ops_*` files, then the notification outbox.
-//! Moves never overwrite; a failed move stays in place for the next pass.
+//! then housekeeping of `success`/`ops_*` files, then the notification outbox
+//! (bounded in time, so it never holds the archive or shutdown back).
+//! Moves never overwrite: each target name is reserved before the rename. A
+//! file is checked just before and just after its move, and a failed move
+//! stays in place for the next pass.
 
 use crate::downstream::Notifier;
-use crate::source::{Entry, FileSource, SourceError, join};
+use crate::source::{Entry, FileSource, Reservation, SourceError, join};
 use crate::store::{ArchiveCandidate, Store, SupersededFile};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// `name` with ` (n)` before its extension: the n-th alternative archive name.
 pub fn suffixed(name: &str, n: u32) -> String {
@@ -28,6 +32,8 @@ struct Due {
     file_name: String,
     size: i64,
     mtime: DateTime<Utc>,
+    /// MD5 of the processed content (superseded versions were never read).
+    md5: Option<String>,
     record: Record,
 }
 
@@ -39,6 +45,14 @@ enum Record {
     Processed(i64),
 }
 
+impl Due {
+    /// True when `e` still has the size and last-write time this file had
+    /// when it was processed or found superseded.
+    fn matches(&self, e: &Entry) -> bool {
+        !e.is_dir && e.size as i64 == self.size && e.mtime == self.mtime
+    }
+}
+
 impl From<SupersededFile> for Due {
     fn from(f: SupersededFile) -> Self {
         Due {
@@ -46,6 +60,7 @@ impl From<SupersededFile> for Due {
             file_name: f.file_name,
             size: f.size,
             mtime: f.mtime,
+            md5: None,
             record: Record::Superseded(f.id),
         }
     }
@@ -58,6 +73,7 @@ impl From<ArchiveCandidate> for Due {
             file_name: f.file_name,
             size: f.size,
             mtime: f.mtime,
+            md5: Some(f.md5),
             record: Record::Processed(f.id),
         }
     }
@@ -77,7 +93,20 @@ pub struct Archiver {
     pub archive_dir: String,
     /// Archive folders known to exist during this pass.
     pub made_dirs: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Cancelled on shutdown: no new move or delivery starts after it.
+    pub stop: CancellationToken,
+    /// Reservations this process could not release (the share dropped
+    /// mid-move); the next pass releases them first, so an outage does not
+    /// leave placeholders that push later moves to suffixed names.
+    pub leftovers: Arc<std::sync::Mutex<Vec<Reservation>>>,
+    /// Most time one pass spends delivering notifications.
+    pub delivery_budget: Duration,
 }
+
+/// Notifications sent to IQube at once.
+const DELIVERY_CONCURRENCY: usize = 4;
+/// Most notifications one pass attempts.
+const DELIVERY_MAX_PER_PASS: usize = 500;
 
 /// What a pass did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -91,7 +120,10 @@ pub struct PassReport {
 }
 
 impl Archiver {
-    /// Moves `remitter/name` into the archive under a free name; returns the archive path.
+    /// Moves `remitter/name` into the archive under a free name; returns the
+    /// archive path. Each candidate name is reserved (created exclusively)
+    /// before the rename, so no archived file can ever be replaced: a name
+    /// held by another mover or file is skipped for the next suffix.
     pub async fn move_to_archive(&self, remitter: &str, name: &str) -> Result<String, SourceError> {
         let from = join(&[&self.source_dir, remitter, name]);
         let dir = join(&[&self.archive_dir, remitter]);
@@ -107,17 +139,154 @@ impl Archiver {
                 d.insert(dir.clone());
             }
         }
+        let mut lost = 0;
         for n in 0..1000 {
             let to = join(&[&dir, &suffixed(name, n)]);
-            match self.source.rename_no_replace(&from, &to).await {
-                Ok(()) => return Ok(to),
+            let reservation = Reservation::new(&to);
+            match self.source.reserve(&reservation).await {
+                Ok(()) => {}
                 Err(SourceError::AlreadyExists(_)) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The create may have happened with its answer lost.
+                    self.release_later(reservation, &e);
+                    return Err(e);
+                }
+            }
+            match self
+                .source
+                .rename_onto_reservation(&from, &reservation)
+                .await
+            {
+                Ok(()) => return Ok(to),
+                Err(e) => {
+                    self.release(reservation).await;
+                    match e {
+                        // libsmbclient reports any failure of its second
+                        // rename (after removing our placeholder) as EEXIST:
+                        // another mover may hold the name now. Try the next
+                        // name, a few times at most, then leave it to the
+                        // next pass.
+                        SourceError::AlreadyExists(_) if lost < 3 => lost += 1,
+                        other => return Err(other),
+                    }
+                }
             }
         }
         Err(SourceError::AlreadyExists(format!(
             "{dir}/{name} and 999 suffixed names"
         )))
+    }
+
+    /// Puts a file that turned out to be a new upload back under its source
+    /// name, reserved like an archive name so nothing there is replaced.
+    async fn move_back(&self, archived: &str, from: &str) -> Result<(), SourceError> {
+        let r = Reservation::new(from);
+        if let Err(e) = self.source.reserve(&r).await {
+            self.release_later(r, &e);
+            return Err(e);
+        }
+        if let Err(e) = self.source.rename_onto_reservation(archived, &r).await {
+            self.release(r).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Releases a reservation whose move failed; one that cannot be
+    /// released now is kept for the next pass.
+    async fn release(&self, r: Reservation) {
+        if let Err(e) = self.source.release(&r).await {
+            self.release_later(r, &e);
+        }
+    }
+
+    /// Keeps `r` for the next pass unless `e` says the name was never made.
+    fn release_later(&self, r: Reservation, e: &SourceError) {
+        if matches!(
+            e,
+            SourceError::AlreadyExists(_)
+                | SourceError::NotFound(_)
+                | SourceError::PermissionDenied(_)
+        ) {
+            return;
+        }
+        tracing::warn!(path = %r.path, error = %e, "archive name reservation may be left in place; released by the next pass");
+        if let Ok(mut l) = self.leftovers.lock() {
+            l.push(r);
+        }
+    }
+
+    /// Releases the reservations earlier passes of this process left behind.
+    /// Safe: a placeholder is removed only while it still holds its token,
+    /// and this process's own SMB calls never overlap (pavao serialises
+    /// them), so no late rename of ours can land between check and unlink.
+    async fn release_leftovers(&self) {
+        let left: Vec<Reservation> = match self.leftovers.lock() {
+            Ok(mut l) => std::mem::take(&mut *l),
+            Err(_) => return,
+        };
+        for r in left {
+            match self.source.release(&r).await {
+                Ok(()) => {
+                    tracing::info!(path = %r.path, "left-over archive name reservation released")
+                }
+                Err(e) => self.release_later(r, &e),
+            }
+        }
+    }
+
+    /// Moves `d` if the source still holds its version: checked by a stat
+    /// just before the move and again on the moved file, so an upload that
+    /// replaced it after the pass's listing (or during the move) is never
+    /// archived unprocessed. `Ok(None)`: not moved, nothing to retry.
+    async fn checked_move(&self, d: &Due) -> Result<Option<String>, SourceError> {
+        let from = join(&[&self.source_dir, &d.remitter, &d.file_name]);
+        let now = self.source.stat(&from).await?;
+        if !d.matches(&now) {
+            tracing::info!(remitter = %d.remitter, file = %d.file_name, "replaced since the pass's listing; not archived");
+            return Ok(None);
+        }
+        let to = self.move_to_archive(&d.remitter, &d.file_name).await?;
+        match self.source.stat(&to).await {
+            Ok(moved) if d.matches(&moved) => Ok(Some(to)),
+            Ok(_) => {
+                // A new upload reached the file between the check and the rename.
+                match self.move_back(&to, &from).await {
+                    Ok(()) => {
+                        tracing::warn!(remitter = %d.remitter, file = %d.file_name, "a new upload replaced the file during its move; put back in the source")
+                    }
+                    Err(e) => {
+                        tracing::error!(remitter = %d.remitter, file = %d.file_name, archived = %to, error = %e, "a new upload replaced the file during its move and could not be put back; it is in the archive unprocessed")
+                    }
+                }
+                Err(SourceError::Io {
+                    op: format!("archive {from}"),
+                    message: "the file changed during its move".into(),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(path = %to, error = %e, "moved file could not be checked; taken as moved");
+                Ok(Some(to))
+            }
+        }
+    }
+
+    /// True when the archived file `name` has the content that was processed
+    /// (by MD5), so a reservation placeholder or another file of the same
+    /// size and time is never taken for it. Superseded versions have no MD5.
+    async fn same_content(&self, d: &Due, name: &str) -> bool {
+        let Some(md5) = &d.md5 else { return true };
+        let Ok(tmp) = tempfile::NamedTempFile::new() else {
+            return false;
+        };
+        let path = join(&[&self.archive_dir, &d.remitter, name]);
+        match self.source.fetch(&path, tmp.path()).await {
+            Ok(f) => f.md5 == *md5,
+            Err(e) => {
+                tracing::warn!(path = %path, error = %e, "archived file could not be read to compare");
+                false
+            }
+        }
     }
 
     /// Archives the superseded versions runs recorded, provided the file in
@@ -192,9 +361,7 @@ impl Archiver {
                 .into_iter()
                 .filter_map(|d| {
                     let current = listing.get(&d.file_name).cloned();
-                    let moves = current
-                        .as_ref()
-                        .is_some_and(|e| e.size as i64 == d.size && e.mtime == d.mtime);
+                    let moves = current.as_ref().is_some_and(|e| d.matches(e));
                     if moves && !moving.insert(d.file_name.clone()) {
                         return None;
                     }
@@ -225,30 +392,34 @@ impl Archiver {
         current: Option<Entry>,
         archived: &HashMap<String, Entry>,
     ) -> Option<bool> {
+        // After a shutdown request no new move starts; the next pass does it.
+        if self.stop.is_cancelled() {
+            return None;
+        }
         let moved_to = match current {
-            Some(e) if e.size as i64 == d.size && e.mtime == d.mtime => {
-                match self.move_to_archive(&d.remitter, &d.file_name).await {
-                    Ok(to) => Some(to),
-                    Err(e) => {
-                        tracing::warn!(remitter = %d.remitter, file = %d.file_name, error = %e, "archive move failed; retried next pass");
-                        return Some(false);
-                    }
+            Some(e) if d.matches(&e) => match self.checked_move(&d).await {
+                Ok(Some(to)) => Some(to),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(remitter = %d.remitter, file = %d.file_name, error = %e, "archive move failed; retried next pass");
+                    return Some(false);
                 }
-            }
+            },
             Some(_) => {
                 tracing::info!(remitter = %d.remitter, file = %d.file_name, "the source holds another version now; not archived");
                 None
             }
             None => {
-                // Moved by a pass that lost the server's answer: the archive holds it.
-                let found = (0..1000)
-                    .map(|n| suffixed(&d.file_name, n))
-                    .take_while(|name| archived.contains_key(name))
-                    .find(|name| {
-                        archived
-                            .get(name)
-                            .is_some_and(|e| e.size as i64 == d.size && e.mtime == d.mtime)
-                    });
+                // Moved by a pass that lost the server's answer: the archive
+                // holds it under one of its names, with its size, time and content.
+                let mut found = None;
+                for name in (0..1000).map(|n| suffixed(&d.file_name, n)) {
+                    let Some(e) = archived.get(&name) else { break };
+                    if d.matches(e) && self.same_content(&d, &name).await {
+                        found = Some(name);
+                        break;
+                    }
+                }
                 match found {
                     Some(name) => {
                         tracing::info!(remitter = %d.remitter, file = %d.file_name, "already in the archive (an earlier move's answer was lost)");
@@ -280,34 +451,77 @@ impl Archiver {
         }
     }
 
-    /// Delivers queued IQube notifications; undelivered ones stay queued.
+    /// Delivers due IQube notifications, a few at once, never longer than
+    /// `delivery_budget` and never after shutdown was requested. Each row
+    /// taken counts an attempt and is backed off before it is sent (so a hung
+    /// or interrupted attempt is not retried at once); undelivered rows stay
+    /// queued. Rows never attempted go first, so old failures cannot hold
+    /// back new notifications.
     pub async fn deliver_notifications(&self, report: &mut PassReport) {
-        let pending = match self.store.pending_notifications(500).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the notification outbox");
-                return;
-            }
-        };
-        for n in pending {
-            let result = self.iqube.notify(&n.payload, &n.key).await;
-            if let Err(e) = &result {
-                tracing::warn!(key = %n.key, error = %e, "IQube notification not delivered; kept for later");
-            } else {
-                report.notified += 1;
-            }
-            if let Err(e) = self
+        let deadline = tokio::time::Instant::now() + self.delivery_budget;
+        let mut taken = 0;
+        while taken < DELIVERY_MAX_PER_PASS
+            && !self.stop.is_cancelled()
+            && tokio::time::Instant::now() < deadline
+        {
+            let batch = match self
                 .store
-                .notification_attempted(n.id, result.err().as_deref())
+                .take_due_notifications(DELIVERY_CONCURRENCY as i64)
                 .await
             {
-                tracing::error!(key = %n.key, error = %e, "could not record a notification attempt");
+                Ok(b) if b.is_empty() => break,
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the notification outbox");
+                    return;
+                }
+            };
+            taken += batch.len();
+            let done = std::sync::Mutex::new(std::collections::HashSet::new());
+            let sends = futures::future::join_all(batch.iter().map(|n| {
+                let done = &done;
+                async move {
+                    let result = self.iqube.notify(&n.payload, &n.key).await;
+                    if let Err(e) = &result {
+                        tracing::warn!(key = %n.key, error = %e, "IQube notification not delivered; kept for later");
+                    }
+                    self.record_attempt(n.id, &n.key, result.as_ref().err().map(String::as_str))
+                        .await;
+                    if let Ok(mut d) = done.lock() {
+                        d.insert(n.id);
+                    }
+                    result.is_ok()
+                }
+            }));
+            let cut = tokio::select! {
+                results = sends => {
+                    report.notified += results.into_iter().filter(|ok| *ok).count();
+                    None
+                }
+                _ = tokio::time::sleep_until(deadline) => Some("no answer within the background pass's delivery budget"),
+                _ = self.stop.cancelled() => Some("interrupted by shutdown"),
+            };
+            if let Some(why) = cut {
+                let done = done.lock().map(|d| d.clone()).unwrap_or_default();
+                for n in batch.iter().filter(|n| !done.contains(&n.id)) {
+                    tracing::warn!(key = %n.key, why, "IQube notification not delivered; kept for later");
+                    self.record_attempt(n.id, &n.key, Some(why)).await;
+                }
+                break;
             }
         }
     }
 
+    async fn record_attempt(&self, id: i64, key: &str, error: Option<&str>) {
+        if let Err(e) = self.store.notification_attempted(id, error).await {
+            tracing::error!(key = %key, error = %e, "could not record a notification attempt");
+        }
+    }
+
     /// One background pass, under the housekeeping lock so one runs at a time
-    /// across instances: superseded versions, notifications, housekeeping.
+    /// across instances: superseded versions and housekeeping first, then the
+    /// outbox within its time budget, so a hanging IQube never holds back the
+    /// archive. After shutdown was requested it stops starting new work.
     pub async fn pass(&self) -> PassReport {
         let mut report = PassReport::default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -315,7 +529,10 @@ impl Archiver {
             match self.store.try_housekeeping_lock().await {
                 Ok(Some(l)) => break Some(l),
                 Ok(None) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = self.stop.cancelled() => break None,
+                    }
                 }
                 Ok(None) => break None,
                 Err(e) => {
@@ -325,11 +542,14 @@ impl Archiver {
             }
         };
         if let Some(_lease) = lease {
+            self.release_leftovers().await;
             self.archive_superseded(&mut report).await;
-            self.deliver_notifications(&mut report).await;
             self.housekeeping(&mut report).await;
+            self.deliver_notifications(&mut report).await;
         } else {
-            tracing::warn!("another housekeeping pass kept the lock; this one is skipped");
+            tracing::warn!(
+                "another housekeeping pass kept the lock (or shutdown began); this one is skipped"
+            );
         }
         tracing::info!(
             moved = report.moved,

@@ -3,13 +3,14 @@
 //! libsmbclient is blocking and pavao serialises every call behind one
 //! process-wide lock, so each operation runs on a blocking thread and is
 //! bounded by a timeout. A client that failed with a connection-level error
-//! is dropped and rebuilt on the next call. pavao's `rename` overwrites an
-//! existing target, so `rename_no_replace` checks first. Downloads open the
-//! file through a second context whose share mode denies writers: Samba
-//! refuses that open (EBUSY) while another client holds the file open for
-//! writing, and refuses writers while the download holds it.
+//! is dropped and rebuilt on the next call. libsmbclient's `rename` replaces
+//! an existing target, so a move first reserves its target name with an
+//! exclusive create (see `rename_onto_reservation`). Downloads open the file
+//! through a second context whose share mode denies writers: Samba refuses
+//! that open (EBUSY) while another client holds the file open for writing,
+//! and refuses writers while the download holds it.
 
-use super::{Entry, Fetched, FileSource, SourceError};
+use super::{Entry, Fetched, FileSource, Reservation, SourceError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
@@ -503,21 +504,91 @@ impl FileSource for SmbShare {
         .await
     }
 
-    async fn rename_no_replace(&self, from: &str, to: &str) -> Result<(), SourceError> {
-        let (f, t) = (from.to_string(), to.to_string());
+    /// `O_CREAT|O_EXCL`: the server creates the name only if it is free,
+    /// atomically, so two movers can never both hold one name.
+    async fn reserve(&self, reservation: &Reservation) -> Result<(), SourceError> {
+        let (p, bytes) = (reservation.path.clone(), reservation.placeholder());
         self.call(
-            format!("rename {from} -> {to}"),
+            format!("reserve {}", reservation.path),
             Some(self.config.timeout),
             Retry::Never,
             move |c| {
-                match stat_entry(&c.normal, &t) {
-                    Ok(_) => return Err(SourceError::AlreadyExists(t.clone())),
-                    Err(SourceError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
+                let op = format!("reserve {p}");
+                let mut f = c
+                    .normal
+                    .open_with(
+                        url_path(&p),
+                        SmbOpenOptions::default()
+                            .write(true)
+                            .create(true)
+                            .exclusive(true),
+                    )
+                    .map_err(|e| classify(&op, e))?;
+                f.write_all(&bytes)
+                    .map_err(|e| classify(&op, SmbError::Io(e)))
+            },
+        )
+        .await
+    }
+
+    /// libsmbclient's rename tries a no-replace rename and, on EEXIST,
+    /// unlinks the target and renames again (SMBC_rename_ctx). The target is
+    /// our own placeholder, which nobody else renames onto, so the unlink only
+    /// ever removes that placeholder. If another mover reserves the name in
+    /// the gap after that unlink, the second rename fails (no replace) with
+    /// EEXIST and nothing is lost.
+    async fn rename_onto_reservation(
+        &self,
+        from: &str,
+        to: &Reservation,
+    ) -> Result<(), SourceError> {
+        let (f, t) = (from.to_string(), to.path.clone());
+        self.call(
+            format!("rename {from} -> {}", to.path),
+            Some(self.config.timeout),
+            Retry::Never,
+            move |c| {
                 c.normal
                     .rename(url_path(&f), url_path(&t))
                     .map_err(|e| classify(&format!("rename {f} -> {t}"), e))
+            },
+        )
+        .await
+    }
+
+    /// Reads the name back and unlinks it only when it holds this
+    /// reservation's token: a moved file (a rename whose answer was lost) or
+    /// another mover's placeholder is left alone.
+    async fn release(&self, reservation: &Reservation) -> Result<(), SourceError> {
+        let (p, want) = (reservation.path.clone(), reservation.placeholder());
+        self.call(
+            format!("release {}", reservation.path),
+            Some(self.config.timeout),
+            Retry::OnDisconnect,
+            move |c| {
+                let op = format!("release {p}");
+                let st = match stat_entry(&c.normal, &p) {
+                    Ok(st) => st,
+                    Err(SourceError::NotFound(_)) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                if st.is_dir || st.size != want.len() as u64 {
+                    return Ok(());
+                }
+                let mut f = c
+                    .normal
+                    .open_with(url_path(&p), SmbOpenOptions::default().read(true))
+                    .map_err(|e| classify(&op, e))?;
+                let mut got = Vec::with_capacity(want.len());
+                f.read_to_end(&mut got)
+                    .map_err(|e| classify(&op, SmbError::Io(e)))?;
+                drop(f);
+                if got == want {
+                    c.normal
+                        .unlink(url_path(&p))
+                        .map_err(|e| classify(&op, e))?;
+                }
+                Ok(())
             },
         )
         .await

@@ -12,6 +12,19 @@ use uuid::Uuid;
 
 use crate::domain::FileStatus;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn retry_delay_doubles_from_five_seconds_up_to_an_hour() {
+        let secs: Vec<u64> = (1..=12).map(|n| super::retry_delay(n).as_secs()).collect();
+        assert_eq!(
+            secs,
+            [5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600, 3600]
+        );
+        assert_eq!(super::retry_delay(u32::MAX).as_secs(), 3600);
+    }
+}
+
 /// Database errors, with the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -92,6 +105,8 @@ pub struct ArchiveCandidate {
     pub size: i64,
     /// Last-write time recorded when it was processed.
     pub mtime: DateTime<Utc>,
+    /// MD5 of the processed content.
+    pub md5: String,
 }
 
 /// A notification waiting for delivery.
@@ -120,6 +135,13 @@ pub struct SupersededFile {
     pub mtime: DateTime<Utc>,
     /// The version that superseded it.
     pub newer_file_name: String,
+}
+
+/// How long a notification waits after its `attempts`-th attempt before the
+/// next: 5 s doubling per attempt, at most an hour.
+pub fn retry_delay(attempts: u32) -> std::time::Duration {
+    let secs = 5u64.saturating_mul(1u64 << attempts.saturating_sub(1).min(20));
+    std::time::Duration::from_secs(secs.min(3600))
 }
 
 /// The outcome of asking for the run lock.
@@ -199,12 +221,14 @@ pub trait Store: Send + Sync {
     async fn renew_claim(&self, file_id: i64, token: Uuid) -> Result<bool, StoreError>;
     /// Archived rows whose content is in the source again: due for the archive again.
     async fn rearchive(&self, file_ids: &[i64]) -> Result<(), StoreError>;
-    /// Notifications not yet delivered, oldest first.
-    async fn pending_notifications(
+    /// Takes up to `limit` undelivered notifications that are due (never
+    /// attempted first, then oldest due), counts an attempt on each and
+    /// backs each off (see [`retry_delay`]) before it is sent.
+    async fn take_due_notifications(
         &self,
         limit: i64,
     ) -> Result<Vec<PendingNotification>, StoreError>;
-    /// Records a delivery attempt (`None`: delivered).
+    /// Records the outcome of an attempt (`None`: delivered).
     async fn notification_attempted(&self, id: i64, error: Option<&str>) -> Result<(), StoreError>;
     /// `success`/`ops_*` files not archived yet.
     async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError>;

@@ -431,19 +431,28 @@ impl Store for PgStore {
         Ok(())
     }
 
-    /// Notifications not yet delivered, oldest first.
-    async fn pending_notifications(
+    /// Takes due rows (never attempted first, then oldest due) and, in the
+    /// same statement, counts the attempt and sets the next one after the
+    /// backoff: `5 s · 2^(attempts-1)`, at most an hour (`retry_delay`).
+    async fn take_due_notifications(
         &self,
         limit: i64,
     ) -> Result<Vec<PendingNotification>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, dedupe_key, payload FROM notifications WHERE delivered_at IS NULL ORDER BY id LIMIT $1",
+            "UPDATE notifications n SET attempts = n.attempts + 1, \
+               next_attempt_at = now() + make_interval(secs => least(3600, 5 * power(2, least(n.attempts, 20)))) \
+             FROM (SELECT id FROM notifications \
+                   WHERE delivered_at IS NULL AND next_attempt_at <= now() \
+                   ORDER BY attempts > 0, next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) due \
+             WHERE n.id = due.id \
+             RETURNING n.id, n.dedupe_key, n.payload",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .step("listing pending notifications")?;
-        rows.into_iter()
+        .step("taking due notifications")?;
+        let mut out = rows
+            .into_iter()
             .map(|r| {
                 Ok(PendingNotification {
                     id: r.try_get("id")?,
@@ -451,14 +460,16 @@ impl Store for PgStore {
                     payload: r.try_get("payload")?,
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .step("reading pending notifications")
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .step("reading due notifications")?;
+        out.sort_by_key(|n| n.id);
+        Ok(out)
     }
 
-    /// Records a delivery attempt.
+    /// Records the outcome of an attempt (the attempt itself was counted when taken).
     async fn notification_attempted(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE notifications SET attempts = attempts + 1, last_error = $2, \
+            "UPDATE notifications SET last_error = $2, \
              delivered_at = CASE WHEN $2::text IS NULL THEN now() ELSE NULL END WHERE id = $1",
         )
         .bind(id)
@@ -472,7 +483,7 @@ impl Store for PgStore {
     /// Files whose status makes them due for the archive and that are not archived yet.
     async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, remitter, file_name, size, mtime FROM files \
+            "SELECT id, remitter, file_name, size, mtime, md5 FROM files \
              WHERE archived_at IS NULL AND (status = 'success' OR status LIKE 'ops\\_%') ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -486,6 +497,7 @@ impl Store for PgStore {
                     file_name: r.try_get("file_name")?,
                     size: r.try_get("size")?,
                     mtime: r.try_get("mtime")?,
+                    md5: r.try_get("md5")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -238,6 +238,11 @@ async fn iqube_down_notification_is_kept_and_delivered_once_later() {
     assert_eq!(pending, 1);
 
     app.fakes.set_iqube(crate::fakes::IqubeBehavior::Ok);
+    // As if the row's backoff had passed.
+    sqlx::query("UPDATE notifications SET next_attempt_at = now()")
+        .execute(&app.db)
+        .await
+        .unwrap();
     app.run_ok().await;
     app.run_ok().await;
     let calls = app.fakes.iqube_calls();

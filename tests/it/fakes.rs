@@ -48,12 +48,16 @@ pub enum ItmBehavior {
 }
 
 /// How IQube answers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum IqubeBehavior {
     /// 200.
     Ok,
     /// 503.
     Down,
+    /// Accepts the connection and the request, never answers.
+    Hang,
+    /// 422 for every `Idempotency-Key` starting with this, 200 for the others.
+    RejectKeysStartingWith(String),
 }
 
 /// One upload FOI received.
@@ -297,17 +301,33 @@ async fn itm(State(f): State<Fakes>, headers: HeaderMap, Json(body): Json<Value>
 }
 
 async fn iqube(State(f): State<Fakes>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    let behavior = *f.iqube.lock().unwrap();
-    let mut inner = f.inner.lock().unwrap();
-    inner.iqube_attempts += 1;
-    match behavior {
-        IqubeBehavior::Ok => {
+    let behavior = f.iqube.lock().unwrap().clone();
+    let key = key(&headers);
+    let accept = {
+        let mut inner = f.inner.lock().unwrap();
+        inner.iqube_attempts += 1;
+        let accept = match &behavior {
+            IqubeBehavior::Ok => true,
+            IqubeBehavior::Down | IqubeBehavior::Hang => false,
+            IqubeBehavior::RejectKeysStartingWith(p) => {
+                !key.as_deref().unwrap_or_default().starts_with(p.as_str())
+            }
+        };
+        if accept {
             inner.iqube_calls.push(JsonCall {
                 body,
-                idempotency_key: key(&headers),
+                idempotency_key: key,
             });
-            Json(json!({"ok": true})).into_response()
+        }
+        accept
+    };
+    match behavior {
+        _ if accept => Json(json!({"ok": true})).into_response(),
+        IqubeBehavior::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::GATEWAY_TIMEOUT.into_response()
         }
         IqubeBehavior::Down => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        _ => (StatusCode::UNPROCESSABLE_ENTITY, "rejected").into_response(),
     }
 }

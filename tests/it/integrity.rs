@@ -4,13 +4,12 @@
 //! the bounded per-file list and archived content uploaded again.
 
 use crate::fakes::ItmBehavior;
-use crate::helpers::{Opts, TestApp, decision_of, md5_hex, spawn_app};
+use crate::helpers::{Opts, decision_of, md5_hex, spawn_app};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use coordinator::domain::FileStatus;
-use coordinator::engine::Engine;
 use coordinator::source::smb::url_path;
-use coordinator::source::{Entry, Fetched, FileSource, SourceError};
+use coordinator::source::{Entry, Fetched, FileSource, Reservation, SourceError};
 use coordinator::store::{Claim, PgStore, RunStart, Store, StoreError};
 use pavao::{SmbOpenOptions, SmbShareMode};
 use serde_json::json;
@@ -68,28 +67,22 @@ impl FileSource for Tamper {
     async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError> {
         self.inner.mkdir_all(dir).await
     }
-    async fn rename_no_replace(&self, from: &str, to: &str) -> Result<(), SourceError> {
-        self.inner.rename_no_replace(from, to).await
+    async fn reserve(&self, r: &Reservation) -> Result<(), SourceError> {
+        self.inner.reserve(r).await
+    }
+    async fn rename_onto_reservation(
+        &self,
+        from: &str,
+        to: &Reservation,
+    ) -> Result<(), SourceError> {
+        self.inner.rename_onto_reservation(from, to).await
+    }
+    async fn release(&self, r: &Reservation) -> Result<(), SourceError> {
+        self.inner.release(r).await
     }
     async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
         self.inner.server_now(scratch_dir).await
     }
-}
-
-/// An engine like the app's, over `source`.
-fn engine_over(app: &TestApp, source: Arc<dyn FileSource>) -> Arc<Engine> {
-    let e = &app.server.engine;
-    Arc::new(Engine {
-        source,
-        store: e.store.clone(),
-        foi: e.foi.clone(),
-        itm: e.itm.clone(),
-        iqube: e.iqube.clone(),
-        settings: e.settings.clone(),
-        tracker: tokio_util::task::TaskTracker::new(),
-        instance: format!("{}-tampered", e.instance),
-        passes_done: tokio::sync::watch::channel(0).0,
-    })
 }
 
 /// CONTRACT §1.2: `remit_20240101.csv` dropped after `remit_20240102.csv`
@@ -216,7 +209,7 @@ async fn a_file_rewritten_after_the_second_look_is_not_claimed() {
     tamper.before_fetch = Box::new(move |_| {
         std::fs::write(&local, b"rewritten, longer than before").unwrap();
     });
-    let engine = engine_over(&app, Arc::new(tamper));
+    let engine = app.server.engine.over(Arc::new(tamper));
 
     let report = engine.run("test").await.expect("the run completes");
     let r = report
@@ -268,7 +261,7 @@ async fn a_folder_gone_at_the_second_look_is_only_that_folders_error() {
             std::fs::remove_dir_all(&local).unwrap();
         }
     });
-    let engine = engine_over(&app, Arc::new(tamper));
+    let engine = app.server.engine.over(Arc::new(tamper));
 
     let report = engine.run("test").await.expect("the run completes");
     let s = &report.summary;

@@ -6,12 +6,14 @@ mod fakes;
 mod helpers;
 
 mod api;
+mod archive_races;
 mod extraction_failures;
 mod faults;
 mod happy_path;
 mod integrity;
 mod itm_failure;
 mod outages;
+mod outbox;
 mod policy_a;
 mod process;
 mod temp_files;

@@ -401,3 +401,70 @@ async fn a_large_file_is_streamed_with_bounded_memory() {
     assert!(peak_mb < 100, "peak RSS {peak_mb} MiB for a {mb} MiB file");
     eprintln!("peak RSS {peak_mb} MiB for a {mb} MiB file");
 }
+
+/// IQube accepts connections and never answers (with a 300 s client
+/// timeout): the archive still moves the success file promptly, SIGTERM
+/// still stops `serve` within 30 s, and the notification it was sending is
+/// kept and delivered once by the next process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_iqube_holds_back_neither_the_archive_nor_shutdown() {
+    use crate::fakes::IqubeBehavior;
+    use std::os::unix::fs::PermissionsExt;
+    let p = prepare(Opts::default()).await;
+    p.fakes.set_iqube(IqubeBehavior::Hang);
+    let extra = [
+        ("IQUBE_TIMEOUT_SECS", "300"),
+        ("READ_FAILURE_NOTIFY_AFTER", "1"),
+        ("HOUSEKEEPING_INTERVAL_SECS", "1"),
+    ];
+    let mut serve = Serve::start(&p, &extra).await;
+    put(&p, "acme", "good.csv", b"good").await;
+    put(&p, "acme", "locked.csv", b"locked").await;
+    // An unreadable file: its read_failed notification is queued by the run.
+    let locked = p.share_path.join(&p.source_dir).join("acme/locked.csv");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+
+    let resp = serve.trigger().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    until(30, "IQube reached", || p.fakes.iqube_attempts() >= 1).await;
+    let archived = p.share_path.join(&p.archive_dir).join("acme/good.csv");
+    until(15, "success file archived while IQube hangs", || {
+        archived.is_file()
+    })
+    .await;
+
+    let t = std::time::Instant::now();
+    serve.signal("-TERM");
+    assert_eq!(serve.wait().await, Some(0), "{}", serve.log_text());
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+
+    let db = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&p.db_url)
+        .await
+        .unwrap();
+    let (attempts, delivered): (i32, bool) =
+        sqlx::query_as("SELECT attempts, delivered_at IS NOT NULL FROM notifications")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(!delivered && attempts >= 1, "kept: {attempts}");
+
+    // IQube answers again: the next process delivers it, once.
+    p.fakes.set_iqube(IqubeBehavior::Ok);
+    let serve = Serve::start(&p, &extra).await;
+    until(60, "delivered after the backoff", || {
+        !p.fakes.iqube_calls().is_empty()
+    })
+    .await;
+    let calls = p.fakes.iqube_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].body["status"], "read_failed");
+    let delivered: bool = sqlx::query_scalar("SELECT delivered_at IS NOT NULL FROM notifications")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(delivered);
+    drop(serve);
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o644)).unwrap();
+}

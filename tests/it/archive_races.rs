@@ -1,0 +1,359 @@
+//! The archive never loses a file (CONTRACT §1.6), on the real share:
+//! colliding names moved in one pass and by two instances, and, made
+//! deterministic with a source that pauses at a chosen point, a competing
+//! move between a name's reservation and the rename, and a new upload right
+//! after the pass's listing or right before the rename.
+
+use crate::helpers::{Opts, TestApp, TestEnv, decision_of, spawn_app};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use coordinator::archive::Archiver;
+use coordinator::source::smb::SmbShare;
+use coordinator::source::{Entry, Fetched, FileSource, Reservation, SourceError};
+use coordinator::store::PgStore;
+use sqlx::postgres::PgPoolOptions;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Where a [`Gate`] holds the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Point {
+    /// After listing this folder, before the caller sees the listing.
+    AfterList,
+    /// Before renaming this path onto its reservation (the name is reserved
+    /// and the file checked by then).
+    BeforeRename,
+}
+
+/// A share that holds the first call at one point until told to go on.
+struct Gate {
+    inner: Arc<dyn FileSource>,
+    at: Point,
+    path: String,
+    armed: AtomicBool,
+    reached: Notify,
+    go: Notify,
+}
+
+impl Gate {
+    fn new(inner: Arc<dyn FileSource>, at: Point, path: &str) -> Arc<Gate> {
+        Arc::new(Gate {
+            inner,
+            at,
+            path: path.to_string(),
+            armed: AtomicBool::new(true),
+            reached: Notify::new(),
+            go: Notify::new(),
+        })
+    }
+
+    async fn hold(&self, at: Point, path: &str) {
+        if at == self.at && path == self.path && self.armed.swap(false, Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.go.notified().await;
+        }
+    }
+
+    /// Waits until a caller is held (bounded, so a broken test fails).
+    async fn wait_reached(&self) {
+        tokio::time::timeout(Duration::from_secs(60), self.reached.notified())
+            .await
+            .expect("the gate was never reached");
+    }
+}
+
+#[async_trait]
+impl FileSource for Gate {
+    async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError> {
+        let r = self.inner.list(dir).await;
+        self.hold(Point::AfterList, dir).await;
+        r
+    }
+    async fn stat(&self, path: &str) -> Result<Entry, SourceError> {
+        self.inner.stat(path).await
+    }
+    async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
+        self.inner.fetch(path, dest).await
+    }
+    async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError> {
+        self.inner.mkdir_all(dir).await
+    }
+    async fn reserve(&self, r: &Reservation) -> Result<(), SourceError> {
+        self.inner.reserve(r).await
+    }
+    async fn rename_onto_reservation(
+        &self,
+        from: &str,
+        to: &Reservation,
+    ) -> Result<(), SourceError> {
+        self.hold(Point::BeforeRename, from).await;
+        self.inner.rename_onto_reservation(from, to).await
+    }
+    async fn release(&self, r: &Reservation) -> Result<(), SourceError> {
+        self.inner.release(r).await
+    }
+    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
+        self.inner.server_now(scratch_dir).await
+    }
+}
+
+/// An archiver of `app`'s share and database over `source`, as a second
+/// instance would run it.
+async fn archiver(app: &TestApp, source: Arc<dyn FileSource>) -> Arc<Archiver> {
+    let url = app.args.db.database_url.clone().unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    Arc::new(Archiver {
+        source,
+        store: Arc::new(PgStore::from_pool(pool)),
+        iqube: app.server.engine.iqube.clone(),
+        source_dir: app.source_dir.clone(),
+        archive_dir: app.archive_dir.clone(),
+        made_dirs: Default::default(),
+        stop: Default::default(),
+        leftovers: Default::default(),
+        delivery_budget: Duration::from_secs(5),
+    })
+}
+
+/// Every file of a folder on the share's disk: name → content.
+fn contents(app: &TestApp, dir: &str) -> BTreeMap<String, String> {
+    std::fs::read_dir(app.local(dir))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let bytes = std::fs::read(e.path()).unwrap();
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn chmod(app: &TestApp, rel: &str, mode: u32) {
+    std::fs::set_permissions(app.local(rel), std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `remit.csv` processed while the archive folder is not writable, so it
+/// waits in the source for a pass of the test's own archiver.
+async fn processed_not_archived(app: &mut TestApp, bytes: &[u8]) {
+    app.put("acme", "remit.csv", bytes).await;
+    let blocked = format!("{}/acme", app.archive_dir);
+    app.remitter_share.mkdir_all(&blocked).await.unwrap();
+    chmod(app, &blocked, 0o555);
+    let body = app.run_ok().await;
+    assert_eq!(decision_of(&body, "acme", "remit.csv")["status"], "success");
+    assert!(!app.files().await[0].archived);
+    chmod(app, &blocked, 0o775);
+}
+
+/// Names that collide under the ` (n)` rule, moved by one pass (60 at once)
+/// and then by a second instance: every file ends in the archive with its
+/// own bytes, none replaced, none left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_names_are_all_archived_with_their_own_bytes() {
+    let n = 30;
+    let mut app = spawn_app(Opts::default()).await;
+    let mut want: Vec<String> = Vec::new();
+    for i in 0..n {
+        let c = format!("round 1, n{i}.csv");
+        app.put("acme", &format!("n{i}.csv"), c.as_bytes()).await;
+        want.push(c);
+    }
+    app.run_ok().await;
+    // Each n{i}.csv again (its archive name is taken) and a file literally
+    // named n{i} (1).csv: both want the archive name n{i} (1).csv.
+    // Rounds differ in length: a same-size file with the same whole-second
+    // time under a processed name would be skipped as already processed.
+    let round = |r: &'static str| {
+        (0..n).flat_map(move |i| {
+            [
+                (format!("n{i}.csv"), format!("round {r}, n{i}.csv")),
+                (
+                    format!("n{i} (1).csv"),
+                    format!("round {r}, literal n{i} (1).csv"),
+                ),
+            ]
+        })
+    };
+    for (name, c) in round("two") {
+        app.put("acme", &name, c.as_bytes()).await;
+        want.push(c);
+    }
+    app.run_ok().await;
+    let other = app.start_another().await;
+    for (name, c) in round("three") {
+        app.put("acme", &name, c.as_bytes()).await;
+        want.push(c);
+    }
+    let mut passes = other.engine.passes_done.subscribe();
+    let resp = app
+        .http
+        .post(format!("http://{}/api/v1/coordinator/runs", other.addr))
+        .bearer_auth(app.token.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::timeout(Duration::from_secs(120), passes.wait_for(|n| *n >= 1))
+        .await
+        .expect("the other instance's pass finished")
+        .unwrap();
+    let archive = format!("{}/acme", app.archive_dir);
+    let mut got: Vec<String> = contents(&app, &archive).into_values().collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "each file once, with its own bytes");
+    assert!(contents(&app, &format!("{}/acme", app.source_dir)).is_empty());
+    let unarchived: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM files WHERE archived_at IS NULL")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(unarchived, 0);
+    other.shutdown.cancel();
+    let _ = other.done.await;
+    app.finish().await;
+}
+
+/// Mover A reserves `a (1).csv` for the second `a.csv` and is held before its
+/// rename; mover B then moves a source file literally named `a (1).csv`. B
+/// finds the name reserved and takes `a (1) (1).csv`; A's rename replaces only
+/// its own placeholder. (With a check-then-rename, B's file would be replaced.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_competing_move_between_reservation_and_rename_takes_the_next_name() {
+    let app = spawn_app(Opts::default()).await;
+    let archive = format!("{}/acme", app.archive_dir);
+    app.remitter_share.mkdir_all(&archive).await.unwrap();
+    app.remitter_share
+        .write_file(&format!("{archive}/a.csv"), b"first a.csv".to_vec())
+        .await
+        .unwrap();
+    app.put("acme", "a.csv", b"second a.csv").await;
+    app.put("acme", "a (1).csv", b"literal a (1).csv").await;
+
+    let gate = Gate::new(
+        app.remitter_share.clone(),
+        Point::BeforeRename,
+        &format!("{}/acme/a.csv", app.source_dir),
+    );
+    let a = archiver(&app, gate.clone()).await;
+    let b = archiver(&app, Arc::new(SmbShare::new(TestEnv::from_env().smb))).await;
+    let moving = tokio::spawn(async move { a.move_to_archive("acme", "a.csv").await });
+    gate.wait_reached().await;
+    assert_eq!(
+        contents(&app, &archive).len(),
+        2,
+        "A's placeholder holds a (1).csv"
+    );
+    let to_b = b.move_to_archive("acme", "a (1).csv").await.unwrap();
+    gate.go.notify_one();
+    let to_a = moving.await.unwrap().unwrap();
+
+    assert_eq!(to_a, format!("{archive}/a (1).csv"));
+    assert_eq!(to_b, format!("{archive}/a (1) (1).csv"));
+    let got = contents(&app, &archive);
+    let want: BTreeMap<String, String> = [
+        ("a.csv", "first a.csv"),
+        ("a (1).csv", "second a.csv"),
+        ("a (1) (1).csv", "literal a (1).csv"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    assert!(contents(&app, &format!("{}/acme", app.source_dir)).is_empty());
+    app.finish().await;
+}
+
+/// A new upload under the processed file's name lands after the pass listed
+/// the folder: the stat just before the move sees it, nothing is archived,
+/// and the next run processes the new upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_after_the_pass_listing_is_not_archived_unprocessed() {
+    let mut app = spawn_app(Opts::default()).await;
+    processed_not_archived(&mut app, b"processed version").await;
+    let gate = Gate::new(
+        app.remitter_share.clone(),
+        Point::AfterList,
+        &format!("{}/acme", app.source_dir),
+    );
+    let a = archiver(&app, gate.clone()).await;
+    let pass = tokio::spawn(async move { a.pass().await });
+    gate.wait_reached().await;
+    app.put("acme", "remit.csv", b"new upload, not processed yet")
+        .await;
+    gate.go.notify_one();
+    let report = pass.await.unwrap();
+
+    assert_eq!(report.moved, 0, "{report:?}");
+    let archive = format!("{}/acme", app.archive_dir);
+    assert!(contents(&app, &archive).is_empty());
+    assert!(!app.files().await[0].archived);
+    assert_eq!(
+        contents(&app, &format!("{}/acme", app.source_dir))["remit.csv"],
+        "new upload, not processed yet"
+    );
+    let body = app.run_ok().await;
+    assert_eq!(decision_of(&body, "acme", "remit.csv")["status"], "success");
+    app.eventually(30, "the new upload archived", || async {
+        contents(&app, &archive)
+            .get("remit.csv")
+            .map(String::as_str)
+            == Some("new upload, not processed yet")
+    })
+    .await;
+    app.finish().await;
+}
+
+/// A new upload reaches the file after its check, right before the rename:
+/// the check of the moved file sees it, puts it back in the source, records
+/// no move, and the next run processes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_during_the_move_is_put_back_in_the_source() {
+    let mut app = spawn_app(Opts::default()).await;
+    processed_not_archived(&mut app, b"processed version").await;
+    let gate = Gate::new(
+        app.remitter_share.clone(),
+        Point::BeforeRename,
+        &format!("{}/acme/remit.csv", app.source_dir),
+    );
+    let a = archiver(&app, gate.clone()).await;
+    let pass = tokio::spawn(async move { a.pass().await });
+    gate.wait_reached().await;
+    app.put("acme", "remit.csv", b"new upload, not processed yet")
+        .await;
+    gate.go.notify_one();
+    let report = pass.await.unwrap();
+
+    assert_eq!((report.moved, report.failed), (0, 1), "{report:?}");
+    let archive = format!("{}/acme", app.archive_dir);
+    assert!(contents(&app, &archive).is_empty(), "nothing left behind");
+    assert!(!app.files().await[0].archived);
+    assert_eq!(
+        contents(&app, &format!("{}/acme", app.source_dir))["remit.csv"],
+        "new upload, not processed yet"
+    );
+    let body = app.run_ok().await;
+    assert_eq!(decision_of(&body, "acme", "remit.csv")["status"], "success");
+    assert_eq!(app.fakes.foi_calls().len(), 2);
+    app.eventually(30, "the new upload archived", || async {
+        contents(&app, &archive)
+            .get("remit.csv")
+            .map(String::as_str)
+            == Some("new upload, not processed yet")
+    })
+    .await;
+    app.finish().await;
+}
