@@ -4,103 +4,17 @@
 //! move between a name's reservation and the rename, and a new upload right
 //! after the pass's listing or right before the rename.
 
+use crate::gate::{Gate, Point};
 use crate::helpers::{Opts, TestApp, TestEnv, decision_of, spawn_app};
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use coordinator::archive::Archiver;
+use coordinator::source::FileSource;
 use coordinator::source::smb::SmbShare;
-use coordinator::source::{Entry, Fetched, FileSource, Reservation, SourceError};
 use coordinator::store::PgStore;
 use sqlx::postgres::PgPoolOptions;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::Notify;
-
-/// Where a [`Gate`] holds the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Point {
-    /// After listing this folder, before the caller sees the listing.
-    AfterList,
-    /// Before renaming this path onto its reservation (the name is reserved
-    /// and the file checked by then).
-    BeforeRename,
-}
-
-/// A share that holds the first call at one point until told to go on.
-struct Gate {
-    inner: Arc<dyn FileSource>,
-    at: Point,
-    path: String,
-    armed: AtomicBool,
-    reached: Notify,
-    go: Notify,
-}
-
-impl Gate {
-    fn new(inner: Arc<dyn FileSource>, at: Point, path: &str) -> Arc<Gate> {
-        Arc::new(Gate {
-            inner,
-            at,
-            path: path.to_string(),
-            armed: AtomicBool::new(true),
-            reached: Notify::new(),
-            go: Notify::new(),
-        })
-    }
-
-    async fn hold(&self, at: Point, path: &str) {
-        if at == self.at && path == self.path && self.armed.swap(false, Ordering::SeqCst) {
-            self.reached.notify_one();
-            self.go.notified().await;
-        }
-    }
-
-    /// Waits until a caller is held (bounded, so a broken test fails).
-    async fn wait_reached(&self) {
-        tokio::time::timeout(Duration::from_secs(60), self.reached.notified())
-            .await
-            .expect("the gate was never reached");
-    }
-}
-
-#[async_trait]
-impl FileSource for Gate {
-    async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError> {
-        let r = self.inner.list(dir).await;
-        self.hold(Point::AfterList, dir).await;
-        r
-    }
-    async fn stat(&self, path: &str) -> Result<Entry, SourceError> {
-        self.inner.stat(path).await
-    }
-    async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
-        self.inner.fetch(path, dest).await
-    }
-    async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError> {
-        self.inner.mkdir_all(dir).await
-    }
-    async fn reserve(&self, r: &Reservation) -> Result<(), SourceError> {
-        self.inner.reserve(r).await
-    }
-    async fn rename_onto_reservation(
-        &self,
-        from: &str,
-        to: &Reservation,
-    ) -> Result<(), SourceError> {
-        self.hold(Point::BeforeRename, from).await;
-        self.inner.rename_onto_reservation(from, to).await
-    }
-    async fn release(&self, r: &Reservation) -> Result<(), SourceError> {
-        self.inner.release(r).await
-    }
-    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
-        self.inner.server_now(scratch_dir).await
-    }
-}
 
 /// An archiver of `app`'s share and database over `source`, as a second
 /// instance would run it.

@@ -335,6 +335,24 @@ impl TestApp {
         (status, resp.json().await.expect("JSON answer"))
     }
 
+    /// Triggers a run without waiting for its answer; returns once ITM has
+    /// received a call (the run is then inside a file's downstream calls).
+    pub async fn trigger_until_itm_called(
+        &self,
+    ) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let url = format!("{}/api/v1/coordinator/runs", self.base_url);
+        let mut req = self.http.post(url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let run = tokio::spawn(req.send());
+        self.eventually(30, "ITM reached", || async {
+            !self.fakes.itm_calls().is_empty()
+        })
+        .await;
+        run
+    }
+
     /// Triggers a run, expects 200, and waits for its background pass.
     pub async fn run_ok(&mut self) -> Value {
         let (status, body) = self.trigger().await;

@@ -4,86 +4,17 @@
 //! the bounded per-file list and archived content uploaded again.
 
 use crate::fakes::ItmBehavior;
+use crate::gate::{Gate, Point};
 use crate::helpers::{Opts, decision_of, md5_hex, spawn_app};
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use coordinator::domain::FileStatus;
 use coordinator::source::smb::url_path;
-use coordinator::source::{Entry, Fetched, FileSource, Reservation, SourceError};
 use coordinator::store::{Claim, PgStore, RunStart, Store, StoreError};
 use pavao::{SmbOpenOptions, SmbShareMode};
 use serde_json::json;
 use std::io::Write;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// Called with a folder and how many listings of it came before.
-type ListHook = Box<dyn Fn(&str, usize) + Send + Sync>;
-
-/// The test's real share with a hook that runs just before a step, so a
-/// change lands exactly between two of the coordinator's steps.
-struct Tamper {
-    inner: Arc<dyn FileSource>,
-    /// Called before each fetch with the path.
-    before_fetch: Box<dyn Fn(&str) + Send + Sync>,
-    /// Called before each listing with the folder and how many listings of
-    /// it came before.
-    before_list: ListHook,
-    lists: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-}
-
-impl Tamper {
-    fn new(inner: Arc<dyn FileSource>) -> Self {
-        Self {
-            inner,
-            before_fetch: Box::new(|_| {}),
-            before_list: Box::new(|_, _| {}),
-            lists: Default::default(),
-        }
-    }
-}
-
-#[async_trait]
-impl FileSource for Tamper {
-    async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError> {
-        let n = {
-            let mut lists = self.lists.lock().unwrap();
-            let n = lists.entry(dir.to_string()).or_default();
-            *n += 1;
-            *n - 1
-        };
-        (self.before_list)(dir, n);
-        self.inner.list(dir).await
-    }
-    async fn stat(&self, path: &str) -> Result<Entry, SourceError> {
-        self.inner.stat(path).await
-    }
-    async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
-        (self.before_fetch)(path);
-        self.inner.fetch(path, dest).await
-    }
-    async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError> {
-        self.inner.mkdir_all(dir).await
-    }
-    async fn reserve(&self, r: &Reservation) -> Result<(), SourceError> {
-        self.inner.reserve(r).await
-    }
-    async fn rename_onto_reservation(
-        &self,
-        from: &str,
-        to: &Reservation,
-    ) -> Result<(), SourceError> {
-        self.inner.rename_onto_reservation(from, to).await
-    }
-    async fn release(&self, r: &Reservation) -> Result<(), SourceError> {
-        self.inner.release(r).await
-    }
-    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
-        self.inner.server_now(scratch_dir).await
-    }
-}
 
 /// CONTRACT §1.2: `remit_20240101.csv` dropped after `remit_20240102.csv`
 /// was processed and archived is superseded and archived, never sent; and
@@ -204,14 +135,14 @@ async fn a_file_held_open_for_writing_is_unstable_until_closed() {
 async fn a_file_rewritten_after_the_second_look_is_not_claimed() {
     let mut app = spawn_app(Opts::default()).await;
     app.put("acme", "remit.csv", b"as listed").await;
-    let local = app.local(&format!("{}/acme/remit.csv", app.source_dir));
-    let mut tamper = Tamper::new(app.server.engine.source.clone());
-    tamper.before_fetch = Box::new(move |_| {
-        std::fs::write(&local, b"rewritten, longer than before").unwrap();
-    });
-    let engine = app.server.engine.over(Arc::new(tamper));
-
-    let report = engine.run("test").await.expect("the run completes");
+    let path = format!("{}/acme/remit.csv", app.source_dir);
+    let gate = Gate::new(app.server.engine.source.clone(), Point::BeforeFetch, &path);
+    let engine = app.server.engine.over(gate.clone());
+    let run = tokio::spawn(async move { engine.run("test").await });
+    gate.wait_reached().await;
+    std::fs::write(app.local(&path), b"rewritten, longer than before").unwrap();
+    gate.go.notify_one();
+    let report = run.await.unwrap().expect("the run completes");
     let r = report
         .summary
         .files
@@ -254,16 +185,19 @@ async fn a_folder_gone_at_the_second_look_is_only_that_folders_error() {
     app.put("acme", "a.csv", b"a").await;
     app.put("gone", "g.csv", b"g").await;
     let gone_dir = format!("{}/gone", app.source_dir);
-    let local = app.local(&gone_dir);
-    let mut tamper = Tamper::new(app.server.engine.source.clone());
-    tamper.before_list = Box::new(move |dir, n| {
-        if dir == gone_dir && n == 1 {
-            std::fs::remove_dir_all(&local).unwrap();
-        }
-    });
-    let engine = app.server.engine.over(Arc::new(tamper));
-
-    let report = engine.run("test").await.expect("the run completes");
+    // The first listing of the folder is the scan; the second, the second look.
+    let gate = Gate::nth(
+        app.server.engine.source.clone(),
+        Point::BeforeList,
+        &gone_dir,
+        1,
+    );
+    let engine = app.server.engine.over(gate.clone());
+    let run = tokio::spawn(async move { engine.run("test").await });
+    gate.wait_reached().await;
+    std::fs::remove_dir_all(app.local(&gone_dir)).unwrap();
+    gate.go.notify_one();
+    let report = run.await.unwrap().expect("the run completes");
     let s = &report.summary;
     assert_eq!((s.processed, s.succeeded, s.errors), (1, 1, 1), "{s:?}");
     assert_eq!(s.folder_errors.len(), 1, "{s:?}");
@@ -367,17 +301,7 @@ async fn a_claim_in_flight_is_renewed() {
     .await;
     app.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(4)));
     app.put("acme", "slow.csv", b"slow").await;
-    let url = format!("{}/api/v1/coordinator/runs", app.base_url);
-    let run = tokio::spawn(
-        app.http
-            .post(url)
-            .bearer_auth(app.token.clone().unwrap())
-            .send(),
-    );
-    app.eventually(30, "ITM reached", || async {
-        !app.fakes.itm_calls().is_empty()
-    })
-    .await;
+    let run = app.trigger_until_itm_called().await;
     let stamp = || async {
         let t: (DateTime<Utc>, DateTime<Utc>) =
             sqlx::query_as("SELECT claimed_at, updated_at FROM files")

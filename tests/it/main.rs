@@ -3,6 +3,7 @@
 //! over HTTP and the downstream services faked in this process.
 
 mod fakes;
+mod gate;
 mod helpers;
 
 mod api;

@@ -224,17 +224,7 @@ async fn postgres_restart_mid_run_is_recovered() {
     app.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(2)));
     app.put("acme", "remit.csv", b"remittance").await;
 
-    let url = format!("{}/api/v1/coordinator/runs", app.base_url);
-    let run = tokio::spawn(
-        app.http
-            .post(url)
-            .bearer_auth(app.token.clone().unwrap())
-            .send(),
-    );
-    app.eventually(30, "ITM reached", || async {
-        !app.fakes.itm_calls().is_empty()
-    })
-    .await;
+    let run = app.trigger_until_itm_called().await;
     let (bin, data) = (
         servers.vars["IT_PG_BIN"].clone(),
         servers.vars["IT_PG_DATA"].clone(),
@@ -425,17 +415,7 @@ async fn a_run_that_lost_its_lock_claims_nothing_more() {
     for name in ["a.csv", "b.csv", "c.csv"] {
         app.put("acme", name, name.as_bytes()).await;
     }
-    let url = format!("{}/api/v1/coordinator/runs", app.base_url);
-    let run = tokio::spawn(
-        app.http
-            .post(url)
-            .bearer_auth(app.token.clone().unwrap())
-            .send(),
-    );
-    app.eventually(30, "ITM reached", || async {
-        !app.fakes.itm_calls().is_empty()
-    })
-    .await;
+    let run = app.trigger_until_itm_called().await;
     let first: uuid::Uuid = sqlx::query_scalar("SELECT id FROM runs")
         .fetch_one(&app.db)
         .await
