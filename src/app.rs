@@ -87,21 +87,29 @@ pub struct Server {
     pub engine: Arc<Engine>,
 }
 
+/// The API for `cfg` and the engine behind it, with migrations applied;
+/// nothing is bound or scheduled (the tests drive it with `oneshot`).
+pub async fn build_router(cfg: &Config) -> anyhow::Result<(axum::Router, Arc<Engine>)> {
+    let store = migrated_store(cfg.database_url.expose()).await?;
+    let engine = build_engine(cfg, store.clone())?;
+    let app = router(AppState {
+        engine: engine.clone(),
+        api_token: cfg.api_token.clone(),
+        ops: Arc::new(store),
+    });
+    Ok((app, engine))
+}
+
 /// Migrates, binds `cfg.bind_addr` and serves until `shutdown` is cancelled;
 /// then waits for in-flight runs and background passes.
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
-    let store = migrated_store(cfg.database_url.expose()).await?;
-    let engine = build_engine(cfg, store)?;
+    let (app, engine) = build_router(cfg).await?;
     let listener = TcpListener::bind(cfg.bind_addr)
         .await
         .with_context(|| format!("binding {}", cfg.bind_addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     // One token: stopping the server also tells background passes to wrap up.
     let shutdown = engine.stop.clone();
-    let app = router(AppState {
-        engine: engine.clone(),
-        api_token: cfg.api_token.clone(),
-    });
     if let Some(every) = cfg.housekeeping_interval {
         let (e, stop) = (engine.clone(), shutdown.clone());
         engine.tracker.spawn(async move {
@@ -180,19 +188,8 @@ pub async fn run_once(cfg: Config) -> anyhow::Result<i32> {
     engine.tracker.wait().await;
     let (code, body) = match result {
         Ok(report) => (0, serde_json::to_value(&report)?),
-        Err(RunError::Busy { running }) => (
-            3,
-            serde_json::json!({"error": "run_in_progress", "message": "a run is already in progress", "run_id": running}),
-        ),
-        Err(RunError::Failed {
-            run_id,
-            started_at,
-            code,
-            message,
-        }) => (
-            1,
-            serde_json::json!({"run_id": run_id, "status": "failed", "started_at": started_at, "error": code, "message": message}),
-        ),
+        Err(e @ RunError::Busy { .. }) => (3, e.body()),
+        Err(e @ RunError::Failed { .. }) => (1, e.body()),
     };
     println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(code)

@@ -1,11 +1,12 @@
 //! Statuses and decisions shared by every stage of a run.
 
 use crate::scan::Candidate;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// A file's processing status (CONTRACT §7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// A file's status (CONTRACT §7 and §9): the text stored in `files.status`
+/// and in `file_events.status`, and the JSON string of the API.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum FileStatus {
     /// Claimed; downstream calls may be in flight.
     Processing,
@@ -19,11 +20,58 @@ pub enum FileStatus {
     ExtractionServiceFailed,
     /// ITM did not accept the result.
     ItmFailed,
+    /// An operator asked for a failed file to be sent again: the next run
+    /// that finds this version in the source claims it again.
+    RetryRequested,
+    /// An operator's verdict (`ops_<word>`); the file is archived.
+    Ops(OpsVerdict),
 }
 
+/// An operator's verdict: `ops_` followed by 1–40 of `a-z 0-9 _`, checked
+/// when it is made, so a stored or answered verdict is always well-formed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OpsVerdict(String);
+
+impl OpsVerdict {
+    /// The whole status, `ops_<word>`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for OpsVerdict {
+    type Error = InvalidStatus;
+
+    fn try_from(s: &str) -> Result<Self, InvalidStatus> {
+        let word = s.strip_prefix("ops_").unwrap_or_default();
+        let ok = (1..=40).contains(&word.len())
+            && word
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(InvalidStatus(s.to_string()))
+        }
+    }
+}
+
+/// A text that is not a file status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a file status: {0:?} (an operator's verdict is ops_ followed by 1-40 of a-z, 0-9, _)")]
+pub struct InvalidStatus(pub String);
+
 impl FileStatus {
-    /// The name stored in Postgres.
-    pub fn as_str(self) -> &'static str {
+    /// The four statuses that end processing with a failure.
+    pub const FAILURES: [FileStatus; 4] = [
+        Self::ExtractionFilePasswordFailed,
+        Self::ExtractionFileFailed,
+        Self::ExtractionServiceFailed,
+        Self::ItmFailed,
+    ];
+
+    /// The name stored in Postgres and shown in JSON.
+    pub fn as_str(&self) -> &str {
         match self {
             Self::Processing => "processing",
             Self::Success => "success",
@@ -31,17 +79,148 @@ impl FileStatus {
             Self::ExtractionFileFailed => "extraction_file_failed",
             Self::ExtractionServiceFailed => "extraction_service_failed",
             Self::ItmFailed => "itm_failed",
+            Self::RetryRequested => "retry_requested",
+            Self::Ops(v) => v.as_str(),
         }
     }
 
-    /// True for the statuses that end processing with a failure.
-    pub fn is_failure(self) -> bool {
-        !matches!(self, Self::Processing | Self::Success)
+    /// True for the statuses that end processing with a failure (an
+    /// operator may retry them).
+    pub fn is_failure(&self) -> bool {
+        Self::FAILURES.contains(self)
+    }
+
+    /// True for the statuses whose files the archive moves (CONTRACT §1.6).
+    pub fn is_archivable(&self) -> bool {
+        matches!(self, Self::Success | Self::Ops(_))
+    }
+
+    /// True while the next run must claim this version (again): a claim left
+    /// `processing`, or a retry an operator asked for.
+    pub fn wants_claim(&self) -> bool {
+        matches!(self, Self::Processing | Self::RetryRequested)
+    }
+}
+
+impl std::str::FromStr for FileStatus {
+    type Err = InvalidStatus;
+
+    fn from_str(s: &str) -> Result<Self, InvalidStatus> {
+        Ok(match s {
+            "processing" => Self::Processing,
+            "success" => Self::Success,
+            "extraction_file_password_failed" => Self::ExtractionFilePasswordFailed,
+            "extraction_file_failed" => Self::ExtractionFileFailed,
+            "extraction_service_failed" => Self::ExtractionServiceFailed,
+            "itm_failed" => Self::ItmFailed,
+            "retry_requested" => Self::RetryRequested,
+            other => Self::Ops(OpsVerdict::try_from(other)?),
+        })
+    }
+}
+
+impl TryFrom<String> for FileStatus {
+    type Error = InvalidStatus;
+
+    fn try_from(s: String) -> Result<Self, InvalidStatus> {
+        s.parse()
+    }
+}
+
+impl From<FileStatus> for String {
+    fn from(s: FileStatus) -> String {
+        s.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for FileStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for FileStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// `files.status` is text: a status is written as its name and read back
+/// through [`FileStatus::from_str`], so an unknown text is a decode error.
+impl sqlx::Type<sqlx::Postgres> for FileStatus {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for FileStatus {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for FileStatus {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(<&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?.parse()?)
     }
 }
 
 /// The event status of an archive move (events only, never a file status).
 pub const ARCHIVE_SUCCEEDED: &str = "archive_succeeded";
+
+#[cfg(test)]
+mod tests {
+    use super::FileStatus;
+
+    #[test]
+    fn statuses_round_trip_and_verdicts_are_checked() {
+        for s in [
+            "processing",
+            "success",
+            "extraction_file_password_failed",
+            "extraction_file_failed",
+            "extraction_service_failed",
+            "itm_failed",
+            "retry_requested",
+            "ops_done",
+            "ops_a",
+            "ops_0_x",
+        ] {
+            let st: FileStatus = s.parse().unwrap();
+            assert_eq!(st.as_str(), s);
+            assert_eq!(serde_json::to_value(&st).unwrap(), s);
+        }
+        let long = format!("ops_{}", "a".repeat(41));
+        for bad in [
+            "ops_",
+            "ops_Done",
+            "ops_a-b",
+            "ops_é",
+            "archive_succeeded",
+            "",
+            &long,
+        ] {
+            assert!(bad.parse::<FileStatus>().is_err(), "{bad}");
+            assert!(serde_json::from_value::<FileStatus>(bad.into()).is_err());
+        }
+        assert!(
+            format!("ops_{}", "a".repeat(40))
+                .parse::<FileStatus>()
+                .is_ok()
+        );
+        let failures: Vec<_> = ["itm_failed", "ops_x", "retry_requested", "success"]
+            .map(|s| s.parse::<FileStatus>().unwrap().is_failure())
+            .into();
+        assert_eq!(failures, [true, false, false, false]);
+    }
+}
 
 /// What a run decided about one file, as the summary reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,7 +251,7 @@ pub struct FileReport {
     pub decision: Decision,
     /// The file's status after this run, when it has a row.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<FileStatus>,
     /// Why, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -91,8 +270,8 @@ impl FileReport {
     }
 
     /// The same report with the file's status.
-    pub fn with_status(mut self, status: impl Into<String>) -> Self {
-        self.status = Some(status.into());
+    pub fn with_status(mut self, status: FileStatus) -> Self {
+        self.status = Some(status);
         self
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::archive::{Archiver, PassReport};
 pub use crate::domain::FolderError;
-use crate::domain::{Decision, FileReport};
+use crate::domain::{Decision, FileReport, FileStatus};
 use crate::downstream::{Extractor, Notifier, Submitter};
 use crate::plan;
 use crate::process::Processor;
@@ -94,7 +94,7 @@ impl Summary {
             Decision::AlreadyProcessed => self.already_processed += 1,
             Decision::Processed => {
                 self.processed += 1;
-                if r.status.as_deref() == Some("success") {
+                if r.status == Some(FileStatus::Success) {
                     self.succeeded += 1;
                 } else {
                     self.failed += 1;
@@ -125,6 +125,48 @@ pub struct RunReport {
     pub summary: Summary,
 }
 
+/// Why a run could not be performed: its machine code, HTTP status and
+/// exit code, in one place for the API and the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunFailure {
+    /// The share could not be listed.
+    ScanFailed,
+    /// The run could not even be recorded.
+    DatabaseUnavailable,
+    /// Postgres failed during the run.
+    DatabaseError,
+    /// The local spool folder could not be created.
+    SpoolUnavailable,
+    /// The run task itself failed (a bug).
+    Internal,
+}
+
+impl RunFailure {
+    /// The stable machine code (`error` in the body).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::ScanFailed => "scan_failed",
+            Self::DatabaseUnavailable => "database_unavailable",
+            Self::DatabaseError => "database_error",
+            Self::SpoolUnavailable => "spool_unavailable",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    /// The HTTP status of the failed run: 502 when the share failed us, 503
+    /// when a resource of our own did, 500 for a bug.
+    pub fn http_status(self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            Self::ScanFailed => StatusCode::BAD_GATEWAY,
+            Self::DatabaseUnavailable | Self::DatabaseError | Self::SpoolUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
 /// Why a run did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -135,17 +177,51 @@ pub enum RunError {
         running: Option<Uuid>,
     },
     /// The run could not be performed.
-    #[error("run failed ({code}): {message}")]
+    #[error("run failed ({}): {message}", failure.code())]
     Failed {
         /// Run id.
         run_id: Uuid,
         /// Start.
         started_at: DateTime<Utc>,
-        /// Stable machine code.
-        code: &'static str,
+        /// What failed.
+        failure: RunFailure,
         /// For a person.
         message: String,
     },
+}
+
+impl RunError {
+    /// The JSON body of a run that did not complete, the same for the API
+    /// and for `coordinator run`.
+    pub fn body(&self) -> serde_json::Value {
+        match self {
+            Self::Busy { running } => json!({
+                "error": "run_in_progress",
+                "message": "a run is already in progress",
+                "run_id": running,
+            }),
+            Self::Failed {
+                run_id,
+                started_at,
+                failure,
+                message,
+            } => json!({
+                "run_id": run_id,
+                "status": "failed",
+                "started_at": started_at,
+                "error": failure.code(),
+                "message": message,
+            }),
+        }
+    }
+
+    /// The HTTP status of the answer.
+    pub fn http_status(&self) -> axum::http::StatusCode {
+        match self {
+            Self::Busy { .. } => axum::http::StatusCode::CONFLICT,
+            Self::Failed { failure, .. } => failure.http_status(),
+        }
+    }
 }
 
 /// The engine and its collaborators.
@@ -236,10 +312,10 @@ impl Engine {
         let run_id = Uuid::new_v4();
         let started_at = Utc::now();
         let span = tracing::info_span!("run", %run_id, trigger);
-        let fail = |code: &'static str, message: String| RunError::Failed {
+        let fail = |failure: RunFailure, message: String| RunError::Failed {
             run_id,
             started_at,
-            code,
+            failure,
             message,
         };
         let lease = match self.store.begin_run(run_id, trigger, &self.instance).await {
@@ -257,7 +333,7 @@ impl Engine {
                 {
                     tracing::error!(%run_id, error = %e, "IQube could not be told of the failed run");
                 }
-                return Err(fail("database_unavailable", message));
+                return Err(fail(RunFailure::DatabaseUnavailable, message));
             }
         };
         let outcome = tracing::Instrument::instrument(self.perform(run_id), span.clone()).await;
@@ -282,8 +358,8 @@ impl Engine {
                 self.spawn_background();
                 Ok(report)
             }
-            Err((code, message)) => {
-                tracing::error!(%run_id, code, error = %message, "run failed");
+            Err((failure, message)) => {
+                tracing::error!(%run_id, code = failure.code(), error = %message, "run failed");
                 let payload = run_failed_payload(run_id, &message);
                 if let Err(e) = self
                     .store
@@ -291,7 +367,7 @@ impl Engine {
                         run_id,
                         "failed",
                         &json!({}),
-                        Some((code, &message)),
+                        Some((failure.code(), &message)),
                         Some(&payload),
                     )
                     .await
@@ -303,16 +379,16 @@ impl Engine {
                         .await;
                 }
                 self.spawn_background();
-                Err(fail(code, message))
+                Err(fail(failure, message))
             }
         };
         lease.release().await;
         result
     }
 
-    async fn perform(&self, run_id: Uuid) -> Result<Summary, (&'static str, String)> {
+    async fn perform(&self, run_id: Uuid) -> Result<Summary, (RunFailure, String)> {
         let s = &self.settings;
-        let db_error = |e: crate::store::StoreError| ("database_error", e.to_string());
+        let db_error = |e: crate::store::StoreError| (RunFailure::DatabaseError, e.to_string());
         let scan = scan::scan(
             self.source.as_ref(),
             &s.source_dir,
@@ -320,7 +396,12 @@ impl Engine {
             &s.ignore,
         )
         .await
-        .map_err(|e| ("scan_failed", format!("the share could not be listed: {e}")))?;
+        .map_err(|e| {
+            (
+                RunFailure::ScanFailed,
+                format!("the share could not be listed: {e}"),
+            )
+        })?;
         let keys: Vec<String> = scan
             .candidates
             .iter()
@@ -371,7 +452,7 @@ impl Engine {
         if !work.is_empty() {
             std::fs::create_dir_all(&s.spool_dir).map_err(|e| {
                 (
-                    "spool_unavailable",
+                    RunFailure::SpoolUnavailable,
                     format!("cannot create {}: {e}", s.spool_dir.display()),
                 )
             })?;

@@ -5,8 +5,12 @@ use crate::archive::PassReport;
 use crate::domain::FileStatus;
 use crate::downstream::FoiOutcome;
 use crate::process::idempotency_key;
-use crate::store::Claim;
+use crate::store::{Claim, ClaimStore, RunStore};
 use crate::testing::{self, FakeFoi, FakeIqube, FakeItm, MemSource, MemStore, RunRow, md5_hex, t0};
+
+fn err_status(f: RunFailure) -> u16 {
+    f.http_status().as_u16()
+}
 
 /// The stand-ins and an engine over them.
 struct Harness {
@@ -118,7 +122,7 @@ async fn happy_path_processes_submits_and_archives() {
     assert_eq!((r.summary.succeeded, r.summary.failed), (1, 0));
     let f = report_of(&r, "remit_20240101.xlsx");
     assert_eq!(f.decision, Decision::Processed);
-    assert_eq!(f.status.as_deref(), Some("success"));
+    assert_eq!(f.status.as_ref().map(FileStatus::as_str), Some("success"));
 
     let row = h.only_row();
     assert_eq!(
@@ -373,7 +377,10 @@ async fn a_known_name_size_and_mtime_is_skipped_without_download() {
 
     let f = report_of(&r, "remit.xlsx");
     assert_eq!(f.decision, Decision::AlreadyProcessed);
-    assert_eq!(f.status.as_deref(), Some("extraction_file_password_failed"));
+    assert_eq!(
+        f.status.as_ref().map(FileStatus::as_str),
+        Some("extraction_file_password_failed")
+    );
     assert_eq!((r.summary.already_processed, r.summary.errors), (1, 0));
     assert_eq!(h.src.fetches().len(), 1, "only the first run downloaded");
     assert_eq!(h.foi.calls().len(), 1);
@@ -396,7 +403,10 @@ async fn same_content_with_a_new_mtime_is_already_processed_by_the_claim() {
     let f = report_of(&r, "remit.xlsx");
     assert_eq!(f.decision, Decision::AlreadyProcessed);
     assert_eq!(f.reason.as_deref(), Some("this content was claimed before"));
-    assert_eq!(f.status.as_deref(), Some("extraction_file_password_failed"));
+    assert_eq!(
+        f.status.as_ref().map(FileStatus::as_str),
+        Some("extraction_file_password_failed")
+    );
     assert_eq!(
         h.src.fetches().len(),
         2,
@@ -494,7 +504,7 @@ async fn extraction_failures_notify_once_and_skip_itm() {
     for status in cases {
         let h = Harness::new();
         h.foi.set(FoiOutcome::Failure {
-            status,
+            status: status.clone(),
             reason: "no matched template".into(),
         });
         h.src.put("in/acme/remit.xlsx", b"x", old());
@@ -585,7 +595,10 @@ async fn an_itm_failure_is_itm_failed_and_notified() {
     let r = h.run().await;
 
     let f = report_of(&r, "remit.xlsx");
-    assert_eq!(f.status.as_deref(), Some("itm_failed"));
+    assert_eq!(
+        f.status.as_ref().map(FileStatus::as_str),
+        Some("itm_failed")
+    );
     assert_eq!(f.reason.as_deref(), Some("ITM answered HTTP 500: boom"));
     let row = h.only_row();
     assert_eq!(row.status, "itm_failed");
@@ -626,10 +639,14 @@ async fn a_failed_listing_fails_the_run_and_notifies_once() {
 
         let err = h.try_run().await.expect_err(label);
 
-        let RunError::Failed { run_id, code, .. } = err else {
+        let RunError::Failed {
+            run_id, failure, ..
+        } = err
+        else {
             panic!("{label}: not a failed run: {err:?}");
         };
-        assert_eq!(code, "scan_failed", "{label}");
+        assert_eq!(failure, RunFailure::ScanFailed, "{label}");
+        assert_eq!(err_status(failure), 502);
         let runs = h.store.runs();
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].status, "failed");
@@ -661,10 +678,14 @@ async fn an_unavailable_database_fails_the_run_and_tells_iqube_directly() {
 
     let err = h.try_run().await.expect_err("no database");
 
-    let RunError::Failed { run_id, code, .. } = err else {
+    let RunError::Failed {
+        run_id, failure, ..
+    } = err
+    else {
         panic!("not a failed run: {err:?}");
     };
-    assert_eq!(code, "database_unavailable");
+    assert_eq!(failure.code(), "database_unavailable");
+    assert_eq!(err_status(failure), 503);
     let sent = h.iqube.delivered();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].key, format!("run_failed:{run_id}"));
@@ -769,7 +790,10 @@ async fn a_failed_archive_move_is_retried_and_recorded_once() {
     let r = h.run().await;
 
     assert_eq!(
-        report_of(&r, "remit.xlsx").status.as_deref(),
+        report_of(&r, "remit.xlsx")
+            .status
+            .as_ref()
+            .map(FileStatus::as_str),
         Some("success")
     );
     let id = h.only_row().id;
@@ -910,7 +934,7 @@ async fn a_claim_left_processing_is_taken_over_after_its_lease() {
     let r = h.run().await;
     let f = report_of(&r, "remit.csv");
     assert_eq!(
-        (f.decision, f.status.as_deref()),
+        (f.decision, f.status.as_ref().map(FileStatus::as_str)),
         (Decision::AlreadyProcessed, Some("processing"))
     );
     assert!(h.foi.calls().is_empty());
@@ -919,7 +943,10 @@ async fn a_claim_left_processing_is_taken_over_after_its_lease() {
     let later = with_lease(&h, std::time::Duration::ZERO);
     let r = later.run("test").await.unwrap();
     assert_eq!(
-        report_of(&r, "remit.csv").status.as_deref(),
+        report_of(&r, "remit.csv")
+            .status
+            .as_ref()
+            .map(FileStatus::as_str),
         Some("success")
     );
     assert_eq!(h.store.events(id), ["processing", "processing", "success"]);
@@ -1025,4 +1052,41 @@ async fn a_reserved_name_is_never_replaced_and_a_move_takes_the_next_name() {
         h.src.read("archive/acme/remit.xlsx").as_deref(),
         Some(&b"other"[..])
     );
+}
+
+/// A file an operator sent back (`retry_requested`) is claimed again by the
+/// next run, sent with the same ITM key, and a new failure is queued under
+/// a key of its own.
+#[tokio::test]
+async fn a_retry_requested_file_is_claimed_and_sent_again() {
+    let h = Harness::new();
+    h.itm.set(Err("ITM down".into()));
+    h.src.put("in/acme/remit.csv", b"x", old());
+    h.run().await;
+    let id = h.only_row().id;
+    h.store.set_status_raw(id, "retry_requested");
+
+    let r = h.run().await;
+
+    assert_eq!((r.summary.processed, r.summary.failed), (1, 1));
+    assert_eq!(
+        h.store.events(id),
+        ["processing", "itm_failed", "processing", "itm_failed"]
+    );
+    let keys: Vec<String> = h
+        .store
+        .notifications()
+        .into_iter()
+        .map(|n| n.dedupe_key)
+        .collect();
+    assert_eq!(
+        keys,
+        [format!("file_failed:{id}"), format!("file_failed:{id}:2")]
+    );
+    let calls = h.itm.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].1, calls[1].1, "the same Idempotency-Key");
+    // Not retried again: the next run leaves it alone.
+    h.run().await;
+    assert_eq!(h.itm.calls().len(), 2);
 }

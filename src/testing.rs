@@ -7,8 +7,8 @@ use crate::engine::{Engine, RunSettings};
 use crate::scan::names::TempNameFilter;
 use crate::source::{Entry, Fetched, FileSource, Reservation, SourceError, join};
 use crate::store::{
-    ArchiveCandidate, Claim, Guard, KnownVersion, PendingNotification, RunLock, RunStart, Store,
-    StoreError, SupersededFile,
+    ArchiveCandidate, ArchiveStore, Claim, ClaimStore, Guard, KnownVersion, OutboxStore,
+    PendingNotification, RunLock, RunStart, RunStore, StoreError, SupersededFile,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -410,7 +410,7 @@ pub struct FileRow {
     /// Last-write time when last seen.
     pub mtime: DateTime<Utc>,
     /// Latest status.
-    pub status: String,
+    pub status: FileStatus,
     /// The run that claimed it.
     pub run_id: Uuid,
     /// Where the archive move put it.
@@ -521,7 +521,7 @@ impl StoreState {
     }
 }
 
-/// An in-memory [`Store`] with the semantics of the Postgres one.
+/// An in-memory [`Store`](crate::store::Store) with the semantics of the Postgres one.
 #[derive(Debug, Default)]
 pub struct MemStore {
     state: Arc<Mutex<StoreState>>,
@@ -596,7 +596,7 @@ impl MemStore {
     pub fn set_status_raw(&self, file_id: i64, status: &str) {
         let mut s = lock(&self.state);
         if let Some(f) = s.files.iter_mut().find(|f| f.id == file_id) {
-            f.status = status.to_string();
+            f.status = status.parse().expect("a file status");
         }
     }
 
@@ -607,7 +607,7 @@ impl MemStore {
 }
 
 #[async_trait]
-impl Store for MemStore {
+impl RunStore for MemStore {
     async fn ping(&self) -> Result<(), StoreError> {
         lock(&self.state).check()
     }
@@ -660,6 +660,13 @@ impl Store for MemStore {
         Ok(())
     }
 
+    async fn prune_run_details(&self, _older_than: Duration) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+#[async_trait]
+impl ClaimStore for MemStore {
     async fn group_versions(&self, keys: &[String]) -> Result<Vec<KnownVersion>, StoreError> {
         let s = lock(&self.state);
         s.check()?;
@@ -699,15 +706,17 @@ impl Store for MemStore {
         {
             f.size = size;
             f.mtime = mtime;
-            if crate::plan::is_archivable(&f.status) {
+            if f.status.is_archivable() {
                 f.archive_path = None;
             }
-            let expired = f.status == FileStatus::Processing.as_str()
-                && now
-                    .signed_duration_since(f.updated_at)
-                    .to_std()
-                    .unwrap_or_default()
-                    > lease;
+            let retry = f.status == FileStatus::RetryRequested;
+            let expired = retry
+                || f.status == FileStatus::Processing
+                    && now
+                        .signed_duration_since(f.updated_at)
+                        .to_std()
+                        .unwrap_or_default()
+                        > lease;
             if !expired {
                 return Ok(Claim::Exists {
                     id: f.id,
@@ -718,12 +727,14 @@ impl Store for MemStore {
             f.run_id = run_id;
             f.updated_at = now;
             f.claim_token = token;
+            f.status = FileStatus::Processing;
             let id = f.id;
-            s.event(
-                id,
-                FileStatus::Processing.as_str(),
-                json!({"run_id": run_id, "recovered": "the claim's lease expired"}),
-            );
+            let detail = if retry {
+                json!({"run_id": run_id, "retry": "an operator asked for this file to be sent again"})
+            } else {
+                json!({"run_id": run_id, "recovered": "the claim's lease expired"})
+            };
+            s.event(id, FileStatus::Processing.as_str(), detail);
             return Ok(Claim::New { id, token });
         }
         let token = Uuid::new_v4();
@@ -736,7 +747,7 @@ impl Store for MemStore {
             md5: md5.into(),
             size,
             mtime,
-            status: FileStatus::Processing.as_str().into(),
+            status: FileStatus::Processing,
             run_id,
             archive_path: None,
             updated_at: now,
@@ -761,15 +772,21 @@ impl Store for MemStore {
         let mut s = lock(&self.state);
         s.check()?;
         let Some(f) = s.files.iter_mut().find(|f| {
-            f.id == file_id && f.claim_token == token && f.status == FileStatus::Processing.as_str()
+            f.id == file_id && f.claim_token == token && f.status == FileStatus::Processing
         }) else {
             return Err(StoreError::ClaimLost(file_id));
         };
-        f.status = status.as_str().into();
+        f.status = status.clone();
         f.updated_at = Utc::now();
         s.event(file_id, status.as_str(), detail.clone());
         if let Some(payload) = notification {
-            s.enqueue(format!("file_failed:{file_id}"), payload);
+            let claims = s
+                .events
+                .iter()
+                .filter(|e| e.file_id == file_id && e.status == FileStatus::Processing.as_str())
+                .count();
+            let key = crate::store::file_failed_key(file_id, claims as i64);
+            s.enqueue(key, payload);
         }
         Ok(())
     }
@@ -778,7 +795,7 @@ impl Store for MemStore {
         let mut s = lock(&self.state);
         s.check()?;
         let f = s.files.iter_mut().find(|f| {
-            f.id == file_id && f.claim_token == token && f.status == FileStatus::Processing.as_str()
+            f.id == file_id && f.claim_token == token && f.status == FileStatus::Processing
         });
         Ok(f.map(|f| f.updated_at = Utc::now()).is_some())
     }
@@ -787,89 +804,10 @@ impl Store for MemStore {
         let mut s = lock(&self.state);
         s.check()?;
         for f in s.files.iter_mut().filter(|f| file_ids.contains(&f.id)) {
-            if crate::plan::is_archivable(&f.status) {
+            if f.status.is_archivable() {
                 f.archive_path = None;
             }
         }
-        Ok(())
-    }
-
-    async fn take_due_notifications(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<PendingNotification>, StoreError> {
-        let mut s = lock(&self.state);
-        s.check()?;
-        let now = Utc::now();
-        let mut due: Vec<&mut NotificationRow> = s
-            .notifications
-            .iter_mut()
-            .filter(|n| !n.delivered && n.next_attempt_at <= now)
-            .collect();
-        due.sort_by_key(|n| (n.attempts > 0, n.next_attempt_at, n.id));
-        Ok(due
-            .into_iter()
-            .take(usize::try_from(limit).unwrap_or(0))
-            .map(|n| {
-                n.attempts += 1;
-                let delay = crate::store::retry_delay(n.attempts);
-                n.next_attempt_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
-                PendingNotification {
-                    id: n.id,
-                    key: n.dedupe_key.clone(),
-                    payload: n.payload.clone(),
-                }
-            })
-            .collect())
-    }
-
-    async fn notification_attempted(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
-        let mut s = lock(&self.state);
-        s.check()?;
-        if let Some(n) = s.notifications.iter_mut().find(|n| n.id == id) {
-            n.last_error = error.map(str::to_string);
-            n.delivered = error.is_none();
-        }
-        Ok(())
-    }
-
-    async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError> {
-        let s = lock(&self.state);
-        s.check()?;
-        Ok(s.files
-            .iter()
-            .filter(|f| {
-                !f.archived()
-                    && (f.status == "success"
-                        || (f.status.starts_with("ops_") && f.status.len() > 4))
-            })
-            .map(|f| ArchiveCandidate {
-                id: f.id,
-                remitter: f.remitter.clone(),
-                file_name: f.file_name.clone(),
-                size: f.size,
-                mtime: f.mtime,
-                md5: f.md5.clone(),
-            })
-            .collect())
-    }
-
-    async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError> {
-        let mut s = lock(&self.state);
-        s.check()?;
-        let Some(f) = s
-            .files
-            .iter_mut()
-            .find(|f| f.id == file_id && !f.archived())
-        else {
-            return Ok(());
-        };
-        f.archive_path = Some(archive_path.into());
-        s.event(
-            file_id,
-            ARCHIVE_SUCCEEDED,
-            json!({"archive_path": archive_path}),
-        );
         Ok(())
     }
 
@@ -920,6 +858,87 @@ impl Store for MemStore {
         }
         Ok(())
     }
+}
+
+#[async_trait]
+impl OutboxStore for MemStore {
+    async fn take_due_notifications(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<PendingNotification>, StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        let now = Utc::now();
+        let mut due: Vec<&mut NotificationRow> = s
+            .notifications
+            .iter_mut()
+            .filter(|n| !n.delivered && n.next_attempt_at <= now)
+            .collect();
+        due.sort_by_key(|n| (n.attempts > 0, n.next_attempt_at, n.id));
+        Ok(due
+            .into_iter()
+            .take(usize::try_from(limit).unwrap_or(0))
+            .map(|n| {
+                n.attempts += 1;
+                let delay = crate::store::retry_delay(n.attempts);
+                n.next_attempt_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                PendingNotification {
+                    id: n.id,
+                    key: n.dedupe_key.clone(),
+                    payload: n.payload.clone(),
+                }
+            })
+            .collect())
+    }
+
+    async fn notification_attempted(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        if let Some(n) = s.notifications.iter_mut().find(|n| n.id == id) {
+            n.last_error = error.map(str::to_string);
+            n.delivered = error.is_none();
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ArchiveStore for MemStore {
+    async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError> {
+        let s = lock(&self.state);
+        s.check()?;
+        Ok(s.files
+            .iter()
+            .filter(|f| !f.archived() && f.status.is_archivable())
+            .map(|f| ArchiveCandidate {
+                id: f.id,
+                remitter: f.remitter.clone(),
+                file_name: f.file_name.clone(),
+                size: f.size,
+                mtime: f.mtime,
+                md5: f.md5.clone(),
+            })
+            .collect())
+    }
+
+    async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        let Some(f) = s
+            .files
+            .iter_mut()
+            .find(|f| f.id == file_id && !f.archived())
+        else {
+            return Ok(());
+        };
+        f.archive_path = Some(archive_path.into());
+        s.event(
+            file_id,
+            ARCHIVE_SUCCEEDED,
+            json!({"archive_path": archive_path}),
+        );
+        Ok(())
+    }
 
     async fn pending_superseded(&self) -> Result<Vec<SupersededFile>, StoreError> {
         let s = lock(&self.state);
@@ -944,10 +963,6 @@ impl Store for MemStore {
             *resolved = Some(archive_path.map(str::to_string));
         }
         Ok(())
-    }
-
-    async fn prune_run_details(&self, _older_than: Duration) -> Result<u64, StoreError> {
-        Ok(0)
     }
 
     async fn try_housekeeping_lock(&self) -> Result<Option<Guard>, StoreError> {

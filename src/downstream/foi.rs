@@ -246,7 +246,7 @@ mod tests {
     fn status_of(o: &FoiOutcome) -> Option<FileStatus> {
         match o {
             FoiOutcome::Success(_) => None,
-            FoiOutcome::Failure { status, .. } => Some(*status),
+            FoiOutcome::Failure { status, .. } => Some(status.clone()),
         }
     }
 

@@ -1,9 +1,13 @@
-//! The HTTP API (CONTRACT §4): the run endpoint behind a bearer token, and
+//! The HTTP API (CONTRACT §4, §9): the run endpoint and the operator's
+//! history, retry and resolve routes behind a bearer token, and
 //! unauthenticated health and readiness probes. Errors are JSON
 //! `{error, message}` through one [`AppError`].
 
+mod operator;
+
 use crate::config::Secret;
-use crate::engine::{Engine, RunError};
+use crate::engine::{Engine, RunError, RunFailure};
+use crate::store::{OperatorError, OperatorStore};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
@@ -26,6 +30,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Required bearer token, if any.
     pub api_token: Option<Secret>,
+    /// The operator's queries and actions (Postgres).
+    pub ops: Arc<dyn OperatorStore>,
 }
 
 /// Every error the API answers with.
@@ -33,12 +39,21 @@ pub struct AppState {
 pub enum AppError {
     /// Missing or wrong bearer token.
     Unauthorized,
-    /// Another run is in progress.
-    RunInProgress(Option<uuid::Uuid>),
-    /// The run could not be performed.
+    /// The run could not be performed, or another run holds the lock.
     RunFailed(RunError),
     /// No such route.
     NotFound,
+    /// No row with that id.
+    NoSuchItem(String),
+    /// The item's state does not allow the action.
+    Conflict {
+        /// Stable machine code.
+        code: &'static str,
+        /// For a person.
+        message: String,
+    },
+    /// The database failed while answering an operator's request.
+    Database(String),
     /// The route exists, the method does not.
     MethodNotAllowed,
     /// The request is malformed (body or query).
@@ -67,29 +82,22 @@ impl IntoResponse for AppError {
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "unauthorized", "message": "missing or wrong bearer token"}),
             ),
-            AppError::RunInProgress(running) => (
-                StatusCode::CONFLICT,
-                json!({"error": "run_in_progress", "message": "a run is already in progress", "run_id": running}),
-            ),
-            AppError::RunFailed(RunError::Failed {
-                run_id,
-                started_at,
-                code,
-                message,
-            }) => (
-                if code == "scan_failed" {
-                    StatusCode::BAD_GATEWAY
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                },
-                json!({"run_id": run_id, "status": "failed", "started_at": started_at, "error": code, "message": message}),
-            ),
-            AppError::RunFailed(RunError::Busy { running }) => {
-                return AppError::RunInProgress(running).into_response();
-            }
+            AppError::RunFailed(e) => (e.http_status(), e.body()),
             AppError::NotFound => (
                 StatusCode::NOT_FOUND,
                 json!({"error": "not_found", "message": "no such route"}),
+            ),
+            AppError::NoSuchItem(message) => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "message": message}),
+            ),
+            AppError::Conflict { code, message } => (
+                StatusCode::CONFLICT,
+                json!({"error": code, "message": message}),
+            ),
+            AppError::Database(message) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "database_error", "message": message}),
             ),
             AppError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -114,6 +122,49 @@ impl IntoResponse for AppError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+impl From<OperatorError> for AppError {
+    fn from(e: OperatorError) -> Self {
+        match e {
+            OperatorError::NotFound(m) => AppError::NoSuchItem(m),
+            OperatorError::Conflict { code, message } => AppError::Conflict { code, message },
+            OperatorError::BadCursor(m) => AppError::BadRequest(m),
+            OperatorError::Store(e) => {
+                tracing::error!(error = %e, "operator request failed in the database");
+                AppError::Database(e.to_string())
+            }
+        }
+    }
+}
+
+/// Reads a JSON object body into `T` (its unknown fields refused by `T`);
+/// `None` for an empty body.
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Option<T>, AppError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::PayloadTooLarge
+        } else {
+            AppError::BadRequest(e.body_text())
+        }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let invalid = |e: String| {
+        AppError::BadRequest(format!(
+            "the body must be a JSON object with known fields: {e}"
+        ))
+    };
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v @ serde_json::Value::Object(_)) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(|e| invalid(e.to_string())),
+        Ok(_) => Err(invalid("not an object".into())),
+        Err(e) => Err(invalid(e.to_string())),
     }
 }
 
@@ -145,28 +196,7 @@ async fn limit_query(req: Request, next: Next) -> Result<Response, AppError> {
 }
 
 fn parse_run_request(body: Result<Bytes, BytesRejection>) -> Result<RunRequest, AppError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::PayloadTooLarge
-        } else {
-            AppError::BadRequest(e.body_text())
-        }
-    })?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(RunRequest::default());
-    }
-    let invalid = |e: String| {
-        AppError::BadRequest(format!(
-            "the body must be a JSON object with known fields: {e}"
-        ))
-    };
-    match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(v @ serde_json::Value::Object(_)) => {
-            serde_json::from_value(v).map_err(|e| invalid(e.to_string()))
-        }
-        Ok(_) => Err(invalid("not an object".into())),
-        Err(e) => Err(invalid(e.to_string())),
-    }
+    Ok(parse_body(body)?.unwrap_or_default())
 }
 
 async fn create_run(
@@ -182,12 +212,11 @@ async fn create_run(
         .spawn(async move { engine.run("api").await });
     match handle.await {
         Ok(Ok(report)) => Ok((StatusCode::OK, Json(report)).into_response()),
-        Ok(Err(RunError::Busy { running })) => Err(AppError::RunInProgress(running)),
         Ok(Err(e)) => Err(AppError::RunFailed(e)),
         Err(join) => Err(AppError::RunFailed(RunError::Failed {
             run_id: uuid::Uuid::nil(),
             started_at: chrono::Utc::now(),
-            code: "internal_error",
+            failure: RunFailure::Internal,
             message: format!("the run task failed: {join}"),
         })),
     }
@@ -227,7 +256,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// The router with its middleware.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/api/v1/coordinator/runs", post(create_run))
+        .route(
+            "/api/v1/coordinator/runs",
+            post(create_run).get(operator::list_runs),
+        )
+        .route("/api/v1/coordinator/runs/{run_id}", get(operator::get_run))
+        .route("/api/v1/coordinator/files", get(operator::list_files))
+        .route("/api/v1/coordinator/files/{id}", get(operator::get_file))
+        .route(
+            "/api/v1/coordinator/files/{id}/retry",
+            post(operator::retry_file),
+        )
+        .route(
+            "/api/v1/coordinator/files/{id}/resolve",
+            post(operator::resolve_file),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(api)

@@ -123,11 +123,6 @@ fn older(a: &str, b: &str) -> bool {
     newest_first(&a.to_lowercase(), &b.to_lowercase()) == Ordering::Greater
 }
 
-/// Statuses whose files the archive moves (CONTRACT §1.6).
-pub fn is_archivable(status: &str) -> bool {
-    status == "success" || status.starts_with("ops_")
-}
-
 /// What the first step needs: the scan and what the database knows.
 pub struct Inputs<'a> {
     /// The first look.
@@ -326,18 +321,19 @@ pub fn draft(input: Inputs<'_>) -> Draft {
             }
             continue;
         }
-        // A claim still `processing` goes through the claim again (lease recovery).
+        // A claim still `processing` (lease recovery) or `retry_requested`
+        // (an operator sent it back) goes through the claim again.
         let seen = by_name
             .get(&(g.newest.remitter.as_str(), e.name.as_str()))
             .and_then(|ks| {
                 ks.iter().find(|k| {
-                    k.size == e.size as i64 && k.mtime == e.mtime && k.status != "processing"
+                    k.size == e.size as i64 && k.mtime == e.mtime && !k.status.wants_claim()
                 })
             });
         if let Some(k) = seen {
             let mut reason =
                 "same name, size and last-write time as a recorded version".to_string();
-            if k.archived && is_archivable(&k.status) {
+            if k.archived && k.status.is_archivable() {
                 // Its content was archived before and is back in the source.
                 d.rearchive.push(k.id);
                 reason.push_str("; uploaded again after it was archived: archived again");
@@ -494,7 +490,7 @@ mod tests {
                     file_name: name.into(),
                     size,
                     mtime: at(-age),
-                    status: status.into(),
+                    status: status.parse().unwrap(),
                     archived,
                 },
             )
@@ -689,6 +685,68 @@ mod tests {
                 remembered: &[],
                 decided: &[],
                 pending: &["a.csv"],
+                archive: &[],
+                rearchive: &[],
+            },
+            Case {
+                what: "a retry requested by an operator goes through the claim again",
+                files: &[("acme", "a.csv", 7, 5000)],
+                known: &[(4, "acme", "a.csv", 7, 5000, "retry_requested", false)],
+                remembered: &[],
+                decided: &[],
+                pending: &["a.csv"],
+                archive: &[],
+                rearchive: &[],
+            },
+            Case {
+                what: "a retried version older than a claimed one of its group is superseded",
+                files: &[("acme", "r_20240101.csv", 5, 6000)],
+                known: &[
+                    (
+                        4,
+                        "acme",
+                        "r_20240101.csv",
+                        5,
+                        6000,
+                        "retry_requested",
+                        false,
+                    ),
+                    (5, "acme", "r_20240102.csv", 7, 5000, "success", false),
+                ],
+                remembered: &[],
+                decided: &[("r_20240101.csv", Superseded)],
+                pending: &[],
+                archive: &[("r_20240101.csv", "r_20240102.csv")],
+                rearchive: &[],
+            },
+            Case {
+                what: "a retried version with a newer one in the source waits for it (never sent itself)",
+                files: &[
+                    ("acme", "r_20240101.csv", 5, 6000),
+                    ("acme", "r_20240102.csv", 7, 1000),
+                ],
+                known: &[(
+                    4,
+                    "acme",
+                    "r_20240101.csv",
+                    5,
+                    6000,
+                    "retry_requested",
+                    false,
+                )],
+                remembered: &[],
+                decided: &[],
+                pending: &["r_20240102.csv"],
+                archive: &[],
+                rearchive: &[],
+            },
+            Case {
+                what: "an operator's verdict is not sent again",
+                files: &[("acme", "a.csv", 7, 5000)],
+                known: &[(4, "acme", "a.csv", 7, 5000, "ops_done", false)],
+                remembered: &[],
+                decided: &[("a.csv", AlreadyProcessed)],
+                pending: &[],
                 archive: &[],
                 rearchive: &[],
             },

@@ -32,7 +32,7 @@ pub fn file_failed_payload(
     run_id: Uuid,
     remitter: &str,
     file_name: &str,
-    status: FileStatus,
+    status: &FileStatus,
     reason: &str,
 ) -> serde_json::Value {
     json!({
@@ -211,7 +211,7 @@ impl Processor {
         let (file_id, token) = match claim {
             Ok(Claim::New { id, token }) => (id, token),
             Ok(Claim::Exists { status, .. }) => {
-                let reason = if status == FileStatus::Processing.as_str() {
+                let reason = if status == FileStatus::Processing {
                     "claimed by a run that has not finished (its lease has not run out)"
                 } else {
                     "this content was claimed before"
@@ -234,10 +234,16 @@ impl Processor {
         let (status, detail, failure) = self.renewing(file_id, token, downstream).await;
         let notification = failure
             .as_deref()
-            .map(|reason| file_failed_payload(run_id, &c.remitter, &c.entry.name, status, reason));
+            .map(|reason| file_failed_payload(run_id, &c.remitter, &c.entry.name, &status, reason));
         if let Err(e) = self
             .store
-            .set_status(file_id, token, status, &detail, notification.as_ref())
+            .set_status(
+                file_id,
+                token,
+                status.clone(),
+                &detail,
+                notification.as_ref(),
+            )
             .await
         {
             tracing::error!(error = %e, status = status.as_str(), "could not record the outcome");
@@ -246,14 +252,14 @@ impl Processor {
                 Decision::Error,
                 Some(format!("outcome {} not recorded: {e}", status.as_str())),
             )
-            .with_status(FileStatus::Processing.as_str());
+            .with_status(FileStatus::Processing);
         }
         tracing::info!(status = status.as_str(), "processed");
         FileReport {
             remitter: c.remitter.clone(),
             file_name: c.entry.name.clone(),
             decision: Decision::Processed,
-            status: Some(status.as_str().into()),
+            status: Some(status.clone()),
             reason: failure,
         }
     }

@@ -1,8 +1,15 @@
 //! Postgres: claims, statuses, events, runs and the notification outbox
-//! (CONTRACT §7), behind the [`Store`] trait the engine depends on.
+//! (CONTRACT §7). The engine depends on [`Store`], the sum of one trait per
+//! concern ([`RunStore`], [`ClaimStore`], [`OutboxStore`], [`ArchiveStore`]);
+//! the operator's queries ([`OperatorStore`], CONTRACT §9) are Postgres only.
 
+mod operator;
 mod postgres;
 
+pub use operator::{
+    EventView, FileDetail, FileFilter, FileView, NotificationView, OperatorError, OperatorStore,
+    Page, RunView, StatusFilter,
+};
 pub use postgres::{MIGRATOR, PgStore};
 
 use async_trait::async_trait;
@@ -67,7 +74,7 @@ pub struct KnownVersion {
     /// Last-write time when last seen.
     pub mtime: DateTime<Utc>,
     /// Current status.
-    pub status: String,
+    pub status: FileStatus,
     /// True once it was moved to the archive.
     pub archived: bool,
 }
@@ -88,7 +95,7 @@ pub enum Claim {
         /// Row id.
         id: i64,
         /// Its status.
-        status: String,
+        status: FileStatus,
     },
 }
 
@@ -137,6 +144,16 @@ pub struct SupersededFile {
     pub newer_file_name: String,
 }
 
+/// The outbox key of a file's failure: `file_failed:<id>` for its first
+/// claim (as before retries existed), `file_failed:<id>:<n>` for its n-th.
+pub fn file_failed_key(file_id: i64, claims: i64) -> String {
+    if claims <= 1 {
+        format!("file_failed:{file_id}")
+    } else {
+        format!("file_failed:{file_id}:{claims}")
+    }
+}
+
 /// How long a notification waits after its `attempts`-th attempt before the
 /// next: 5 s doubling per attempt, at most an hour.
 pub fn retry_delay(attempts: u32) -> std::time::Duration {
@@ -162,9 +179,14 @@ pub trait RunLock: Send + Sync {
 /// A held lock that is released when dropped.
 pub type Guard = Box<dyn Send + Sync>;
 
-/// What the engine needs from its database.
+/// Everything the engine needs from its database.
+pub trait Store: RunStore + ClaimStore + OutboxStore + ArchiveStore {}
+
+impl<T: RunStore + ClaimStore + OutboxStore + ArchiveStore + ?Sized> Store for T {}
+
+/// Runs: the run lock, their rows, and pruning of old per-file lists.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait RunStore: Send + Sync {
     /// True when the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Takes the run lock and records the run as running, or says who holds it.
@@ -183,16 +205,25 @@ pub trait Store: Send + Sync {
         error: Option<(&str, &str)>,
         notification: Option<&Value>,
     ) -> Result<(), StoreError>;
+    /// Drops the per-file list (`summary.files`) of runs that finished more
+    /// than `older_than` ago; their counts stay. Returns how many were pruned.
+    async fn prune_run_details(&self, older_than: std::time::Duration) -> Result<u64, StoreError>;
+}
+
+/// Claims: what a scan knows about versions, claims and their outcomes.
+#[async_trait]
+pub trait ClaimStore: Send + Sync {
     /// Every claimed version of these groups (keys from
     /// `plan::versions::group_key`), in one query.
     async fn group_versions(&self, keys: &[String]) -> Result<Vec<KnownVersion>, StoreError>;
     /// Claims a file version (see [`Claim`]) for run `run_id`, which must
     /// still hold the run lock ([`StoreError::RunLockLost`] otherwise). A
     /// claim still `processing` whose last update is older than `lease` was
-    /// left by a process that died: it is taken over (a new `processing`
-    /// event, a new token) and returned as `Claim::New`. A version claimed
-    /// and archived before whose content is back in the source is due for
-    /// the archive again.
+    /// left by a process that died, and a `retry_requested` version was sent
+    /// back by an operator: either is taken over (a new `processing` event, a
+    /// new token) and returned as `Claim::New`. A version claimed and
+    /// archived before whose content is back in the source is due for the
+    /// archive again.
     #[allow(clippy::too_many_arguments)]
     async fn claim(
         &self,
@@ -206,8 +237,8 @@ pub trait Store: Send + Sync {
         lease: std::time::Duration,
     ) -> Result<Claim, StoreError>;
     /// Sets a file's status with its event, queueing its notification
-    /// atomically, provided `token` still holds the claim
-    /// ([`StoreError::ClaimLost`] otherwise, and nothing is written).
+    /// atomically (once per claim of the file), provided `token` still holds
+    /// the claim ([`StoreError::ClaimLost`] otherwise, and nothing is written).
     async fn set_status(
         &self,
         file_id: i64,
@@ -221,19 +252,6 @@ pub trait Store: Send + Sync {
     async fn renew_claim(&self, file_id: i64, token: Uuid) -> Result<bool, StoreError>;
     /// Archived rows whose content is in the source again: due for the archive again.
     async fn rearchive(&self, file_ids: &[i64]) -> Result<(), StoreError>;
-    /// Takes up to `limit` undelivered notifications that are due (never
-    /// attempted first, then oldest due), counts an attempt on each and
-    /// backs each off (see [`retry_delay`]) before it is sent.
-    async fn take_due_notifications(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<PendingNotification>, StoreError>;
-    /// Records the outcome of an attempt (`None`: delivered).
-    async fn notification_attempted(&self, id: i64, error: Option<&str>) -> Result<(), StoreError>;
-    /// `success`/`ops_*` files not archived yet.
-    async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError>;
-    /// Records an archive move and its `archive_succeeded` event, once.
-    async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError>;
     /// Counts a failed read of a file version; once it has failed
     /// `notify_after` times, queues `notification` (once per version) in the
     /// same transaction. Returns the failure count.
@@ -254,6 +272,29 @@ pub trait Store: Send + Sync {
         run_id: Uuid,
         files: &[SupersededFile],
     ) -> Result<(), StoreError>;
+}
+
+/// The IQube outbox.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Takes up to `limit` undelivered notifications that are due (never
+    /// attempted first, then oldest due), counts an attempt on each and
+    /// backs each off (see [`retry_delay`]) before it is sent.
+    async fn take_due_notifications(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<PendingNotification>, StoreError>;
+    /// Records the outcome of an attempt (`None`: delivered).
+    async fn notification_attempted(&self, id: i64, error: Option<&str>) -> Result<(), StoreError>;
+}
+
+/// The archive: what is due for a move, and the record of each move.
+#[async_trait]
+pub trait ArchiveStore: Send + Sync {
+    /// `success`/`ops_*` files not archived yet.
+    async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError>;
+    /// Records an archive move and its `archive_succeeded` event, once.
+    async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError>;
     /// Superseded versions not yet resolved.
     async fn pending_superseded(&self) -> Result<Vec<SupersededFile>, StoreError>;
     /// Resolves a superseded version: moved to `archive_path`, or (`None`) gone from the source.
@@ -262,9 +303,6 @@ pub trait Store: Send + Sync {
         id: i64,
         archive_path: Option<&str>,
     ) -> Result<(), StoreError>;
-    /// Drops the per-file list (`summary.files`) of runs that finished more
-    /// than `older_than` ago; their counts stay. Returns how many were pruned.
-    async fn prune_run_details(&self, older_than: std::time::Duration) -> Result<u64, StoreError>;
     /// The housekeeping lock, or `None` while another pass holds it.
     async fn try_housekeeping_lock(&self) -> Result<Option<Guard>, StoreError>;
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    ArchiveCandidate, Claim, Guard, KnownVersion, PendingNotification, RunLock, RunStart, Store,
-    StoreError, SupersededFile,
+    ArchiveCandidate, ArchiveStore, Claim, ClaimStore, Guard, KnownVersion, OutboxStore,
+    PendingNotification, RunLock, RunStart, RunStore, StoreError, SupersededFile, file_failed_key,
 };
 use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
 use crate::plan::versions::group_key;
@@ -33,7 +33,7 @@ const RUN_LOCK_HOLDER: &str = "SELECT pid FROM pg_locks WHERE locktype = 'adviso
 /// taken a moment before that row is written.
 const RUNNING_ROW_WAIT: Duration = Duration::from_secs(5);
 
-trait Step<T> {
+pub(crate) trait Step<T> {
     fn step(self, step: &'static str) -> Result<T, StoreError>;
 }
 
@@ -133,7 +133,7 @@ impl PgStore {
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl RunStore for PgStore {
     /// True when a trivial query answers.
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
@@ -233,6 +233,21 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn prune_run_details(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let pruned = sqlx::query(
+            "UPDATE runs SET summary = (summary - 'files') || '{\"files_pruned\": true}'::jsonb \
+             WHERE finished_at < now() - make_interval(secs => $1) AND summary ? 'files'",
+        )
+        .bind(older_than.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .step("pruning old runs' per-file lists")?;
+        Ok(pruned.rows_affected())
+    }
+}
+
+#[async_trait]
+impl ClaimStore for PgStore {
     /// Every claimed version of these groups: one query per scan.
     async fn group_versions(&self, keys: &[String]) -> Result<Vec<KnownVersion>, StoreError> {
         if keys.is_empty() {
@@ -320,16 +335,20 @@ impl Store for PgStore {
             // Take over a claim whose process died (its lease ran out), else
             // report it; archived content back in the source is archived again.
             let lease_secs = lease.as_secs_f64();
+            // A `retry_requested` row is taken over like an expired lease:
+            // an operator sent it back.
             let row = sqlx::query(
-                "WITH old AS (SELECT id, status = 'processing' AND updated_at < now() - make_interval(secs => $6) AS expired \
+                "WITH old AS (SELECT id, status = 'retry_requested' AS retry, \
+                     status = 'retry_requested' OR (status = 'processing' AND updated_at < now() - make_interval(secs => $6)) AS expired \
                    FROM files WHERE remitter = $1 AND file_name = $2 AND md5 = $3 FOR UPDATE) \
                  UPDATE files f SET size = $4, mtime = $5, \
+                   status = CASE WHEN old.expired THEN 'processing' ELSE f.status END, \
                    run_id = CASE WHEN old.expired THEN $7 ELSE f.run_id END, \
                    claim_token = CASE WHEN old.expired THEN $8 ELSE f.claim_token END, \
                    updated_at = CASE WHEN old.expired THEN now() ELSE f.updated_at END, \
                    archived_at = CASE WHEN f.status = 'success' OR f.status LIKE 'ops\\_%' THEN NULL ELSE f.archived_at END \
                  FROM old WHERE f.id = old.id \
-                 RETURNING f.id, f.status, old.expired AS taken_over",
+                 RETURNING f.id, f.status, old.expired AS taken_over, old.retry",
             )
             .bind(remitter)
             .bind(file_name)
@@ -346,14 +365,14 @@ impl Store for PgStore {
             let taken_over: bool = row
                 .try_get("taken_over")
                 .step("reading the existing claim")?;
+            let retry: bool = row.try_get("retry").step("reading the existing claim")?;
             if taken_over {
-                insert_event(
-                    &mut tx,
-                    id,
-                    FileStatus::Processing.as_str(),
-                    &json!({"run_id": run_id, "recovered": "the claim's lease expired"}),
-                )
-                .await?;
+                let detail = if retry {
+                    json!({"run_id": run_id, "retry": "an operator asked for this file to be sent again"})
+                } else {
+                    json!({"run_id": run_id, "recovered": "the claim's lease expired"})
+                };
+                insert_event(&mut tx, id, FileStatus::Processing.as_str(), &detail).await?;
                 Claim::New { id, token }
             } else {
                 Claim::Exists {
@@ -380,7 +399,7 @@ impl Store for PgStore {
              WHERE id = $1 AND claim_token = $3 AND status = 'processing'",
         )
         .bind(file_id)
-        .bind(status.as_str())
+        .bind(&status)
         .bind(token)
         .execute(&mut *tx)
         .await
@@ -390,9 +409,18 @@ impl Store for PgStore {
         }
         insert_event(&mut tx, file_id, status.as_str(), detail).await?;
         if let Some(payload) = notification {
+            // One notification per claim: a retried file that fails again is
+            // told again. The first claim keeps the key it always had.
+            let claims: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM file_events WHERE file_id = $1 AND status = 'processing'",
+            )
+            .bind(file_id)
+            .fetch_one(&mut *tx)
+            .await
+            .step("counting the file's claims")?;
             enqueue(
                 &mut tx,
-                &format!("file_failed:{file_id}"),
+                &file_failed_key(file_id, claims),
                 Some(file_id),
                 None,
                 payload,
@@ -428,103 +456,6 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await
         .step("queueing archived files for the archive again")?;
-        Ok(())
-    }
-
-    /// Takes due rows (never attempted first, then oldest due) and, in the
-    /// same statement, counts the attempt and sets the next one after the
-    /// backoff: `5 s · 2^(attempts-1)`, at most an hour (`retry_delay`).
-    async fn take_due_notifications(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<PendingNotification>, StoreError> {
-        let rows = sqlx::query(
-            "UPDATE notifications n SET attempts = n.attempts + 1, \
-               next_attempt_at = now() + make_interval(secs => least(3600, 5 * power(2, least(n.attempts, 20)))) \
-             FROM (SELECT id FROM notifications \
-                   WHERE delivered_at IS NULL AND next_attempt_at <= now() \
-                   ORDER BY attempts > 0, next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) due \
-             WHERE n.id = due.id \
-             RETURNING n.id, n.dedupe_key, n.payload",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .step("taking due notifications")?;
-        let mut out = rows
-            .into_iter()
-            .map(|r| {
-                Ok(PendingNotification {
-                    id: r.try_get("id")?,
-                    key: r.try_get("dedupe_key")?,
-                    payload: r.try_get("payload")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .step("reading due notifications")?;
-        out.sort_by_key(|n| n.id);
-        Ok(out)
-    }
-
-    /// Records the outcome of an attempt (the attempt itself was counted when taken).
-    async fn notification_attempted(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE notifications SET last_error = $2, \
-             delivered_at = CASE WHEN $2::text IS NULL THEN now() ELSE NULL END WHERE id = $1",
-        )
-        .bind(id)
-        .bind(error)
-        .execute(&self.pool)
-        .await
-        .step("recording a notification attempt")?;
-        Ok(())
-    }
-
-    /// Files whose status makes them due for the archive and that are not archived yet.
-    async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, remitter, file_name, size, mtime, md5 FROM files \
-             WHERE archived_at IS NULL AND (status = 'success' OR status LIKE 'ops\\_%') ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .step("listing files to archive")?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(ArchiveCandidate {
-                    id: r.try_get("id")?,
-                    remitter: r.try_get("remitter")?,
-                    file_name: r.try_get("file_name")?,
-                    size: r.try_get("size")?,
-                    mtime: r.try_get("mtime")?,
-                    md5: r.try_get("md5")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .step("reading files to archive")
-    }
-
-    /// Records an archive move: `archived_at` and one `archive_succeeded` event.
-    async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.step("starting a transaction")?;
-        let updated = sqlx::query(
-            "UPDATE files SET archived_at = now(), archive_path = $2 WHERE id = $1 AND archived_at IS NULL",
-        )
-        .bind(file_id)
-        .bind(archive_path)
-        .execute(&mut *tx)
-        .await
-        .step("recording the archive move")?;
-        if updated.rows_affected() == 1 {
-            insert_event(
-                &mut tx,
-                file_id,
-                ARCHIVE_SUCCEEDED,
-                &json!({"archive_path": archive_path}),
-            )
-            .await?;
-        }
-        tx.commit().await.step("committing the archive move")?;
         Ok(())
     }
 
@@ -608,6 +539,109 @@ impl Store for PgStore {
         .step("recording superseded versions")?;
         Ok(())
     }
+}
+
+#[async_trait]
+impl OutboxStore for PgStore {
+    /// Takes due rows (never attempted first, then oldest due) and, in the
+    /// same statement, counts the attempt and sets the next one after the
+    /// backoff: `5 s · 2^(attempts-1)`, at most an hour (`retry_delay`).
+    async fn take_due_notifications(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<PendingNotification>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE notifications n SET attempts = n.attempts + 1, \
+               next_attempt_at = now() + make_interval(secs => least(3600, 5 * power(2, least(n.attempts, 20)))) \
+             FROM (SELECT id FROM notifications \
+                   WHERE delivered_at IS NULL AND next_attempt_at <= now() \
+                   ORDER BY attempts > 0, next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) due \
+             WHERE n.id = due.id \
+             RETURNING n.id, n.dedupe_key, n.payload",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .step("taking due notifications")?;
+        let mut out = rows
+            .into_iter()
+            .map(|r| {
+                Ok(PendingNotification {
+                    id: r.try_get("id")?,
+                    key: r.try_get("dedupe_key")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .step("reading due notifications")?;
+        out.sort_by_key(|n| n.id);
+        Ok(out)
+    }
+
+    /// Records the outcome of an attempt (the attempt itself was counted when taken).
+    async fn notification_attempted(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE notifications SET last_error = $2, \
+             delivered_at = CASE WHEN $2::text IS NULL THEN now() ELSE NULL END WHERE id = $1",
+        )
+        .bind(id)
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .step("recording a notification attempt")?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ArchiveStore for PgStore {
+    /// Files whose status makes them due for the archive and that are not archived yet.
+    async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, remitter, file_name, size, mtime, md5 FROM files \
+             WHERE archived_at IS NULL AND (status = 'success' OR status LIKE 'ops\\_%') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .step("listing files to archive")?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(ArchiveCandidate {
+                    id: r.try_get("id")?,
+                    remitter: r.try_get("remitter")?,
+                    file_name: r.try_get("file_name")?,
+                    size: r.try_get("size")?,
+                    mtime: r.try_get("mtime")?,
+                    md5: r.try_get("md5")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .step("reading files to archive")
+    }
+
+    /// Records an archive move: `archived_at` and one `archive_succeeded` event.
+    async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.step("starting a transaction")?;
+        let updated = sqlx::query(
+            "UPDATE files SET archived_at = now(), archive_path = $2 WHERE id = $1 AND archived_at IS NULL",
+        )
+        .bind(file_id)
+        .bind(archive_path)
+        .execute(&mut *tx)
+        .await
+        .step("recording the archive move")?;
+        if updated.rows_affected() == 1 {
+            insert_event(
+                &mut tx,
+                file_id,
+                ARCHIVE_SUCCEEDED,
+                &json!({"archive_path": archive_path}),
+            )
+            .await?;
+        }
+        tx.commit().await.step("committing the archive move")?;
+        Ok(())
+    }
 
     async fn pending_superseded(&self) -> Result<Vec<SupersededFile>, StoreError> {
         let rows = sqlx::query(
@@ -648,18 +682,6 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn prune_run_details(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let pruned = sqlx::query(
-            "UPDATE runs SET summary = (summary - 'files') || '{\"files_pruned\": true}'::jsonb \
-             WHERE finished_at < now() - make_interval(secs => $1) AND summary ? 'files'",
-        )
-        .bind(older_than.as_secs_f64())
-        .execute(&self.pool)
-        .await
-        .step("pruning old runs' per-file lists")?;
-        Ok(pruned.rows_affected())
-    }
-
     async fn try_housekeeping_lock(&self) -> Result<Option<Guard>, StoreError> {
         let mut conn = self
             .pool
@@ -688,7 +710,7 @@ impl Drop for HousekeepingLease {
     }
 }
 
-async fn insert_event(
+pub(crate) async fn insert_event(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     file_id: i64,
     status: &str,
@@ -704,7 +726,7 @@ async fn insert_event(
     Ok(())
 }
 
-async fn enqueue(
+pub(crate) async fn enqueue(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     key: &str,
     file_id: Option<i64>,

@@ -9,7 +9,7 @@ use crate::helpers::{Opts, decision_of, md5_hex, spawn_app};
 use chrono::{DateTime, Utc};
 use coordinator::domain::FileStatus;
 use coordinator::source::smb::url_path;
-use coordinator::store::{Claim, PgStore, RunStart, Store, StoreError};
+use coordinator::store::{Claim, ClaimStore, PgStore, RunStart, RunStore, StoreError};
 use pavao::{SmbOpenOptions, SmbShareMode};
 use serde_json::json;
 use std::io::Write;
