@@ -15,6 +15,17 @@ CREATE INDEX files_by_status_id ON files (status, id);
 CREATE INDEX files_failed ON files (id)
     WHERE status IN ('extraction_file_password_failed', 'extraction_file_failed',
                      'extraction_service_failed', 'itm_failed');
+-- Both filters at once: a remitter's files of one status, or its failures.
+CREATE INDEX files_by_remitter_status_id ON files (remitter, status, id);
+CREATE INDEX files_failed_by_remitter ON files (remitter, id)
+    WHERE status IN ('extraction_file_password_failed', 'extraction_file_failed',
+                     'extraction_service_failed', 'itm_failed');
+
+-- `q` (a substring of the file name, any case): trigrams, so a rare name is
+-- found without reading every row. pg_trgm ships with Postgres (contrib) and
+-- is a trusted extension: the database owner may create it.
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE INDEX files_name_trgm ON files USING gin (file_name gin_trgm_ops);
 
 -- A file's notifications, for its detail page.
 CREATE INDEX notifications_by_file ON notifications (file_id) WHERE file_id IS NOT NULL;
