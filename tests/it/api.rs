@@ -202,7 +202,8 @@ async fn malformed_requests_get_json_errors_and_start_no_run() {
             "uri_too_long",
         ),
         (
-            app.http.get(&runs).bearer_auth(&token),
+            // GET lists runs (CONTRACT §9); DELETE is no method of the route.
+            app.http.delete(&runs).bearer_auth(&token),
             405,
             "method_not_allowed",
         ),
