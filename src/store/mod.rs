@@ -61,7 +61,7 @@ pub enum StoreError {
 }
 
 /// A stored version seen again by a scan.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KnownVersion {
     /// Row id.
     pub id: i64,
@@ -100,7 +100,7 @@ pub enum Claim {
 }
 
 /// A file due for the archive.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ArchiveCandidate {
     /// Row id.
     pub id: i64,
@@ -128,7 +128,7 @@ pub struct PendingNotification {
 }
 
 /// An older version a run decided to archive without processing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SupersededFile {
     /// Row id (0 before it is recorded).
     pub id: i64,

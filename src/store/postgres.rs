@@ -253,28 +253,13 @@ impl ClaimStore for PgStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT id, remitter, file_name, size, mtime, status, archived_at IS NOT NULL AS archived \
-             FROM files WHERE group_key = ANY($1)",
-        )
+             FROM files WHERE group_key = ANY($1)")
         .bind(keys)
         .fetch_all(&self.pool)
         .await
-        .step("looking up known versions")?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(KnownVersion {
-                    id: r.try_get("id")?,
-                    remitter: r.try_get("remitter")?,
-                    file_name: r.try_get("file_name")?,
-                    size: r.try_get("size")?,
-                    mtime: r.try_get("mtime")?,
-                    status: r.try_get("status")?,
-                    archived: r.try_get("archived")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .step("reading known versions")
+        .step("looking up known versions")
     }
 
     /// Claims a file version: a new row in `processing` with its first event,
@@ -597,26 +582,12 @@ impl OutboxStore for PgStore {
 impl ArchiveStore for PgStore {
     /// Files whose status makes them due for the archive and that are not archived yet.
     async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT id, remitter, file_name, size, mtime, md5 FROM files \
-             WHERE archived_at IS NULL AND (status = 'success' OR status LIKE 'ops\\_%') ORDER BY id",
-        )
+             WHERE archived_at IS NULL AND (status = 'success' OR status LIKE 'ops\\_%') ORDER BY id")
         .fetch_all(&self.pool)
         .await
-        .step("listing files to archive")?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(ArchiveCandidate {
-                    id: r.try_get("id")?,
-                    remitter: r.try_get("remitter")?,
-                    file_name: r.try_get("file_name")?,
-                    size: r.try_get("size")?,
-                    mtime: r.try_get("mtime")?,
-                    md5: r.try_get("md5")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .step("reading files to archive")
+        .step("listing files to archive")
     }
 
     /// Records an archive move: `archived_at` and one `archive_succeeded` event.
@@ -644,26 +615,13 @@ impl ArchiveStore for PgStore {
     }
 
     async fn pending_superseded(&self) -> Result<Vec<SupersededFile>, StoreError> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT id, remitter, file_name, size, mtime, newer_file_name FROM superseded_files \
              WHERE resolved_at IS NULL ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
-        .step("listing superseded versions")?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(SupersededFile {
-                    id: r.try_get("id")?,
-                    remitter: r.try_get("remitter")?,
-                    file_name: r.try_get("file_name")?,
-                    size: r.try_get("size")?,
-                    mtime: r.try_get("mtime")?,
-                    newer_file_name: r.try_get("newer_file_name")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .step("reading superseded versions")
+        .step("listing superseded versions")
     }
 
     async fn resolve_superseded(
