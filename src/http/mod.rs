@@ -2,6 +2,8 @@
 //! unauthenticated health and readiness probes. Errors are JSON
 //! `{error, message}` through one [`AppError`].
 
+mod page;
+
 use crate::config::Secret;
 use crate::engine::{Engine, RunError};
 use axum::body::Bytes;
@@ -233,6 +235,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(page::routes())
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state)
