@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): installs what is missing (Samba,
-# libsmbclient-dev, Postgres 15 from Debian's packages), starts a private
+# libsmbclient-dev, Postgres 15, Chromium and its WebDriver from Debian's
+# packages), starts a private
 # Samba and Postgres on free loopback ports, runs the lints and every test,
 # and stops and removes both. IT_KEEP_ARTIFACTS=1 keeps the share and databases.
 # Extra arguments go to the test runner (e.g. a test name filter).
@@ -10,6 +11,7 @@ IT_LOG_TAG=test . scripts/lib/env.sh
 
 command -v cargo >/dev/null || die "cargo is not installed: install the Rust toolchain (rustup) first"
 
+ensure_packages browser || die "could not install chromium and chromedriver for the status page test"
 envfile=$(scripts/test-env-up.sh) || die "the test environment did not come up (see above)"
 state_dir=$(dirname "$envfile")
 cleanup() { scripts/test-env-down.sh "$state_dir" || true; }

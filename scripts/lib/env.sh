@@ -153,9 +153,10 @@ _apt_install() {
     return $rc
 }
 
-# ensure_packages [samba] [postgres]   (no argument = both)
-# Installs what is missing: samba smbclient libsmbclient-dev pkg-config, and/or
-# postgresql-$IT_PG_VERSION. Idempotent and quick when everything is present.
+# ensure_packages [samba] [postgres] [browser]   (no argument = samba and postgres)
+# Installs what is missing: samba smbclient libsmbclient-dev pkg-config,
+# postgresql-$IT_PG_VERSION, and/or chromium chromium-driver (the status page's
+# browser test). Idempotent and quick when everything is present.
 ensure_packages() {
     local want=("$@")
     ((${#want[@]})) || want=(samba postgres)
@@ -174,6 +175,13 @@ ensure_packages() {
                     log "postgres ${IT_PG_VERSION} binaries missing; installing"
                     _apt_install "postgresql-${IT_PG_VERSION}" || return 1
                     pg_bin_dir >/dev/null || { log "postgres still missing after install"; return 1; }
+                fi
+                ;;
+            browser)
+                if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+                    log "chromium / chromedriver missing (status page test); installing"
+                    _apt_install chromium chromium-driver || return 1
+                    command -v chromedriver >/dev/null || { log "chromedriver still missing after install"; return 1; }
                 fi
                 ;;
             *)

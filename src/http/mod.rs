@@ -4,6 +4,7 @@
 //! `{error, message}` through one [`AppError`].
 
 mod operator;
+mod page;
 
 use crate::config::Secret;
 use crate::engine::{Engine, RunError, RunFailure};
@@ -276,6 +277,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(page::routes())
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state)

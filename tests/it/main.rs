@@ -18,6 +18,7 @@ mod outages;
 mod outbox;
 mod policy_a;
 mod process;
+mod status_page;
 mod temp_files;
 mod tls;
 mod versions;
