@@ -144,6 +144,25 @@ pub fn retry_delay(attempts: u32) -> std::time::Duration {
     std::time::Duration::from_secs(secs.min(3600))
 }
 
+/// The one row a dry run writes (CONTRACT §9), once it has finished.
+#[derive(Debug, Clone)]
+pub struct DryRunRow<'a> {
+    /// Run id.
+    pub run_id: Uuid,
+    /// `api`, `cli` or `schedule`.
+    pub trigger: &'a str,
+    /// Name of the process.
+    pub instance: &'a str,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// `completed` or `failed`.
+    pub status: &'a str,
+    /// The summary (counts and per-file list).
+    pub summary: &'a Value,
+    /// The error code and message of a failed dry run.
+    pub error: Option<(&'a str, &'a str)>,
+}
+
 /// The outcome of asking for the run lock.
 pub enum RunStart {
     /// This process holds the run lock until it is released.
@@ -267,4 +286,12 @@ pub trait Store: Send + Sync {
     async fn prune_run_details(&self, older_than: std::time::Duration) -> Result<u64, StoreError>;
     /// The housekeeping lock, or `None` while another pass holds it.
     async fn try_housekeeping_lock(&self) -> Result<Option<Guard>, StoreError>;
+
+    // Dry runs and metrics (issue 7).
+
+    /// Records a finished dry run: its `runs` row (`dry_run = true`), and
+    /// nothing else. Takes no lock.
+    async fn record_dry_run(&self, row: &DryRunRow<'_>) -> Result<(), StoreError>;
+    /// The backlog gauges of `/metrics`, in one query.
+    async fn backlog(&self) -> Result<crate::metrics::Backlog, StoreError>;
 }
