@@ -4,14 +4,14 @@
 
 use crate::archive::{Archiver, PassReport};
 pub use crate::domain::FolderError;
-use crate::domain::{Decision, FileReport};
+use crate::domain::{Decision, FileReport, FileStatus};
 use crate::downstream::{Extractor, Notifier, Submitter};
 use crate::metrics::Metrics;
 use crate::plan;
 use crate::process::Processor;
 use crate::scan::{self, names::TempNameFilter};
 use crate::source::FileSource;
-use crate::store::{RunStart, Store};
+use crate::store::{KnownVersion, RunStart, Store};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
@@ -343,16 +343,37 @@ impl Engine {
         let outcome = tracing::Instrument::instrument(self.look(), span).await;
         let finished_at = Utc::now();
         match outcome {
-            Ok(plan::Plan {
-                decided: mut d,
-                work,
-            }) => {
+            Ok((
+                plan::Plan {
+                    decided: mut d,
+                    work,
+                },
+                known,
+            )) => {
                 for g in &work {
-                    let report = FileReport::new(
-                        &g.newest,
-                        Decision::WouldProcess,
-                        Some("stable and not processed before: a real run would claim it and send it downstream".into()),
-                    );
+                    let e = &g.newest.entry;
+                    // A claim in flight: a real run's claim would find it.
+                    let in_flight = known.iter().any(|k| {
+                        k.remitter == g.newest.remitter
+                            && k.file_name == e.name
+                            && k.size == e.size as i64
+                            && k.mtime == e.mtime
+                            && k.status == FileStatus::Processing.as_str()
+                    });
+                    let report = if in_flight {
+                        FileReport::new(
+                            &g.newest,
+                            Decision::AlreadyProcessed,
+                            Some("claimed by a run that has not finished (a real run takes the claim over only once its lease has run out)".into()),
+                        )
+                        .with_status(FileStatus::Processing.as_str())
+                    } else {
+                        FileReport::new(
+                            &g.newest,
+                            Decision::WouldProcess,
+                            Some("stable and not processed before: a real run would claim it and send it downstream".into()),
+                        )
+                    };
                     d.after_processing(g, &report);
                     d.reports.push(report);
                 }
@@ -406,9 +427,10 @@ impl Engine {
     }
 
     /// The first look, the queries, the pause and the second look: every
-    /// decision before any download. Reads only (but for the server clock
-    /// probe); shared by real and dry runs.
-    async fn look(&self) -> Result<plan::Plan, (&'static str, String)> {
+    /// decision before any download, with the claimed versions of the groups
+    /// found. Reads only (but for the server clock probe); shared by real
+    /// and dry runs.
+    async fn look(&self) -> Result<(plan::Plan, Vec<KnownVersion>), (&'static str, String)> {
         let s = &self.settings;
         let db_error = |e: crate::store::StoreError| ("database_error", e.to_string());
         let scan = scan::scan(
@@ -459,15 +481,18 @@ impl Engine {
             }
             second.insert(remitter, listing);
         }
-        Ok(draft.settle(&second))
+        Ok((draft.settle(&second), known))
     }
 
     async fn perform(&self, run_id: Uuid) -> Result<Summary, (&'static str, String)> {
         let s = &self.settings;
-        let plan::Plan {
-            decided: mut d,
-            work,
-        } = self.look().await?;
+        let (
+            plan::Plan {
+                decided: mut d,
+                work,
+            },
+            _,
+        ) = self.look().await?;
         if let Err(e) = self.store.rearchive(&d.rearchive).await {
             tracing::error!(error = %e, "could not queue re-uploaded files for the archive; the next run tries again");
         }

@@ -210,6 +210,16 @@ async fn a_dry_run_never_waits_for_or_blocks_a_real_run() {
     let (status, body) = post_run(&app, r#"{"dry_run": true}"#).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["dry_run"], true);
+    // The file in flight is what a real run's claim would find: taken.
+    let slow = decision_of(&body, "acme", "slow.csv");
+    assert_eq!(
+        (&slow["decision"], &slow["status"]),
+        (
+            &Value::from("already_processed"),
+            &Value::from("processing")
+        ),
+        "{body}"
+    );
     assert!(
         !real.is_finished(),
         "the dry run answered only after the real run"
