@@ -503,6 +503,7 @@ mod tests {
         assert_eq!(c.claim_lease, Duration::from_secs(900));
         assert_eq!(c.read_failure_notify_after, 3);
         assert_eq!(c.housekeeping_interval, Some(Duration::from_secs(300)));
+        assert_eq!(c.run_interval, None, "runs only on request by default");
         assert_eq!(
             c.run_detail_retention,
             Some(Duration::from_secs(30 * 86_400))
@@ -541,6 +542,10 @@ mod tests {
                 "IGNORE_NAME_PATTERNS",
             ),
             (|a| a.bind_addr = Some("nowhere".into()), "BIND_ADDR"),
+            (
+                |a| a.run_interval_secs = Some("soon".into()),
+                "RUN_INTERVAL_SECS",
+            ),
             (|a| a.smb_archive_dir = Some("/".into()), "SMB_ARCHIVE_DIR"),
             // 120 s × 3 attempts + 1.5 s of pauses + 30 s of ITM = 391.5 s.
             (
