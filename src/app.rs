@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::downstream::{FoiClient, IqubeClient, ItmClient, http_client};
 use crate::engine::{Engine, RunError, RunSettings};
 use crate::http::{AppState, router};
+use crate::metrics::{Metrics, Timed};
 use crate::source::smb::SmbShare;
 use crate::store::PgStore;
 use anyhow::Context;
@@ -42,12 +43,14 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
     );
     let itm = ItmClient::new(http(cfg.itm_timeout, "ITM")?, cfg.itm_url.clone());
     let iqube = IqubeClient::new(http(cfg.iqube_timeout, "IQube")?, cfg.iqube_url.clone());
+    // One registry per engine: tests run many coordinators in one process.
+    let metrics = Arc::new(Metrics::new());
     Ok(Arc::new(Engine {
         source: Arc::new(SmbShare::new(cfg.smb.clone())),
         store: Arc::new(store),
-        foi: Arc::new(foi),
-        itm: Arc::new(itm),
-        iqube: Arc::new(iqube),
+        foi: Timed::new(Arc::new(foi), metrics.clone()),
+        itm: Timed::new(Arc::new(itm), metrics.clone()),
+        iqube: Timed::new(Arc::new(iqube), metrics.clone()),
         settings: RunSettings {
             source_dir: cfg.source_dir.clone(),
             archive_dir: cfg.archive_dir.clone(),
@@ -66,6 +69,7 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
         passes_done: tokio::sync::watch::channel(0).0,
         stop: CancellationToken::new(),
         leftover_reservations: Default::default(),
+        metrics,
     }))
 }
 
@@ -117,11 +121,15 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             tick.tick().await;
             loop {
                 tokio::select! {
+                    biased;
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => { e.background_pass().await; }
                 }
             }
         });
+    }
+    if let Some(every) = cfg.run_interval {
+        spawn_schedule(&engine, every, shutdown.clone());
     }
     let (e, stop) = (engine.clone(), shutdown.clone());
     let done = tokio::spawn(async move {
@@ -141,6 +149,35 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         done,
         engine,
     })
+}
+
+/// Starts a run every `every` (RUN_INTERVAL_SECS) until `stop`; a run in
+/// flight when `stop` comes finishes first (the tracker waits for it). A
+/// tick that finds another run in progress skips quietly: that is the
+/// schedule working as meant, not an error, and IQube is not told.
+fn spawn_schedule(engine: &Arc<Engine>, every: std::time::Duration, stop: CancellationToken) {
+    let e = engine.clone();
+    engine.tracker.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            // Biased: once stopped, a tick that fell due meanwhile starts nothing.
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => match e.run("schedule").await {
+                    Ok(report) => tracing::info!(run_id = %report.run_id, "scheduled run completed"),
+                    Err(RunError::Busy { running }) => {
+                        e.metrics.scheduled_run_skipped();
+                        tracing::info!(running = ?running, "scheduled run skipped: another run is in progress");
+                    }
+                    // Logged, recorded and told to IQube by the engine.
+                    Err(RunError::Failed { .. }) => {}
+                },
+            }
+        }
+    });
 }
 
 /// `coordinator serve`: until SIGTERM or SIGINT.
@@ -178,12 +215,16 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// `coordinator run`: one run, summary on stdout, background pass awaited.
-/// Returns the process exit code.
-pub async fn run_once(cfg: Config) -> anyhow::Result<i32> {
+/// `coordinator run`: one run, summary on stdout, background pass awaited
+/// (a dry run has none). Returns the process exit code.
+pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
     let store = migrated_store(cfg.database_url.expose()).await?;
     let engine = build_engine(&cfg, store)?;
-    let result = engine.run("cli").await;
+    let result = if dry_run {
+        engine.dry_run("cli").await
+    } else {
+        engine.run("cli").await
+    };
     engine.tracker.close();
     engine.tracker.wait().await;
     let (code, body) = match result {

@@ -1,7 +1,7 @@
 //! The command line (CONTRACT §2).
 
 use crate::config::{ConfigArgs, DbArgs};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Takes remittance files from an SMB share into the finance back office:
 /// every file goes through once or is explained.
@@ -17,6 +17,19 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `coordinator run`: the configuration and the run's options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Decide everything a run would and do none of it: no claim, download,
+    /// downstream call or move; only the run's own row is written, and no
+    /// other run is waited for or blocked. Exit 0 when it completed
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
 /// The programs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -24,7 +37,7 @@ pub enum Command {
     Serve(Box<ConfigArgs>),
     /// Perform one run now and print its summary (exit 0 when it completed,
     /// 1 when it failed, 3 when another run was in progress).
-    Run(Box<ConfigArgs>),
+    Run(Box<RunArgs>),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
 }

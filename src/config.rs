@@ -165,6 +165,9 @@ pub struct ConfigArgs {
     /// Seconds between background housekeeping passes in `serve`; 0 = only after runs [default: 300]
     #[arg(long, env = "HOUSEKEEPING_INTERVAL_SECS")]
     pub housekeeping_interval_secs: Option<String>,
+    /// Seconds between runs `serve` starts by itself (trigger `schedule`); 0 = only on request [default: 0]
+    #[arg(long, env = "RUN_INTERVAL_SECS")]
+    pub run_interval_secs: Option<String>,
     /// Days a finished run keeps its per-file list (its counts are kept for good); 0 = forever [default: 30]
     #[arg(long, env = "RUN_DETAIL_RETENTION_DAYS")]
     pub run_detail_retention_days: Option<String>,
@@ -219,6 +222,8 @@ pub struct Config {
     pub read_failure_notify_after: u32,
     /// Period of the background housekeeping pass (None: only after runs).
     pub housekeeping_interval: Option<Duration>,
+    /// Period of the runs `serve` starts by itself (None: only on request).
+    pub run_interval: Option<Duration>,
     /// How long a finished run keeps its per-file list (None: forever).
     pub run_detail_retention: Option<Duration>,
 }
@@ -380,6 +385,7 @@ impl Config {
             "HOUSEKEEPING_INTERVAL_SECS",
             300.0,
         )?;
+        let run_interval = secs(a.run_interval_secs, "RUN_INTERVAL_SECS", 0.0)?;
         let source_dir = rel_dir(a.smb_source_dir, "");
         let archive_dir = rel_dir(a.smb_archive_dir, "archive");
         if archive_dir.is_empty() {
@@ -428,6 +434,7 @@ impl Config {
             )?
             .max(1),
             housekeeping_interval: (!housekeeping.is_zero()).then_some(housekeeping),
+            run_interval: (!run_interval.is_zero()).then_some(run_interval),
             run_detail_retention: {
                 let days = parsed(
                     a.run_detail_retention_days,
@@ -496,6 +503,7 @@ mod tests {
         assert_eq!(c.claim_lease, Duration::from_secs(900));
         assert_eq!(c.read_failure_notify_after, 3);
         assert_eq!(c.housekeeping_interval, Some(Duration::from_secs(300)));
+        assert_eq!(c.run_interval, None, "runs only on request by default");
         assert_eq!(
             c.run_detail_retention,
             Some(Duration::from_secs(30 * 86_400))
@@ -534,6 +542,10 @@ mod tests {
                 "IGNORE_NAME_PATTERNS",
             ),
             (|a| a.bind_addr = Some("nowhere".into()), "BIND_ADDR"),
+            (
+                |a| a.run_interval_secs = Some("soon".into()),
+                "RUN_INTERVAL_SECS",
+            ),
             (|a| a.smb_archive_dir = Some("/".into()), "SMB_ARCHIVE_DIR"),
             // 120 s × 3 attempts + 1.5 s of pauses + 30 s of ITM = 391.5 s.
             (

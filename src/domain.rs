@@ -236,6 +236,8 @@ pub enum Decision {
     AlreadyProcessed,
     /// Claimed and sent downstream this run.
     Processed,
+    /// A dry run's verdict: a real run would claim it and send it downstream.
+    WouldProcess,
     /// Could not be read or recorded; nothing was sent.
     Error,
 }

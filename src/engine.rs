@@ -6,11 +6,12 @@ use crate::archive::{Archiver, PassReport};
 pub use crate::domain::FolderError;
 use crate::domain::{Decision, FileReport, FileStatus};
 use crate::downstream::{Extractor, Notifier, Submitter};
+use crate::metrics::Metrics;
 use crate::plan;
 use crate::process::Processor;
 use crate::scan::{self, names::TempNameFilter};
 use crate::source::FileSource;
-use crate::store::{RunStart, Store};
+use crate::store::{KnownVersion, RunStart, Store};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
@@ -69,6 +70,8 @@ pub struct Summary {
     pub succeeded: usize,
     /// Processed with a failure status.
     pub failed: usize,
+    /// Dry runs only: files a real run would claim and send downstream.
+    pub would_process: usize,
     /// Files that could not be read or recorded.
     pub errors: usize,
     /// One entry per file, with the decision and its reason: every file
@@ -86,7 +89,10 @@ pub const LISTED_FILES: usize = 1000;
 
 impl Summary {
     fn push(&mut self, r: FileReport) {
-        let always = matches!(r.decision, Decision::Processed | Decision::Error);
+        let always = matches!(
+            r.decision,
+            Decision::Processed | Decision::WouldProcess | Decision::Error
+        );
         match r.decision {
             Decision::Ignored => self.ignored += 1,
             Decision::Superseded => self.superseded += 1,
@@ -100,6 +106,7 @@ impl Summary {
                     self.failed += 1;
                 }
             }
+            Decision::WouldProcess => self.would_process += 1,
             Decision::Error => self.errors += 1,
         }
         if always || self.files.len() < LISTED_FILES {
@@ -123,6 +130,8 @@ pub struct RunReport {
     pub finished_at: DateTime<Utc>,
     /// Counts and decisions.
     pub summary: Summary,
+    /// True for a dry run: nothing was claimed, sent or moved.
+    pub dry_run: bool,
 }
 
 /// Why a run could not be performed: its machine code, HTTP status and
@@ -187,6 +196,8 @@ pub enum RunError {
         failure: RunFailure,
         /// For a person.
         message: String,
+        /// True for a dry run.
+        dry_run: bool,
     },
 }
 
@@ -205,12 +216,14 @@ impl RunError {
                 started_at,
                 failure,
                 message,
+                dry_run,
             } => json!({
                 "run_id": run_id,
                 "status": "failed",
                 "started_at": started_at,
                 "error": failure.code(),
                 "message": message,
+                "dry_run": dry_run,
             }),
         }
     }
@@ -249,6 +262,8 @@ pub struct Engine {
     pub stop: tokio_util::sync::CancellationToken,
     /// Archive name reservations a pass could not release, for the next pass.
     pub leftover_reservations: Arc<std::sync::Mutex<Vec<crate::source::Reservation>>>,
+    /// Counters and histograms of this engine, rendered by `GET /metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -268,6 +283,7 @@ impl Engine {
             passes_done: tokio::sync::watch::channel(0).0,
             stop: Default::default(),
             leftover_reservations: Default::default(),
+            metrics: self.metrics.clone(),
         })
     }
 
@@ -311,12 +327,17 @@ impl Engine {
     pub async fn run(self: &Arc<Self>, trigger: &str) -> Result<RunReport, RunError> {
         let run_id = Uuid::new_v4();
         let started_at = Utc::now();
+        let clock = std::time::Instant::now();
         let span = tracing::info_span!("run", %run_id, trigger);
-        let fail = |failure: RunFailure, message: String| RunError::Failed {
-            run_id,
-            started_at,
-            failure,
-            message,
+        let fail = |failure: RunFailure, message: String| {
+            self.metrics.run_finished("failed", clock.elapsed());
+            RunError::Failed {
+                run_id,
+                started_at,
+                failure,
+                message,
+                dry_run: false,
+            }
         };
         let lease = match self.store.begin_run(run_id, trigger, &self.instance).await {
             Ok(RunStart::Started(l)) => l,
@@ -346,7 +367,9 @@ impl Engine {
                     started_at,
                     finished_at,
                     summary,
+                    dry_run: false,
                 };
+                self.metrics.run_finished("completed", clock.elapsed());
                 let body = serde_json::to_value(&report.summary).unwrap_or_default();
                 if let Err(e) = self
                     .store
@@ -386,7 +409,106 @@ impl Engine {
         result
     }
 
-    async fn perform(&self, run_id: Uuid) -> Result<Summary, (RunFailure, String)> {
+    /// Computes every decision a real run would take, and performs none
+    /// (CONTRACT §9): the same scan, queries and two looks as [`Self::run`],
+    /// then the files a real run would send are reported `would_process`.
+    /// It takes no run lock, so it neither waits for nor blocks a real run;
+    /// it writes only its own `runs` row, and tells IQube nothing.
+    pub async fn dry_run(&self, trigger: &str) -> Result<RunReport, RunError> {
+        let run_id = Uuid::new_v4();
+        let started_at = Utc::now();
+        let span = tracing::info_span!("dry_run", %run_id, trigger);
+        let outcome = tracing::Instrument::instrument(self.look(), span).await;
+        let finished_at = Utc::now();
+        match outcome {
+            Ok((
+                plan::Plan {
+                    decided: mut d,
+                    work,
+                },
+                known,
+            )) => {
+                for g in &work {
+                    let e = &g.newest.entry;
+                    // A claim in flight: a real run's claim would find it.
+                    let in_flight = known.iter().any(|k| {
+                        k.remitter == g.newest.remitter
+                            && k.file_name == e.name
+                            && k.size == e.size as i64
+                            && k.mtime == e.mtime
+                            && k.status == FileStatus::Processing
+                    });
+                    let report = if in_flight {
+                        FileReport::new(
+                            &g.newest,
+                            Decision::AlreadyProcessed,
+                            Some("claimed by a run that has not finished (a real run takes the claim over only once its lease has run out)".into()),
+                        )
+                        .with_status(FileStatus::Processing)
+                    } else {
+                        FileReport::new(
+                            &g.newest,
+                            Decision::WouldProcess,
+                            Some("stable and not processed before: a real run would claim it and send it downstream".into()),
+                        )
+                    };
+                    d.after_processing(g, &report);
+                    d.reports.push(report);
+                }
+                let summary = summarize(d);
+                let body = serde_json::to_value(&summary).unwrap_or_default();
+                let row = crate::store::DryRunRow {
+                    run_id,
+                    trigger,
+                    instance: &self.instance,
+                    started_at,
+                    status: "completed",
+                    summary: &body,
+                    error: None,
+                };
+                if let Err(e) = self.store.record_dry_run(&row).await {
+                    tracing::error!(%run_id, error = %e, "could not record the dry run");
+                }
+                tracing::info!(%run_id, would_process = summary.would_process, "dry run completed");
+                Ok(RunReport {
+                    run_id,
+                    status: "completed",
+                    started_at,
+                    finished_at,
+                    summary,
+                    dry_run: true,
+                })
+            }
+            Err((failure, message)) => {
+                tracing::warn!(%run_id, code = failure.code(), error = %message, "dry run failed");
+                let row = crate::store::DryRunRow {
+                    run_id,
+                    trigger,
+                    instance: &self.instance,
+                    started_at,
+                    status: "failed",
+                    summary: &json!({}),
+                    error: Some((failure.code(), &message)),
+                };
+                if let Err(e) = self.store.record_dry_run(&row).await {
+                    tracing::error!(%run_id, error = %e, "could not record the failed dry run");
+                }
+                Err(RunError::Failed {
+                    run_id,
+                    started_at,
+                    failure,
+                    message,
+                    dry_run: true,
+                })
+            }
+        }
+    }
+
+    /// The first look, the queries, the pause and the second look: every
+    /// decision before any download, with the claimed versions of the groups
+    /// found. Reads only (but for the server clock probe); shared by real
+    /// and dry runs.
+    async fn look(&self) -> Result<(plan::Plan, Vec<KnownVersion>), (RunFailure, String)> {
         let s = &self.settings;
         let db_error = |e: crate::store::StoreError| (RunFailure::DatabaseError, e.to_string());
         let scan = scan::scan(
@@ -442,10 +564,18 @@ impl Engine {
             }
             second.insert(remitter, listing);
         }
-        let plan::Plan {
-            decided: mut d,
-            work,
-        } = draft.settle(&second);
+        Ok((draft.settle(&second), known))
+    }
+
+    async fn perform(&self, run_id: Uuid) -> Result<Summary, (RunFailure, String)> {
+        let s = &self.settings;
+        let (
+            plan::Plan {
+                decided: mut d,
+                work,
+            },
+            _,
+        ) = self.look().await?;
         if let Err(e) = self.store.rearchive(&d.rearchive).await {
             tracing::error!(error = %e, "could not queue re-uploaded files for the archive; the next run tries again");
         }
@@ -467,6 +597,7 @@ impl Engine {
             claim_lease: s.claim_lease,
             read_failure_notify_after: s.read_failure_notify_after,
             lock_lost: Default::default(),
+            metrics: self.metrics.clone(),
         };
         let jobs: Vec<_> = work
             .iter()
@@ -483,20 +614,14 @@ impl Engine {
             .collect()
             .await;
         for (i, report) in reports {
+            if let (Decision::Processed, Some(status)) = (report.decision, &report.status) {
+                self.metrics.file_recorded(status.as_str());
+            }
             d.after_processing(&work[i], &report);
             d.reports.push(report);
         }
-        let mut summary = Summary {
-            scanned: d.scanned,
-            ..Default::default()
-        };
-        for f in d.folder_errors {
-            summary.errors += 1;
-            summary.folder_errors.push(f);
-        }
-        for r in d.reports {
-            summary.push(r);
-        }
+        let to_archive = std::mem::take(&mut d.to_archive);
+        let summary = summarize(d);
         tracing::info!(
             scanned = summary.scanned,
             processed = summary.processed,
@@ -504,12 +629,28 @@ impl Engine {
             errors = summary.errors,
             "run completed"
         );
-        if let Err(e) = self.store.record_superseded(run_id, &d.to_archive).await {
+        if let Err(e) = self.store.record_superseded(run_id, &to_archive).await {
             // Not fatal: nothing was moved, and the next run decides again.
             tracing::error!(error = %e, "could not record superseded versions; they wait for the next run");
         }
         Ok(summary)
     }
+}
+
+/// The summary of a run's decisions.
+fn summarize(d: plan::Decided) -> Summary {
+    let mut summary = Summary {
+        scanned: d.scanned,
+        ..Default::default()
+    };
+    for f in d.folder_errors {
+        summary.errors += 1;
+        summary.folder_errors.push(f);
+    }
+    for r in d.reports {
+        summary.push(r);
+    }
+    summary
 }
 
 /// The IQube payload of a run that could not be performed.

@@ -903,6 +903,7 @@ fn with_lease(h: &Harness, lease: std::time::Duration) -> Arc<Engine> {
         passes_done: tokio::sync::watch::channel(0).0,
         stop: Default::default(),
         leftover_reservations: Default::default(),
+        metrics: e.metrics.clone(),
     })
 }
 
@@ -1089,4 +1090,50 @@ async fn a_retry_requested_file_is_claimed_and_sent_again() {
     // Not retried again: the next run leaves it alone.
     h.run().await;
     assert_eq!(h.itm.calls().len(), 2);
+}
+
+#[tokio::test]
+async fn a_dry_run_decides_like_a_run_and_does_nothing() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit_20240101.csv", b"old", old());
+    h.src.put("in/acme/remit_20240202.csv", b"new", old());
+    h.src.put("in/acme/fresh.csv", b"fresh", t0());
+    // A real run holds the lock meanwhile: the dry run neither waits nor fails.
+    let RunStart::Started(held) = h.store.begin_run(Uuid::new_v4(), "api", "x").await.unwrap()
+    else {
+        panic!("the lock is free");
+    };
+    let r = h.engine.dry_run("test").await.expect("dry run completes");
+    held.release().await;
+    h.settle().await;
+    assert!(r.dry_run);
+    assert_eq!(
+        report_of(&r, "remit_20240202.csv").decision,
+        Decision::WouldProcess
+    );
+    assert_eq!(
+        report_of(&r, "remit_20240101.csv").decision,
+        Decision::Superseded
+    );
+    assert_eq!(report_of(&r, "fresh.csv").decision, Decision::Unstable);
+    assert_eq!(
+        (
+            r.summary.would_process,
+            r.summary.processed,
+            r.summary.failed
+        ),
+        (1, 0, 0)
+    );
+    assert!(h.foi.calls().is_empty() && h.itm.calls().is_empty());
+    assert!(h.store.files().is_empty());
+    assert_eq!(h.src.files_under("archive/acme").len(), 0);
+    let runs = h.store.runs();
+    let dry: Vec<&RunRow> = runs.iter().filter(|r| r.dry_run).collect();
+    assert_eq!(dry.len(), 1);
+    assert_eq!(
+        (dry[0].status.as_str(), dry[0].trigger.as_str()),
+        ("completed", "test")
+    );
+    assert_eq!(*h.engine.passes_done.borrow(), 0, "no background pass");
+    assert!(h.spool_is_empty());
 }

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod downstream;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod plan;
 pub mod process;
 pub mod scan;

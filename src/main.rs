@@ -18,8 +18,8 @@ async fn main() -> ExitCode {
             Ok(cfg) => coordinator::app::serve(cfg).await.map(|_| 0),
             Err(e) => Err(e.into()),
         },
-        Command::Run(args) => match Config::from_args(*args) {
-            Ok(cfg) => coordinator::app::run_once(cfg).await,
+        Command::Run(args) => match Config::from_args(args.config) {
+            Ok(cfg) => coordinator::app::run_once(cfg, args.dry_run).await,
             Err(e) => Err(e.into()),
         },
     };

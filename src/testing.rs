@@ -473,6 +473,8 @@ pub struct RunRow {
     pub summary: Value,
     /// The error code and message of a failed run.
     pub error: Option<(String, String)>,
+    /// True for a dry run's row.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Default)]
@@ -635,6 +637,7 @@ impl RunStore for MemStore {
             instance: instance.into(),
             summary: Value::Null,
             error: None,
+            dry_run: false,
         });
         Ok(RunStart::Started(Box::new(MemRunLock(self.state.clone()))))
     }
@@ -662,6 +665,26 @@ impl RunStore for MemStore {
 
     async fn prune_run_details(&self, _older_than: Duration) -> Result<u64, StoreError> {
         Ok(0)
+    }
+
+    async fn record_dry_run(&self, row: &crate::store::DryRunRow<'_>) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        s.runs.push(RunRow {
+            id: row.run_id,
+            status: row.status.into(),
+            trigger: row.trigger.into(),
+            instance: row.instance.into(),
+            summary: row.summary.clone(),
+            error: row.error.map(|(c, m)| (c.into(), m.into())),
+            dry_run: true,
+        });
+        Ok(())
+    }
+
+    async fn backlog(&self) -> Result<crate::metrics::Backlog, StoreError> {
+        lock(&self.state).check()?;
+        Ok(crate::metrics::Backlog::default())
     }
 }
 
@@ -1175,5 +1198,6 @@ pub fn engine(
         passes_done: tokio::sync::watch::channel(0).0,
         stop: Default::default(),
         leftover_reservations: Default::default(),
+        metrics: Default::default(),
     })
 }

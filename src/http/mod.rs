@@ -70,11 +70,15 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest query string the API accepts.
 pub const MAX_QUERY_BYTES: usize = 2048;
 
-/// Options of a run. None exist yet; the body may be empty or `{}`, and an
-/// unknown field is an error rather than silently ignored.
+/// Options of a run; the body may be empty or `{}`, and an unknown field is
+/// an error rather than silently ignored.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RunRequest {}
+pub struct RunRequest {
+    /// Decide everything, do nothing (CONTRACT §9).
+    #[serde(default)]
+    pub dry_run: bool,
+}
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
@@ -204,13 +208,16 @@ async fn create_run(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
-    let _options = parse_run_request(body)?;
+    let options = parse_run_request(body)?;
     // The run is its own task: a client that hangs up must not cancel it half-way.
     let engine = state.engine.clone();
-    let handle = state
-        .engine
-        .tracker
-        .spawn(async move { engine.run("api").await });
+    let handle = state.engine.tracker.spawn(async move {
+        if options.dry_run {
+            engine.dry_run("api").await
+        } else {
+            engine.run("api").await
+        }
+    });
     match handle.await {
         Ok(Ok(report)) => Ok((StatusCode::OK, Json(report)).into_response()),
         Ok(Err(e)) => Err(AppError::RunFailed(e)),
@@ -219,7 +226,26 @@ async fn create_run(
             started_at: chrono::Utc::now(),
             failure: RunFailure::Internal,
             message: format!("the run task failed: {join}"),
+            dry_run: false,
         })),
+    }
+}
+
+/// `GET /metrics`: the engine's series in the Prometheus text format, with
+/// the backlog gauges counted now (one query; on a database error the last
+/// counts stay and the scrape still answers).
+async fn metrics(State(state): State<AppState>) -> Response {
+    let m = &state.engine.metrics;
+    match state.engine.store.backlog().await {
+        Ok(b) => m.set_backlog(b),
+        Err(e) => tracing::warn!(error = %e, "metrics: the backlog could not be counted"),
+    }
+    match m.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics could not be rendered");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
 }
 
@@ -277,6 +303,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(page::routes())
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
@@ -309,6 +336,9 @@ mod tests {
         assert!(ok("{}"));
         assert!(!ok("{not json"));
         assert!(!ok(r#"{"dry_runn": true}"#));
+        assert!(ok(r#"{"dry_run": true}"#));
+        assert!(ok(r#"{"dry_run": false}"#));
+        assert!(!ok(r#"{"dry_run": "yes"}"#));
         assert!(!ok("[]"));
         assert!(!ok("null"));
     }

@@ -65,6 +65,8 @@ pub struct Processor {
     pub read_failure_notify_after: u32,
     /// Set once a claim found the run lock gone: no more claims in this run.
     pub lock_lost: AtomicBool,
+    /// Where the bytes read are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The IQube payload of a file that keeps failing to be read.
@@ -181,6 +183,7 @@ impl Processor {
             }
             Err(e) => return self.read_failed(run_id, c, &e.to_string()).await,
         };
+        self.metrics.bytes_read(fetched.size);
         // The bytes read must be the version that passed Policy A (CONTRACT §1.4).
         let (e, a) = (&c.entry, &fetched.after);
         if fetched.size != e.size || a.size != e.size || a.mtime != e.mtime || a.ctime != e.ctime {

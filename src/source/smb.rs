@@ -136,8 +136,11 @@ fn classify(op: &str, err: SmbError) -> SourceError {
                 Some(libc_errno::EBUSY) | Some(libc_errno::ETXTBSY) => {
                     SourceError::Busy(op.to_string())
                 }
+                // ENOMEM: libsmbclient's answer, seen here, when its cached
+                // connection to an smbd that was restarted cannot be reused.
                 Some(
-                    libc_errno::EPIPE
+                    libc_errno::ENOMEM
+                    | libc_errno::EPIPE
                     | libc_errno::ECONNABORTED
                     | libc_errno::ECONNRESET
                     | libc_errno::ENOTCONN
@@ -163,6 +166,7 @@ fn classify(op: &str, err: SmbError) -> SourceError {
 mod libc_errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
+    pub const ENOMEM: i32 = 12;
     pub const EACCES: i32 = 13;
     pub const EBUSY: i32 = 16;
     pub const EEXIST: i32 = 17;

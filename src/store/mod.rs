@@ -161,6 +161,25 @@ pub fn retry_delay(attempts: u32) -> std::time::Duration {
     std::time::Duration::from_secs(secs.min(3600))
 }
 
+/// The one row a dry run writes (CONTRACT §9), once it has finished.
+#[derive(Debug, Clone)]
+pub struct DryRunRow<'a> {
+    /// Run id.
+    pub run_id: Uuid,
+    /// `api`, `cli` or `schedule`.
+    pub trigger: &'a str,
+    /// Name of the process.
+    pub instance: &'a str,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// `completed` or `failed`.
+    pub status: &'a str,
+    /// The summary (counts and per-file list).
+    pub summary: &'a Value,
+    /// The error code and message of a failed dry run.
+    pub error: Option<(&'a str, &'a str)>,
+}
+
 /// The outcome of asking for the run lock.
 pub enum RunStart {
     /// This process holds the run lock until it is released.
@@ -208,6 +227,12 @@ pub trait RunStore: Send + Sync {
     /// Drops the per-file list (`summary.files`) of runs that finished more
     /// than `older_than` ago; their counts stay. Returns how many were pruned.
     async fn prune_run_details(&self, older_than: std::time::Duration) -> Result<u64, StoreError>;
+    /// Records a finished dry run: its `runs` row (`dry_run = true`), and
+    /// nothing else. Takes no lock.
+    async fn record_dry_run(&self, row: &DryRunRow<'_>) -> Result<(), StoreError>;
+    /// The backlog gauges of `/metrics` (outbox, archive, files awaiting an
+    /// operator), in one query.
+    async fn backlog(&self) -> Result<crate::metrics::Backlog, StoreError>;
 }
 
 /// Claims: what a scan knows about versions, claims and their outcomes.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    ArchiveCandidate, ArchiveStore, Claim, ClaimStore, Guard, KnownVersion, OutboxStore,
+    ArchiveCandidate, ArchiveStore, Claim, ClaimStore, DryRunRow, Guard, KnownVersion, OutboxStore,
     PendingNotification, RunLock, RunStart, RunStore, StoreError, SupersededFile, file_failed_key,
 };
 use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
@@ -243,6 +243,47 @@ impl RunStore for PgStore {
         .await
         .step("pruning old runs' per-file lists")?;
         Ok(pruned.rows_affected())
+    }
+
+    async fn record_dry_run(&self, row: &DryRunRow<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO runs (id, status, trigger, instance, started_at, finished_at, summary, error, message, dry_run) \
+             VALUES ($1, $2, $3, $4, $5, now(), $6, $7, $8, true)",
+        )
+        .bind(row.run_id)
+        .bind(row.status)
+        .bind(row.trigger)
+        .bind(row.instance)
+        .bind(row.started_at)
+        .bind(row.summary)
+        .bind(row.error.map(|e| e.0))
+        .bind(row.error.map(|e| e.1))
+        .execute(&self.pool)
+        .await
+        .step("recording the dry run")?;
+        Ok(())
+    }
+
+    async fn backlog(&self) -> Result<crate::metrics::Backlog, StoreError> {
+        let (outbox_pending, archive_pending, awaiting_operator): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM notifications WHERE delivered_at IS NULL), \
+                        (SELECT count(*) FROM files WHERE archived_at IS NULL \
+                           AND (status = 'success' OR status LIKE 'ops\\_%')) \
+                          + (SELECT count(*) FROM superseded_files WHERE resolved_at IS NULL), \
+                        (SELECT count(*) FROM files WHERE status IN ($1, $2, $3, $4))",
+        )
+        .bind(FileStatus::ExtractionFilePasswordFailed.as_str())
+        .bind(FileStatus::ExtractionFileFailed.as_str())
+        .bind(FileStatus::ExtractionServiceFailed.as_str())
+        .bind(FileStatus::ItmFailed.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .step("counting the backlog")?;
+        Ok(crate::metrics::Backlog {
+            outbox_pending,
+            archive_pending,
+            awaiting_operator,
+        })
     }
 }
 

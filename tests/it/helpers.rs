@@ -73,6 +73,8 @@ pub struct Opts {
     pub env: Option<TestEnv>,
     /// Period of the background pass in `serve` (0: only after runs).
     pub housekeeping_interval_secs: f64,
+    /// RUN_INTERVAL_SECS: period of scheduled runs (0: only on request).
+    pub run_interval_secs: f64,
     /// Serve the fakes over TLS with this configuration (`https://` URLs).
     pub fakes_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// `EXTRA_CA_CERTS_FILE` of the coordinator.
@@ -96,6 +98,7 @@ impl Default for Opts {
             claim_lease_secs: 900.0,
             env: None,
             housekeeping_interval_secs: 0.0,
+            run_interval_secs: 0.0,
             fakes_tls: None,
             extra_ca_file: None,
         }
@@ -275,6 +278,7 @@ pub async fn prepare(opts: Opts) -> Prepared {
         stable_check_interval_secs: Some(opts.interval_secs.to_string()),
         max_concurrent_files: Some(opts.max_concurrent_files.to_string()),
         housekeeping_interval_secs: Some(opts.housekeeping_interval_secs.to_string()),
+        run_interval_secs: Some(opts.run_interval_secs.to_string()),
         spool_dir: Some(std::env::temp_dir().join(format!("coordinator-spool-{id}"))),
         read_failure_notify_after: Some(opts.read_failure_notify_after.to_string()),
         claim_lease_secs: Some(opts.claim_lease_secs.to_string()),
@@ -365,7 +369,8 @@ impl TestApp {
     /// Waits until every background pass scheduled so far has finished.
     pub async fn wait_background(&mut self) {
         let runs: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM runs WHERE status <> 'running' AND instance = $1",
+            // Dry runs schedule no pass.
+            "SELECT count(*) FROM runs WHERE status <> 'running' AND NOT dry_run AND instance = $1",
         )
         .bind(&self.server.engine.instance)
         .fetch_one(&self.db)

@@ -240,6 +240,39 @@ async fn sigterm_mid_run_finishes_the_files_in_flight() {
     assert_eq!(runs, ["completed"]);
 }
 
+/// RUN_INTERVAL_SECS in the real binary: a scheduled run takes the file
+/// with nobody calling; SIGTERM while it is in flight lets it finish, stops
+/// the schedule (no run after it) and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_schedule_after_its_run_in_flight() {
+    let p = prepare(Opts::default()).await;
+    p.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(2)));
+    put(&p, "acme", "a.csv", b"a").await;
+    let mut serve = Serve::start(&p, &[("RUN_INTERVAL_SECS", "1")]).await;
+    until(30, "ITM reached by a scheduled run", || {
+        !p.fakes.itm_calls().is_empty()
+    })
+    .await;
+    serve.signal("-TERM");
+    assert_eq!(serve.wait().await, Some(0), "{}", serve.log_text());
+
+    let db = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&p.db_url)
+        .await
+        .unwrap();
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM files")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(statuses, ["success"]);
+    let runs: Vec<(String, String)> = sqlx::query_as("SELECT status, trigger FROM runs")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(runs, [("completed".to_string(), "schedule".to_string())]);
+}
+
 /// A lease of 3 s that still covers one file (FOI 0.5 s + ITM 2 s).
 const SHORT_LEASE: &[(&str, &str)] = &[
     ("CLAIM_LEASE_SECS", "3"),
