@@ -114,6 +114,20 @@ async fn an_operator_retries_a_failed_file_from_the_status_page() {
         text.contains("rejected.csv") && text.contains("extraction_file_failed"),
         "{text}"
     );
+    // The backlog comes from /metrics: numbers, not the placeholder.
+    for gauge in ["outbox", "archive"] {
+        let text = b
+            .find(Locator::Id(gauge))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.parse::<u64>().is_ok(),
+            "{gauge} backlog shows {text:?}"
+        );
+    }
     if let Ok(path) = std::env::var("IT_SCREENSHOT") {
         std::fs::write(path, b.screenshot().await.unwrap()).unwrap();
     }
