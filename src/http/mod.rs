@@ -88,8 +88,9 @@ pub struct RunRequest {}
 
 /// The body of every error answer: `error` and `message`, and for a run that
 /// did not complete the run's fields (`RunError::body` builds those).
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+/// (Read back, refusing unknown fields, only by the tests.)
+#[derive(Debug, Serialize, ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize), serde(deny_unknown_fields))]
 pub struct ErrorBody {
     /// Stable machine code: `invalid_request`, `unauthorized`, `not_found`,
     /// `method_not_allowed`, `not_retryable`, `not_resolvable`,
@@ -402,8 +403,9 @@ async fn openapi_json(Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>) 
 }
 
 /// Every documented route: the bearer token's behind [`require_token`]
-/// (and marked so in the document), the rest open. A route is added here,
-/// with `routes!`, or it is neither served nor documented.
+/// (and marked so in the document), the rest open. API routes are added
+/// here, with `routes!`; `tests/it/openapi.rs` fails on a path the router
+/// serves that the document lacks (the status page's aside).
 fn documented(state: &AppState) -> OpenApiRouter<AppState> {
     let mut protected = OpenApiRouter::new()
         .routes(routes!(create_run, operator::list_runs))
@@ -424,7 +426,8 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(protected)
 }
 
-/// The router with its middleware.
+/// The router with its middleware: the documented routes, the status page,
+/// and the document itself for `openapi_json`.
 pub fn router(state: AppState) -> Router {
     let (documented, doc) = documented(&state).split_for_parts();
     Router::new()

@@ -102,5 +102,5 @@ pub(super) fn optional_body(doc: &mut utoipa::openapi::OpenApi, path: &str) {
         (status = 414, description = "`uri_too_long`", body = ErrorBody),
     )
 )]
-#[allow(dead_code)]
+#[allow(dead_code)] // only its `#[utoipa::path]` is used, in `Base`
 fn metrics() {}
