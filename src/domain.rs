@@ -62,6 +62,17 @@ impl TryFrom<&str> for OpsVerdict {
 pub struct InvalidStatus(pub String);
 
 impl FileStatus {
+    /// Every status but an operator's verdict, which is `ops_` and a word.
+    pub const NAMED: [FileStatus; 7] = [
+        Self::Processing,
+        Self::Success,
+        Self::ExtractionFilePasswordFailed,
+        Self::ExtractionFileFailed,
+        Self::ExtractionServiceFailed,
+        Self::ItmFailed,
+        Self::RetryRequested,
+    ];
+
     /// The four statuses that end processing with a failure.
     pub const FAILURES: [FileStatus; 4] = [
         Self::ExtractionFilePasswordFailed,
@@ -145,6 +156,33 @@ impl PartialEq<&str> for FileStatus {
     }
 }
 
+/// In the API a status is a string: one of [`FileStatus::NAMED`] or a verdict,
+/// `ops_` and 1–40 of `a-z 0-9 _` (the pattern says both).
+impl utoipa::PartialSchema for FileStatus {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let named: Vec<&str> = Self::NAMED.iter().map(Self::as_str).collect();
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(format!(
+                "^({}|ops_[a-z0-9_]{{1,40}})$",
+                named.join("|")
+            )))
+            .description(Some(format!(
+                "A file's status: {}, or an operator's verdict `ops_<word>` \
+                 (1-40 of a-z, 0-9, _). Failure statuses: {}.",
+                named.join(", "),
+                Self::FAILURES.map(|s| s.as_str().to_string()).join(", ")
+            )))
+            .examples([
+                serde_json::json!("itm_failed"),
+                serde_json::json!("ops_keyed_by_hand"),
+            ])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for FileStatus {}
+
 /// `files.status` is text: a status is written as its name and read back
 /// through [`FileStatus::from_str`], so an unknown text is a decode error.
 impl sqlx::Type<sqlx::Postgres> for FileStatus {
@@ -197,6 +235,20 @@ mod tests {
             assert_eq!(st.as_str(), s);
             assert_eq!(serde_json::to_value(&st).unwrap(), s);
         }
+        let named: Vec<&str> = FileStatus::NAMED.iter().map(FileStatus::as_str).collect();
+        assert_eq!(
+            named,
+            [
+                "processing",
+                "success",
+                "extraction_file_password_failed",
+                "extraction_file_failed",
+                "extraction_service_failed",
+                "itm_failed",
+                "retry_requested",
+            ],
+            "NAMED (the API's pattern) lists every status but a verdict"
+        );
         let long = format!("ops_{}", "a".repeat(41));
         for bad in [
             "ops_",
@@ -223,7 +275,7 @@ mod tests {
 }
 
 /// What a run decided about one file, as the summary reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// Temp-like name: never touched.
@@ -243,7 +295,7 @@ pub enum Decision {
 }
 
 /// What the run reports for one file.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct FileReport {
     /// Remitter folder.
     pub remitter: String,
@@ -279,7 +331,7 @@ impl FileReport {
 }
 
 /// A remitter folder that could not be listed, at either look.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FolderError {
     /// Remitter folder name.
     pub remitter: String,

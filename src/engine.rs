@@ -52,7 +52,7 @@ pub struct RunSettings {
 }
 
 /// Counts and per-file decisions of one run (CONTRACT §4).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Summary {
     /// Files found in remitter folders, temp names included.
     pub scanned: usize,
@@ -76,10 +76,15 @@ pub struct Summary {
     pub errors: usize,
     /// One entry per file, with the decision and its reason: every file
     /// processed or in error, and the others up to [`LISTED_FILES`] entries.
+    /// Left out of the run list; replaced by `files_pruned: true` once
+    /// `RUN_DETAIL_RETENTION_DAYS` have passed.
+    #[schema(required = false)]
     pub files: Vec<FileReport>,
     /// True when files were left out of `files` (the counts still cover them).
     pub files_truncated: bool,
     /// Remitter folders that could not be listed (counted in `errors`).
+    /// Left out of the run list.
+    #[schema(required = false)]
     pub folder_errors: Vec<FolderError>,
 }
 
@@ -118,11 +123,12 @@ impl Summary {
 }
 
 /// A completed run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunReport {
     /// Run id.
     pub run_id: Uuid,
     /// Always `completed`.
+    #[schema(value_type = String, example = "completed")]
     pub status: &'static str,
     /// Start.
     pub started_at: DateTime<Utc>,

@@ -1,13 +1,19 @@
 //! The HTTP API (CONTRACT §4, §9): the run endpoint and the operator's
 //! history, retry and resolve routes behind a bearer token, and
-//! unauthenticated health and readiness probes. Errors are JSON
-//! `{error, message}` through one [`AppError`].
+//! unauthenticated health and readiness probes and OpenAPI document. Errors
+//! are JSON `{error, message}` ([`ErrorBody`]) through one [`AppError`].
+//!
+//! Every route but the status page's is registered through
+//! [`OpenApiRouter`] with `routes!`: registering a route and documenting it
+//! are the same line, and the document is what `GET /api/v1/openapi.json`
+//! answers.
 
+mod openapi;
 mod operator;
 mod page;
 
 use crate::config::Secret;
-use crate::engine::{Engine, RunError, RunFailure};
+use crate::engine::{Engine, RunError, RunFailure, RunReport};
 use crate::store::{OperatorError, OperatorStore};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,14 +21,18 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -72,7 +82,7 @@ pub const MAX_QUERY_BYTES: usize = 2048;
 
 /// Options of a run; the body may be empty or `{}`, and an unknown field is
 /// an error rather than silently ignored.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// Decide everything, do nothing (CONTRACT §9).
@@ -80,45 +90,95 @@ pub struct RunRequest {
     pub dry_run: bool,
 }
 
+/// The body of every error answer: `error` and `message`, and for a run that
+/// did not complete the run's fields (`RunError::body` builds those).
+/// (Read back, refusing unknown fields, only by the tests.)
+#[derive(Debug, Serialize, ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize), serde(deny_unknown_fields))]
+pub struct ErrorBody {
+    /// Stable machine code: `invalid_request`, `unauthorized`, `not_found`,
+    /// `method_not_allowed`, `not_retryable`, `not_resolvable`,
+    /// `run_in_progress`, `payload_too_large`, `uri_too_long`,
+    /// `database_error`, or a failed run's code (`scan_failed`,
+    /// `database_unavailable`, `spool_unavailable`, `internal_error`).
+    #[schema(example = "not_found")]
+    pub error: String,
+    /// For a person.
+    pub message: String,
+    /// `409 run_in_progress`: the running run; a run that failed: its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<Uuid>,
+    /// A run that failed: `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "failed")]
+    pub status: Option<String>,
+    /// A run that failed: when it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// A run that failed: whether it was a dry run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
+}
+
+impl ErrorBody {
+    fn new(error: &str, message: impl Into<String>) -> Self {
+        Self {
+            error: error.to_string(),
+            message: message.into(),
+            run_id: None,
+            status: None,
+            started_at: None,
+            dry_run: None,
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
             AppError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                json!({"error": "unauthorized", "message": "missing or wrong bearer token"}),
+                ErrorBody::new("unauthorized", "missing or wrong bearer token"),
             ),
-            AppError::RunFailed(e) => (e.http_status(), e.body()),
+            AppError::RunFailed(e) => {
+                let status = e.http_status();
+                return (status, Json(e.body())).into_response();
+            }
             AppError::NotFound => (
                 StatusCode::NOT_FOUND,
-                json!({"error": "not_found", "message": "no such route"}),
+                ErrorBody::new("not_found", "no such route"),
             ),
-            AppError::NoSuchItem(message) => (
-                StatusCode::NOT_FOUND,
-                json!({"error": "not_found", "message": message}),
-            ),
-            AppError::Conflict { code, message } => (
-                StatusCode::CONFLICT,
-                json!({"error": code, "message": message}),
-            ),
+            AppError::NoSuchItem(message) => {
+                (StatusCode::NOT_FOUND, ErrorBody::new("not_found", message))
+            }
+            AppError::Conflict { code, message } => {
+                (StatusCode::CONFLICT, ErrorBody::new(code, message))
+            }
             AppError::Database(message) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "database_error", "message": message}),
+                ErrorBody::new("database_error", message),
             ),
             AppError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
-                json!({"error": "method_not_allowed", "message": "this route does not take that method"}),
+                ErrorBody::new("method_not_allowed", "this route does not take that method"),
             ),
             AppError::BadRequest(message) => (
                 StatusCode::BAD_REQUEST,
-                json!({"error": "invalid_request", "message": message}),
+                ErrorBody::new("invalid_request", message),
             ),
             AppError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": "payload_too_large", "message": format!("request bodies are limited to {MAX_BODY_BYTES} bytes")}),
+                ErrorBody::new(
+                    "payload_too_large",
+                    format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+                ),
             ),
             AppError::UriTooLong => (
                 StatusCode::URI_TOO_LONG,
-                json!({"error": "uri_too_long", "message": format!("query strings are limited to {MAX_QUERY_BYTES} bytes")}),
+                ErrorBody::new(
+                    "uri_too_long",
+                    format!("query strings are limited to {MAX_QUERY_BYTES} bytes"),
+                ),
             ),
         };
         let mut resp = (status, Json(body)).into_response();
@@ -204,6 +264,28 @@ fn parse_run_request(body: Result<Bytes, BytesRejection>) -> Result<RunRequest, 
     Ok(parse_body(body)?.unwrap_or_default())
 }
 
+/// Performs one run and answers when every candidate has been processed;
+/// the archive part continues in the background.
+#[utoipa::path(
+    post,
+    path = "/api/v1/coordinator/runs",
+    tag = "runs",
+    request_body(
+        content = RunRequest,
+        description = "Empty, or a JSON object of the run's options (an unknown field is refused)"
+    ),
+    responses(
+        (status = 200, description = "The run completed (files may have failed); with `dry_run`, every decision and nothing done", body = RunReport),
+        (status = 400, description = "`invalid_request`: a malformed body or an unknown field", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 409, description = "`run_in_progress`; `run_id` names the running run (never for a dry run)", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 414, description = "`uri_too_long`", body = ErrorBody),
+        (status = 500, description = "`internal_error`: the run task failed", body = ErrorBody),
+        (status = 502, description = "`scan_failed`: the share could not be listed; the run is recorded as failed", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`, `database_error` or `spool_unavailable`", body = ErrorBody),
+    )
+)]
 async fn create_run(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -211,8 +293,9 @@ async fn create_run(
     let options = parse_run_request(body)?;
     // The run is its own task: a client that hangs up must not cancel it half-way.
     let engine = state.engine.clone();
+    let dry_run = options.dry_run;
     let handle = state.engine.tracker.spawn(async move {
-        if options.dry_run {
+        if dry_run {
             engine.dry_run("api").await
         } else {
             engine.run("api").await
@@ -226,7 +309,7 @@ async fn create_run(
             started_at: chrono::Utc::now(),
             failure: RunFailure::Internal,
             message: format!("the run task failed: {join}"),
-            dry_run: false,
+            dry_run,
         })),
     }
 }
@@ -249,10 +332,70 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// The answer of `/healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
 }
 
+/// The process is alive.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "probes",
+    responses(
+        (status = 200, description = "Alive", body = Health),
+        (status = 414, description = "`uri_too_long`", body = ErrorBody),
+    )
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// The answer of `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(example = "ready")]
+    status: &'static str,
+    /// Whether Postgres answers.
+    database: Check,
+    /// Whether the share's source folder can be listed.
+    share: Check,
+}
+
+/// One dependency of [`Readiness`].
+#[derive(Debug, Serialize, ToSchema)]
+struct Check {
+    /// True when it answered.
+    ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl From<Result<(), String>> for Check {
+    fn from(r: Result<(), String>) -> Self {
+        Self {
+            ok: r.is_ok(),
+            error: r.err(),
+        }
+    }
+}
+
+/// The database and the share answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "probes",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 414, description = "`uri_too_long`", body = ErrorBody),
+        (status = 503, description = "Not ready: which of the two failed", body = Readiness),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let db = state.engine.store.ping().await.map_err(|e| e.to_string());
     let share = tokio::time::timeout(
@@ -263,15 +406,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     .map_err(|_| "timed out".to_string())
     .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
     let ready = db.is_ok() && share.is_ok();
-    let show = |r: &Result<(), String>| match r {
-        Ok(()) => json!({"ok": true}),
-        Err(e) => json!({"ok": false, "error": e}),
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        database: db.into(),
+        share: share.into(),
     };
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "database": show(&db),
-        "share": show(&share),
-    });
     let code = if ready {
         StatusCode::OK
     } else {
@@ -280,34 +419,56 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// The router with its middleware.
+/// This API's OpenAPI 3.1 document, built from the routes as they are registered.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    responses(
+        (status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json"),
+        (status = 414, description = "`uri_too_long`", body = ErrorBody),
+    )
+)]
+async fn openapi_json(Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>) -> Response {
+    Json(&*doc).into_response()
+}
+
+/// Every documented route: the bearer token's behind [`require_token`]
+/// (and marked so in the document), the rest open. API routes are added
+/// here, with `routes!`; `tests/it/openapi.rs` fails on a path the router
+/// serves that the document lacks (the status page's aside).
+fn documented(state: &AppState) -> OpenApiRouter<AppState> {
+    let mut protected = OpenApiRouter::new()
+        .routes(routes!(create_run, operator::list_runs))
+        .routes(routes!(operator::get_run))
+        .routes(routes!(operator::list_files))
+        .routes(routes!(operator::get_file))
+        .routes(routes!(operator::retry_file))
+        .routes(routes!(operator::resolve_file));
+    // An empty body is a run with no options, which `#[utoipa::path]` cannot say.
+    openapi::optional_body(protected.get_openapi_mut(), "/api/v1/coordinator/runs");
+    openapi::require_bearer(protected.get_openapi_mut());
+    let protected =
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi_json))
+        .merge(protected)
+}
+
+/// The router with its middleware: the documented routes, the status page,
+/// and the document itself for `openapi_json`.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route(
-            "/api/v1/coordinator/runs",
-            post(create_run).get(operator::list_runs),
-        )
-        .route("/api/v1/coordinator/runs/{run_id}", get(operator::get_run))
-        .route("/api/v1/coordinator/files", get(operator::list_files))
-        .route("/api/v1/coordinator/files/{id}", get(operator::get_file))
-        .route(
-            "/api/v1/coordinator/files/{id}/retry",
-            post(operator::retry_file),
-        )
-        .route(
-            "/api/v1/coordinator/files/{id}/resolve",
-            post(operator::resolve_file),
-        )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let (documented, doc) = documented(&state).split_for_parts();
     Router::new()
-        .merge(api)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .merge(documented)
+        .route("/metrics", axum::routing::get(metrics))
         .merge(page::routes())
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state)
+        .layer(Extension(Arc::new(doc)))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(limit_query))
         .layer(
@@ -341,5 +502,54 @@ mod tests {
         assert!(!ok(r#"{"dry_run": "yes"}"#));
         assert!(!ok("[]"));
         assert!(!ok("null"));
+    }
+
+    /// Every error answer is an [`ErrorBody`] (which refuses unknown
+    /// fields), so the document's error schema is the bodies' real shape.
+    #[tokio::test]
+    async fn every_error_body_is_the_documented_one() {
+        let failed = |failure| {
+            AppError::RunFailed(RunError::Failed {
+                run_id: Uuid::new_v4(),
+                started_at: Utc::now(),
+                failure,
+                message: "m".into(),
+                dry_run: false,
+            })
+        };
+        let errors = [
+            AppError::Unauthorized,
+            AppError::RunFailed(RunError::Busy { running: None }),
+            AppError::RunFailed(RunError::Busy {
+                running: Some(Uuid::new_v4()),
+            }),
+            failed(RunFailure::ScanFailed),
+            failed(RunFailure::DatabaseUnavailable),
+            failed(RunFailure::DatabaseError),
+            failed(RunFailure::SpoolUnavailable),
+            failed(RunFailure::Internal),
+            AppError::NotFound,
+            AppError::NoSuchItem("no file 1".into()),
+            AppError::Conflict {
+                code: "not_retryable",
+                message: "m".into(),
+            },
+            AppError::Database("down".into()),
+            AppError::MethodNotAllowed,
+            AppError::BadRequest("bad".into()),
+            AppError::PayloadTooLarge,
+            AppError::UriTooLong,
+        ];
+        for e in errors {
+            let what = format!("{e:?}");
+            let resp = e.into_response();
+            assert!(resp.status().is_client_error() || resp.status().is_server_error());
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .expect("a body");
+            let body: ErrorBody =
+                serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{what}: {e}: {bytes:?}"));
+            assert!(!body.error.is_empty() && !body.message.is_empty(), "{what}");
+        }
     }
 }

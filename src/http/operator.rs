@@ -2,15 +2,15 @@
 //! resolve. Parameters are checked here; the queries are
 //! [`OperatorStore`](crate::store::OperatorStore)'s.
 
-use super::{AppError, AppState, parse_body};
+use super::{AppError, AppState, ErrorBody, parse_body};
 use crate::domain::{FileStatus, OpsVerdict};
-use crate::store::{FileFilter, StatusFilter};
+use crate::store::{FileDetail, FileFilter, FileView, RunView, StatusFilter};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 /// Rows per page when `limit` is not given.
@@ -18,38 +18,76 @@ pub const DEFAULT_LIMIT: i64 = 50;
 /// Most rows per page.
 pub const MAX_LIMIT: i64 = 500;
 
-/// `?limit=&before=` of the run list.
-#[derive(Debug, Deserialize)]
+/// `?limit=&before=` of the run list. The fields are text so that a bad
+/// value gets this module's message; the document gives their real types.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
+    /// Runs per page, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
+    /// The `next` of the previous page: runs started before this one.
+    #[param(value_type = Option<Uuid>)]
     before: Option<String>,
 }
 
 /// `?limit=&before=&remitter=&status=&q=` of the file list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FilesQuery {
+    /// Files per page, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
+    /// The `next` of the previous page: files with a smaller id.
+    #[param(value_type = Option<i64>)]
     before: Option<String>,
+    /// Exact remitter folder.
     remitter: Option<String>,
+    /// A file status, or `failed` for every failure status.
     status: Option<String>,
+    /// Substring of the file name, case-insensitive (`%` and `_` literal).
     q: Option<String>,
 }
 
 /// Body of a retry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
+    /// Why, for the file's history; must not be blank.
+    #[schema(min_length = 1)]
     reason: String,
 }
 
 /// Body of a resolve.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
+    /// The verdict: `ops_` followed by 1–40 of `a-z 0-9 _`.
+    #[schema(pattern = "^ops_[a-z0-9_]{1,40}$", example = "ops_keyed_by_hand")]
     status: String,
+    /// Why, for the file's history; must not be blank.
+    #[schema(min_length = 1)]
     reason: String,
+}
+
+/// A page of the run list, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunsPage {
+    /// The runs, each with the counts of its summary only.
+    runs: Vec<RunView>,
+    /// The `before` of the next page; null on the last.
+    next: Option<String>,
+}
+
+/// A page of the file list, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FilesPage {
+    /// The files.
+    files: Vec<FileView>,
+    /// The `before` of the next page; null on the last.
+    next: Option<String>,
 }
 
 fn bad(message: impl Into<String>) -> AppError {
@@ -86,11 +124,24 @@ fn reason(r: &str) -> Result<String, AppError> {
     }
 }
 
-/// `GET /api/v1/coordinator/runs`
+/// The run history, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/coordinator/runs",
+    tag = "operator",
+    params(RunsQuery),
+    responses(
+        (status = 200, description = "A page of runs", body = RunsPage),
+        (status = 400, description = "`invalid_request`: a bad `limit` or `before`, or an unknown parameter", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 414, description = "`uri_too_long`", body = ErrorBody),
+        (status = 503, description = "`database_error`", body = ErrorBody),
+    )
+)]
 pub async fn list_runs(
     State(state): State<AppState>,
     q: Result<Query<RunsQuery>, QueryRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<RunsPage>, AppError> {
     let q = query(q)?;
     let limit = limit(q.limit.as_deref())?;
     let before = q
@@ -100,23 +151,53 @@ pub async fn list_runs(
         })
         .transpose()?;
     let page = state.ops.runs(before, limit).await?;
-    Ok(Json(json!({"runs": page.items, "next": page.next})))
+    Ok(Json(RunsPage {
+        runs: page.items,
+        next: page.next,
+    }))
 }
 
-/// `GET /api/v1/coordinator/runs/{run_id}`
+/// One run, as its `POST` answered (with the per-file list), plus
+/// `trigger` and `dry_run`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/coordinator/runs/{run_id}",
+    tag = "operator",
+    params(("run_id" = Uuid, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run", body = RunView),
+        (status = 400, description = "`invalid_request`: not a UUID", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such run", body = ErrorBody),
+        (status = 414, description = "`uri_too_long`", body = ErrorBody),
+        (status = 503, description = "`database_error`", body = ErrorBody),
+    )
+)]
 pub async fn get_run(
     State(state): State<AppState>,
     id: Result<Path<Uuid>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
-    let run = state.ops.run(path(id)?).await?;
-    Ok(Json(json!(run)))
+) -> Result<Json<RunView>, AppError> {
+    Ok(Json(state.ops.run(path(id)?).await?))
 }
 
-/// `GET /api/v1/coordinator/files`
+/// File versions, newest first, filtered.
+#[utoipa::path(
+    get,
+    path = "/api/v1/coordinator/files",
+    tag = "operator",
+    params(FilesQuery),
+    responses(
+        (status = 200, description = "A page of files", body = FilesPage),
+        (status = 400, description = "`invalid_request`: a bad `limit`, `before` or `status`, or an unknown parameter", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 414, description = "`uri_too_long`", body = ErrorBody),
+        (status = 503, description = "`database_error`", body = ErrorBody),
+    )
+)]
 pub async fn list_files(
     State(state): State<AppState>,
     q: Result<Query<FilesQuery>, QueryRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<FilesPage>, AppError> {
     let q = query(q)?;
     let limit = limit(q.limit.as_deref())?;
     let before = q
@@ -139,38 +220,90 @@ pub async fn list_files(
         q: q.q.filter(|s| !s.is_empty()),
     };
     let page = state.ops.files(&filter, before, limit).await?;
-    Ok(Json(json!({"files": page.items, "next": page.next})))
+    Ok(Json(FilesPage {
+        files: page.items,
+        next: page.next,
+    }))
 }
 
-/// `GET /api/v1/coordinator/files/{id}`
+/// One file with its events and IQube notifications.
+#[utoipa::path(
+    get,
+    path = "/api/v1/coordinator/files/{id}",
+    tag = "operator",
+    params(("id" = i64, Path, description = "The file's `files.id`")),
+    responses(
+        (status = 200, description = "The file with its history", body = FileDetail),
+        (status = 400, description = "`invalid_request`: not an integer", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such file", body = ErrorBody),
+        (status = 414, description = "`uri_too_long`", body = ErrorBody),
+        (status = 503, description = "`database_error`", body = ErrorBody),
+    )
+)]
 pub async fn get_file(
     State(state): State<AppState>,
     id: Result<Path<i64>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
-    let file = state.ops.file(path(id)?).await?;
-    Ok(Json(json!(file)))
+) -> Result<Json<FileDetail>, AppError> {
+    Ok(Json(state.ops.file(path(id)?).await?))
 }
 
-/// `POST /api/v1/coordinator/files/{id}/retry`
+/// Sends a file with a failure status again: it becomes `retry_requested`
+/// and the next run that finds the same version claims it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/coordinator/files/{id}/retry",
+    tag = "operator",
+    params(("id" = i64, Path, description = "The file's `files.id`")),
+    request_body = RetryRequest,
+    responses(
+        (status = 200, description = "The file, now `retry_requested`", body = FileView),
+        (status = 400, description = "`invalid_request`: no body, a blank reason, an unknown field, or a bad id", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such file", body = ErrorBody),
+        (status = 409, description = "`not_retryable`: the status is not a failure status", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 414, description = "`uri_too_long`", body = ErrorBody),
+        (status = 503, description = "`database_error`", body = ErrorBody),
+    )
+)]
 pub async fn retry_file(
     State(state): State<AppState>,
     id: Result<Path<i64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<FileView>, AppError> {
     let id = path(id)?;
     let req: RetryRequest =
         parse_body(body)?.ok_or_else(|| bad("a body with reason is required"))?;
     let file = state.ops.retry(id, &reason(&req.reason)?).await?;
     tracing::info!(file_id = id, "retry requested by an operator");
-    Ok(Json(json!(file)))
+    Ok(Json(file))
 }
 
-/// `POST /api/v1/coordinator/files/{id}/resolve`
+/// An operator's verdict on a file that is not being processed; the next
+/// housekeeping pass archives it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/coordinator/files/{id}/resolve",
+    tag = "operator",
+    params(("id" = i64, Path, description = "The file's `files.id`")),
+    request_body = ResolveRequest,
+    responses(
+        (status = 200, description = "The file, with the verdict as its status", body = FileView),
+        (status = 400, description = "`invalid_request`: no body, a bad `ops_` word, a blank reason, an unknown field, or a bad id", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such file", body = ErrorBody),
+        (status = 409, description = "`not_resolvable`: the file is `processing`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 414, description = "`uri_too_long`", body = ErrorBody),
+        (status = 503, description = "`database_error`", body = ErrorBody),
+    )
+)]
 pub async fn resolve_file(
     State(state): State<AppState>,
     id: Result<Path<i64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<FileView>, AppError> {
     let id = path(id)?;
     let req: ResolveRequest =
         parse_body(body)?.ok_or_else(|| bad("a body with status and reason is required"))?;
@@ -180,7 +313,7 @@ pub async fn resolve_file(
         .resolve(id, verdict, &reason(&req.reason)?)
         .await?;
     tracing::info!(file_id = id, status = %file.status, "resolved by an operator");
-    Ok(Json(json!(file)))
+    Ok(Json(file))
 }
 
 #[cfg(test)]

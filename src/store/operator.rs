@@ -46,7 +46,7 @@ pub struct Page<T> {
 }
 
 /// A run as the history shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RunView {
     /// Run id.
     pub run_id: Uuid,
@@ -60,7 +60,8 @@ pub struct RunView {
     pub started_at: DateTime<Utc>,
     /// End; null while running.
     pub finished_at: Option<DateTime<Utc>>,
-    /// Counts (and, for one run, the per-file list).
+    /// Counts (and, for one run, the per-file list); null while running.
+    #[schema(value_type = Option<crate::engine::Summary>)]
     pub summary: Option<Value>,
     /// Machine code of a failed run.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,7 +72,7 @@ pub struct RunView {
 }
 
 /// A file version as the history shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct FileView {
     /// `files.id`.
     pub id: i64,
@@ -96,18 +97,18 @@ pub struct FileView {
 }
 
 /// One `file_events` row.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventView {
     /// A status, or `archive_succeeded`.
     pub status: String,
-    /// What happened, in detail.
+    /// What happened, in detail (any JSON; a retry or resolve holds the reason).
     pub detail: Value,
     /// When.
     pub created_at: DateTime<Utc>,
 }
 
 /// One IQube notification of a file.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct NotificationView {
     /// `file_failed`.
     pub event: Option<String>,
@@ -122,7 +123,7 @@ pub struct NotificationView {
 }
 
 /// A file with its history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FileDetail {
     /// The file.
     #[serde(flatten)]

@@ -13,6 +13,7 @@ mod faults;
 mod happy_path;
 mod integrity;
 mod itm_failure;
+mod openapi;
 mod operate;
 mod operator;
 mod outages;

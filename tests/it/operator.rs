@@ -16,17 +16,17 @@ use sqlx::postgres::PgPoolOptions;
 use tower::ServiceExt;
 use uuid::Uuid;
 
-/// A router over a fresh database, nothing bound.
-struct Api {
-    router: Router,
-    token: String,
+/// A router over a fresh database, nothing bound (also used by `openapi`).
+pub(crate) struct Api {
+    pub(crate) router: Router,
+    pub(crate) token: String,
     db: PgPool,
     db_name: String,
     admin_url: String,
 }
 
 impl Api {
-    async fn new() -> Api {
+    pub(crate) async fn new() -> Api {
         let p = prepare(Opts::default()).await;
         let cfg = Config::from_args(p.args.clone()).expect("valid test configuration");
         let (router, _engine) = coordinator::app::build_router(&cfg)
@@ -116,7 +116,7 @@ impl Api {
             .unwrap()
     }
 
-    async fn finish(self) {
+    pub(crate) async fn finish(self) {
         self.db.close().await;
         if std::env::var("IT_KEEP_ARTIFACTS").as_deref() == Ok("1") {
             return;
