@@ -149,6 +149,17 @@ pub struct Prepared {
     pub token: Option<String>,
 }
 
+impl Prepared {
+    /// A connection to the test's database.
+    pub async fn db(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.db_url)
+            .await
+            .expect("connect to the test database")
+    }
+}
+
 /// Logs of the coordinators under test: into `$IT_LOG_DIR` when set (the
 /// test command greps them for secrets afterwards), else to stderr.
 pub fn init_logs() {

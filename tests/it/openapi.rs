@@ -6,12 +6,9 @@
 
 use crate::operator::Api;
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use tower::ServiceExt;
 
 /// The routes CONTRACT §4 and §9 name.
 const CONTRACT_ROUTES: &[(&str, &str)] = &[
@@ -38,33 +35,6 @@ const STATUS_PAGE: &[&str] = &["/", "/assets/status.js", "/assets/status.css"];
 const ROUTED_ELSEWHERE: &[&str] = &["/metrics"];
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH"];
-
-async fn send(
-    router: &Router,
-    method: &str,
-    uri: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (StatusCode, Bytes) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let body = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Body::from(b.to_string())
-        }
-        None => Body::empty(),
-    };
-    let resp = router
-        .clone()
-        .oneshot(req.body(body).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    (status, resp.into_body().collect().await.unwrap().to_bytes())
-}
 
 /// `(METHOD, path)` of every operation in the document.
 fn operations(doc: &Value) -> BTreeSet<(String, String)> {
@@ -142,7 +112,7 @@ fn is_secured(doc: &Value, method: &str, path: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_every_route_the_router_serves() {
     let api = Api::new().await;
-    let (status, bytes) = send(&api.router, "GET", "/api/v1/openapi.json", None, None).await;
+    let (status, bytes) = api.send("GET", "/api/v1/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK, "{bytes:?}");
     let doc: Value = serde_json::from_slice(&bytes).expect("JSON");
     assert!(
@@ -186,7 +156,7 @@ async fn the_openapi_document_describes_every_route_the_router_serves() {
         for method in METHODS {
             let is_documented = ops.contains(&(method.to_string(), path.to_string()));
             let body = (*method != "GET").then_some(r#"{"unknown_probe_field": true}"#);
-            let (status, bytes) = send(&api.router, method, &uri, Some(&token), body).await;
+            let (status, bytes) = api.send(method, &uri, Some(&token), body).await;
             if !is_documented {
                 assert_eq!(
                     status,
@@ -207,7 +177,7 @@ async fn the_openapi_document_describes_every_route_the_router_serves() {
                 secured, needs_token,
                 "{method} {path}: security in the document"
             );
-            let (status, bytes) = send(&api.router, method, &uri, None, body).await;
+            let (status, bytes) = api.send(method, &uri, None, body).await;
             if secured {
                 assert_eq!(
                     status,

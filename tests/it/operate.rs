@@ -6,7 +6,6 @@ use crate::fakes::ItmBehavior;
 use crate::helpers::{Opts, TestApp, decision_of, prepare, spawn_app};
 use coordinator::source::FileSource;
 use serde_json::Value;
-use sqlx::postgres::PgPoolOptions;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -292,11 +291,7 @@ async fn the_cli_dry_run_prints_the_summary_and_exits_0() {
         "would_process"
     );
     assert!(p.fakes.foi_calls().is_empty() && p.fakes.itm_calls().is_empty());
-    let db = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&p.db_url)
-        .await
-        .unwrap();
+    let db = p.db().await;
     let files: i64 = sqlx::query_scalar("SELECT count(*) FROM files")
         .fetch_one(&db)
         .await

@@ -6,7 +6,7 @@
 use crate::fakes::{FoiBehavior, ItmBehavior};
 use crate::helpers::{Opts, TestApp, decision_of, md5_hex, prepare, spawn_app};
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode};
 use coordinator::config::Config;
 use http_body_util::BodyExt;
@@ -46,14 +46,15 @@ impl Api {
         }
     }
 
-    /// Sends one request with the token (or `token`), answers status and JSON.
-    async fn call_as(
+    /// Sends one request with `token` (if any) and a JSON `body` (if any);
+    /// answers the status and the raw body.
+    pub(crate) async fn send(
         &self,
         method: &str,
         uri: &str,
-        body: Option<Value>,
         token: Option<&str>,
-    ) -> (StatusCode, Value) {
+        body: Option<&str>,
+    ) -> (StatusCode, Bytes) {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -72,7 +73,19 @@ impl Api {
             .await
             .unwrap();
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    /// Sends one request with `token` (if any), answers status and JSON.
+    async fn call_as(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let body = body.map(|b| b.to_string());
+        let (status, bytes) = self.send(method, uri, token, body.as_deref()).await;
         let json = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("{method} {uri}: not JSON ({e}): {bytes:?}"));
         (status, json)

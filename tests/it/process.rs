@@ -6,7 +6,6 @@
 use crate::fakes::ItmBehavior;
 use crate::helpers::{Opts, Prepared, prepare};
 use coordinator::source::FileSource;
-use sqlx::postgres::PgPoolOptions;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -223,11 +222,7 @@ async fn sigterm_mid_run_finishes_the_files_in_flight() {
     assert_eq!(body["summary"]["succeeded"], 2, "{body}");
     assert_eq!(serve.wait().await, Some(0), "{}", serve.log_text());
 
-    let db = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&p.db_url)
-        .await
-        .unwrap();
+    let db = p.db().await;
     let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM files ORDER BY file_name")
         .fetch_all(&db)
         .await
@@ -256,11 +251,7 @@ async fn sigterm_stops_the_schedule_after_its_run_in_flight() {
     serve.signal("-TERM");
     assert_eq!(serve.wait().await, Some(0), "{}", serve.log_text());
 
-    let db = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&p.db_url)
-        .await
-        .unwrap();
+    let db = p.db().await;
     let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM files")
         .fetch_all(&db)
         .await
@@ -299,11 +290,7 @@ async fn sigkill_mid_file_is_recovered_after_the_lease() {
         "the request died with the process"
     );
 
-    let db = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&p.db_url)
-        .await
-        .unwrap();
+    let db = p.db().await;
     let status: String = sqlx::query_scalar("SELECT status FROM files")
         .fetch_one(&db)
         .await
@@ -471,11 +458,7 @@ async fn a_hanging_iqube_holds_back_neither_the_archive_nor_shutdown() {
     assert_eq!(serve.wait().await, Some(0), "{}", serve.log_text());
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 
-    let db = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&p.db_url)
-        .await
-        .unwrap();
+    let db = p.db().await;
     let (attempts, delivered): (i32, bool) =
         sqlx::query_as("SELECT attempts, delivered_at IS NOT NULL FROM notifications")
             .fetch_one(&db)
