@@ -15,7 +15,7 @@
 #   BENCH_RESCAN_FILES [20000] BENCH_RESCAN_DIRS [200]   rescan, nothing new
 #   BENCH_SMALL_FILES [2000]   BENCH_SMALL_DIRS [20]     first run, 2 KiB files
 #   BENCH_MIB_FILES [100]                                first run, 1 MiB files
-#   BENCH_BIG_MIB [512]   one big file (2 GiB = 2048: slower, see README)
+#   BENCH_BIG_MIB [2048]  one big file, in MiB (needs about 3× that on local disk: share, download, spool)
 #   BENCH_DELAY_FILES [200] BENCH_LOOK_SECS [1]          FOI 50 ms + ITM 10 ms, 16 at once
 #   BENCH_ARCHIVE_FILES [10000] BENCH_ARCHIVE_DIRS [100] archive pass
 #   BENCH_TWO_FILES [2000]                               2 instances vs 1
@@ -38,7 +38,7 @@ RESCAN_DIRS=${BENCH_RESCAN_DIRS:-200}
 SMALL_FILES=${BENCH_SMALL_FILES:-2000}
 SMALL_DIRS=${BENCH_SMALL_DIRS:-20}
 MIB_FILES=${BENCH_MIB_FILES:-100}
-BIG_MIB=${BENCH_BIG_MIB:-512}
+BIG_MIB=${BENCH_BIG_MIB:-2048}
 DELAY_FILES=${BENCH_DELAY_FILES:-200}
 LOOK_SECS=${BENCH_LOOK_SECS:-1}
 ARCHIVE_FILES=${BENCH_ARCHIVE_FILES:-10000}
