@@ -48,7 +48,9 @@ SCENARIOS=${BENCH_SCENARIOS:-rescan small mib big delay archive two}
 OUT=${BENCH_OUT:-target/bench}
 TARGET=${CARGO_TARGET_DIR:-target}
 
-[[ -x /usr/bin/time ]] || ensure_packages time || die "/usr/bin/time is needed (apt-get install time)"
+# libsmbclient's headers for the build, smbclient for the floors (a fresh machine).
+ensure_packages samba || die "could not install samba / libsmbclient"
+[[ -x /usr/bin/time ]] || _apt_install time || die "/usr/bin/time is needed (apt-get install time)"
 log "building (release)"
 cargo build --quiet --release --bin coordinator --examples
 COORD="$TARGET/release/coordinator"
