@@ -23,6 +23,10 @@ pub enum FoiBehavior {
     Raw(u16, String),
     /// Never answer (the coordinator's timeout fires).
     Hang,
+    /// The normal happy answer after this long (`examples/fake_downstream.rs`,
+    /// for `scripts/bench.sh`; no test needs it).
+    #[allow(dead_code)]
+    Slow(Duration),
 }
 
 impl FoiBehavior {
@@ -273,6 +277,13 @@ async fn foi(
         FoiBehavior::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
+        FoiBehavior::Slow(d) => {
+            tokio::time::sleep(d).await;
+            match FoiBehavior::success() {
+                FoiBehavior::Json(v) => Json(v).into_response(),
+                _ => unreachable!("success() is a JSON answer"),
+            }
         }
     }
 }

@@ -1,0 +1,318 @@
+#!/usr/bin/env bash
+# The coordinator against the floor (issue 8): each scenario, and in the same
+# run the bare tools on the same files (smbclient ls / mget / get / rename,
+# a plain POST loop to a sink of the same kind as the fakes). Starts a private
+# Samba + Postgres (scripts/test-env-up.sh) and stops them at the end, also on
+# failure. Prints a table of medians and ratios; writes it as JSON.
+#
+#   scripts/bench.sh                      # all scenarios, defaults below
+#   BENCH_SCENARIOS="small big" BENCH_REPS=1 scripts/bench.sh
+#
+# Not a test: no test or CI step runs it, nothing fails on a timing.
+#
+# Sizes (env; defaults in brackets):
+#   BENCH_REPS [3]  runs per scenario (medians are reported)
+#   BENCH_RESCAN_FILES [20000] BENCH_RESCAN_DIRS [200]   rescan, nothing new
+#   BENCH_SMALL_FILES [2000]   BENCH_SMALL_DIRS [20]     first run, 2 KiB files
+#   BENCH_MIB_FILES [100]                                first run, 1 MiB files
+#   BENCH_BIG_MIB [2048]  one big file, in MiB (needs about 3× that on local disk: share, download, spool)
+#   BENCH_DELAY_FILES [200] BENCH_LOOK_SECS [1]          FOI 50 ms + ITM 10 ms, 16 at once
+#   BENCH_ARCHIVE_FILES [10000] BENCH_ARCHIVE_DIRS [100] archive pass
+#   BENCH_TWO_FILES [2000]                               2 instances vs 1
+#   BENCH_OUT [target/bench]  where samples.tsv, bench.json and logs go
+#
+# Timing: a run's time is its row in `runs` (started_at → finished_at:
+# listing, looks, downloads, claims, FOI, ITM; not process start-up and
+# migrations, not the background pass). The archive pass is the time from
+# the run's finished_at to the last files.archived_at. "2 instances" is wall
+# time of the processes. CPU (user+sys) and peak RSS of the coordinator
+# process come from /usr/bin/time.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/lib/env.sh
+IT_LOG_TAG=bench
+
+REPS=${BENCH_REPS:-3}
+RESCAN_FILES=${BENCH_RESCAN_FILES:-20000}
+RESCAN_DIRS=${BENCH_RESCAN_DIRS:-200}
+SMALL_FILES=${BENCH_SMALL_FILES:-2000}
+SMALL_DIRS=${BENCH_SMALL_DIRS:-20}
+MIB_FILES=${BENCH_MIB_FILES:-100}
+BIG_MIB=${BENCH_BIG_MIB:-2048}
+DELAY_FILES=${BENCH_DELAY_FILES:-200}
+LOOK_SECS=${BENCH_LOOK_SECS:-1}
+ARCHIVE_FILES=${BENCH_ARCHIVE_FILES:-10000}
+ARCHIVE_DIRS=${BENCH_ARCHIVE_DIRS:-100}
+TWO_FILES=${BENCH_TWO_FILES:-2000}
+SCENARIOS=${BENCH_SCENARIOS:-rescan small mib big delay archive two}
+OUT=${BENCH_OUT:-target/bench}
+TARGET=${CARGO_TARGET_DIR:-target}
+
+# libsmbclient's headers for the build, smbclient for the floors (a fresh machine).
+ensure_packages samba || die "could not install samba / libsmbclient"
+[[ -x /usr/bin/time ]] || _apt_install time || die "/usr/bin/time is needed (apt-get install time)"
+log "building (release)"
+cargo build --quiet --release --bin coordinator --examples
+COORD="$TARGET/release/coordinator"
+BENCH="$TARGET/release/examples/bench"
+FAKES="$TARGET/release/examples/fake_downstream"
+
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+SAMPLES="$OUT/samples.tsv"
+LOGS="$OUT/logs"
+rm -rf "$LOGS" && mkdir -p "$LOGS"
+: >"$SAMPLES"
+
+envfile=""
+fakes_pid=""
+cleanup() {
+    [[ -n "$fakes_pid" ]] && kill "$fakes_pid" 2>/dev/null || true
+    [[ -n "$envfile" ]] && scripts/test-env-down.sh "$(dirname "$envfile")" || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+envfile=$(scripts/test-env-up.sh) || die "the private Samba + Postgres did not come up"
+# shellcheck disable=SC1090
+. "$envfile"
+SHARE="$IT_SMB_SHARE_PATH"
+WORK="$IT_STATE_DIR/bench"
+mkdir -p "$WORK"
+
+sample() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$SAMPLES"; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+calc() { awk "BEGIN { printf \"%.3f\", $1 }"; }
+smb() {
+    smbclient -s "$IT_SMB_CONF" -p "$IT_SMB_PORT" -m SMB3 "//127.0.0.1/$IT_SMB_SHARE" \
+        -U "$IT_SMB_USERNAME%$IT_SMB_PASSWORD" "$@"
+}
+
+sample bench date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+sample bench machine "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+
+# A fresh database per coordinator run (no row of an earlier run counts).
+db_n=0
+new_db() {
+    db_n=$((db_n + 1))
+    psql -q "$DATABASE_URL" -c "CREATE DATABASE bench_$db_n" >/dev/null
+    DB="${DATABASE_URL%/*}/bench_$db_n"
+}
+q() { psql -Atq "$DB" -c "$1"; }
+
+# The share holds incoming/<remitter>/<file> only; files are written on the
+# share's local folder (faster than over SMB) and given to the share's user.
+fill_share() { # FILES DIRS BYTES
+    rm -rf "${SHARE:?}/incoming" "$SHARE/archive"
+    "$BENCH" mkfiles "$SHARE/incoming" "$2" "$1" "$3"
+    chown -R "$IT_SMB_USERNAME:" "$SHARE/incoming"
+}
+
+start_fakes() { # VAR=VALUE... for the fakes
+    if [[ -n "$fakes_pid" ]]; then
+        kill "$fakes_pid" 2>/dev/null || true
+        wait "$fakes_pid" 2>/dev/null || true
+    fi
+    local urls="$WORK/fake-urls"
+    : >"$urls"
+    env "$@" "$FAKES" >"$urls" 2>>"$LOGS/fakes.log" &
+    fakes_pid=$!
+    for _ in $(seq 1 100); do [[ $(wc -l <"$urls") -ge 3 ]] && break; sleep 0.1; done
+    [[ $(wc -l <"$urls") -ge 3 ]] || die "the fake services did not start"
+    # shellcheck disable=SC1090
+    . "$urls"
+    export FOI_API_URL ITM_API_URL IQUBE_API_URL
+    SINK_URL="${FOI_API_URL/\{remitter\}/sink}"
+}
+
+export ENV=local SMB_HOST="$IT_SMB_HOST" SMB_PORT="$IT_SMB_PORT" SMB_SHARE="$IT_SMB_SHARE" \
+    SMB_USERNAME="$IT_SMB_USERNAME" SMB_PASSWORD="$IT_SMB_PASSWORD" SMB_SOURCE_DIR=incoming \
+    SMB_ARCHIVE_DIR=archive STABLE_MIN_AGE_SECS=0 STABLE_CHECK_INTERVAL_SECS=0 \
+    SPOOL_DIR="$WORK/spool" RUST_LOG=info
+mkdir -p "$WORK/spool"
+
+# One `coordinator run` under /usr/bin/time; TAG names its logs. Sets
+# RUN_S (the run's own time, from `runs`), CPU_S, RSS_KIB, WALL_S, RC.
+run_n=0
+coord_run() { # TAG [VAR=VALUE...]
+    local tag=$1
+    shift
+    run_n=$((run_n + 1))
+    local base="$LOGS/$run_n-$tag"
+    RC=0
+    env DATABASE_URL="$DB" "$@" /usr/bin/time -f '%e %U %S %M' -o "$base.time" \
+        "$COORD" run >"$base.out" 2>"$base.log" || RC=$?
+    # GNU time writes "Command exited with non-zero status N" first then.
+    read -r WALL_S u s RSS_KIB < <(tail -n1 "$base.time")
+    CPU_S=$(calc "$u + $s")
+    RUN_S=$(q "SELECT round(extract(epoch FROM finished_at - started_at)::numeric, 3) FROM runs ORDER BY started_at DESC LIMIT 1")
+    log "$tag: exit $RC, run ${RUN_S}s, wall ${WALL_S}s, cpu ${CPU_S}s, peak RSS $((RSS_KIB / 1024)) MiB"
+}
+
+expect_status() { # STATUS COUNT
+    local n
+    n=$(q "SELECT count(*) FROM files WHERE status = '$1'")
+    [[ "$n" == "$2" ]] || log "WARNING: $n files $1, expected $2 (see $LOGS)"
+}
+
+# The mget (or get) + POST floor of the files now in incoming/. Sets FLOOR_S.
+mget_post_floor() { # SCENARIO
+    local dl="$WORK/dl" t mget_s post_s
+    rm -rf "$dl" && mkdir -p "$dl"
+    t=$(now)
+    smb -c "lcd $dl; cd incoming; recurse ON; prompt OFF; mget *" >/dev/null 2>&1
+    mget_s=$(since "$t")
+    post_s=$("$BENCH" post "$SINK_URL" "$dl")
+    rm -rf "$dl"
+    sample "$1" mget_s "$mget_s"
+    sample "$1" post_s "$post_s"
+    FLOOR_S=$(calc "$mget_s + $post_s")
+    log "$1 floor: smbclient ${mget_s}s + POSTs ${post_s}s"
+}
+
+record() { # SCENARIO COORD_S FLOOR_S
+    sample "$1" coord_s "$2"
+    sample "$1" floor_s "$3"
+    sample "$1" cpu_s "$CPU_S"
+    sample "$1" rss_kib "$RSS_KIB"
+    sample "$1" wall_s "$WALL_S"
+}
+
+first_run_scenario() { # SCENARIO FILES DIRS BYTES DESC
+    local scen=$1 files=$2 dirs=$3 bytes=$4
+    sample "$scen" desc "$5"
+    start_fakes
+    for rep in $(seq 1 "$REPS"); do
+        new_db
+        fill_share "$files" "$dirs" "$bytes"
+        mget_post_floor "$scen"
+        coord_run "$scen-$rep"
+        expect_status success "$files"
+        record "$scen" "$RUN_S" "$FLOOR_S"
+    done
+}
+
+bench_rescan() {
+    sample rescan desc "$RESCAN_FILES in $RESCAN_DIRS folders"
+    # ITM rejects everything, so the files stay in the source (itm_failed)
+    # and the next run finds them all already processed.
+    start_fakes FAKE_ITM_FAIL=1
+    new_db
+    fill_share "$RESCAN_FILES" "$RESCAN_DIRS" 2048
+    coord_run rescan-setup
+    expect_status itm_failed "$RESCAN_FILES"
+    sample rescan setup_first_run_s "$RUN_S"
+    for rep in $(seq 1 "$REPS"); do
+        local t list_s
+        t=$(now)
+        smb -c "cd incoming; recurse ON; ls" >/dev/null 2>&1
+        list_s=$(since "$t")
+        coord_run "rescan-$rep"
+        log "rescan floor: smbclient ls ${list_s}s"
+        record rescan "$RUN_S" "$list_s"
+    done
+}
+
+bench_small() { first_run_scenario small "$SMALL_FILES" "$SMALL_DIRS" 2048 "$SMALL_FILES x 2 KiB in $SMALL_DIRS folders"; }
+bench_mib() { first_run_scenario mib "$MIB_FILES" 10 1048576 "$MIB_FILES x 1 MiB in 10 folders"; }
+bench_big() { first_run_scenario big 1 1 $((BIG_MIB * 1048576)) "1 x $BIG_MIB MiB"; }
+
+bench_delay() {
+    sample delay desc "$DELAY_FILES x 2 KiB, look ${LOOK_SECS}s"
+    start_fakes FAKE_FOI_DELAY_MS=50 FAKE_ITM_DELAY_MS=10
+    local floor
+    floor=$(calc "$DELAY_FILES * 0.060 / 16 + $LOOK_SECS")
+    for rep in $(seq 1 "$REPS"); do
+        new_db
+        fill_share "$DELAY_FILES" 10 2048
+        coord_run "delay-$rep" MAX_CONCURRENT_FILES=16 STABLE_CHECK_INTERVAL_SECS="$LOOK_SECS"
+        expect_status success "$DELAY_FILES"
+        record delay "$RUN_S" "$floor"
+    done
+}
+
+bench_archive() {
+    sample archive desc "$ARCHIVE_FILES in $ARCHIVE_DIRS folders"
+    start_fakes
+    for rep in $(seq 1 "$REPS"); do
+        # The floor: the same moves, one smbclient session, commands on stdin.
+        fill_share "$ARCHIVE_FILES" "$ARCHIVE_DIRS" 2048
+        local cmds="$WORK/renames" t rename_s archive_s
+        {
+            echo "mkdir archive"
+            (cd "$SHARE/incoming" && for d in */; do echo "mkdir \"archive/${d%/}\""; done)
+            (cd "$SHARE/incoming" && find . -type f | sed 's|^\./||' |
+                awk '{ printf "rename \"incoming/%s\" \"archive/%s\"\n", $0, $0 }')
+        } >"$cmds"
+        t=$(now)
+        smb <"$cmds" >"$LOGS/renames-$rep.log" 2>&1
+        rename_s=$(since "$t")
+        local moved
+        moved=$(find "$SHARE/archive" -type f | wc -l)
+        [[ "$moved" == "$ARCHIVE_FILES" ]] || log "WARNING: the rename floor moved $moved files"
+        log "archive floor: smbclient renames ${rename_s}s"
+
+        new_db
+        fill_share "$ARCHIVE_FILES" "$ARCHIVE_DIRS" 2048
+        coord_run "archive-$rep"
+        expect_status success "$ARCHIVE_FILES"
+        local archived
+        archived=$(q "SELECT count(*) FROM files WHERE archived_at IS NOT NULL")
+        [[ "$archived" == "$ARCHIVE_FILES" ]] || log "WARNING: $archived files archived, expected $ARCHIVE_FILES"
+        archive_s=$(q "SELECT round(extract(epoch FROM max(archived_at) - (SELECT max(finished_at) FROM runs))::numeric, 3) FROM files")
+        sample archive first_run_s "$RUN_S"
+        record archive "$archive_s" "$rename_s"
+    done
+}
+
+bench_two() {
+    sample two desc "$TWO_FILES x 2 KiB in 20 folders"
+    start_fakes
+    for rep in $(seq 1 "$REPS"); do
+        local one_s one_cpu two_s t a b
+        # Both cases start on a migrated database, as instances in
+        # production do, and are timed the same way: wall time until every
+        # process has exited (background pass included).
+        new_db
+        fill_share "$TWO_FILES" 20 2048
+        DATABASE_URL="$DB" "$COORD" migrate >"$LOGS/two-migrate-1-$rep.log" 2>&1
+        t=$(now)
+        coord_run "two-single-$rep"
+        one_s=$(since "$t")
+        one_cpu=$CPU_S
+        expect_status success "$TWO_FILES"
+
+        new_db
+        fill_share "$TWO_FILES" 20 2048
+        DATABASE_URL="$DB" "$COORD" migrate >"$LOGS/two-migrate-2-$rep.log" 2>&1
+        t=$(now)
+        coord_run "two-a-$rep" &
+        a=$!
+        coord_run "two-b-$rep" &
+        b=$!
+        wait "$a" || true
+        wait "$b" || true
+        two_s=$(since "$t")
+        expect_status success "$TWO_FILES"
+        # coord_run ran in subshells: read their numbers back from the logs.
+        local cpu=0 rss=0 f w u s m
+        for f in "$LOGS"/*-two-[ab]-"$rep".time; do
+            read -r w u s m < <(tail -n1 "$f")
+            cpu=$(calc "$cpu + $u + $s")
+            ((m > rss)) && rss=$m
+        done
+        CPU_S=$cpu RSS_KIB=$rss WALL_S=$two_s
+        log "two: 2 instances ${two_s}s (cpu ${cpu}s), 1 instance ${one_s}s (cpu ${one_cpu}s)"
+        sample two one_instance_cpu_s "$one_cpu"
+        record two "$two_s" "$one_s"
+    done
+}
+
+for s in $SCENARIOS; do
+    declare -F "bench_$s" >/dev/null || die "unknown scenario '$s' (rescan small mib big delay archive two)"
+    log "== $s"
+    "bench_$s"
+done
+
+"$BENCH" report "$SAMPLES" "$OUT/bench.json"
