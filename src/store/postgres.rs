@@ -26,7 +26,11 @@ const HOUSEKEEPING_LOCK_KEY: i64 = 0x636f_6f72_6402;
 
 /// The session holding an advisory lock (`$1`, a bigint key: Postgres shows
 /// its high half as `classid` and its low half as `objid`).
+/// Advisory locks are per database, but `pg_locks` shows the whole cluster:
+/// only this database's holder counts (another coordinator's database on the
+/// same server holds the same key).
 const RUN_LOCK_HOLDER: &str = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
      AND objsubid = 1 AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295)";
 
 /// How long a refused run waits for the running run's row: the lock is

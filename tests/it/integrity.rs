@@ -327,6 +327,22 @@ async fn a_claim_in_flight_is_renewed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_run_always_names_the_running_run() {
     let app = spawn_app(Opts::default()).await;
+    // Another database on the same server (another coordinator) holds the
+    // same advisory key all along: it blocks nothing here and is never named.
+    let other = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&crate::helpers::TestEnv::from_env().database_url)
+        .await
+        .unwrap();
+    let mut other = other.acquire().await.unwrap();
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(0x636f_6f72_6401_i64)
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(held);
+    let (code, body) = app.trigger().await;
+    assert_eq!(code, 200, "another database's lock blocks nothing: {body}");
     // The winner has taken the lock but not written its row yet.
     let mut winner = app.db.acquire().await.unwrap();
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -378,6 +394,10 @@ async fn a_refused_run_always_names_the_running_run() {
             }
         }
     }
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *other)
+        .await
+        .unwrap();
     app.finish().await;
 }
 
