@@ -150,6 +150,31 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The variables that point the real binary at this test's database,
+    /// share folder and fakes (all but the secrets, which callers pass as
+    /// they like: in the environment or in files).
+    pub fn binary_env(&self) -> Vec<(&'static str, String)> {
+        let a = &self.args;
+        vec![
+            ("DATABASE_URL", self.db_url.clone()),
+            ("SMB_HOST", a.smb_host.clone().unwrap()),
+            ("SMB_PORT", a.smb_port.clone().unwrap()),
+            ("SMB_SHARE", a.smb_share.clone().unwrap()),
+            ("SMB_USERNAME", a.smb_username.clone().unwrap()),
+            ("SMB_SOURCE_DIR", self.source_dir.clone()),
+            ("SMB_ARCHIVE_DIR", self.archive_dir.clone()),
+            ("FOI_API_URL", self.fakes.foi_url()),
+            ("ITM_API_URL", self.fakes.itm_url()),
+            ("IQUBE_API_URL", self.fakes.iqube_url()),
+            ("STABLE_MIN_AGE_SECS", "0".into()),
+            ("STABLE_CHECK_INTERVAL_SECS", "0".into()),
+            (
+                "SPOOL_DIR",
+                a.spool_dir.clone().unwrap().display().to_string(),
+            ),
+        ]
+    }
+
     /// A connection to the test's database.
     pub async fn db(&self) -> PgPool {
         PgPoolOptions::new()
@@ -503,19 +528,21 @@ impl TestApp {
         if let Some(spool) = &self.args.spool_dir {
             let _ = std::fs::remove_dir_all(spool);
         }
-        if let Ok(admin) = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&self.admin_url)
-            .await
-        {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.db_name
-            ))
+        drop_database(&self.admin_url, &self.db_name).await;
+    }
+}
+
+/// Drops a test's database (best effort: cleanup must not fail a test).
+pub async fn drop_database(admin_url: &str, name: &str) {
+    if let Ok(admin) = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(admin_url)
+        .await
+    {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .execute(&admin)
             .await;
-            admin.close().await;
-        }
+        admin.close().await;
     }
 }
 

@@ -134,18 +134,7 @@ impl Api {
         if std::env::var("IT_KEEP_ARTIFACTS").as_deref() == Ok("1") {
             return;
         }
-        if let Ok(admin) = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&self.admin_url)
-            .await
-        {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.db_name
-            ))
-            .execute(&admin)
-            .await;
-        }
+        crate::helpers::drop_database(&self.admin_url, &self.db_name).await;
     }
 }
 
