@@ -219,23 +219,16 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_and_verdicts_are_checked() {
-        for s in [
-            "processing",
-            "success",
-            "extraction_file_password_failed",
-            "extraction_file_failed",
-            "extraction_service_failed",
-            "itm_failed",
-            "retry_requested",
-            "ops_done",
-            "ops_a",
-            "ops_0_x",
-        ] {
+        let named: Vec<&str> = FileStatus::NAMED.iter().map(FileStatus::as_str).collect();
+        for s in named
+            .iter()
+            .copied()
+            .chain(["ops_done", "ops_a", "ops_0_x"])
+        {
             let st: FileStatus = s.parse().unwrap();
             assert_eq!(st.as_str(), s);
             assert_eq!(serde_json::to_value(&st).unwrap(), s);
         }
-        let named: Vec<&str> = FileStatus::NAMED.iter().map(FileStatus::as_str).collect();
         assert_eq!(
             named,
             [
