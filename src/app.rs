@@ -68,7 +68,6 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
         instance: instance_name(),
         passes_done: tokio::sync::watch::channel(0).0,
         stop: CancellationToken::new(),
-        leftover_reservations: Default::default(),
         metrics,
     }))
 }

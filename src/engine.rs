@@ -266,8 +266,6 @@ pub struct Engine {
     /// Cancelled on shutdown: background passes start no new move or
     /// delivery, so the process exits promptly even while IQube hangs.
     pub stop: tokio_util::sync::CancellationToken,
-    /// Archive name reservations a pass could not release, for the next pass.
-    pub leftover_reservations: Arc<std::sync::Mutex<Vec<crate::source::Reservation>>>,
     /// Counters and histograms of this engine, rendered by `GET /metrics`.
     pub metrics: Arc<Metrics>,
 }
@@ -288,7 +286,6 @@ impl Engine {
             instance: format!("{}-over", self.instance),
             passes_done: tokio::sync::watch::channel(0).0,
             stop: Default::default(),
-            leftover_reservations: Default::default(),
             metrics: self.metrics.clone(),
         })
     }
@@ -302,7 +299,6 @@ impl Engine {
             archive_dir: self.settings.archive_dir.clone(),
             made_dirs: Default::default(),
             stop: self.stop.clone(),
-            leftovers: self.leftover_reservations.clone(),
             delivery_budget: self.settings.delivery_budget,
         }
     }

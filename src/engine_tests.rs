@@ -902,7 +902,6 @@ fn with_lease(h: &Harness, lease: std::time::Duration) -> Arc<Engine> {
         instance: "test-2".into(),
         passes_done: tokio::sync::watch::channel(0).0,
         stop: Default::default(),
-        leftover_reservations: Default::default(),
         metrics: e.metrics.clone(),
     })
 }
@@ -972,10 +971,7 @@ async fn a_move_whose_answer_was_lost_is_recorded_from_the_archive() {
     // The server did move it, but the answer never arrived.
     h.src.clear_faults();
     h.src.mkdir_all("archive/acme").await.unwrap();
-    h.src
-        .rename_no_replace("in/acme/remit.xlsx", "archive/acme/remit.xlsx")
-        .await
-        .unwrap();
+    h.src.mv("in/acme/remit.xlsx", "archive/acme/remit.xlsx");
     h.pass().await;
 
     let row = h.only_row();
@@ -1001,9 +997,7 @@ async fn the_lost_answer_recovery_never_takes_a_placeholder_for_the_moved_file()
     h.src.mkdir_all("archive/acme").await.unwrap();
     h.src.put("archive/acme/remit.xlsx", b"xxxxx", old());
     h.src
-        .rename_no_replace("in/acme/remit.xlsx", "archive/acme/remit (1).xlsx")
-        .await
-        .unwrap();
+        .mv("in/acme/remit.xlsx", "archive/acme/remit (1).xlsx");
     h.pass().await;
 
     let row = h.only_row();
@@ -1018,16 +1012,14 @@ async fn the_lost_answer_recovery_never_takes_a_placeholder_for_the_moved_file()
 }
 
 #[tokio::test]
-async fn a_reserved_name_is_never_replaced_and_a_move_takes_the_next_name() {
+async fn a_taken_name_is_never_replaced_and_a_move_takes_the_next_name() {
     let h = Harness::new();
     h.src.put("in/acme/remit.xlsx", b"new", old());
     h.src.fail_rename("in/acme/remit.xlsx");
     h.run().await;
     h.src.clear_faults();
-    // Another mover holds the name; a plain file holds the next one.
-    let other = crate::source::Reservation::new("archive/acme/remit.xlsx");
     h.src.mkdir_all("archive/acme").await.unwrap();
-    h.src.reserve(&other).await.unwrap();
+    h.src.put("archive/acme/remit.xlsx", b"first", old());
     h.src.put("archive/acme/remit (1).xlsx", b"older", old());
     h.pass().await;
 
@@ -1036,23 +1028,35 @@ async fn a_reserved_name_is_never_replaced_and_a_move_takes_the_next_name() {
         Some("archive/acme/remit (2).xlsx")
     );
     assert_eq!(
-        h.src.read("archive/acme/remit.xlsx"),
-        Some(other.placeholder())
+        h.src.read("archive/acme/remit.xlsx").as_deref(),
+        Some(&b"first"[..])
     );
     assert_eq!(
         h.src.read("archive/acme/remit (1).xlsx").as_deref(),
         Some(&b"older"[..])
     );
-    // The holder's rename replaces only its own placeholder.
-    h.src.put("in/acme/other.xlsx", b"other", old());
-    h.src
-        .rename_onto_reservation("in/acme/other.xlsx", &other)
-        .await
-        .unwrap();
     assert_eq!(
-        h.src.read("archive/acme/remit.xlsx").as_deref(),
-        Some(&b"other"[..])
+        h.src.read("archive/acme/remit (2).xlsx").as_deref(),
+        Some(&b"new"[..])
     );
+}
+
+#[tokio::test]
+async fn a_file_held_open_for_writing_is_not_archived_until_released() {
+    let h = Harness::new();
+    h.src.put("in/acme/remit.xlsx", b"x", old());
+    h.src.fail_rename("in/acme/remit.xlsx");
+    h.run().await;
+    h.src.clear_faults();
+    h.src.mark_open_for_write("in/acme/remit.xlsx");
+    h.pass().await;
+    assert!(!h.only_row().archived(), "a writer holds it");
+    assert_eq!(h.src.files_under("archive"), Vec::<String>::new());
+
+    h.src.clear_faults();
+    h.pass().await;
+    assert!(h.only_row().archived());
+    assert_eq!(h.src.files_under("archive"), ["archive/acme/remit.xlsx"]);
 }
 
 /// A file an operator sent back (`retry_requested`) is claimed again by the

@@ -5,7 +5,7 @@ use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
 use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Notifier, Submitter};
 use crate::engine::{Engine, RunSettings};
 use crate::scan::names::TempNameFilter;
-use crate::source::{Entry, Fetched, FileSource, Reservation, SourceError, join};
+use crate::source::{Entry, Expected, Fetched, FileSource, Moved, SourceError, join};
 use crate::store::{
     ArchiveCandidate, ArchiveStore, Claim, ClaimStore, Guard, KnownVersion, OutboxStore,
     PendingNotification, RunLock, RunStart, RunStore, StoreError, SupersededFile,
@@ -159,6 +159,15 @@ impl MemSource {
         lock(&self.state).now
     }
 
+    /// Moves a file as another client would, unconditionally (the target
+    /// folder must exist).
+    pub fn mv(&self, from: &str, to: &str) {
+        let mut s = lock(&self.state);
+        if let Some(f) = s.files.remove(&join(&[from])) {
+            s.files.insert(join(&[to]), f);
+        }
+    }
+
     /// Makes `path` look held open for writing by another client.
     pub fn mark_open_for_write(&self, path: &str) {
         lock(&self.state).open_for_write.insert(join(&[path]));
@@ -177,7 +186,7 @@ impl MemSource {
         lock(&self.state).fail_fetch.insert(join(&[path]));
     }
 
-    /// Makes every rename from `path` fail with [`SourceError::PermissionDenied`].
+    /// Makes every move from `path` fail with [`SourceError::PermissionDenied`].
     pub fn fail_rename(&self, path: &str) {
         lock(&self.state).fail_rename.insert(join(&[path]));
     }
@@ -318,68 +327,40 @@ impl FileSource for MemSource {
         Ok(())
     }
 
-    async fn reserve(&self, r: &Reservation) -> Result<(), SourceError> {
-        let path = join(&[&r.path]);
-        let mut s = lock(&self.state);
-        if s.files.contains_key(&path) || s.dirs.contains(&path) {
-            return Err(SourceError::AlreadyExists(path));
-        }
-        if !s.is_dir(parent(&path)) {
-            return Err(SourceError::NotFound(format!("reserve {path}")));
-        }
-        let now = s.now;
-        s.files.insert(
-            path,
-            MemFile {
-                bytes: r.placeholder(),
-                mtime: now,
-                ctime: now,
-            },
-        );
-        Ok(())
-    }
-
-    /// Replaces the target only while it still holds this reservation's placeholder.
-    async fn rename_onto_reservation(
+    /// Atomic, as on the share: the check and the rename under one lock.
+    async fn move_file(
         &self,
         from: &str,
-        to: &Reservation,
-    ) -> Result<(), SourceError> {
-        let (from, to_path) = (join(&[from]), join(&[&to.path]));
+        to: &str,
+        expected: &Expected,
+    ) -> Result<Moved, SourceError> {
+        let (from, to) = (join(&[from]), join(&[to]));
         let mut s = lock(&self.state);
         if s.fail_rename.contains(&from) {
             return Err(SourceError::PermissionDenied(format!(
-                "rename {from} -> {to_path}"
+                "move {from} -> {to}"
             )));
         }
-        if !s.files.contains_key(&from) {
-            return Err(SourceError::NotFound(format!("rename {from}")));
+        if s.open_for_write.contains(&from) {
+            return Err(SourceError::Busy(format!("move {from}")));
         }
-        match s.files.get(&to_path) {
-            Some(f) if f.bytes == to.placeholder() => {}
-            Some(_) => return Err(SourceError::AlreadyExists(to_path)),
-            None => {
-                return Err(SourceError::NotFound(format!(
-                    "rename {from} -> {to_path}: the reservation is gone"
-                )));
-            }
+        let Some(f) = s.files.get(&from) else {
+            return Err(SourceError::NotFound(format!("move {from}")));
+        };
+        let now = file_entry(base(&from), f);
+        if !expected.matches(&now) {
+            return Ok(Moved::Changed(now));
+        }
+        if s.files.contains_key(&to) || s.dirs.contains(&to) {
+            return Err(SourceError::AlreadyExists(to));
+        }
+        if !s.is_dir(parent(&to)) {
+            return Err(SourceError::NotFound(format!("move {from} -> {to}")));
         }
         if let Some(f) = s.files.remove(&from) {
-            s.files.insert(to_path, f);
+            s.files.insert(to, f);
         }
-        Ok(())
-    }
-
-    async fn release(&self, reservation: &Reservation) -> Result<(), SourceError> {
-        let path = join(&[&reservation.path]);
-        let mut s = lock(&self.state);
-        if s.files
-            .get(&path)
-            .is_some_and(|f| f.bytes == reservation.placeholder())
-        {
-            s.files.remove(&path);
-        }
-        Ok(())
+        Ok(Moved::Done)
     }
 
     async fn server_now(&self, _scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
@@ -1197,7 +1178,6 @@ pub fn engine(
         instance: "test".into(),
         passes_done: tokio::sync::watch::channel(0).0,
         stop: Default::default(),
-        leftover_reservations: Default::default(),
         metrics: Default::default(),
     })
 }

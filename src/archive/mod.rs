@@ -1,12 +1,13 @@
 //! Archive, in the background after a run has answered: superseded versions,
 //! then housekeeping of `success`/`ops_*` files, then the notification outbox
 //! (bounded in time, so it never holds the archive or shutdown back).
-//! Moves never overwrite: each target name is reserved before the rename. A
-//! file is checked just before and just after its move, and a failed move
-//! stays in place for the next pass.
+//! A move never overwrites (the rename refuses an existing name and the next
+//! suffix is tried) and moves only the version that was processed: the
+//! check and the rename are one step on the share. Moves overlap, across
+//! folders and within one; a failed move stays in place for the next pass.
 
 use crate::downstream::Notifier;
-use crate::source::{Entry, FileSource, Reservation, SourceError, join};
+use crate::source::{Entry, Expected, FileSource, Moved, SourceError, join};
 use crate::store::{ArchiveCandidate, Store, SupersededFile};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
@@ -46,10 +47,18 @@ enum Record {
 }
 
 impl Due {
-    /// True when `e` still has the size and last-write time this file had
-    /// when it was processed or found superseded.
+    /// The size and last-write time this file had when it was processed or
+    /// found superseded.
+    fn expected(&self) -> Expected {
+        Expected {
+            size: u64::try_from(self.size).unwrap_or(u64::MAX),
+            mtime: self.mtime,
+        }
+    }
+
+    /// True when `e` is still that version.
     fn matches(&self, e: &Entry) -> bool {
-        !e.is_dir && e.size as i64 == self.size && e.mtime == self.mtime
+        self.expected().matches(e)
     }
 }
 
@@ -95,14 +104,14 @@ pub struct Archiver {
     pub made_dirs: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Cancelled on shutdown: no new move or delivery starts after it.
     pub stop: CancellationToken,
-    /// Reservations this process could not release (the share dropped
-    /// mid-move); the next pass releases them first, so an outage does not
-    /// leave placeholders that push later moves to suffixed names.
-    pub leftovers: Arc<std::sync::Mutex<Vec<Reservation>>>,
     /// Most time one pass spends delivering notifications.
     pub delivery_budget: Duration,
 }
 
+/// Remitter folders whose moves run at once.
+const FOLDERS_AT_ONCE: usize = 8;
+/// Moves at once within one folder.
+const MOVES_PER_FOLDER: usize = 8;
 /// Notifications sent to IQube at once.
 const DELIVERY_CONCURRENCY: usize = 4;
 /// Most notifications one pass attempts.
@@ -120,11 +129,16 @@ pub struct PassReport {
 }
 
 impl Archiver {
-    /// Moves `remitter/name` into the archive under a free name; returns the
-    /// archive path. Each candidate name is reserved (created exclusively)
-    /// before the rename, so no archived file can ever be replaced: a name
-    /// held by another mover or file is skipped for the next suffix.
-    pub async fn move_to_archive(&self, remitter: &str, name: &str) -> Result<String, SourceError> {
+    /// Moves `remitter/name` into the archive under the first free name
+    /// (` (n)` suffixes), provided the source still holds the `expected`
+    /// version; `Ok(None)` when it holds another one (nothing moved). The
+    /// share refuses a taken name, so no archived file is ever replaced.
+    pub async fn move_to_archive(
+        &self,
+        remitter: &str,
+        name: &str,
+        expected: &Expected,
+    ) -> Result<Option<String>, SourceError> {
         let from = join(&[&self.source_dir, remitter, name]);
         let dir = join(&[&self.archive_dir, remitter]);
         // One mkdir per remitter and pass, not one per file.
@@ -139,37 +153,13 @@ impl Archiver {
                 d.insert(dir.clone());
             }
         }
-        let mut lost = 0;
         for n in 0..1000 {
             let to = join(&[&dir, &suffixed(name, n)]);
-            let reservation = Reservation::new(&to);
-            match self.source.reserve(&reservation).await {
-                Ok(()) => {}
+            match self.source.move_file(&from, &to, expected).await {
+                Ok(Moved::Done) => return Ok(Some(to)),
+                Ok(Moved::Changed(_)) => return Ok(None),
                 Err(SourceError::AlreadyExists(_)) => continue,
-                Err(e) => {
-                    // The create may have happened with its answer lost.
-                    self.release_later(reservation, &e);
-                    return Err(e);
-                }
-            }
-            match self
-                .source
-                .rename_onto_reservation(&from, &reservation)
-                .await
-            {
-                Ok(()) => return Ok(to),
-                Err(e) => {
-                    self.release(reservation).await;
-                    match e {
-                        // libsmbclient reports any failure of its second
-                        // rename (after removing our placeholder) as EEXIST:
-                        // another mover may hold the name now. Try the next
-                        // name, a few times at most, then leave it to the
-                        // next pass.
-                        SourceError::AlreadyExists(_) if lost < 3 => lost += 1,
-                        other => return Err(other),
-                    }
-                }
+                Err(e) => return Err(e),
             }
         }
         Err(SourceError::AlreadyExists(format!(
@@ -177,98 +167,17 @@ impl Archiver {
         )))
     }
 
-    /// Puts a file that turned out to be a new upload back under its source
-    /// name, reserved like an archive name so nothing there is replaced.
-    async fn move_back(&self, archived: &str, from: &str) -> Result<(), SourceError> {
-        let r = Reservation::new(from);
-        if let Err(e) = self.source.reserve(&r).await {
-            self.release_later(r, &e);
-            return Err(e);
-        }
-        if let Err(e) = self.source.rename_onto_reservation(archived, &r).await {
-            self.release(r).await;
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Releases a reservation whose move failed; one that cannot be
-    /// released now is kept for the next pass.
-    async fn release(&self, r: Reservation) {
-        if let Err(e) = self.source.release(&r).await {
-            self.release_later(r, &e);
-        }
-    }
-
-    /// Keeps `r` for the next pass unless `e` says the name was never made.
-    fn release_later(&self, r: Reservation, e: &SourceError) {
-        if matches!(
-            e,
-            SourceError::AlreadyExists(_)
-                | SourceError::NotFound(_)
-                | SourceError::PermissionDenied(_)
-        ) {
-            return;
-        }
-        tracing::warn!(path = %r.path, error = %e, "archive name reservation may be left in place; released by the next pass");
-        if let Ok(mut l) = self.leftovers.lock() {
-            l.push(r);
-        }
-    }
-
-    /// Releases the reservations earlier passes of this process left behind.
-    /// Safe: a placeholder is removed only while it still holds its token,
-    /// and this process's own SMB calls never overlap (pavao serialises
-    /// them), so no late rename of ours can land between check and unlink.
-    async fn release_leftovers(&self) {
-        let left: Vec<Reservation> = match self.leftovers.lock() {
-            Ok(mut l) => std::mem::take(&mut *l),
-            Err(_) => return,
-        };
-        for r in left {
-            match self.source.release(&r).await {
-                Ok(()) => {
-                    tracing::info!(path = %r.path, "left-over archive name reservation released")
-                }
-                Err(e) => self.release_later(r, &e),
-            }
-        }
-    }
-
-    /// Moves `d` if the source still holds its version: checked by a stat
-    /// just before the move and again on the moved file, so an upload that
-    /// replaced it after the pass's listing (or during the move) is never
-    /// archived unprocessed. `Ok(None)`: not moved, nothing to retry.
+    /// Moves `d` if the source still holds its version (checked by the move
+    /// itself, so an upload that replaced it after the pass's listing is
+    /// never archived unprocessed). `Ok(None)`: not moved, nothing to retry.
     async fn checked_move(&self, d: &Due) -> Result<Option<String>, SourceError> {
-        let from = join(&[&self.source_dir, &d.remitter, &d.file_name]);
-        let now = self.source.stat(&from).await?;
-        if !d.matches(&now) {
+        let moved = self
+            .move_to_archive(&d.remitter, &d.file_name, &d.expected())
+            .await?;
+        if moved.is_none() {
             tracing::info!(remitter = %d.remitter, file = %d.file_name, "replaced since the pass's listing; not archived");
-            return Ok(None);
         }
-        let to = self.move_to_archive(&d.remitter, &d.file_name).await?;
-        match self.source.stat(&to).await {
-            Ok(moved) if d.matches(&moved) => Ok(Some(to)),
-            Ok(_) => {
-                // A new upload reached the file between the check and the rename.
-                match self.move_back(&to, &from).await {
-                    Ok(()) => {
-                        tracing::warn!(remitter = %d.remitter, file = %d.file_name, "a new upload replaced the file during its move; put back in the source")
-                    }
-                    Err(e) => {
-                        tracing::error!(remitter = %d.remitter, file = %d.file_name, archived = %to, error = %e, "a new upload replaced the file during its move and could not be put back; it is in the archive unprocessed")
-                    }
-                }
-                Err(SourceError::Io {
-                    op: format!("archive {from}"),
-                    message: "the file changed during its move".into(),
-                })
-            }
-            Err(e) => {
-                tracing::warn!(path = %to, error = %e, "moved file could not be checked; taken as moved");
-                Ok(Some(to))
-            }
-        }
+        Ok(moved)
     }
 
     /// True when the archived file `name` has the content that was processed
@@ -315,72 +224,84 @@ impl Archiver {
     }
 
     /// Checks each due file against one listing of its remitter folder, moves
-    /// the ones that still hold the recorded version (a few at a time: the
-    /// database work overlaps the serialised SMB calls) and records the result.
+    /// the ones that still hold the recorded version and records the result;
+    /// several folders and several moves per folder at once.
     async fn move_due(&self, due: Vec<Due>, report: &mut PassReport) {
         let mut by_remitter: BTreeMap<String, Vec<Due>> = BTreeMap::new();
         for d in due {
             by_remitter.entry(d.remitter.clone()).or_default().push(d);
         }
-        for (remitter, files) in by_remitter {
-            let listing: HashMap<String, Entry> = match self
+        let folders: Vec<PassReport> = futures::stream::iter(by_remitter)
+            .map(|(remitter, files)| self.move_folder(remitter, files))
+            .buffer_unordered(FOLDERS_AT_ONCE)
+            .collect()
+            .await;
+        for f in folders {
+            report.moved += f.moved;
+            report.failed += f.failed;
+        }
+    }
+
+    /// [`Self::move_due`] for the due files of one remitter folder.
+    async fn move_folder(&self, remitter: String, files: Vec<Due>) -> PassReport {
+        let mut report = PassReport::default();
+        let listing: HashMap<String, Entry> = match self
+            .source
+            .list(&join(&[&self.source_dir, &remitter]))
+            .await
+        {
+            Ok(entries) => entries.into_iter().map(|e| (e.name.clone(), e)).collect(),
+            Err(SourceError::NotFound(_)) => HashMap::new(),
+            Err(e) => {
+                tracing::warn!(remitter = %remitter, error = %e, "archive check failed; retried next pass");
+                report.failed += files.len();
+                return report;
+            }
+        };
+        // A processed file missing from the source may have been moved by
+        // an earlier pass whose answer was lost: look in the archive once.
+        let archived: HashMap<String, Entry> = if files.iter().any(|d| {
+            matches!(d.record, Record::Processed(_)) && !listing.contains_key(&d.file_name)
+        }) {
+            match self
                 .source
-                .list(&join(&[&self.source_dir, &remitter]))
+                .list(&join(&[&self.archive_dir, &remitter]))
                 .await
             {
                 Ok(entries) => entries.into_iter().map(|e| (e.name.clone(), e)).collect(),
-                Err(SourceError::NotFound(_)) => HashMap::new(),
-                Err(e) => {
-                    tracing::warn!(remitter = %remitter, error = %e, "archive check failed; retried next pass");
-                    report.failed += files.len();
-                    continue;
+                Err(_) => HashMap::new(),
+            }
+        } else {
+            HashMap::new()
+        };
+        let archived = &archived;
+        // One move per name and pass: of two due rows for one name only the
+        // one that matches the source can move.
+        let mut moving = std::collections::HashSet::new();
+        let jobs: Vec<_> = files
+            .into_iter()
+            .filter_map(|d| {
+                let current = listing.get(&d.file_name).cloned();
+                let moves = current.as_ref().is_some_and(|e| d.matches(e));
+                if moves && !moving.insert(d.file_name.clone()) {
+                    return None;
                 }
-            };
-            // A processed file missing from the source may have been moved by
-            // an earlier pass whose answer was lost: look in the archive once.
-            let archived: HashMap<String, Entry> = if files.iter().any(|d| {
-                matches!(d.record, Record::Processed(_)) && !listing.contains_key(&d.file_name)
-            }) {
-                match self
-                    .source
-                    .list(&join(&[&self.archive_dir, &remitter]))
-                    .await
-                {
-                    Ok(entries) => entries.into_iter().map(|e| (e.name.clone(), e)).collect(),
-                    Err(_) => HashMap::new(),
-                }
+                Some(self.move_one(d, current, archived).boxed())
+            })
+            .collect();
+        let outcomes: Vec<bool> = futures::stream::iter(jobs)
+            .buffer_unordered(MOVES_PER_FOLDER)
+            .filter_map(|o| async move { o })
+            .collect()
+            .await;
+        for moved in outcomes {
+            if moved {
+                report.moved += 1;
             } else {
-                HashMap::new()
-            };
-            let archived = &archived;
-            // One move per name and pass: two moves of one name at once could
-            // both find the same free archive name. Only a due file that still
-            // matches the source moves, so that is the one that takes the name.
-            let mut moving = std::collections::HashSet::new();
-            let jobs: Vec<_> = files
-                .into_iter()
-                .filter_map(|d| {
-                    let current = listing.get(&d.file_name).cloned();
-                    let moves = current.as_ref().is_some_and(|e| d.matches(e));
-                    if moves && !moving.insert(d.file_name.clone()) {
-                        return None;
-                    }
-                    Some(self.move_one(d, current, archived).boxed())
-                })
-                .collect();
-            let outcomes: Vec<bool> = futures::stream::iter(jobs)
-                .buffer_unordered(4)
-                .filter_map(|o| async move { o })
-                .collect()
-                .await;
-            for moved in outcomes {
-                if moved {
-                    report.moved += 1;
-                } else {
-                    report.failed += 1;
-                }
+                report.failed += 1;
             }
         }
+        report
     }
 
     /// Moves one due file if `current` is still its version, and records it.
@@ -542,7 +463,6 @@ impl Archiver {
             }
         };
         if let Some(_lease) = lease {
-            self.release_leftovers().await;
             self.archive_superseded(&mut report).await;
             self.housekeeping(&mut report).await;
             self.deliver_notifications(&mut report).await;

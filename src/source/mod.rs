@@ -41,35 +41,30 @@ pub struct Fetched {
     pub after: Entry,
 }
 
-/// A name reserved by [`FileSource::reserve`]: the path and the token its
-/// placeholder holds, by which the holder recognises its own placeholder.
+/// The version a move expects to find at its source: the size and
+/// last-write time the file had when it was processed or found superseded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    /// Share-relative path of the reserved name.
-    pub path: String,
-    /// Unique token written into the placeholder.
-    pub token: String,
+pub struct Expected {
+    /// Size in bytes.
+    pub size: u64,
+    /// Last-write time, by the server's clock.
+    pub mtime: DateTime<Utc>,
 }
 
-impl Reservation {
-    /// A fresh reservation of `path` with a unique token (not yet made).
-    pub fn new(path: &str) -> Self {
-        Reservation {
-            path: path.to_string(),
-            token: uuid::Uuid::new_v4().simple().to_string(),
-        }
+impl Expected {
+    /// True when `e` is a file with this size and last-write time.
+    pub fn matches(&self, e: &Entry) -> bool {
+        !e.is_dir && e.size == self.size && e.mtime == self.mtime
     }
+}
 
-    /// The placeholder's bytes: says what it is to an operator who finds one
-    /// left by a crash between reservation and move.
-    pub fn placeholder(&self) -> Vec<u8> {
-        format!(
-            "coordinator: archive name reserved for a move in progress ({}); \
-             an empty or reserved file left here by an interrupted move can be removed\n",
-            self.token
-        )
-        .into_bytes()
-    }
+/// What [`FileSource::move_file`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Moved {
+    /// The file is at its new name.
+    Done,
+    /// The source holds another version now (its metadata here): not moved.
+    Changed(Entry),
 }
 
 /// Errors of a file source, classified so callers can tell "gone" from "broken".
@@ -127,37 +122,17 @@ pub trait FileSource: Send + Sync {
     async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError>;
     /// Creates `dir` and its parents if missing.
     async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError>;
-    /// Reserves the name `reservation.path`: creates it exclusively
-    /// (atomically on the server) as a small placeholder holding the
-    /// reservation's token.
-    /// `AlreadyExists` when the name is taken. Only the holder of a
-    /// reservation ever renames onto that name.
-    async fn reserve(&self, reservation: &Reservation) -> Result<(), SourceError>;
-    /// Moves `from` onto the name `to` this caller reserved, replacing only
-    /// its own placeholder.
-    async fn rename_onto_reservation(
+    /// Moves `from` to `to`, never replacing a file at `to`
+    /// (`AlreadyExists`), and only while `from` is still the `expected`
+    /// version. The check and the rename are one step on the server: no
+    /// upload can land between them, and a file another client holds open
+    /// for writing is not moved (`Busy`).
+    async fn move_file(
         &self,
         from: &str,
-        to: &Reservation,
-    ) -> Result<(), SourceError>;
-    /// Removes a reservation's placeholder after a failed move, only if the
-    /// name still holds that placeholder (never a moved file).
-    async fn release(&self, reservation: &Reservation) -> Result<(), SourceError>;
-    /// Moves `from` to `to`; fails with `AlreadyExists` rather than overwrite.
-    /// Reserves `to` first, so a concurrent move can never be replaced.
-    async fn rename_no_replace(&self, from: &str, to: &str) -> Result<(), SourceError> {
-        let r = Reservation::new(to);
-        self.reserve(&r).await?;
-        match self.rename_onto_reservation(from, &r).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                if let Err(release) = self.release(&r).await {
-                    tracing::warn!(path = %to, error = %release, "archive name reservation left in place");
-                }
-                Err(e)
-            }
-        }
-    }
+        to: &str,
+        expected: &Expected,
+    ) -> Result<Moved, SourceError>;
     /// The server's current time, as the server stamps files.
     async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError>;
 }

@@ -1,28 +1,48 @@
-//! The SMB share, through `pavao` (Samba's libsmbclient).
+//! The SMB share, through `smb2` (pure Rust SMB2/3, vendored with one fix:
+//! `vendor/smb2/PATCHED.md`).
 //!
-//! libsmbclient is blocking and pavao serialises every call behind one
-//! process-wide lock, so each operation runs on a blocking thread and is
-//! bounded by a timeout. A client that failed with a connection-level error
-//! is dropped and rebuilt on the next call. libsmbclient's `rename` replaces
-//! an existing target, so a move first reserves its target name with an
-//! exclusive create (see `rename_onto_reservation`). Downloads open the file
-//! through a second context whose share mode denies writers: Samba refuses
-//! that open (EBUSY) while another client holds the file open for writing,
-//! and refuses writers while the download holds it.
+//! Calls are pipelined: every task sends its requests on a clone of one
+//! connection and they overlap on the wire, so listings of many folders,
+//! downloads and archive moves run at the same time instead of one after
+//! another. Each call is bounded by a timeout; a connection that is lost or
+//! stops answering is dropped and the next call connects again (a read-only
+//! call is sent again at once, once).
+//!
+//! Three SMB semantics the coordinator relies on, all done on the server:
+//! - downloads open the file sharing read access only (deny write): the
+//!   open fails with a sharing violation while another client holds the
+//!   file open for writing, and no client can open it for writing while it
+//!   is read, so the size and times the open returns are those of the bytes
+//!   read;
+//! - a move opens the source the same way, checks the size and last-write
+//!   time that the open returns, and renames through that handle with
+//!   `ReplaceIfExists = 0`: nothing can change the file between check and
+//!   rename, and an existing target is never replaced
+//!   (`STATUS_OBJECT_NAME_COLLISION`);
+//! - folders are created one level at a time, an existing one is fine.
 
-use super::{Entry, Fetched, FileSource, Reservation, SourceError};
+use super::{Entry, Expected, Fetched, FileSource, Moved, SourceError};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use md5::{Digest, Md5};
-use pavao::{
-    SmbClient, SmbCredentials, SmbDialect, SmbDirentType, SmbError, SmbMode, SmbOpenOptions,
-    SmbOptions, SmbShareMode,
+use smb2::client::connection::Connection;
+use smb2::msg::close::CloseRequest;
+use smb2::msg::create::{
+    CreateDisposition, CreateRequest, CreateResponse, ImpersonationLevel, ShareAccess,
 };
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use std::io::{Read, Write};
+use smb2::msg::query_info::InfoType;
+use smb2::msg::set_info::SetInfoRequest;
+use smb2::pack::{FileTime, ReadCursor, Unpack};
+use smb2::types::flags::FileAccessMask;
+use smb2::types::status::NtStatus;
+use smb2::types::{Command, FileId, OplockLevel};
+use smb2::{ClientConfig, CompoundOp, ErrorKind, FileDownload, SmbClient, Tree};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 /// How to reach the share. `Debug` never shows the password.
 #[derive(Clone)]
@@ -57,134 +77,28 @@ impl std::fmt::Debug for SmbConfig {
     }
 }
 
-/// The native contexts of this share (pavao's share mode is per context).
-struct Clients {
-    /// Share mode deny-none: listings, metadata, writes, renames.
-    normal: SmbClient,
-    /// Share mode deny-write: downloads.
-    deny_write: SmbClient,
+/// Bytes asked for by each READ of a download (several are in flight).
+const READ_CHUNK: u32 = 1 << 20;
+
+/// `FILE_NON_DIRECTORY_FILE`: the open fails on a folder.
+const NON_DIRECTORY: u32 = 0x40;
+/// `FILE_ATTRIBUTE_DIRECTORY`.
+const ATTR_DIRECTORY: u32 = 0x10;
+/// `FileRenameInformation` (MS-FSCC 2.4.42).
+const FILE_RENAME_INFORMATION: u8 = 10;
+
+/// One signed-in session with the share's tree connected.
+struct Live {
+    /// Kept so the session lives as long as its connection clones are used.
+    _client: std::sync::Mutex<SmbClient>,
+    tree: Arc<Tree>,
+    conn: Connection,
 }
 
-/// A share reached over SMB2/3 (see the module docs for the client's limits).
+/// A share reached over SMB2/3 (see the module docs).
 pub struct SmbShare {
     config: SmbConfig,
-    clients: Mutex<Option<Arc<Clients>>>,
-}
-
-/// Characters escaped in libsmbclient URLs: it percent-decodes paths and
-/// treats `?` as the start of options.
-const PATH_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// The dialect bounds every client of this process uses (pavao requires one policy).
-pub fn smb_options() -> SmbOptions {
-    SmbOptions::default()
-        .min_protocol(SmbDialect::Smb210)
-        .max_protocol(SmbDialect::Smb311)
-        .no_auto_anonymous_login(true)
-        .case_sensitive(false)
-}
-
-/// Builds a raw pavao client for `config` with the process-wide options and
-/// the given share mode. Tests use it to write files as a remitter would.
-pub fn new_client(config: &SmbConfig, share_mode: SmbShareMode) -> Result<SmbClient, SmbError> {
-    let client = SmbClient::new(
-        SmbCredentials::default()
-            .server(format!("smb://{}:{}", config.host, config.port))
-            .share(format!("/{}", config.share))
-            .username(&config.username)
-            .password(&config.password)
-            .workgroup(&config.domain),
-        smb_options().open_share_mode(share_mode),
-    )?;
-    client.set_timeout(config.timeout)?;
-    Ok(client)
-}
-
-/// The pavao path (`/a/b%20c`) of a share-relative path (`a/b c`).
-pub fn url_path(path: &str) -> String {
-    let mut out = String::new();
-    for seg in path.split('/').filter(|s| !s.is_empty()) {
-        out.push('/');
-        out.extend(utf8_percent_encode(seg, PATH_ESCAPE));
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    out
-}
-
-fn to_utc(t: SystemTime) -> DateTime<Utc> {
-    DateTime::<Utc>::from(t)
-}
-
-fn classify(op: &str, err: SmbError) -> SourceError {
-    match err {
-        SmbError::Io(e) => {
-            let message = e.to_string();
-            match e.raw_os_error() {
-                Some(libc_errno::ENOENT) | Some(libc_errno::ENOTDIR) => {
-                    SourceError::NotFound(op.to_string())
-                }
-                Some(libc_errno::EEXIST) => SourceError::AlreadyExists(op.to_string()),
-                Some(libc_errno::EACCES) | Some(libc_errno::EPERM) => {
-                    SourceError::PermissionDenied(op.to_string())
-                }
-                Some(libc_errno::EBUSY) | Some(libc_errno::ETXTBSY) => {
-                    SourceError::Busy(op.to_string())
-                }
-                // ENOMEM: libsmbclient's answer, seen here, when its cached
-                // connection to an smbd that was restarted cannot be reused.
-                Some(
-                    libc_errno::ENOMEM
-                    | libc_errno::EPIPE
-                    | libc_errno::ECONNABORTED
-                    | libc_errno::ECONNRESET
-                    | libc_errno::ENOTCONN
-                    | libc_errno::ECONNREFUSED,
-                ) => SourceError::Disconnected {
-                    op: op.to_string(),
-                    message,
-                },
-                _ => SourceError::Io {
-                    op: op.to_string(),
-                    message,
-                },
-            }
-        }
-        other => SourceError::Io {
-            op: op.to_string(),
-            message: other.to_string(),
-        },
-    }
-}
-
-/// The errno values we classify (Linux numbering, which libsmbclient uses here).
-mod libc_errno {
-    pub const EPERM: i32 = 1;
-    pub const ENOENT: i32 = 2;
-    pub const ENOMEM: i32 = 12;
-    pub const EACCES: i32 = 13;
-    pub const EBUSY: i32 = 16;
-    pub const EEXIST: i32 = 17;
-    pub const ENOTDIR: i32 = 20;
-    pub const ETXTBSY: i32 = 26;
-    pub const EPIPE: i32 = 32;
-    pub const ECONNABORTED: i32 = 103;
-    pub const ECONNRESET: i32 = 104;
-    pub const ENOTCONN: i32 = 107;
-    pub const ECONNREFUSED: i32 = 111;
-}
-
-/// True for errors after which the native connection may be unusable.
-fn is_connection_error(e: &SourceError) -> bool {
-    matches!(
-        e,
-        SourceError::Io { .. } | SourceError::Timeout { .. } | SourceError::Disconnected { .. }
-    )
+    live: tokio::sync::Mutex<Option<Arc<Live>>>,
 }
 
 /// Whether an operation may simply be sent again on a fresh connection.
@@ -196,41 +110,214 @@ enum Retry {
     Never,
 }
 
+/// The SMB2 error `e` of operation `op` as a [`SourceError`].
+fn classify(op: &str, e: smb2::Error) -> SourceError {
+    let message = e.to_string();
+    match e.kind() {
+        ErrorKind::NotFound | ErrorKind::NotADirectory => SourceError::NotFound(op.to_string()),
+        ErrorKind::AlreadyExists => SourceError::AlreadyExists(op.to_string()),
+        ErrorKind::AccessDenied => SourceError::PermissionDenied(op.to_string()),
+        ErrorKind::SharingViolation => SourceError::Busy(op.to_string()),
+        ErrorKind::ConnectionLost | ErrorKind::SessionExpired => SourceError::Disconnected {
+            op: op.to_string(),
+            message,
+        },
+        _ => SourceError::Io {
+            op: op.to_string(),
+            message,
+        },
+    }
+}
+
+/// A non-success status of `command` as an error.
+fn status_error(op: &str, status: NtStatus, command: Command) -> SourceError {
+    classify(op, smb2::Error::Protocol { status, command })
+}
+
+/// Server times to microseconds: what Postgres keeps, so a stored time
+/// compares equal to the next listing's.
+fn to_utc(t: FileTime) -> DateTime<Utc> {
+    t.to_system_time()
+        .map(DateTime::<Utc>::from)
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+        .trunc_subsecs(6)
+}
+
+/// The last path segment.
+fn base(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn entry_of_open(path: &str, r: &CreateResponse) -> Entry {
+    Entry {
+        name: base(path).to_string(),
+        is_dir: r.file_attributes & ATTR_DIRECTORY != 0,
+        size: r.end_of_file,
+        mtime: to_utc(r.last_write_time),
+        ctime: to_utc(r.change_time),
+    }
+}
+
+/// A CREATE that opens an existing file sharing read access only.
+fn deny_write_open(path: &str, access: u32) -> CreateRequest {
+    CreateRequest {
+        requested_oplock_level: OplockLevel::None,
+        impersonation_level: ImpersonationLevel::Impersonation,
+        desired_access: FileAccessMask::new(
+            access | FileAccessMask::FILE_READ_ATTRIBUTES | FileAccessMask::SYNCHRONIZE,
+        ),
+        file_attributes: 0,
+        share_access: ShareAccess(ShareAccess::FILE_SHARE_READ),
+        create_disposition: CreateDisposition::FileOpen,
+        create_options: NON_DIRECTORY,
+        name: smb2::encode_path(path),
+        create_contexts: vec![],
+    }
+}
+
+/// Sends `req` and returns the opened handle's CREATE response.
+async fn open(
+    tree: &Tree,
+    conn: &Connection,
+    op: &str,
+    req: &CreateRequest,
+) -> Result<CreateResponse, SourceError> {
+    let frame = conn
+        .execute(Command::Create, req, Some(tree.tree_id))
+        .await
+        .map_err(|e| classify(op, e))?;
+    if frame.header.status != NtStatus::SUCCESS {
+        return Err(status_error(op, frame.header.status, Command::Create));
+    }
+    CreateResponse::unpack(&mut ReadCursor::new(&frame.body)).map_err(|e| classify(op, e))
+}
+
+/// `FILE_RENAME_INFORMATION_TYPE_2` naming `to`, never replacing it.
+fn rename_info(to: &str) -> Vec<u8> {
+    let name: Vec<u16> = smb2::encode_path(to).encode_utf16().collect();
+    let mut buf = Vec::with_capacity(20 + name.len() * 2);
+    buf.push(0); // ReplaceIfExists = FALSE
+    buf.extend_from_slice(&[0u8; 7]);
+    buf.extend_from_slice(&0u64.to_le_bytes()); // RootDirectory
+    buf.extend_from_slice(&((name.len() * 2) as u32).to_le_bytes());
+    for u in name {
+        buf.extend_from_slice(&u.to_le_bytes());
+    }
+    buf
+}
+
+/// Renames the open handle `file_id` to `to` and closes it, in one compound
+/// request; a refused rename still closes the handle.
+async fn rename_and_close(
+    tree: &Tree,
+    conn: &mut Connection,
+    op: &str,
+    file_id: FileId,
+    to: &str,
+) -> Result<(), SourceError> {
+    let set = SetInfoRequest {
+        info_type: InfoType::File,
+        file_info_class: FILE_RENAME_INFORMATION,
+        additional_information: 0,
+        file_id,
+        buffer: rename_info(to),
+    };
+    let close = CloseRequest { flags: 0, file_id };
+    let ops = [
+        CompoundOp::new(Command::SetInfo, &set, Some(tree.tree_id)),
+        CompoundOp::new(Command::Close, &close, Some(tree.tree_id)),
+    ];
+    let frames = conn
+        .execute_compound(&ops)
+        .await
+        .map_err(|e| classify(op, e))?;
+    let mut frames = frames.into_iter();
+    let set_status = match frames.next() {
+        Some(Ok(f)) => Ok(f.header.status),
+        Some(Err(e)) => Err(classify(op, e)),
+        None => Err(SourceError::Io {
+            op: op.to_string(),
+            message: "no answer to the rename".into(),
+        }),
+    };
+    let closed = matches!(frames.next(), Some(Ok(f)) if f.header.status == NtStatus::SUCCESS);
+    let renamed = set_status.and_then(|s| {
+        if s == NtStatus::SUCCESS {
+            Ok(())
+        } else {
+            Err(status_error(op, s, Command::SetInfo))
+        }
+    });
+    if !closed && renamed.is_err() {
+        let _ = tree.close_handle(conn, file_id).await;
+    }
+    renamed
+}
+
 impl SmbShare {
     /// A share handle; nothing is connected until the first call.
     pub fn new(config: SmbConfig) -> Self {
         Self {
             config,
-            clients: Mutex::new(None),
+            live: tokio::sync::Mutex::new(None),
         }
     }
 
-    fn clients(&self) -> Result<Arc<Clients>, SourceError> {
-        let mut guard = self.clients.lock().map_err(|_| SourceError::Io {
-            op: "smb client".into(),
-            message: "client lock poisoned".into(),
-        })?;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
+    /// The current session, connecting first if there is none. Callers
+    /// that arrive while a connect is under way wait for it.
+    async fn live(&self) -> Result<Arc<Live>, SourceError> {
+        let mut guard = self.live.lock().await;
+        if let Some(l) = guard.as_ref() {
+            return Ok(l.clone());
         }
-        let mk = |mode| new_client(&self.config, mode).map_err(|e| classify("connect", e));
-        let clients = Arc::new(Clients {
-            normal: mk(SmbShareMode::DenyNone)?,
-            deny_write: mk(SmbShareMode::DenyWrite)?,
-        });
-        *guard = Some(clients.clone());
-        Ok(clients)
+        let c = &self.config;
+        let config = ClientConfig {
+            addr: format!("{}:{}", c.host, c.port),
+            username: c.username.clone(),
+            password: c.password.clone(),
+            domain: c.domain.clone(),
+            timeout: c.timeout,
+            response_timeout: Some(c.timeout),
+            auto_reconnect: false,
+            compression: false,
+            dfs_enabled: false,
+            ..Default::default()
+        };
+        let connect = async {
+            let mut client = SmbClient::connect(config).await?;
+            let tree = client.connect_share(&c.share).await?;
+            let conn = client.connection_for(&tree)?;
+            Ok::<_, smb2::Error>(Live {
+                _client: std::sync::Mutex::new(client),
+                tree: Arc::new(tree),
+                conn,
+            })
+        };
+        let live = match tokio::time::timeout(c.timeout.saturating_mul(2), connect).await {
+            Ok(Ok(l)) => Arc::new(l),
+            Ok(Err(e)) => return Err(classify("connect", e)),
+            Err(_) => {
+                return Err(SourceError::Timeout {
+                    op: "connect".into(),
+                    secs: c.timeout.as_secs() * 2,
+                });
+            }
+        };
+        *guard = Some(live.clone());
+        Ok(live)
     }
 
-    fn reset(&self) {
-        if let Ok(mut g) = self.clients.lock() {
-            *g = None;
+    /// Forgets `failed` (if still current) so the next call connects again.
+    async fn reset(&self, failed: &Arc<Live>) {
+        let mut guard = self.live.lock().await;
+        if guard.as_ref().is_some_and(|l| Arc::ptr_eq(l, failed)) {
+            *guard = None;
         }
     }
 
-    /// Runs `f` on a blocking thread with the share's clients, bounded by
-    /// `timeout`. A connection-level failure drops the clients so the next
-    /// call reconnects; with [`Retry::OnDisconnect`] that happens once at once.
+    /// Runs `f` on the session, bounded by `timeout` when given. After a lost
+    /// or silent connection the session is dropped; with
+    /// [`Retry::OnDisconnect`] the call is sent once more on a new one.
     async fn call<T, F>(
         &self,
         op: String,
@@ -239,15 +326,13 @@ impl SmbShare {
         f: F,
     ) -> Result<T, SourceError>
     where
-        T: Send + 'static,
-        F: Fn(&Clients) -> Result<T, SourceError> + Send + Sync + 'static,
+        F: Fn(Arc<Tree>, Connection) -> BoxFuture<'static, Result<T, SourceError>>,
     {
-        let f = Arc::new(f);
-        let first = self.call_once(&op, timeout, f.clone()).await;
+        let first = self.call_once(&op, timeout, &f).await;
         match first {
             Err(SourceError::Disconnected { .. }) if retry == Retry::OnDisconnect => {
                 tracing::warn!(op = %op, "SMB connection lost; reconnecting once");
-                self.call_once(&op, timeout, f).await
+                self.call_once(&op, timeout, &f).await
             }
             other => other,
         }
@@ -257,58 +342,50 @@ impl SmbShare {
         &self,
         op: &str,
         timeout: Option<Duration>,
-        f: Arc<F>,
+        f: &F,
     ) -> Result<T, SourceError>
     where
-        T: Send + 'static,
-        F: Fn(&Clients) -> Result<T, SourceError> + Send + Sync + 'static,
+        F: Fn(Arc<Tree>, Connection) -> BoxFuture<'static, Result<T, SourceError>>,
     {
-        let clients = match self.clients() {
-            Ok(c) => c,
-            Err(e) => {
-                self.reset();
-                return Err(e);
-            }
-        };
-        let task = tokio::task::spawn_blocking(move || f(&clients));
-        let joined = match timeout {
-            Some(t) => match tokio::time::timeout(t, task).await {
-                Ok(j) => j,
-                Err(_) => {
-                    self.reset();
-                    return Err(SourceError::Timeout {
-                        op: op.to_string(),
-                        secs: t.as_secs(),
-                    });
-                }
+        let live = self.live().await?;
+        let fut = f(live.tree.clone(), live.conn.clone());
+        let result = match timeout {
+            Some(t) => match tokio::time::timeout(t, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(SourceError::Timeout {
+                    op: op.to_string(),
+                    secs: t.as_secs(),
+                }),
             },
-            None => task.await,
+            None => fut.await,
         };
-        let result = joined.map_err(|e| SourceError::Io {
-            op: op.to_string(),
-            message: format!("blocking task failed: {e}"),
-        })?;
-        if let Err(e) = &result
-            && is_connection_error(e)
+        if matches!(
+            result,
+            Err(SourceError::Disconnected { .. } | SourceError::Timeout { .. })
+        ) || live.conn.is_disconnected()
         {
-            self.reset();
+            self.reset(&live).await;
         }
         result
     }
 
-    /// A raw pavao client with this share's settings, for tools and tests.
-    pub fn raw_client(&self, share_mode: SmbShareMode) -> Result<SmbClient, SourceError> {
-        new_client(&self.config, share_mode).map_err(|e| classify("connect", e))
-    }
-
     /// Writes `bytes` to `path` (creating or truncating it).
     pub async fn write_file(&self, path: &str, bytes: Vec<u8>) -> Result<(), SourceError> {
-        let p = path.to_string();
+        let (p, bytes) = (path.to_string(), Arc::new(bytes));
         self.call(
             format!("write {path}"),
             Some(self.config.timeout),
             Retry::OnDisconnect,
-            move |c| write_bytes(&c.normal, &p, &bytes),
+            move |tree, mut conn| {
+                let (p, bytes) = (p.clone(), bytes.clone());
+                async move {
+                    tree.write_file(&mut conn, &p, &bytes)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| classify(&format!("write {p}"), e))
+                }
+                .boxed()
+            },
         )
         .await
     }
@@ -320,52 +397,31 @@ impl SmbShare {
             format!("unlink {path}"),
             Some(self.config.timeout),
             Retry::Never,
-            move |c| {
-                c.normal
-                    .unlink(url_path(&p))
-                    .map_err(|e| classify(&format!("unlink {p}"), e))
+            move |tree, mut conn| {
+                let p = p.clone();
+                async move {
+                    tree.delete_file(&mut conn, &p)
+                        .await
+                        .map_err(|e| classify(&format!("unlink {p}"), e))
+                }
+                .boxed()
             },
         )
         .await
     }
 }
 
-fn write_bytes(client: &SmbClient, path: &str, bytes: &[u8]) -> Result<(), SourceError> {
-    let op = format!("write {path}");
-    let mut f = client
-        .open_with(
-            url_path(path),
-            SmbOpenOptions::default()
-                .write(true)
-                .create(true)
-                .truncate(true),
-        )
-        .map_err(|e| classify(&op, e))?;
-    f.write_all(bytes)
-        .map_err(|e| classify(&op, SmbError::Io(e)))?;
-    Ok(())
-}
-
-fn entry_of(i: pavao::SmbDirentInfo) -> Entry {
-    Entry {
-        is_dir: i.get_type() == SmbDirentType::Dir,
-        name: i.name,
-        size: i.size,
-        mtime: to_utc(i.mtime),
-        ctime: to_utc(i.ctime),
-    }
-}
-
-fn stat_entry(client: &SmbClient, path: &str) -> Result<Entry, SourceError> {
-    let st = client
-        .stat(url_path(path))
+async fn stat_entry(tree: &Tree, conn: &mut Connection, path: &str) -> Result<Entry, SourceError> {
+    let st = tree
+        .stat(conn, path)
+        .await
         .map_err(|e| classify(&format!("stat {path}"), e))?;
     Ok(Entry {
-        name: path.rsplit('/').next().unwrap_or(path).to_string(),
-        is_dir: st.mode.is_dir(),
+        name: base(path).to_string(),
+        is_dir: st.is_directory,
         size: st.size,
         mtime: to_utc(st.modified),
-        ctime: to_utc(st.created),
+        ctime: to_utc(st.changed),
     })
 }
 
@@ -377,36 +433,26 @@ impl FileSource for SmbShare {
             format!("list {dir}"),
             Some(self.config.timeout),
             Retry::OnDisconnect,
-            move |c| {
-                match c.normal.list_dirplus(url_path(&d)) {
-                    Ok(items) => Ok(items.into_iter().map(entry_of).collect()),
-                    // pavao drops opendir's errno; it is still this thread's last one.
-                    Err(SmbError::BadFileDescriptor) => {
-                        match std::io::Error::last_os_error().raw_os_error() {
-                            Some(libc_errno::EACCES | libc_errno::EPERM) => {
-                                Err(SourceError::PermissionDenied(format!("list {d}")))
-                            }
-                            Some(libc_errno::ENOENT | libc_errno::ENOTDIR) => {
-                                Err(SourceError::NotFound(format!("list {d}")))
-                            }
-                            _ => match stat_entry(&c.normal, &d) {
-                                Ok(e) if !e.is_dir => {
-                                    Err(SourceError::NotFound(format!("{d} is not a folder")))
-                                }
-                                // It is a folder: a passing failure; try once more.
-                                Ok(_) => match c.normal.list_dirplus(url_path(&d)) {
-                                    Ok(items) => Ok(items.into_iter().map(entry_of).collect()),
-                                    Err(_) => Err(SourceError::Disconnected {
-                                        op: format!("list {d}"),
-                                        message: "the folder could not be opened".into(),
-                                    }),
-                                },
-                                Err(e) => Err(e),
-                            },
-                        }
-                    }
-                    Err(e) => Err(classify(&format!("list {d}"), e)),
+            move |tree, mut conn| {
+                let d = d.clone();
+                async move {
+                    let items = tree
+                        .list_directory(&mut conn, &d)
+                        .await
+                        .map_err(|e| classify(&format!("list {d}"), e))?;
+                    Ok(items
+                        .into_iter()
+                        .filter(|i| i.name != "." && i.name != "..")
+                        .map(|i| Entry {
+                            is_dir: i.is_directory,
+                            name: i.name,
+                            size: i.size,
+                            mtime: to_utc(i.modified),
+                            ctime: to_utc(i.changed),
+                        })
+                        .collect())
                 }
+                .boxed()
             },
         )
         .await
@@ -418,7 +464,10 @@ impl FileSource for SmbShare {
             format!("stat {path}"),
             Some(self.config.timeout),
             Retry::OnDisconnect,
-            move |c| stat_entry(&c.normal, &p),
+            move |tree, mut conn| {
+                let p = p.clone();
+                async move { stat_entry(&tree, &mut conn, &p).await }.boxed()
+            },
         )
         .await
     }
@@ -426,46 +475,72 @@ impl FileSource for SmbShare {
     async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
         let p = path.to_string();
         let dest: PathBuf = dest.to_path_buf();
-        // No overall bound: each request is bounded by the native timeout.
+        let chunk_timeout = self.config.timeout;
+        // No overall bound: each request is bounded by the timeout.
         self.call(
             format!("read {path}"),
             None,
             Retry::OnDisconnect,
-            move |c| {
-                let op = format!("read {p}");
-                let mut f = c
-                    .deny_write
-                    .open_with(url_path(&p), SmbOpenOptions::default().read(true))
-                    .map_err(|e| classify(&op, e))?;
-                let mut out = std::fs::File::create(&dest).map_err(|e| SourceError::Io {
-                    op: format!("create spool file {}", dest.display()),
-                    message: e.to_string(),
-                })?;
-                let mut hasher = Md5::new();
-                let mut buf = vec![0u8; 1 << 20];
-                let mut size = 0u64;
-                loop {
-                    let n = f
-                        .read(&mut buf)
-                        .map_err(|e| classify(&op, SmbError::Io(e)))?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    out.write_all(&buf[..n]).map_err(|e| SourceError::Io {
+            move |tree, mut conn| {
+                let (p, dest) = (p.clone(), dest.clone());
+                async move {
+                    let op = format!("read {p}");
+                    let opened = tokio::time::timeout(
+                        chunk_timeout,
+                        open(
+                            &tree,
+                            &conn,
+                            &op,
+                            &deny_write_open(&p, FileAccessMask::FILE_READ_DATA),
+                        ),
+                    )
+                    .await
+                    .map_err(|_| SourceError::Timeout {
+                        op: op.clone(),
+                        secs: chunk_timeout.as_secs(),
+                    })??;
+                    // Nobody can write while the handle is open: these are
+                    // the size and times of the bytes about to be read.
+                    let after = entry_of_open(&p, &opened);
+                    let spool_error = |e: std::io::Error| SourceError::Io {
                         op: format!("write spool file {}", dest.display()),
                         message: e.to_string(),
-                    })?;
-                    size += n as u64;
+                    };
+                    let mut download = FileDownload::new(
+                        &tree,
+                        &mut conn,
+                        opened.file_id,
+                        opened.end_of_file,
+                        READ_CHUNK,
+                    );
+                    let mut out = tokio::fs::File::create(&dest).await.map_err(spool_error)?;
+                    let mut hasher = Md5::new();
+                    let mut size = 0u64;
+                    loop {
+                        let chunk = tokio::time::timeout(chunk_timeout, download.next_chunk())
+                            .await
+                            .map_err(|_| SourceError::Timeout {
+                                op: op.clone(),
+                                secs: chunk_timeout.as_secs(),
+                            })?;
+                        match chunk {
+                            None => break,
+                            Some(Err(e)) => return Err(classify(&op, e)),
+                            Some(Ok(bytes)) => {
+                                hasher.update(&bytes);
+                                out.write_all(&bytes).await.map_err(spool_error)?;
+                                size += bytes.len() as u64;
+                            }
+                        }
+                    }
+                    out.flush().await.map_err(spool_error)?;
+                    Ok(Fetched {
+                        md5: hex::encode(hasher.finalize()),
+                        size,
+                        after,
+                    })
                 }
-                // While `f` is open no SMB client can have it open for writing.
-                let after = stat_entry(&c.normal, &p)?;
-                drop(f);
-                Ok(Fetched {
-                    md5: hex::encode(hasher.finalize()),
-                    size,
-                    after,
-                })
+                .boxed()
             },
         )
         .await
@@ -477,122 +552,79 @@ impl FileSource for SmbShare {
             format!("mkdir {dir}"),
             Some(self.config.timeout),
             Retry::OnDisconnect,
-            move |c| {
-                let mut cur = String::new();
-                for seg in d.split('/').filter(|s| !s.is_empty()) {
-                    if !cur.is_empty() {
-                        cur.push('/');
-                    }
-                    cur.push_str(seg);
-                    match stat_entry(&c.normal, &cur) {
-                        Ok(e) if e.is_dir => continue,
+            move |tree, mut conn| {
+                let d = d.clone();
+                async move {
+                    match stat_entry(&tree, &mut conn, &d).await {
+                        Ok(e) if e.is_dir => return Ok(()),
                         Ok(_) => {
                             return Err(SourceError::AlreadyExists(format!(
-                                "{cur} exists and is not a folder"
+                                "{d} exists and is not a folder"
                             )));
                         }
                         Err(SourceError::NotFound(_)) => {}
                         Err(e) => return Err(e),
                     }
-                    match c.normal.mkdir(url_path(&cur), SmbMode::from(0o775)) {
-                        Ok(()) => {}
-                        Err(e) => match classify(&format!("mkdir {cur}"), e) {
-                            SourceError::AlreadyExists(_) => {}
-                            other => return Err(other),
-                        },
+                    let mut cur = String::new();
+                    for seg in d.split('/').filter(|s| !s.is_empty()) {
+                        if !cur.is_empty() {
+                            cur.push('/');
+                        }
+                        cur.push_str(seg);
+                        match tree.create_directory(&mut conn, &cur).await {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                                if !stat_entry(&tree, &mut conn, &cur).await?.is_dir {
+                                    return Err(SourceError::AlreadyExists(format!(
+                                        "{cur} exists and is not a folder"
+                                    )));
+                                }
+                            }
+                            Err(e) => return Err(classify(&format!("mkdir {cur}"), e)),
+                        }
                     }
+                    Ok(())
                 }
-                Ok(())
+                .boxed()
             },
         )
         .await
     }
 
-    /// `O_CREAT|O_EXCL`: the server creates the name only if it is free,
-    /// atomically, so two movers can never both hold one name.
-    async fn reserve(&self, reservation: &Reservation) -> Result<(), SourceError> {
-        let (p, bytes) = (reservation.path.clone(), reservation.placeholder());
-        self.call(
-            format!("reserve {}", reservation.path),
-            Some(self.config.timeout),
-            Retry::Never,
-            move |c| {
-                let op = format!("reserve {p}");
-                let mut f = c
-                    .normal
-                    .open_with(
-                        url_path(&p),
-                        SmbOpenOptions::default()
-                            .write(true)
-                            .create(true)
-                            .exclusive(true),
-                    )
-                    .map_err(|e| classify(&op, e))?;
-                f.write_all(&bytes)
-                    .map_err(|e| classify(&op, SmbError::Io(e)))
-            },
-        )
-        .await
-    }
-
-    /// libsmbclient's rename tries a no-replace rename and, on EEXIST,
-    /// unlinks the target and renames again (SMBC_rename_ctx). The target is
-    /// our own placeholder, which nobody else renames onto, so the unlink only
-    /// ever removes that placeholder. If another mover reserves the name in
-    /// the gap after that unlink, the second rename fails (no replace) with
-    /// EEXIST and nothing is lost.
-    async fn rename_onto_reservation(
+    /// One CREATE (delete access, sharing read only) that returns the
+    /// file's size and times, then SET_INFO rename with `ReplaceIfExists = 0`
+    /// and CLOSE in one compound request: two round trips.
+    async fn move_file(
         &self,
         from: &str,
-        to: &Reservation,
-    ) -> Result<(), SourceError> {
-        let (f, t) = (from.to_string(), to.path.clone());
+        to: &str,
+        expected: &Expected,
+    ) -> Result<Moved, SourceError> {
+        let (f, t, expected) = (from.to_string(), to.to_string(), expected.clone());
         self.call(
-            format!("rename {from} -> {}", to.path),
+            format!("move {from} -> {to}"),
             Some(self.config.timeout),
             Retry::Never,
-            move |c| {
-                c.normal
-                    .rename(url_path(&f), url_path(&t))
-                    .map_err(|e| classify(&format!("rename {f} -> {t}"), e))
-            },
-        )
-        .await
-    }
-
-    /// Reads the name back and unlinks it only when it holds this
-    /// reservation's token: a moved file (a rename whose answer was lost) or
-    /// another mover's placeholder is left alone.
-    async fn release(&self, reservation: &Reservation) -> Result<(), SourceError> {
-        let (p, want) = (reservation.path.clone(), reservation.placeholder());
-        self.call(
-            format!("release {}", reservation.path),
-            Some(self.config.timeout),
-            Retry::OnDisconnect,
-            move |c| {
-                let op = format!("release {p}");
-                let st = match stat_entry(&c.normal, &p) {
-                    Ok(st) => st,
-                    Err(SourceError::NotFound(_)) => return Ok(()),
-                    Err(e) => return Err(e),
-                };
-                if st.is_dir || st.size != want.len() as u64 {
-                    return Ok(());
+            move |tree, mut conn| {
+                let (f, t, expected) = (f.clone(), t.clone(), expected.clone());
+                async move {
+                    let op = format!("move {f} -> {t}");
+                    let opened = open(
+                        &tree,
+                        &conn,
+                        &op,
+                        &deny_write_open(&f, FileAccessMask::DELETE),
+                    )
+                    .await?;
+                    let now = entry_of_open(&f, &opened);
+                    if !expected.matches(&now) {
+                        let _ = tree.close_handle(&mut conn, opened.file_id).await;
+                        return Ok(Moved::Changed(now));
+                    }
+                    rename_and_close(&tree, &mut conn, &op, opened.file_id, &t).await?;
+                    Ok(Moved::Done)
                 }
-                let mut f = c
-                    .normal
-                    .open_with(url_path(&p), SmbOpenOptions::default().read(true))
-                    .map_err(|e| classify(&op, e))?;
-                let mut got = Vec::with_capacity(want.len());
-                f.read_to_end(&mut got)
-                    .map_err(|e| classify(&op, SmbError::Io(e)))?;
-                drop(f);
-                if got == want {
-                    c.normal
-                        .unlink(url_path(&p))
-                        .map_err(|e| classify(&op, e))?;
-                }
-                Ok(())
+                .boxed()
             },
         )
         .await
@@ -605,10 +637,16 @@ impl FileSource for SmbShare {
             "server clock".to_string(),
             Some(self.config.timeout),
             Retry::OnDisconnect,
-            move |c| {
-                let stamp = Utc::now().to_rfc3339();
-                write_bytes(&c.normal, &marker, stamp.as_bytes())?;
-                Ok(stat_entry(&c.normal, &marker)?.mtime)
+            move |tree, mut conn| {
+                let marker = marker.clone();
+                async move {
+                    let stamp = Utc::now().to_rfc3339();
+                    tree.write_file(&mut conn, &marker, stamp.as_bytes())
+                        .await
+                        .map_err(|e| classify(&format!("write {marker}"), e))?;
+                    Ok(stat_entry(&tree, &mut conn, &marker).await?.mtime)
+                }
+                .boxed()
             },
         )
         .await
@@ -620,11 +658,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn url_path_escapes_what_libsmbclient_decodes() {
-        assert_eq!(url_path(""), "/");
-        assert_eq!(url_path("a/b.csv"), "/a/b.csv");
-        assert_eq!(url_path("r 1/50%?#&.csv"), "/r%201/50%25%3F%23%26.csv");
-        assert_eq!(url_path("ü/x"), "/%C3%BC/x");
+    fn rename_info_never_replaces_and_names_the_target_in_utf16() {
+        let b = rename_info("archive/ü.csv");
+        assert_eq!(b[0], 0, "ReplaceIfExists must be FALSE");
+        let name: Vec<u16> = "archive\\ü.csv".encode_utf16().collect();
+        assert_eq!(
+            u32::from_le_bytes(b[16..20].try_into().unwrap()) as usize,
+            name.len() * 2
+        );
+        assert_eq!(b.len(), 20 + name.len() * 2);
+    }
+
+    #[test]
+    fn server_times_keep_microseconds_only() {
+        // 2024-01-01T00:00:00.1234567Z in 100 ns ticks since 1601.
+        let t = FileTime(133_485_408_001_234_567);
+        let utc = to_utc(t);
+        assert_eq!(utc.timestamp_subsec_nanos(), 123_456_000);
+        assert_eq!(utc.timestamp(), 1_704_067_200);
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! The archive never loses a file (CONTRACT §1.6), on the real share:
 //! colliding names moved in one pass and by two instances, and, made
 //! deterministic with a source that pauses at a chosen point, a competing
-//! move between a name's reservation and the rename, and a new upload right
-//! after the pass's listing or right before the rename.
+//! move that takes the name a mover was about to use, a new upload right
+//! after the pass's listing, and a file a remitter holds open for writing.
 
 use crate::gate::{Gate, Point};
 use crate::helpers::{Opts, TestApp, TestEnv, decision_of, spawn_app};
 use coordinator::archive::Archiver;
-use coordinator::source::FileSource;
 use coordinator::source::smb::SmbShare;
+use coordinator::source::{Expected, FileSource};
 use coordinator::store::PgStore;
 use sqlx::postgres::PgPoolOptions;
 use std::collections::BTreeMap;
@@ -33,7 +33,6 @@ async fn archiver(app: &TestApp, source: Arc<dyn FileSource>) -> Arc<Archiver> {
         archive_dir: app.archive_dir.clone(),
         made_dirs: Default::default(),
         stop: Default::default(),
-        leftovers: Default::default(),
         delivery_budget: Duration::from_secs(5),
     })
 }
@@ -141,12 +140,21 @@ async fn colliding_names_are_all_archived_with_their_own_bytes() {
     app.finish().await;
 }
 
-/// Mover A reserves `a (1).csv` for the second `a.csv` and is held before its
-/// rename; mover B then moves a source file literally named `a (1).csv`. B
-/// finds the name reserved and takes `a (1) (1).csv`; A's rename replaces only
-/// its own placeholder. (With a check-then-rename, B's file would be replaced.)
+/// The version of `path` on the share now, as a move expects it.
+async fn expected(app: &TestApp, path: &str) -> Expected {
+    let e = app.remitter_share.stat(path).await.unwrap();
+    Expected {
+        size: e.size,
+        mtime: e.mtime,
+    }
+}
+
+/// Mover A finds `a.csv` taken and is held just before it moves the second
+/// `a.csv` to `a (1).csv`; mover B then moves a source file literally named
+/// `a (1).csv` onto that name. A's rename is refused by the share (never a
+/// replace) and A takes `a (2).csv`: every file keeps its own bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_competing_move_between_reservation_and_rename_takes_the_next_name() {
+async fn a_competing_move_onto_the_same_name_takes_the_next_name() {
     let app = spawn_app(Opts::default()).await;
     let archive = format!("{}/acme", app.archive_dir);
     app.remitter_share.mkdir_all(&archive).await.unwrap();
@@ -156,44 +164,49 @@ async fn a_competing_move_between_reservation_and_rename_takes_the_next_name() {
         .unwrap();
     app.put("acme", "a.csv", b"second a.csv").await;
     app.put("acme", "a (1).csv", b"literal a (1).csv").await;
+    let source = format!("{}/acme", app.source_dir);
+    let (exp_a, exp_b) = (
+        expected(&app, &format!("{source}/a.csv")).await,
+        expected(&app, &format!("{source}/a (1).csv")).await,
+    );
 
-    let gate = Gate::new(
+    // Held at its second attempt: the first found `a.csv` taken.
+    let gate = Gate::nth(
         app.remitter_share.clone(),
-        Point::BeforeRename,
-        &format!("{}/acme/a.csv", app.source_dir),
+        Point::BeforeMove,
+        &format!("{source}/a.csv"),
+        1,
     );
     let a = archiver(&app, gate.clone()).await;
     let b = archiver(&app, Arc::new(SmbShare::new(TestEnv::from_env().smb))).await;
-    let moving = tokio::spawn(async move { a.move_to_archive("acme", "a.csv").await });
+    let moving = tokio::spawn(async move { a.move_to_archive("acme", "a.csv", &exp_a).await });
     gate.wait_reached().await;
-    assert_eq!(
-        contents(&app, &archive).len(),
-        2,
-        "A's placeholder holds a (1).csv"
-    );
-    let to_b = b.move_to_archive("acme", "a (1).csv").await.unwrap();
+    let to_b = b
+        .move_to_archive("acme", "a (1).csv", &exp_b)
+        .await
+        .unwrap();
     gate.go.notify_one();
     let to_a = moving.await.unwrap().unwrap();
 
-    assert_eq!(to_a, format!("{archive}/a (1).csv"));
-    assert_eq!(to_b, format!("{archive}/a (1) (1).csv"));
+    assert_eq!(to_b, Some(format!("{archive}/a (1).csv")));
+    assert_eq!(to_a, Some(format!("{archive}/a (2).csv")));
     let got = contents(&app, &archive);
     let want: BTreeMap<String, String> = [
         ("a.csv", "first a.csv"),
-        ("a (1).csv", "second a.csv"),
-        ("a (1) (1).csv", "literal a (1).csv"),
+        ("a (1).csv", "literal a (1).csv"),
+        ("a (2).csv", "second a.csv"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     assert_eq!(got, want);
-    assert!(contents(&app, &format!("{}/acme", app.source_dir)).is_empty());
+    assert!(contents(&app, &source).is_empty());
     app.finish().await;
 }
 
 /// A new upload under the processed file's name lands after the pass listed
-/// the folder: the stat just before the move sees it, nothing is archived,
-/// and the next run processes the new upload.
+/// the folder: the move's own open sees another size and time, nothing is
+/// archived, and the next run processes the new upload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_after_the_pass_listing_is_not_archived_unprocessed() {
     let mut app = spawn_app(Opts::default()).await;
@@ -231,43 +244,29 @@ async fn an_upload_after_the_pass_listing_is_not_archived_unprocessed() {
     app.finish().await;
 }
 
-/// A new upload reaches the file after its check, right before the rename:
-/// the check of the moved file sees it, puts it back in the source, records
-/// no move, and the next run processes it.
+/// A remitter holds the processed file open for writing (without having
+/// written yet) when the pass comes: the share refuses the move (sharing
+/// violation), nothing is archived and the pass counts a failure to retry.
+/// Once the writer lets go, the next pass archives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_during_the_move_is_put_back_in_the_source() {
+async fn a_file_held_open_for_writing_is_not_archived_until_released() {
     let mut app = spawn_app(Opts::default()).await;
     processed_not_archived(&mut app, b"processed version").await;
-    let gate = Gate::new(
-        app.remitter_share.clone(),
-        Point::BeforeRename,
-        &format!("{}/acme/remit.csv", app.source_dir),
-    );
-    let a = archiver(&app, gate.clone()).await;
-    let pass = tokio::spawn(async move { a.pass().await });
-    gate.wait_reached().await;
-    app.put("acme", "remit.csv", b"new upload, not processed yet")
-        .await;
-    gate.go.notify_one();
-    let report = pass.await.unwrap();
-
-    assert_eq!((report.moved, report.failed), (0, 1), "{report:?}");
+    let path = format!("{}/acme/remit.csv", app.source_dir);
     let archive = format!("{}/acme", app.archive_dir);
-    assert!(contents(&app, &archive).is_empty(), "nothing left behind");
+    let a = archiver(&app, app.remitter_share.clone()).await;
+    let client = crate::remitter::client();
+    let held = crate::remitter::open_existing_for_writing(&client, &path);
+
+    let report = a.pass().await;
+    assert_eq!((report.moved, report.failed), (0, 1), "{report:?}");
+    assert!(contents(&app, &archive).is_empty());
     assert!(!app.files().await[0].archived);
-    assert_eq!(
-        contents(&app, &format!("{}/acme", app.source_dir))["remit.csv"],
-        "new upload, not processed yet"
-    );
-    let body = app.run_ok().await;
-    assert_eq!(decision_of(&body, "acme", "remit.csv")["status"], "success");
-    assert_eq!(app.fakes.foi_calls().len(), 2);
-    app.eventually(30, "the new upload archived", || async {
-        contents(&app, &archive)
-            .get("remit.csv")
-            .map(String::as_str)
-            == Some("new upload, not processed yet")
-    })
-    .await;
+
+    drop(held);
+    let report = a.pass().await;
+    assert_eq!((report.moved, report.failed), (1, 0), "{report:?}");
+    assert_eq!(contents(&app, &archive)["remit.csv"], "processed version");
+    assert!(app.files().await[0].archived);
     app.finish().await;
 }

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use coordinator::source::{Entry, Fetched, FileSource, Reservation, SourceError};
+use coordinator::source::{Entry, Expected, Fetched, FileSource, Moved, SourceError};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,9 +19,8 @@ pub enum Point {
     AfterList,
     /// Before downloading this path (after both looks).
     BeforeFetch,
-    /// Before renaming this path onto its reservation (the name is reserved
-    /// and the file checked by then).
-    BeforeRename,
+    /// Before moving this path (each attempt at an archive name is one move).
+    BeforeMove,
 }
 
 /// A share that holds one call at one point until told to go on, so a test
@@ -97,19 +96,14 @@ impl FileSource for Gate {
     async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError> {
         self.inner.mkdir_all(dir).await
     }
-    async fn reserve(&self, r: &Reservation) -> Result<(), SourceError> {
-        self.inner.reserve(r).await
-    }
-    async fn rename_onto_reservation(
+    async fn move_file(
         &self,
         from: &str,
-        to: &Reservation,
-    ) -> Result<(), SourceError> {
-        self.hold(Point::BeforeRename, from).await;
-        self.inner.rename_onto_reservation(from, to).await
-    }
-    async fn release(&self, r: &Reservation) -> Result<(), SourceError> {
-        self.inner.release(r).await
+        to: &str,
+        expected: &Expected,
+    ) -> Result<Moved, SourceError> {
+        self.hold(Point::BeforeMove, from).await;
+        self.inner.move_file(from, to, expected).await
     }
     async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
         self.inner.server_now(scratch_dir).await

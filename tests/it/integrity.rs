@@ -8,9 +8,7 @@ use crate::gate::{Gate, Point};
 use crate::helpers::{Opts, decision_of, md5_hex, spawn_app};
 use chrono::{DateTime, Utc};
 use coordinator::domain::FileStatus;
-use coordinator::source::smb::url_path;
 use coordinator::store::{Claim, ClaimStore, PgStore, RunStart, RunStore, StoreError};
-use pavao::{SmbOpenOptions, SmbShareMode};
 use serde_json::json;
 use std::io::Write;
 use std::time::Duration;
@@ -69,19 +67,8 @@ async fn a_file_held_open_for_writing_is_unstable_until_closed() {
     let mut app = spawn_app(Opts::default()).await;
     app.put("acme", "other.csv", b"whole").await;
     let path = format!("{}/acme/copy.csv", app.source_dir);
-    let writer = app
-        .remitter_share
-        .raw_client(SmbShareMode::DenyNone)
-        .expect("a remitter's client");
-    let mut file = writer
-        .open_with(
-            url_path(&path),
-            SmbOpenOptions::default()
-                .write(true)
-                .create(true)
-                .truncate(true),
-        )
-        .expect("open for writing");
+    let writer = crate::remitter::client();
+    let mut file = crate::remitter::open_for_writing(&writer, &path);
     file.write_all(b"first half;").unwrap();
 
     let body = app.run_ok().await;

@@ -5,6 +5,7 @@
 mod fakes;
 mod gate;
 mod helpers;
+mod remitter;
 
 mod api;
 mod archive_races;

@@ -2,8 +2,6 @@
 
 use crate::helpers::{Opts, decision_of, md5_hex, spawn_app};
 use coordinator::source::FileSource;
-use coordinator::source::smb::url_path;
-use pavao::{SmbOpenOptions, SmbShareMode};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -54,25 +52,14 @@ async fn c2_slow_upload_is_skipped_until_complete() {
         .mkdir_all(&format!("{}/acme", app.source_dir))
         .await
         .unwrap();
-    let path = url_path(&format!("{}/acme/{name}", app.source_dir));
-    let client = app
-        .remitter_share
-        .raw_client(SmbShareMode::DenyNone)
-        .unwrap();
+    let path = format!("{}/acme/{name}", app.source_dir);
+    let client = crate::remitter::client();
     let (started, first_chunk) = mpsc::channel::<()>();
     let stop = Arc::new(AtomicBool::new(false));
     let stop_writer = stop.clone();
     // A remitter's SMB client writing slowly through one open handle.
     let writer = std::thread::spawn(move || {
-        let mut f = client
-            .open_with(
-                &path,
-                SmbOpenOptions::default()
-                    .write(true)
-                    .create(true)
-                    .truncate(true),
-            )
-            .unwrap();
+        let mut f = crate::remitter::open_for_writing(&client, &path);
         let mut written = Vec::new();
         let mut i = 0u8;
         while !stop_writer.load(Ordering::SeqCst) {

@@ -362,24 +362,13 @@ async fn a_large_file_is_streamed_with_bounded_memory() {
     let serve = Serve::start(&p, &[]).await;
     let dir = format!("{}/acme", p.source_dir);
     p.remitter_share.mkdir_all(&dir).await.unwrap();
-    let path = coordinator::source::smb::url_path(&format!("{dir}/big_20240101.bin"));
-    let client = p
-        .remitter_share
-        .raw_client(pavao::SmbShareMode::DenyNone)
-        .unwrap();
+    let path = format!("{dir}/big_20240101.bin");
+    let client = crate::remitter::client();
     let t = std::time::Instant::now();
     let expected_md5 = tokio::task::spawn_blocking(move || {
         use md5::Digest;
         use std::io::Write;
-        let mut f = client
-            .open_with(
-                &path,
-                pavao::SmbOpenOptions::default()
-                    .write(true)
-                    .create(true)
-                    .truncate(true),
-            )
-            .unwrap();
+        let mut f = crate::remitter::open_for_writing(&client, &path);
         let mut h = md5::Md5::new();
         let mut chunk = vec![0u8; 1 << 20];
         for i in 0..mb {
