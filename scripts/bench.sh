@@ -20,6 +20,9 @@
 #   BENCH_ARCHIVE_FILES [10000] BENCH_ARCHIVE_DIRS [100] archive pass
 #   BENCH_TWO_FILES [2000]                               2 instances vs 1
 #   BENCH_OUT [target/bench]  where samples.tsv, bench.json and logs go
+#   BENCH_PROFILE [unset]     1: run the coordinator under `perf record` (cpu-clock,
+#                             DWARF call graphs) and write logs/<n>-<tag>.perf.txt (self
+#                             time by symbol) and .perf-children.txt (inclusive)
 #
 # Timing: a run's time is its row in `runs` (started_at → finished_at:
 # listing, looks, downloads, claims, FOI, ITM; not process start-up and
@@ -51,6 +54,9 @@ TARGET=${CARGO_TARGET_DIR:-target}
 # libsmbclient's headers for the build, smbclient for the floors (a fresh machine).
 ensure_packages samba || die "could not install samba / libsmbclient"
 [[ -x /usr/bin/time ]] || _apt_install time || die "/usr/bin/time is needed (apt-get install time)"
+if [[ -n "${BENCH_PROFILE:-}" ]]; then
+    command -v perf >/dev/null || _apt_install linux-perf || die "perf is needed for BENCH_PROFILE (apt-get install linux-perf)"
+fi
 log "building (release)"
 cargo build --quiet --release --bin coordinator --examples
 COORD="$TARGET/release/coordinator"
@@ -129,7 +135,7 @@ start_fakes() { # VAR=VALUE... for the fakes
 export ENV=local SMB_HOST="$IT_SMB_HOST" SMB_PORT="$IT_SMB_PORT" SMB_SHARE="$IT_SMB_SHARE" \
     SMB_USERNAME="$IT_SMB_USERNAME" SMB_PASSWORD="$IT_SMB_PASSWORD" SMB_SOURCE_DIR=incoming \
     SMB_ARCHIVE_DIR=archive STABLE_MIN_AGE_SECS=0 STABLE_CHECK_INTERVAL_SECS=0 \
-    SPOOL_DIR="$WORK/spool" RUST_LOG=info
+    SPOOL_DIR="$WORK/spool" RUST_LOG="${BENCH_RUST_LOG:-info}"
 mkdir -p "$WORK/spool"
 
 # One `coordinator run` under /usr/bin/time; TAG names its logs. Sets
@@ -141,8 +147,19 @@ coord_run() { # TAG [VAR=VALUE...]
     run_n=$((run_n + 1))
     local base="$LOGS/$run_n-$tag"
     RC=0
+    local prof=()
+    # BENCH_PROFILE=1: every coordinator run under perf (its times then
+    # include perf's own cost: for where the time goes, not for the table).
+    [[ -n "${BENCH_PROFILE:-}" ]] &&
+        prof=(perf record -q -o "$base.perf.data" -e cpu-clock -F 999 --call-graph dwarf,32768 --)
     env DATABASE_URL="$DB" "$@" /usr/bin/time -f '%e %U %S %M' -o "$base.time" \
-        "$COORD" run >"$base.out" 2>"$base.log" || RC=$?
+        "${prof[@]}" "$COORD" run >"$base.out" 2>"$base.log" || RC=$?
+    if [[ -n "${BENCH_PROFILE:-}" ]]; then
+        perf report -q -i "$base.perf.data" --no-children --sort dso,symbol --percent-limit 0.5 \
+            --stdio -g none >"$base.perf.txt" 2>/dev/null || true
+        perf report -q -i "$base.perf.data" --children --sort symbol --percent-limit 2 \
+            --stdio -g none >"$base.perf-children.txt" 2>/dev/null || true
+    fi
     # GNU time writes "Command exited with non-zero status N" first then.
     read -r WALL_S u s RSS_KIB < <(tail -n1 "$base.time")
     CPU_S=$(calc "$u + $s")

@@ -217,8 +217,16 @@ async fn shutdown_signal() {
 /// `coordinator run`: one run, summary on stdout, background pass awaited
 /// (a dry run has none). Returns the process exit code.
 pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
-    let store = migrated_store(cfg.database_url.expose()).await?;
-    let engine = build_engine(&cfg, store)?;
+    let store =
+        PgStore::connect_lazy(cfg.database_url.expose()).context("setting up the database pool")?;
+    let engine = build_engine(&cfg, store.clone())?;
+    // The share is connected while the migrations run, as `serve` keeps its
+    // connection from one run to the next; a failure here is the run's to report.
+    let (migrated, connected) = tokio::join!(store.migrate(), engine.source.connect());
+    migrated.context("applying database migrations")?;
+    if let Err(e) = connected {
+        tracing::warn!(error = %e, "the share could not be connected at start-up");
+    }
     let result = if dry_run {
         engine.dry_run("cli").await
     } else {

@@ -8,7 +8,7 @@ use crate::domain::{Decision, FileReport, FileStatus};
 use crate::downstream::{Extractor, Notifier, Submitter};
 use crate::metrics::Metrics;
 use crate::plan;
-use crate::process::Processor;
+use crate::process::{Claimed, Processor};
 use crate::scan::{self, names::TempNameFilter};
 use crate::source::FileSource;
 use crate::store::{KnownVersion, RunStart, Store};
@@ -91,6 +91,13 @@ pub struct Summary {
 /// Past this many entries a summary lists only files processed or in error
 /// (CONTRACT §4), so a share of 100,000 files does not store megabytes per run.
 pub const LISTED_FILES: usize = 1000;
+
+/// Files downloaded and claimed ahead of the FOI/ITM slots: a quarter of
+/// them (at least one), enough to keep the slots busy while a download and
+/// a claim take a fraction of a downstream call.
+fn claimed_ahead(max_concurrent_files: usize) -> usize {
+    max_concurrent_files.div_ceil(4).max(1)
+}
 
 impl Summary {
     fn push(&mut self, r: FileReport) {
@@ -526,6 +533,14 @@ impl Engine {
                 format!("the share could not be listed: {e}"),
             )
         })?;
+        tracing::debug!(
+            folders = scan.remitters,
+            candidates = scan.candidates.len(),
+            "first look done"
+        );
+        // Every folder's first look is done: the second comes one interval
+        // from now, and the queries below run during that interval.
+        let second_look_at = tokio::time::Instant::now() + s.stable_check_interval;
         let keys: Vec<String> = scan
             .candidates
             .iter()
@@ -553,19 +568,29 @@ impl Engine {
         let mut second = HashMap::new();
         let folders = draft.folders_to_recheck();
         if !folders.is_empty() {
-            tokio::time::sleep(s.stable_check_interval).await;
+            let warm = self.store.warm_up(s.max_concurrent_files);
+            let _ = tokio::join!(
+                tokio::time::sleep_until(second_look_at),
+                tokio::time::timeout_at(second_look_at, warm)
+            );
         }
-        for remitter in folders {
-            let listing = self
-                .source
-                .list(&crate::source::join(&[&s.source_dir, &remitter]))
-                .await
-                .map_err(|e| e.to_string());
+        let mut listings = futures::stream::iter(folders)
+            .map(|remitter| async move {
+                let listing = self
+                    .source
+                    .list(&crate::source::join(&[&s.source_dir, &remitter]))
+                    .await
+                    .map_err(|e| e.to_string());
+                (remitter, listing)
+            })
+            .buffer_unordered(scan::LISTINGS_AT_ONCE);
+        while let Some((remitter, listing)) = listings.next().await {
             if let Err(why) = &listing {
                 tracing::warn!(remitter = %remitter, error = %why, "second look: folder could not be listed");
             }
             second.insert(remitter, listing);
         }
+        tracing::debug!(folders = second.len(), "second look done");
         Ok((draft.settle(&second), known))
     }
 
@@ -601,20 +626,49 @@ impl Engine {
             lock_lost: Default::default(),
             metrics: self.metrics.clone(),
         };
-        let jobs: Vec<_> = work
-            .iter()
-            .enumerate()
-            .map(|(i, g)| {
-                processor
-                    .process(run_id, &g.newest, &g.base_name)
-                    .map(move |r| (i, r))
-                    .boxed()
+        // Two stages: a few files are downloaded and claimed ahead, so a
+        // file that leaves FOI/ITM is followed at once by one ready to send.
+        // At most `max_concurrent_files` are with FOI and ITM at a time, and
+        // at most `claimed_ahead` more are claimed and waiting: a claim starts
+        // only with a permit, which is given back when its file is done.
+        let ahead = claimed_ahead(s.max_concurrent_files);
+        let permits = Arc::new(tokio::sync::Semaphore::new(s.max_concurrent_files + ahead));
+        let (ready_tx, ready_rx) = futures::channel::mpsc::unbounded();
+        let (processor, work_ref) = (&processor, &work);
+        let claiming = futures::stream::iter(0..work_ref.len())
+            .map(|i| {
+                let permits = permits.clone();
+                async move {
+                    let permit = permits.acquire_owned().await;
+                    let g = &work_ref[i];
+                    let claimed = processor.claim(run_id, &g.newest, &g.base_name).await;
+                    (i, claimed, permit)
+                }
+                .boxed()
             })
-            .collect();
-        let reports: Vec<(usize, FileReport)> = futures::stream::iter(jobs)
+            .buffer_unordered(ahead)
+            .for_each(move |ready| {
+                // The receiver lives until every file is through.
+                let _ = ready_tx.unbounded_send(ready);
+                futures::future::ready(())
+            });
+        let sending = ready_rx
+            .map(|(i, claimed, permit)| {
+                async move {
+                    let report = match claimed {
+                        Claimed::Done(report) => report,
+                        Claimed::File(file) => {
+                            processor.send(run_id, &work_ref[i].newest, file).await
+                        }
+                    };
+                    drop(permit);
+                    (i, report)
+                }
+                .boxed()
+            })
             .buffer_unordered(s.max_concurrent_files)
-            .collect()
-            .await;
+            .collect::<Vec<(usize, FileReport)>>();
+        let ((), reports) = futures::join!(claiming, sending);
         for (i, report) in reports {
             if let (Decision::Processed, Some(status)) = (report.decision, &report.status) {
                 self.metrics.file_recorded(status.as_str());

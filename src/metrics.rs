@@ -5,6 +5,7 @@
 //! one query per scrape.
 
 use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Notifier, Submitter};
+use crate::source::Content;
 use async_trait::async_trait;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
@@ -12,7 +13,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -233,9 +233,9 @@ fn outcome(ok: bool) -> &'static str {
 
 #[async_trait]
 impl<T: Extractor + ?Sized> Extractor for Timed<T> {
-    async fn extract(&self, remitter: &str, file_name: &str, local: &Path) -> FoiOutcome {
+    async fn extract(&self, remitter: &str, file_name: &str, content: &Content) -> FoiOutcome {
         let start = Instant::now();
-        let out = self.inner.extract(remitter, file_name, local).await;
+        let out = self.inner.extract(remitter, file_name, content).await;
         let ok = matches!(out, FoiOutcome::Success(_));
         self.metrics
             .downstream_call("foi", outcome(ok), start.elapsed());

@@ -5,7 +5,7 @@ use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
 use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Notifier, Submitter};
 use crate::engine::{Engine, RunSettings};
 use crate::scan::names::TempNameFilter;
-use crate::source::{Entry, Expected, Fetched, FileSource, Moved, SourceError, join};
+use crate::source::{Content, Entry, Expected, Fetched, FileSource, Moved, SourceError, join};
 use crate::store::{
     ArchiveCandidate, ArchiveStore, Claim, ClaimStore, Guard, KnownVersion, OutboxStore,
     PendingNotification, RunLock, RunStart, RunStore, StoreError, SupersededFile,
@@ -298,16 +298,23 @@ impl FileSource for MemSource {
             }
         };
         let (bytes, after) = bytes;
-        tokio::fs::write(dest, &bytes)
-            .await
-            .map_err(|e| SourceError::Io {
-                op: format!("write spool file {}", dest.display()),
-                message: e.to_string(),
-            })?;
+        let (md5, size) = (md5_hex(&bytes), bytes.len() as u64);
+        let content = if size > crate::source::IN_MEMORY_MAX {
+            tokio::fs::write(dest, &bytes)
+                .await
+                .map_err(|e| SourceError::Io {
+                    op: format!("write spool file {}", dest.display()),
+                    message: e.to_string(),
+                })?;
+            Content::Spooled(dest.to_path_buf())
+        } else {
+            Content::Memory(bytes)
+        };
         Ok(Fetched {
-            md5: md5_hex(&bytes),
-            size: bytes.len() as u64,
+            md5,
+            size,
             after,
+            content,
         })
     }
 
@@ -1026,8 +1033,11 @@ impl FakeFoi {
 
 #[async_trait]
 impl Extractor for FakeFoi {
-    async fn extract(&self, remitter: &str, file_name: &str, local: &Path) -> FoiOutcome {
-        let bytes = std::fs::read(local).unwrap_or_default();
+    async fn extract(&self, remitter: &str, file_name: &str, content: &Content) -> FoiOutcome {
+        let bytes = match content {
+            Content::Memory(b) => b.clone(),
+            Content::Spooled(p) => std::fs::read(p).unwrap_or_default(),
+        };
         lock(&self.calls).push(FoiCall {
             remitter: remitter.into(),
             file_name: file_name.into(),

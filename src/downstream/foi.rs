@@ -3,10 +3,10 @@
 
 use super::{Extractor, snippet};
 use crate::domain::FileStatus;
+use crate::source::Content;
 use async_trait::async_trait;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
-use std::path::Path;
 use std::time::Duration;
 
 /// The outcome of an extraction.
@@ -162,18 +162,23 @@ impl FoiClient {
         &self,
         url: &str,
         file_name: &str,
-        local: &Path,
+        content: &Content,
     ) -> Result<FoiOutcome, String> {
-        let file = tokio::fs::File::open(local)
-            .await
-            .map_err(|e| format!("open spool file: {e}"))?;
-        let len = file
-            .metadata()
-            .await
-            .map_err(|e| format!("stat spool file: {e}"))?
-            .len();
-        let body =
-            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let (body, len) = match content {
+            Content::Memory(bytes) => (reqwest::Body::from(bytes.clone()), bytes.len() as u64),
+            Content::Spooled(local) => {
+                let file = tokio::fs::File::open(local)
+                    .await
+                    .map_err(|e| format!("open spool file: {e}"))?;
+                let len = file
+                    .metadata()
+                    .await
+                    .map_err(|e| format!("stat spool file: {e}"))?
+                    .len();
+                let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+                (reqwest::Body::wrap_stream(stream), len)
+            }
+        };
         let part = reqwest::multipart::Part::stream_with_length(body, len)
             .file_name(file_name.to_string())
             .mime_str("application/octet-stream")
@@ -212,14 +217,14 @@ pub fn describe(e: reqwest::Error) -> String {
 
 #[async_trait]
 impl Extractor for FoiClient {
-    async fn extract(&self, remitter: &str, file_name: &str, local: &Path) -> FoiOutcome {
+    async fn extract(&self, remitter: &str, file_name: &str, content: &Content) -> FoiOutcome {
         let url = endpoint(&self.template, remitter);
         let mut last = String::new();
         for attempt in 0..=self.retries {
             if attempt > 0 {
                 tokio::time::sleep(self.backoff * 2u32.pow(attempt - 1)).await;
             }
-            match self.attempt(&url, file_name, local).await {
+            match self.attempt(&url, file_name, content).await {
                 Ok(outcome) => return outcome,
                 Err(e) => {
                     tracing::warn!(attempt, error = %e, "FOI call failed");

@@ -5,9 +5,9 @@ pub mod foi;
 pub mod iqube;
 pub mod itm;
 
+use crate::source::Content;
 use async_trait::async_trait;
 use serde::Serialize;
-use std::path::Path;
 use std::time::Duration;
 
 pub use foi::{FoiClient, FoiOutcome};
@@ -17,8 +17,8 @@ pub use itm::ItmClient;
 /// Uploads a file for extraction.
 #[async_trait]
 pub trait Extractor: Send + Sync {
-    /// Sends the spooled file `local` (named `file_name` for FOI) and maps the answer.
-    async fn extract(&self, remitter: &str, file_name: &str, local: &Path) -> FoiOutcome;
+    /// Sends the downloaded `content` (named `file_name` for FOI) and maps the answer.
+    async fn extract(&self, remitter: &str, file_name: &str, content: &Content) -> FoiOutcome;
 }
 
 /// What ITM receives for one extracted file version.

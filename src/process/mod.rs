@@ -1,12 +1,12 @@
-//! Process one stable file version: download (streamed to a spool file,
-//! hashed), claim in Postgres, extract with FOI, submit to ITM, record the
+//! Process one stable file version: download (hashed; into memory up to
+//! 1 MiB, else streamed to a spool file), claim in Postgres, extract with FOI, submit to ITM, record the
 //! outcome and queue the IQube notification of a failure.
 
 use crate::domain::{Decision, FileStatus};
 use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Submitter};
 use crate::plan::Unstable;
 use crate::scan::Candidate;
-use crate::source::{FileSource, SourceError};
+use crate::source::{Content, FileSource, SourceError};
 use crate::store::{Claim, Store, StoreError};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -43,6 +43,23 @@ pub fn file_failed_payload(
         "reason": reason,
         "run_id": run_id,
     })
+}
+
+/// A file after [`Processor::claim`].
+pub enum Claimed {
+    /// Nothing to send: the report says why (unstable, known, unreadable).
+    Done(FileReport),
+    /// Claimed by this run and downloaded: ready for FOI.
+    File(ClaimedFile),
+}
+
+/// A downloaded file this run holds the claim of.
+pub struct ClaimedFile {
+    file_id: i64,
+    token: Uuid,
+    fetched: crate::source::Fetched,
+    /// Removed when the file is done with.
+    _spool: Spool,
 }
 
 /// Everything processing needs, shared by the files of one run.
@@ -160,11 +177,26 @@ impl Processor {
         FileReport::new(c, Decision::Error, Some(reason))
     }
 
-    /// Drives one file to a final status (or explains why it could not).
-    #[tracing::instrument(skip_all, fields(remitter = %c.remitter, file = %c.entry.name))]
+    /// Drives one file to a final status (or explains why it could not):
+    /// [`Self::claim`], then [`Self::send`].
     pub async fn process(&self, run_id: Uuid, c: &Candidate, base_name: &str) -> FileReport {
+        match self.claim(run_id, c, base_name).await {
+            Claimed::Done(report) => report,
+            Claimed::File(file) => self.send(run_id, c, file).await,
+        }
+    }
+
+    /// The first half of processing, before any downstream call: download
+    /// (checked against the second look) and claim. Runs can do this for the
+    /// next files while earlier ones are with FOI and ITM.
+    #[tracing::instrument(name = "process", skip_all, fields(remitter = %c.remitter, file = %c.entry.name))]
+    pub async fn claim(&self, run_id: Uuid, c: &Candidate, base_name: &str) -> Claimed {
         if self.lock_lost.load(Ordering::Relaxed) {
-            return FileReport::new(c, Decision::Error, Some(lock_lost_reason()));
+            return Claimed::Done(FileReport::new(
+                c,
+                Decision::Error,
+                Some(lock_lost_reason()),
+            ));
         }
         let spool = Spool(self.spool_dir.join(format!(
             "{}{}.spool",
@@ -175,13 +207,13 @@ impl Processor {
             Ok(f) => f,
             Err(SourceError::Busy(_)) => {
                 tracing::info!("open for writing by another client; left for a later run");
-                return FileReport::new(
+                return Claimed::Done(FileReport::new(
                     c,
                     Decision::Unstable,
                     Some(Unstable::OpenForWrite.to_string()),
-                );
+                ));
             }
-            Err(e) => return self.read_failed(run_id, c, &e.to_string()).await,
+            Err(e) => return Claimed::Done(self.read_failed(run_id, c, &e.to_string()).await),
         };
         self.metrics.bytes_read(fetched.size);
         // The bytes read must be the version that passed Policy A (CONTRACT §1.4).
@@ -192,11 +224,11 @@ impl Processor {
                 read_size = fetched.size,
                 "changed after the second look; nothing claimed"
             );
-            return FileReport::new(
+            return Claimed::Done(FileReport::new(
                 c,
                 Decision::Unstable,
                 Some(Unstable::ChangedDuringRead.to_string()),
-            );
+            ));
         }
         let claim = self
             .store
@@ -219,21 +251,49 @@ impl Processor {
                 } else {
                     "this content was claimed before"
                 };
-                return FileReport::new(c, Decision::AlreadyProcessed, Some(reason.into()))
-                    .with_status(status);
+                return Claimed::Done(
+                    FileReport::new(c, Decision::AlreadyProcessed, Some(reason.into()))
+                        .with_status(status),
+                );
             }
             Err(StoreError::RunLockLost) => {
                 tracing::error!("the run lock is gone; this run claims nothing more");
                 self.lock_lost.store(true, Ordering::Relaxed);
-                return FileReport::new(c, Decision::Error, Some(lock_lost_reason()));
+                return Claimed::Done(FileReport::new(
+                    c,
+                    Decision::Error,
+                    Some(lock_lost_reason()),
+                ));
             }
             Err(e) => {
                 tracing::error!(error = %e, "claim failed; nothing sent");
-                return FileReport::new(c, Decision::Error, Some(format!("claim failed: {e}")));
+                return Claimed::Done(FileReport::new(
+                    c,
+                    Decision::Error,
+                    Some(format!("claim failed: {e}")),
+                ));
             }
         };
         tracing::info!(file_id, md5 = %fetched.md5, size = fetched.size, "claimed");
-        let downstream = self.downstream(c, &fetched.md5, &spool.0);
+        Claimed::File(ClaimedFile {
+            file_id,
+            token,
+            fetched,
+            _spool: spool,
+        })
+    }
+
+    /// The second half: FOI, then ITM, and the outcome recorded (with the
+    /// IQube notification of a failure) by the holder of the claim.
+    #[tracing::instrument(name = "process", skip_all, fields(remitter = %c.remitter, file = %c.entry.name))]
+    pub async fn send(&self, run_id: Uuid, c: &Candidate, file: ClaimedFile) -> FileReport {
+        let ClaimedFile {
+            file_id,
+            token,
+            fetched,
+            ..
+        } = file;
+        let downstream = self.downstream(c, &fetched.md5, &fetched.content);
         let (status, detail, failure) = self.renewing(file_id, token, downstream).await;
         let notification = failure
             .as_deref()
@@ -273,9 +333,9 @@ impl Processor {
         &self,
         c: &Candidate,
         md5: &str,
-        spool: &std::path::Path,
+        content: &Content,
     ) -> (FileStatus, serde_json::Value, Option<String>) {
-        match self.foi.extract(&c.remitter, &c.entry.name, spool).await {
+        match self.foi.extract(&c.remitter, &c.entry.name, content).await {
             FoiOutcome::Failure { status, reason } => (
                 status,
                 json!({"step": "foi", "reason": reason}),

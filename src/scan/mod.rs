@@ -4,7 +4,11 @@
 pub mod names;
 
 use crate::source::{Entry, FileSource, SourceError, join};
+use futures::StreamExt;
 use names::TempNameFilter;
+
+/// Folder listings in flight at once: they overlap on the SMB connection.
+pub const LISTINGS_AT_ONCE: usize = 16;
 
 /// A file directly inside a remitter folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +39,7 @@ pub struct ScanResult {
     pub folder_errors: Vec<(String, String)>,
 }
 
-/// Lists every remitter folder of `source_dir`. A remitter folder that is
+/// Lists every remitter folder of `source_dir`, several at once. A remitter folder that is
 /// denied or gone is reported in `folder_errors` and the others go on; any
 /// other failure (the share itself) fails the scan.
 pub async fn scan(
@@ -58,8 +62,14 @@ pub async fn scan(
         })
         .collect();
     remitters.sort();
-    for remitter in remitters {
-        let mut entries = match source.list(&join(&[source_dir, &remitter])).await {
+    let mut listings = futures::stream::iter(remitters)
+        .map(|remitter| async move {
+            let listing = source.list(&join(&[source_dir, &remitter])).await;
+            (remitter, listing)
+        })
+        .buffered(LISTINGS_AT_ONCE);
+    while let Some((remitter, listing)) = listings.next().await {
+        let mut entries = match listing {
             Ok(entries) => entries,
             Err(e @ (SourceError::PermissionDenied(_) | SourceError::NotFound(_))) => {
                 tracing::warn!(remitter = %remitter, error = %e, "remitter folder could not be listed");

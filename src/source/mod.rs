@@ -29,6 +29,20 @@ impl Entry {
     }
 }
 
+/// Files up to this size are downloaded into memory; larger ones are
+/// streamed to the spool file (so memory stays bounded by
+/// `MAX_CONCURRENT_FILES` × this, whatever the file sizes).
+pub const IN_MEMORY_MAX: u64 = 1 << 20;
+
+/// Where the bytes of a downloaded file are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// Held in memory (at most [`IN_MEMORY_MAX`] bytes).
+    Memory(Vec<u8>),
+    /// Written to this local spool file.
+    Spooled(std::path::PathBuf),
+}
+
 /// What a downloaded file turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
@@ -36,9 +50,11 @@ pub struct Fetched {
     pub md5: String,
     /// Bytes read.
     pub size: u64,
-    /// The file's metadata after the last byte was read, taken while it was
-    /// still open: what the bytes read correspond to.
+    /// The file's metadata while it was open for the download (no writer
+    /// could change it meanwhile): what the bytes read correspond to.
     pub after: Entry,
+    /// The bytes read.
+    pub content: Content,
 }
 
 /// The version a move expects to find at its source: the size and
@@ -115,11 +131,12 @@ pub trait FileSource: Send + Sync {
     async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError>;
     /// Metadata of one path.
     async fn stat(&self, path: &str) -> Result<Entry, SourceError>;
-    /// Copies `path` into the local file `dest`, streaming, and hashes it.
+    /// Downloads `path` and hashes it: into memory up to [`IN_MEMORY_MAX`]
+    /// bytes, else streamed into the local file `spool`.
     /// The file is opened denying writers: while another client holds it open
     /// for writing this fails with [`SourceError::Busy`], and no client can
     /// open it for writing while it is read.
-    async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError>;
+    async fn fetch(&self, path: &str, spool: &Path) -> Result<Fetched, SourceError>;
     /// Creates `dir` and its parents if missing.
     async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError>;
     /// Moves `from` to `to`, never replacing a file at `to`
@@ -133,6 +150,11 @@ pub trait FileSource: Send + Sync {
         to: &str,
         expected: &Expected,
     ) -> Result<Moved, SourceError>;
+    /// Connects ahead of the first call (start-up work); a later call
+    /// connects by itself if this failed or the connection was lost.
+    async fn connect(&self) -> Result<(), SourceError> {
+        Ok(())
+    }
     /// The server's current time, as the server stamps files.
     async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError>;
 }

@@ -21,23 +21,24 @@
 //!   (`STATUS_OBJECT_NAME_COLLISION`);
 //! - folders are created one level at a time, an existing one is fine.
 
-use super::{Entry, Expected, Fetched, FileSource, Moved, SourceError};
+use super::{Content, Entry, Expected, Fetched, FileSource, IN_MEMORY_MAX, Moved, SourceError};
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use md5::{Digest, Md5};
-use smb2::client::connection::Connection;
+use smb2::client::connection::{Connection, Frame};
 use smb2::msg::close::CloseRequest;
 use smb2::msg::create::{
     CreateDisposition, CreateRequest, CreateResponse, ImpersonationLevel, ShareAccess,
 };
 use smb2::msg::query_info::InfoType;
+use smb2::msg::read::{ReadRequest, ReadResponse};
 use smb2::msg::set_info::SetInfoRequest;
 use smb2::pack::{FileTime, ReadCursor, Unpack};
 use smb2::types::flags::FileAccessMask;
 use smb2::types::status::NtStatus;
-use smb2::types::{Command, FileId, OplockLevel};
+use smb2::types::{Command, CreditCharge, FileId, OplockLevel};
 use smb2::{ClientConfig, CompoundOp, ErrorKind, FileDownload, SmbClient, Tree};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -252,6 +253,98 @@ async fn rename_and_close(
         let _ = tree.close_handle(conn, file_id).await;
     }
     renamed
+}
+
+/// The frames of a compound, all of them, or the first transport error.
+fn frames_of(
+    op: &str,
+    frames: Vec<smb2::Result<Frame>>,
+    expected: usize,
+) -> Result<Vec<Frame>, SourceError> {
+    let frames = frames
+        .into_iter()
+        .collect::<smb2::Result<Vec<_>>>()
+        .map_err(|e| classify(op, e))?;
+    if frames.len() != expected {
+        return Err(SourceError::Io {
+            op: op.to_string(),
+            message: format!("{} answers to a compound of {expected}", frames.len()),
+        });
+    }
+    Ok(frames)
+}
+
+/// A whole file of at most [`IN_MEMORY_MAX`] bytes in one round trip: the
+/// deny-write CREATE, one READ and CLOSE in a compound. `None` when the file
+/// is larger (nothing kept; the caller streams it through a new open).
+async fn read_small(
+    tree: &Tree,
+    conn: &mut Connection,
+    op: &str,
+    path: &str,
+) -> Result<Option<(Vec<u8>, CreateResponse)>, SourceError> {
+    let max_read = conn.params().map(|p| p.max_read_size).unwrap_or(65536);
+    let requested = IN_MEMORY_MAX.min(u64::from(max_read)).max(1) as u32;
+    let create = deny_write_open(path, FileAccessMask::FILE_READ_DATA);
+    let read = ReadRequest {
+        padding: 0x50,
+        flags: 0,
+        length: requested,
+        offset: 0,
+        file_id: FileId::SENTINEL,
+        minimum_count: 0,
+        channel: 0,
+        remaining_bytes: 0,
+        read_channel_info: vec![],
+    };
+    let close = CloseRequest {
+        flags: 0,
+        file_id: FileId::SENTINEL,
+    };
+    let tid = Some(tree.tree_id);
+    let ops = [
+        CompoundOp::new(Command::Create, &create, tid),
+        CompoundOp {
+            command: Command::Read,
+            body: &read,
+            tree_id: tid,
+            // One credit per 64 KiB asked for (MS-SMB2 3.2.4.1.2).
+            credit_charge: CreditCharge(u64::from(requested).div_ceil(65536) as u16),
+        },
+        CompoundOp::new(Command::Close, &close, tid),
+    ];
+    let answers = conn
+        .execute_compound(&ops)
+        .await
+        .map_err(|e| classify(op, e))?;
+    let frames = frames_of(op, answers, 3)?;
+    if frames[0].header.status != NtStatus::SUCCESS {
+        return Err(status_error(op, frames[0].header.status, Command::Create));
+    }
+    let opened = CreateResponse::unpack(&mut ReadCursor::new(&frames[0].body))
+        .map_err(|e| classify(op, e))?;
+    let closed = frames[2].header.status == NtStatus::SUCCESS;
+    let read_status = frames[1].header.status;
+    if read_status != NtStatus::SUCCESS && read_status != NtStatus::END_OF_FILE {
+        if !closed {
+            let _ = tree.close_handle(conn, opened.file_id).await;
+        }
+        return Err(status_error(op, read_status, Command::Read));
+    }
+    if !closed {
+        let _ = tree.close_handle(conn, opened.file_id).await;
+    }
+    if opened.end_of_file > u64::from(requested) {
+        return Ok(None);
+    }
+    let data = if read_status == NtStatus::END_OF_FILE {
+        Vec::new()
+    } else {
+        ReadResponse::unpack(&mut ReadCursor::new(&frames[1].body))
+            .map_err(|e| classify(op, e))?
+            .data
+    };
+    Ok(Some((data, opened)))
 }
 
 impl SmbShare {
@@ -485,6 +578,21 @@ impl FileSource for SmbShare {
                 let (p, dest) = (p.clone(), dest.clone());
                 async move {
                     let op = format!("read {p}");
+                    let small =
+                        tokio::time::timeout(chunk_timeout, read_small(&tree, &mut conn, &op, &p))
+                            .await
+                            .map_err(|_| SourceError::Timeout {
+                                op: op.clone(),
+                                secs: chunk_timeout.as_secs(),
+                            })??;
+                    if let Some((bytes, opened)) = small {
+                        return Ok(Fetched {
+                            md5: hex::encode(Md5::digest(&bytes)),
+                            size: bytes.len() as u64,
+                            after: entry_of_open(&p, &opened),
+                            content: Content::Memory(bytes),
+                        });
+                    }
                     let opened = tokio::time::timeout(
                         chunk_timeout,
                         open(
@@ -513,7 +621,13 @@ impl FileSource for SmbShare {
                         opened.end_of_file,
                         READ_CHUNK,
                     );
-                    let mut out = tokio::fs::File::create(&dest).await.map_err(spool_error)?;
+                    let mut spool = None;
+                    let mut memory = Vec::new();
+                    if opened.end_of_file > IN_MEMORY_MAX {
+                        spool = Some(tokio::fs::File::create(&dest).await.map_err(spool_error)?);
+                    } else {
+                        memory.reserve_exact(opened.end_of_file as usize);
+                    }
                     let mut hasher = Md5::new();
                     let mut size = 0u64;
                     loop {
@@ -528,16 +642,28 @@ impl FileSource for SmbShare {
                             Some(Err(e)) => return Err(classify(&op, e)),
                             Some(Ok(bytes)) => {
                                 hasher.update(&bytes);
-                                out.write_all(&bytes).await.map_err(spool_error)?;
                                 size += bytes.len() as u64;
+                                match spool.as_mut() {
+                                    Some(out) => {
+                                        out.write_all(&bytes).await.map_err(spool_error)?
+                                    }
+                                    None => memory.extend_from_slice(&bytes),
+                                }
                             }
                         }
                     }
-                    out.flush().await.map_err(spool_error)?;
+                    let content = match spool {
+                        Some(mut out) => {
+                            out.flush().await.map_err(spool_error)?;
+                            Content::Spooled(dest)
+                        }
+                        None => Content::Memory(memory),
+                    };
                     Ok(Fetched {
                         md5: hex::encode(hasher.finalize()),
                         size,
                         after,
+                        content,
                     })
                 }
                 .boxed()
@@ -628,6 +754,10 @@ impl FileSource for SmbShare {
             },
         )
         .await
+    }
+
+    async fn connect(&self) -> Result<(), SourceError> {
+        self.live().await.map(|_| ())
     }
 
     async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {

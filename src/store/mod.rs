@@ -208,6 +208,10 @@ impl<T: RunStore + ClaimStore + OutboxStore + ArchiveStore + ?Sized> Store for T
 pub trait RunStore: Send + Sync {
     /// True when the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Opens up to `connections` connections ahead of need (while a run
+    /// waits for its second look), so its first files do not each wait for
+    /// a connection to be set up. Best effort: a failure shows later.
+    async fn warm_up(&self, _connections: usize) {}
     /// Takes the run lock and records the run as running, or says who holds it.
     async fn begin_run(
         &self,

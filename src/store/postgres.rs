@@ -138,6 +138,15 @@ impl PgStore {
 
 #[async_trait]
 impl RunStore for PgStore {
+    /// Holds the connections until all are open, so each is a distinct one;
+    /// leaves one for others (the run lock holds one too).
+    async fn warm_up(&self, connections: usize) {
+        let max = self.pool.options().get_max_connections() as usize;
+        let n = connections.min(max.saturating_sub(2));
+        let held = futures::future::join_all((0..n).map(|_| self.pool.acquire())).await;
+        drop(held);
+    }
+
     /// True when a trivial query answers.
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
@@ -322,6 +331,37 @@ impl ClaimStore for PgStore {
         mtime: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
+        let token = Uuid::new_v4();
+        // The usual case in one statement (one round trip): the run still
+        // holds the lock, the version is new, and its `processing` event.
+        let (holds_lock, id): (bool, Option<i64>) = sqlx::query_as(&format!(
+            "WITH lock AS (SELECT EXISTS (SELECT 1 FROM runs r JOIN ({RUN_LOCK_HOLDER}) l ON l.pid = r.lock_pid WHERE r.id = $2) AS held), \
+             ins AS (INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, run_id, claim_token, group_key) \
+               SELECT $3, $4, $5, $6, $7, $8, 'processing', $2, $9, $10 FROM lock WHERE lock.held \
+               ON CONFLICT ON CONSTRAINT files_version_key DO NOTHING RETURNING id), \
+             ev AS (INSERT INTO file_events (file_id, status, detail) SELECT id, 'processing', $11 FROM ins) \
+             SELECT (SELECT held FROM lock), (SELECT id FROM ins)"
+        ))
+        .bind(RUN_LOCK_KEY)
+        .bind(run_id)
+        .bind(remitter)
+        .bind(file_name)
+        .bind(base_name)
+        .bind(md5)
+        .bind(size)
+        .bind(mtime)
+        .bind(token)
+        .bind(group_key(remitter, base_name))
+        .bind(json!({"run_id": run_id}))
+        .fetch_one(&self.pool)
+        .await
+        .step("claiming the file")?;
+        if !holds_lock {
+            return Err(StoreError::RunLockLost);
+        }
+        if let Some(id) = id {
+            return Ok(Claim::New { id, token });
+        }
         let mut tx = self.pool.begin().await.step("starting a transaction")?;
         let holds_lock: bool = sqlx::query_scalar(&format!(
             "SELECT EXISTS (SELECT 1 FROM runs r JOIN ({RUN_LOCK_HOLDER}) l ON l.pid = r.lock_pid WHERE r.id = $2)"
@@ -334,7 +374,6 @@ impl ClaimStore for PgStore {
         if !holds_lock {
             return Err(StoreError::RunLockLost);
         }
-        let token = Uuid::new_v4();
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, run_id, claim_token, group_key) \
              VALUES ($1, $2, $3, $4, $5, $6, 'processing', $7, $8, $9) \
@@ -423,6 +462,25 @@ impl ClaimStore for PgStore {
         detail: &Value,
         notification: Option<&Value>,
     ) -> Result<(), StoreError> {
+        let Some(payload) = notification else {
+            // No notification: one statement, one round trip.
+            let recorded: Option<i64> = sqlx::query_scalar(
+                "WITH up AS (UPDATE files SET status = $2, updated_at = now() \
+                   WHERE id = $1 AND claim_token = $3 AND status = 'processing' RETURNING id) \
+                 INSERT INTO file_events (file_id, status, detail) SELECT id, $2, $4 FROM up RETURNING file_id",
+            )
+            .bind(file_id)
+            .bind(&status)
+            .bind(token)
+            .bind(detail)
+            .fetch_optional(&self.pool)
+            .await
+            .step("updating the file status")?;
+            return match recorded {
+                Some(_) => Ok(()),
+                None => Err(StoreError::ClaimLost(file_id)),
+            };
+        };
         let mut tx = self.pool.begin().await.step("starting a transaction")?;
         let updated = sqlx::query(
             "UPDATE files SET status = $2, updated_at = now() \
@@ -438,25 +496,23 @@ impl ClaimStore for PgStore {
             return Err(StoreError::ClaimLost(file_id));
         }
         insert_event(&mut tx, file_id, status.as_str(), detail).await?;
-        if let Some(payload) = notification {
-            // One notification per claim: a retried file that fails again is
-            // told again. The first claim keeps the key it always had.
-            let claims: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM file_events WHERE file_id = $1 AND status = 'processing'",
-            )
-            .bind(file_id)
-            .fetch_one(&mut *tx)
-            .await
-            .step("counting the file's claims")?;
-            enqueue(
-                &mut tx,
-                &file_failed_key(file_id, claims),
-                Some(file_id),
-                None,
-                payload,
-            )
-            .await?;
-        }
+        // One notification per claim: a retried file that fails again is
+        // told again. The first claim keeps the key it always had.
+        let claims: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM file_events WHERE file_id = $1 AND status = 'processing'",
+        )
+        .bind(file_id)
+        .fetch_one(&mut *tx)
+        .await
+        .step("counting the file's claims")?;
+        enqueue(
+            &mut tx,
+            &file_failed_key(file_id, claims),
+            Some(file_id),
+            None,
+            payload,
+        )
+        .await?;
         tx.commit().await.step("committing the file status")?;
         Ok(())
     }
@@ -637,25 +693,19 @@ impl ArchiveStore for PgStore {
 
     /// Records an archive move: `archived_at` and one `archive_succeeded` event.
     async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.step("starting a transaction")?;
-        let updated = sqlx::query(
-            "UPDATE files SET archived_at = now(), archive_path = $2 WHERE id = $1 AND archived_at IS NULL",
+        // One statement: the move and its one `archive_succeeded` event.
+        sqlx::query(
+            "WITH up AS (UPDATE files SET archived_at = now(), archive_path = $2 \
+               WHERE id = $1 AND archived_at IS NULL RETURNING id) \
+             INSERT INTO file_events (file_id, status, detail) SELECT id, $3, $4 FROM up",
         )
         .bind(file_id)
         .bind(archive_path)
-        .execute(&mut *tx)
+        .bind(ARCHIVE_SUCCEEDED)
+        .bind(json!({"archive_path": archive_path}))
+        .execute(&self.pool)
         .await
         .step("recording the archive move")?;
-        if updated.rows_affected() == 1 {
-            insert_event(
-                &mut tx,
-                file_id,
-                ARCHIVE_SUCCEEDED,
-                &json!({"archive_path": archive_path}),
-            )
-            .await?;
-        }
-        tx.commit().await.step("committing the archive move")?;
         Ok(())
     }
 

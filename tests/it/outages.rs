@@ -398,7 +398,8 @@ async fn share_gone_mid_archive() {
 
 /// Postgres restarts mid-run: the run's advisory lock went with the session
 /// that held it, so the run claims nothing more (another instance could be
-/// running now); later runs process the rest, each file once.
+/// running now): only what it claimed before (the file in flight and the
+/// one claimed ahead) is sent. Later runs process the rest, each file once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_lost_its_lock_claims_nothing_more() {
     let servers = PrivateServers::start(true);
@@ -429,18 +430,27 @@ async fn a_run_that_lost_its_lock_claims_nothing_more() {
     })
     .await
     .unwrap();
-    let resp = run.await.unwrap().expect("the run request is answered");
-    let body: serde_json::Value = resp.json().await.unwrap();
-    let claimed_by_first: i64 = sqlx::query_scalar("SELECT count(*) FROM files WHERE run_id = $1")
-        .bind(first)
+    let restarted: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(&app.db)
         .await
         .unwrap();
-    assert!(
-        claimed_by_first <= 1,
-        "claimed after the lock was lost: {body}"
+    let resp = run.await.unwrap().expect("the run request is answered");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let (claimed_by_first, claimed_after): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE claimed_at >= $2) FROM files WHERE run_id = $1",
+    )
+    .bind(first)
+    .bind(restarted)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(claimed_after, 0, "claimed after the lock was lost: {body}");
+    assert!(claimed_by_first <= 2, "one in flight, one ahead: {body}");
+    assert_eq!(
+        app.fakes.itm_calls().len() as i64,
+        claimed_by_first,
+        "only what it claimed is sent: {body}"
     );
-    assert_eq!(app.fakes.itm_calls().len(), 1, "{body}");
 
     app.fakes.set_itm(ItmBehavior::Success);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -463,8 +473,7 @@ async fn a_run_that_lost_its_lock_claims_nothing_more() {
         .map(|c| c.body["file_name"].as_str().unwrap().to_string())
         .collect();
     sent.sort();
-    sent.dedup();
-    assert_eq!(sent, ["a.csv", "b.csv", "c.csv"]);
+    assert_eq!(sent, ["a.csv", "b.csv", "c.csv"], "each file sent once");
     app.wait_background().await;
     app.finish().await;
 }
