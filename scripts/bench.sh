@@ -51,8 +51,8 @@ SCENARIOS=${BENCH_SCENARIOS:-rescan small mib big delay archive two}
 OUT=${BENCH_OUT:-target/bench}
 TARGET=${CARGO_TARGET_DIR:-target}
 
-# libsmbclient's headers for the build, smbclient for the floors (a fresh machine).
-ensure_packages samba || die "could not install samba / libsmbclient"
+# smbd and smbclient (for the floors), on a fresh machine.
+ensure_packages samba || die "could not install samba and smbclient"
 [[ -x /usr/bin/time ]] || _apt_install time || die "/usr/bin/time is needed (apt-get install time)"
 if [[ -n "${BENCH_PROFILE:-}" ]]; then
     command -v perf >/dev/null || _apt_install linux-perf || die "perf is needed for BENCH_PROFILE (apt-get install linux-perf)"

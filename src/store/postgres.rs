@@ -374,80 +374,53 @@ impl ClaimStore for PgStore {
         if !holds_lock {
             return Err(StoreError::RunLockLost);
         }
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, run_id, claim_token, group_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'processing', $7, $8, $9) \
-             ON CONFLICT ON CONSTRAINT files_version_key DO NOTHING RETURNING id",
+        // The version has a row (rows are never deleted): take over a claim
+        // whose process died (its lease ran out), else report it; archived
+        // content back in the source is archived again.
+        let lease_secs = lease.as_secs_f64();
+        // A `retry_requested` row is taken over like an expired lease:
+        // an operator sent it back.
+        let row = sqlx::query(
+            "WITH old AS (SELECT id, status = 'retry_requested' AS retry, \
+                 status = 'retry_requested' OR (status = 'processing' AND updated_at < now() - make_interval(secs => $6)) AS expired \
+               FROM files WHERE remitter = $1 AND file_name = $2 AND md5 = $3 FOR UPDATE) \
+             UPDATE files f SET size = $4, mtime = $5, \
+               status = CASE WHEN old.expired THEN 'processing' ELSE f.status END, \
+               run_id = CASE WHEN old.expired THEN $7 ELSE f.run_id END, \
+               claim_token = CASE WHEN old.expired THEN $8 ELSE f.claim_token END, \
+               updated_at = CASE WHEN old.expired THEN now() ELSE f.updated_at END, \
+               archived_at = CASE WHEN f.status = 'success' OR f.status LIKE 'ops\\_%' THEN NULL ELSE f.archived_at END \
+             FROM old WHERE f.id = old.id \
+             RETURNING f.id, f.status, old.expired AS taken_over, old.retry",
         )
         .bind(remitter)
         .bind(file_name)
-        .bind(base_name)
         .bind(md5)
         .bind(size)
         .bind(mtime)
+        .bind(lease_secs)
         .bind(run_id)
         .bind(token)
-        .bind(group_key(remitter, base_name))
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
-        .step("claiming the file")?;
-        let claim = if let Some(id) = id {
-            insert_event(
-                &mut tx,
-                id,
-                FileStatus::Processing.as_str(),
-                &json!({"run_id": run_id}),
-            )
-            .await?;
+        .step("reading the existing claim")?;
+        let id: i64 = row.try_get("id").step("reading the existing claim")?;
+        let taken_over: bool = row
+            .try_get("taken_over")
+            .step("reading the existing claim")?;
+        let retry: bool = row.try_get("retry").step("reading the existing claim")?;
+        let claim = if taken_over {
+            let detail = if retry {
+                json!({"run_id": run_id, "retry": "an operator asked for this file to be sent again"})
+            } else {
+                json!({"run_id": run_id, "recovered": "the claim's lease expired"})
+            };
+            insert_event(&mut tx, id, FileStatus::Processing.as_str(), &detail).await?;
             Claim::New { id, token }
         } else {
-            // Take over a claim whose process died (its lease ran out), else
-            // report it; archived content back in the source is archived again.
-            let lease_secs = lease.as_secs_f64();
-            // A `retry_requested` row is taken over like an expired lease:
-            // an operator sent it back.
-            let row = sqlx::query(
-                "WITH old AS (SELECT id, status = 'retry_requested' AS retry, \
-                     status = 'retry_requested' OR (status = 'processing' AND updated_at < now() - make_interval(secs => $6)) AS expired \
-                   FROM files WHERE remitter = $1 AND file_name = $2 AND md5 = $3 FOR UPDATE) \
-                 UPDATE files f SET size = $4, mtime = $5, \
-                   status = CASE WHEN old.expired THEN 'processing' ELSE f.status END, \
-                   run_id = CASE WHEN old.expired THEN $7 ELSE f.run_id END, \
-                   claim_token = CASE WHEN old.expired THEN $8 ELSE f.claim_token END, \
-                   updated_at = CASE WHEN old.expired THEN now() ELSE f.updated_at END, \
-                   archived_at = CASE WHEN f.status = 'success' OR f.status LIKE 'ops\\_%' THEN NULL ELSE f.archived_at END \
-                 FROM old WHERE f.id = old.id \
-                 RETURNING f.id, f.status, old.expired AS taken_over, old.retry",
-            )
-            .bind(remitter)
-            .bind(file_name)
-            .bind(md5)
-            .bind(size)
-            .bind(mtime)
-            .bind(lease_secs)
-            .bind(run_id)
-            .bind(token)
-            .fetch_one(&mut *tx)
-            .await
-            .step("reading the existing claim")?;
-            let id: i64 = row.try_get("id").step("reading the existing claim")?;
-            let taken_over: bool = row
-                .try_get("taken_over")
-                .step("reading the existing claim")?;
-            let retry: bool = row.try_get("retry").step("reading the existing claim")?;
-            if taken_over {
-                let detail = if retry {
-                    json!({"run_id": run_id, "retry": "an operator asked for this file to be sent again"})
-                } else {
-                    json!({"run_id": run_id, "recovered": "the claim's lease expired"})
-                };
-                insert_event(&mut tx, id, FileStatus::Processing.as_str(), &detail).await?;
-                Claim::New { id, token }
-            } else {
-                Claim::Exists {
-                    id,
-                    status: row.try_get("status").step("reading the existing claim")?,
-                }
+            Claim::Exists {
+                id,
+                status: row.try_get("status").step("reading the existing claim")?,
             }
         };
         tx.commit().await.step("committing the claim")?;
