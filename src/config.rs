@@ -147,7 +147,7 @@ pub struct ConfigArgs {
     /// Gap between the two looks of the stability check, seconds [default: 5]
     #[arg(long, env = "STABLE_CHECK_INTERVAL_SECS")]
     pub stable_check_interval_secs: Option<String>,
-    /// Files processed at once in one run [default: 4]
+    /// Files with FOI and ITM at once in one run (a quarter more are downloaded and claimed ahead) [default: 4]
     #[arg(long, env = "MAX_CONCURRENT_FILES")]
     pub max_concurrent_files: Option<String>,
     /// Comma-separated temp-name patterns (prefix*, *suffix, exact) [default: CONTRACT §5 list]

@@ -106,7 +106,8 @@ pub fn read_failed_payload(
 
 /// Deletes the spool file however processing ends (a killed process leaves
 /// it behind; [`sweep_stale_spools`] removes those).
-struct Spool(PathBuf);
+/// The flag is false once the download turned out to be held in memory.
+struct Spool(PathBuf, bool);
 
 /// The spool file name prefix of this process: `coordinator-<pid>-`.
 fn spool_prefix(pid: u32) -> String {
@@ -144,7 +145,9 @@ pub fn sweep_stale_spools(dir: &std::path::Path) -> usize {
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.1 {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
@@ -198,13 +201,20 @@ impl Processor {
                 Some(lock_lost_reason()),
             ));
         }
-        let spool = Spool(self.spool_dir.join(format!(
-            "{}{}.spool",
-            spool_prefix(std::process::id()),
-            Uuid::new_v4().simple()
-        )));
+        let mut spool = Spool(
+            self.spool_dir.join(format!(
+                "{}{}.spool",
+                spool_prefix(std::process::id()),
+                Uuid::new_v4().simple()
+            )),
+            true,
+        );
         let fetched = match self.source.fetch(&c.path(&self.source_dir), &spool.0).await {
-            Ok(f) => f,
+            Ok(f) => {
+                // Held in memory: there is no spool file to remove later.
+                spool.1 = matches!(f.content, Content::Spooled(_));
+                f
+            }
             Err(SourceError::Busy(_)) => {
                 tracing::info!("open for writing by another client; left for a later run");
                 return Claimed::Done(FileReport::new(
