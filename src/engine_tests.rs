@@ -984,14 +984,14 @@ async fn a_move_whose_answer_was_lost_is_recorded_from_the_archive() {
 }
 
 #[tokio::test]
-async fn the_lost_answer_recovery_never_takes_a_placeholder_for_the_moved_file() {
+async fn the_lost_answer_recovery_never_takes_another_file_for_the_moved_one() {
     let h = Harness::new();
     h.src.put("in/acme/remit.xlsx", b"bytes", old());
     h.src.fail_rename("in/acme/remit.xlsx");
     h.run().await;
 
     // The source file is gone; the archive holds, under its name, a file of
-    // the same size and time that is not it (a placeholder left by a crash),
+    // the same size and time that is not it (put there by someone else),
     // and the moved file under the next name.
     h.src.clear_faults();
     h.src.mkdir_all("archive/acme").await.unwrap();

@@ -1,13 +1,11 @@
-//! Logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info`; pavao's own
-//! log lines are off, since every failure it logs reaches ours as an error),
-//! JSON lines when `LOG_FORMAT=json`.
+//! Logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info`: ours,
+//! and the SMB client's connection set-up), JSON lines when `LOG_FORMAT=json`.
 
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber (once; later calls are no-ops).
 pub fn init() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,pavao=off"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -181,8 +181,8 @@ impl Archiver {
     }
 
     /// True when the archived file `name` has the content that was processed
-    /// (by MD5), so a reservation placeholder or another file of the same
-    /// size and time is never taken for it. Superseded versions have no MD5.
+    /// (by MD5), so another file of the same size and time is never taken
+    /// for it. Superseded versions have no MD5.
     async fn same_content(&self, d: &Due, name: &str) -> bool {
         let Some(md5) = &d.md5 else { return true };
         let Ok(tmp) = tempfile::NamedTempFile::new() else {

@@ -260,7 +260,7 @@ async fn the_cli_dry_run_prints_the_summary_and_exits_0() {
         .args(["run", "--dry-run"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info,pavao=off")
+        .env("RUST_LOG", "info")
         .env("ENV", "local")
         .envs(p.binary_env())
         .env("SMB_PASSWORD", a.smb_password.clone().unwrap())

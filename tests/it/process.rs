@@ -47,7 +47,7 @@ impl Serve {
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "debug,pavao=off")
+            .env("RUST_LOG", "debug,smb2=info")
             .env("ENV", "prod")
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("API_TOKEN_FILE", dir.path().join("token"))
