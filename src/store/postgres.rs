@@ -131,8 +131,32 @@ impl PgStore {
 
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        if self.migrations_applied().await {
+            return Ok(());
+        }
         MIGRATOR.run(&self.pool).await?;
         Ok(())
+    }
+
+    /// True when every embedded migration is applied, successfully and with
+    /// its checksum: then start-up skips the migrator, whose lock would make
+    /// instances starting together wait for each other. Anything else (no
+    /// table yet, a missing, failed or changed migration) goes through the
+    /// migrator, which applies or refuses it.
+    pub async fn migrations_applied(&self) -> bool {
+        let applied: Vec<(i64, Vec<u8>)> =
+            match sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(_) => return false,
+            };
+        MIGRATOR.iter().all(|m| {
+            applied
+                .iter()
+                .any(|(v, c)| *v == m.version && c.as_slice() == &*m.checksum)
+        })
     }
 }
 

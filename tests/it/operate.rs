@@ -501,3 +501,30 @@ async fn metrics_need_no_token_and_move_with_runs() {
     );
     app.finish().await;
 }
+
+/// Start-up skips the migrator (and its lock) only when every migration is
+/// applied with its checksum; one that is missing is applied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_migrates_only_what_is_missing() {
+    let app = spawn_app(Opts::default()).await;
+    let url = app.args.db.database_url.clone().unwrap();
+    let store = coordinator::store::PgStore::connect_lazy(&url).unwrap();
+    assert!(store.migrations_applied().await, "spawn_app migrated");
+    store.migrate().await.unwrap();
+
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 7")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert!(!store.migrations_applied().await);
+    store.migrate().await.unwrap();
+    assert!(store.migrations_applied().await);
+    let (n, succeeded): (i64, bool) = sqlx::query_as(
+        "SELECT count(*), bool_and(success) FROM _sqlx_migrations WHERE version = 7",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((n, succeeded), (1, true), "0007 applied again");
+    app.finish().await;
+}
