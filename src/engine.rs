@@ -646,7 +646,7 @@ impl Engine {
                 }
                 .boxed()
             })
-            .buffer_unordered(ahead)
+            .buffer_unordered(s.max_concurrent_files + ahead)
             .for_each(move |ready| {
                 // The receiver lives until every file is through.
                 let _ = ready_tx.unbounded_send(ready);
