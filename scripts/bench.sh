@@ -163,7 +163,11 @@ coord_run() { # TAG [VAR=VALUE...]
     # GNU time writes "Command exited with non-zero status N" first then.
     read -r WALL_S u s RSS_KIB < <(tail -n1 "$base.time")
     CPU_S=$(calc "$u + $s")
-    RUN_S=$(q "SELECT round(extract(epoch FROM finished_at - started_at)::numeric, 3) FROM runs ORDER BY started_at DESC LIMIT 1")
+    # Only a run that completed has a row of its own to read; a refused one
+    # (exit 3) must not query meanwhile: in the two-instance case that query
+    # would run beside the instance being timed.
+    RUN_S=""
+    ((RC == 0)) && RUN_S=$(q "SELECT round(extract(epoch FROM finished_at - started_at)::numeric, 3) FROM runs ORDER BY started_at DESC LIMIT 1")
     log "$tag: exit $RC, run ${RUN_S}s, wall ${WALL_S}s, cpu ${CPU_S}s, peak RSS $((RSS_KIB / 1024)) MiB"
 }
 
@@ -286,53 +290,76 @@ bench_archive() {
 bench_two() {
     sample two desc "$TWO_FILES x 2 KiB in 20 folders"
     start_fakes
+    local rep one_s one_cpu two_s pair_cpu pair_rss
     for rep in $(seq 1 "$REPS"); do
-        local one_s one_cpu two_s t a b
         # Both cases start on a migrated database, as instances in
         # production do, and are timed the same way: wall time until every
-        # process has exited (background pass included).
-        new_db
-        fill_share "$TWO_FILES" 20 2048
-        DATABASE_URL="$DB" "$COORD" migrate >"$LOGS/two-migrate-1-$rep.log" 2>&1
-        t=$(now)
-        coord_run "two-single-$rep"
-        one_s=$(since "$t")
-        one_cpu=$CPU_S
-        expect_status success "$TWO_FILES"
-
-        new_db
-        fill_share "$TWO_FILES" 20 2048
-        DATABASE_URL="$DB" "$COORD" migrate >"$LOGS/two-migrate-2-$rep.log" 2>&1
-        t=$(now)
-        coord_run "two-a-$rep" &
-        a=$!
-        coord_run "two-b-$rep" &
-        b=$!
-        wait "$a" || true
-        wait "$b" || true
-        two_s=$(since "$t")
-        expect_status success "$TWO_FILES"
-        # coord_run ran in subshells: read their numbers back from the logs.
-        local cpu=0 rss=0 f w u s m
-        for f in "$LOGS"/*-two-[ab]-"$rep".time; do
-            read -r w u s m < <(tail -n1 "$f")
-            cpu=$(calc "$cpu + $u + $s")
-            ((m > rss)) && rss=$m
-        done
-        CPU_S=$cpu RSS_KIB=$rss WALL_S=$two_s
-        log "two: 2 instances ${two_s}s (cpu ${cpu}s), 1 instance ${one_s}s (cpu ${one_cpu}s)"
+        # process has exited (background pass included). Which goes first
+        # alternates, so drift over a repetition favours neither.
+        if ((rep % 2)); then
+            two_single "$rep"
+            two_pair "$rep"
+        else
+            two_pair "$rep"
+            two_single "$rep"
+        fi
+        CPU_S=$pair_cpu RSS_KIB=$pair_rss WALL_S=$two_s
+        log "two: 2 instances ${two_s}s (cpu ${CPU_S}s), 1 instance ${one_s}s (cpu ${one_cpu}s)"
         sample two one_instance_cpu_s "$one_cpu"
         record two "$two_s" "$one_s"
     done
 }
 
+two_fresh() { # TAG: a new migrated database and the scenario's files
+    new_db
+    fill_share "$TWO_FILES" 20 2048
+    DATABASE_URL="$DB" "$COORD" migrate >"$LOGS/two-migrate-$1.log" 2>&1
+}
+
+two_single() { # REP; sets one_s and one_cpu
+    local t p w u s m
+    two_fresh "single-$1"
+    # Started and awaited exactly as the pair's processes are.
+    t=$(now)
+    coord_run "two-single-$1" &
+    p=$!
+    wait "$p" || true
+    one_s=$(since "$t")
+    expect_status success "$TWO_FILES"
+    read -r w u s m < <(tail -n1 "$LOGS/"*"-two-single-$1.time")
+    one_cpu=$(calc "$u + $s")
+}
+
+two_pair() { # REP; sets two_s, pair_cpu (both processes) and pair_rss (the larger)
+    local t a b
+    two_fresh "pair-$1"
+    t=$(now)
+    coord_run "two-a-$1" &
+    a=$!
+    coord_run "two-b-$1" &
+    b=$!
+    wait "$a" || true
+    wait "$b" || true
+    two_s=$(since "$t")
+    expect_status success "$TWO_FILES"
+    # coord_run ran in subshells: read their numbers back from the logs.
+    local cpu=0 rss=0 f w u s m
+    for f in "$LOGS"/*-two-[ab]-"$1".time; do
+        read -r w u s m < <(tail -n1 "$f")
+        cpu=$(calc "$cpu + $u + $s")
+        ((m > rss)) && rss=$m
+    done
+    pair_cpu=$cpu pair_rss=$rss
+}
+
 # A scenario's databases are dropped when it ends, so the next one does not
 # share the server with their autovacuum (the rescan and archive scenarios
 # write tens of thousands of rows).
+dropped=0
 drop_dbs() {
-    local i
-    for i in $(seq 1 "$db_n"); do
-        psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS bench_$i WITH (FORCE)" >/dev/null
+    while ((dropped < db_n)); do
+        dropped=$((dropped + 1))
+        psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS bench_$dropped WITH (FORCE)" >/dev/null
     done
 }
 
