@@ -57,6 +57,9 @@ pub enum Claimed {
 pub struct ClaimedFile {
     file_id: i64,
     token: Uuid,
+    /// When the claim was made: its lease runs from here, also while the
+    /// file waits for a FOI/ITM slot.
+    claimed_at: tokio::time::Instant,
     fetched: crate::source::Fetched,
     /// Removed when the file is done with.
     _spool: Spool,
@@ -288,6 +291,7 @@ impl Processor {
         Claimed::File(ClaimedFile {
             file_id,
             token,
+            claimed_at: tokio::time::Instant::now(),
             fetched,
             _spool: spool,
         })
@@ -300,11 +304,12 @@ impl Processor {
         let ClaimedFile {
             file_id,
             token,
+            claimed_at,
             fetched,
             ..
         } = file;
         let downstream = self.downstream(c, &fetched.md5, &fetched.content);
-        let (status, detail, failure) = self.renewing(file_id, token, downstream).await;
+        let (status, detail, failure) = self.renewing(file_id, token, claimed_at, downstream).await;
         let notification = failure
             .as_deref()
             .map(|reason| file_failed_payload(run_id, &c.remitter, &c.entry.name, &status, reason));
@@ -377,10 +382,18 @@ impl Processor {
 
     /// Awaits `work` while renewing the claim every third of its lease, so a
     /// slow but live file is never taken over by another run.
-    async fn renewing<T>(&self, file_id: i64, token: Uuid, work: impl Future<Output = T>) -> T {
-        let mut tick = tokio::time::interval(renewal_period(self.claim_lease));
+    async fn renewing<T>(
+        &self,
+        file_id: i64,
+        token: Uuid,
+        claimed_at: tokio::time::Instant,
+        work: impl Future<Output = T>,
+    ) -> T {
+        // Due a period after the claim: at once for a file that waited that
+        // long for its slot.
+        let period = renewal_period(self.claim_lease);
+        let mut tick = tokio::time::interval_at(claimed_at + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
         tokio::pin!(work);
         loop {
             tokio::select! {
