@@ -124,6 +124,16 @@ fn reason(r: &str) -> Result<String, AppError> {
     }
 }
 
+/// `?before=`: the `next` of a previous page, an id of `what` kind.
+fn cursor<T: std::str::FromStr>(before: Option<String>, what: &str) -> Result<Option<T>, AppError> {
+    before
+        .map(|b| {
+            b.parse::<T>()
+                .map_err(|_| bad(format!("before must be {what} from a previous `next`")))
+        })
+        .transpose()
+}
+
 /// The run history, newest first.
 #[utoipa::path(
     get,
@@ -144,12 +154,7 @@ pub async fn list_runs(
 ) -> Result<Json<RunsPage>, AppError> {
     let q = query(q)?;
     let limit = limit(q.limit.as_deref())?;
-    let before = q
-        .before
-        .map(|b| {
-            Uuid::parse_str(&b).map_err(|_| bad("before must be a run id from a previous `next`"))
-        })
-        .transpose()?;
+    let before: Option<Uuid> = cursor(q.before, "a run id")?;
     let page = state.ops.runs(before, limit).await?;
     Ok(Json(RunsPage {
         runs: page.items,
@@ -200,13 +205,7 @@ pub async fn list_files(
 ) -> Result<Json<FilesPage>, AppError> {
     let q = query(q)?;
     let limit = limit(q.limit.as_deref())?;
-    let before = q
-        .before
-        .map(|b| {
-            b.parse::<i64>()
-                .map_err(|_| bad("before must be a file id from a previous `next`"))
-        })
-        .transpose()?;
+    let before: Option<i64> = cursor(q.before, "a file id")?;
     let status = match q.status.as_deref() {
         None => None,
         Some("failed") => Some(StatusFilter::Failed),

@@ -109,8 +109,11 @@ pub fn read_failed_payload(
 
 /// Deletes the spool file however processing ends (a killed process leaves
 /// it behind; [`sweep_stale_spools`] removes those).
-/// The flag is false once the download turned out to be held in memory.
-struct Spool(PathBuf, bool);
+struct Spool {
+    path: PathBuf,
+    /// False once the download turned out to be held in memory.
+    used: bool,
+}
 
 /// The spool file name prefix of this process: `coordinator-<pid>-`.
 fn spool_prefix(pid: u32) -> String {
@@ -148,8 +151,8 @@ pub fn sweep_stale_spools(dir: &std::path::Path) -> usize {
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        if self.1 {
-            let _ = std::fs::remove_file(&self.0);
+        if self.used {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -183,15 +186,6 @@ impl Processor {
         FileReport::new(c, Decision::Error, Some(reason))
     }
 
-    /// Drives one file to a final status (or explains why it could not):
-    /// [`Self::claim`], then [`Self::send`].
-    pub async fn process(&self, run_id: Uuid, c: &Candidate, base_name: &str) -> FileReport {
-        match self.claim(run_id, c, base_name).await {
-            Claimed::Done(report) => report,
-            Claimed::File(file) => self.send(run_id, c, file).await,
-        }
-    }
-
     /// The first half of processing, before any downstream call: download
     /// (checked against the second look) and claim. Runs can do this for the
     /// next files while earlier ones are with FOI and ITM.
@@ -204,18 +198,22 @@ impl Processor {
                 Some(lock_lost_reason()),
             ));
         }
-        let mut spool = Spool(
-            self.spool_dir.join(format!(
+        let mut spool = Spool {
+            path: self.spool_dir.join(format!(
                 "{}{}.spool",
                 spool_prefix(std::process::id()),
                 Uuid::new_v4().simple()
             )),
-            true,
-        );
-        let fetched = match self.source.fetch(&c.path(&self.source_dir), &spool.0).await {
+            used: true,
+        };
+        let fetched = match self
+            .source
+            .fetch(&c.path(&self.source_dir), &spool.path)
+            .await
+        {
             Ok(f) => {
                 // Held in memory: there is no spool file to remove later.
-                spool.1 = matches!(f.content, Content::Spooled(_));
+                spool.used = matches!(f.content, Content::Spooled(_));
                 f
             }
             Err(SourceError::Busy(_)) => {

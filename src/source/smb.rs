@@ -228,31 +228,27 @@ async fn rename_and_close(
         CompoundOp::new(Command::SetInfo, &set, Some(tree.tree_id)),
         CompoundOp::new(Command::Close, &close, Some(tree.tree_id)),
     ];
-    let frames = conn
+    let answers = conn
         .execute_compound(&ops)
         .await
-        .map_err(|e| classify(op, e))?;
-    let mut frames = frames.into_iter();
-    let set_status = match frames.next() {
-        Some(Ok(f)) => Ok(f.header.status),
-        Some(Err(e)) => Err(classify(op, e)),
-        None => Err(SourceError::Io {
-            op: op.to_string(),
-            message: "no answer to the rename".into(),
-        }),
-    };
-    let closed = matches!(frames.next(), Some(Ok(f)) if f.header.status == NtStatus::SUCCESS);
-    let renamed = set_status.and_then(|s| {
-        if s == NtStatus::SUCCESS {
-            Ok(())
-        } else {
-            Err(status_error(op, s, Command::SetInfo))
+        .map_err(|e| classify(op, e));
+    let frames = match answers.and_then(|a| frames_of(op, a, 2)) {
+        Ok(frames) => frames,
+        Err(e) => {
+            // The handle may still be open: close it, the answer is lost anyway.
+            let _ = tree.close_handle(conn, file_id).await;
+            return Err(e);
         }
-    });
-    if !closed && renamed.is_err() {
-        let _ = tree.close_handle(conn, file_id).await;
+    };
+    let (renamed, closed) = (frames[0].header.status, frames[1].header.status);
+    if renamed != NtStatus::SUCCESS {
+        // A refused SET_INFO makes the related CLOSE fail with it.
+        if closed != NtStatus::SUCCESS {
+            let _ = tree.close_handle(conn, file_id).await;
+        }
+        return Err(status_error(op, renamed, Command::SetInfo));
     }
-    renamed
+    Ok(())
 }
 
 /// The frames of a compound, all of them, or the first transport error.
