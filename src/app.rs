@@ -6,6 +6,7 @@ use crate::downstream::{FoiClient, IqubeClient, ItmClient, http_client};
 use crate::engine::{Engine, RunError, RunSettings};
 use crate::http::{AppState, router};
 use crate::metrics::{Metrics, Timed};
+use crate::process::kept::KeptOutcomes;
 use crate::source::smb::SmbShare;
 use crate::store::PgStore;
 use anyhow::Context;
@@ -14,8 +15,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Most time a background pass spends delivering IQube notifications: a
-/// hanging IQube costs each pass at most this, and shutdown cuts it short.
+/// Time after which a background pass starts no new IQube delivery: a
+/// hanging IQube costs each pass at most this plus one `IQUBE_TIMEOUT_SECS`
+/// (requests already sent are awaited, never dropped), and shutdown starts
+/// none.
 const DELIVERY_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Connects to Postgres and applies the migrations.
@@ -69,6 +72,8 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
         passes_done: tokio::sync::watch::channel(0).0,
         stop: CancellationToken::new(),
         metrics,
+        kept: Arc::new(KeptOutcomes::journaled(&cfg.spool_dir)),
+        kept_writer: Default::default(),
     }))
 }
 
@@ -227,11 +232,20 @@ pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
     if let Err(e) = connected {
         tracing::warn!(error = %e, "the share could not be connected at start-up");
     }
+    // SIGTERM/SIGINT: files already claimed finish, nothing more is claimed
+    // (the summary says the run was cut short), and no claim is left dangling.
+    let stop = engine.stop.clone();
+    let signals = tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: finishing the files in flight, claiming no more");
+        stop.cancel();
+    });
     let result = if dry_run {
         engine.dry_run("cli").await
     } else {
         engine.run("cli").await
     };
+    signals.abort();
     engine.tracker.close();
     engine.tracker.wait().await;
     let (code, body) = match result {

@@ -285,6 +285,9 @@ pub enum Decision {
     WouldProcess,
     /// Could not be read or recorded; nothing was sent.
     Error,
+    /// Not started: the coordinator was stopping (SIGTERM). Untouched; the
+    /// next run takes it.
+    Deferred,
 }
 
 /// What the run reports for one file.

@@ -5,9 +5,10 @@
 use crate::archive::{Archiver, PassReport};
 pub use crate::domain::FolderError;
 use crate::domain::{Decision, FileReport, FileStatus};
-use crate::downstream::{Extractor, Notifier, Submitter};
+use crate::downstream::{Extractor, Notification, Notifier, Submitter};
 use crate::metrics::Metrics;
 use crate::plan;
+use crate::process::kept::KeptOutcomes;
 use crate::process::{Claimed, Processor};
 use crate::scan::{self, names::TempNameFilter};
 use crate::source::FileSource;
@@ -74,6 +75,12 @@ pub struct Summary {
     pub would_process: usize,
     /// Files that could not be read or recorded.
     pub errors: usize,
+    /// Stable files not started because the coordinator was stopping; the
+    /// next run takes them.
+    pub deferred: usize,
+    /// True when a stop (SIGTERM) cut the run short: files already claimed
+    /// finished, the others (`deferred`) were left untouched.
+    pub cut_short: bool,
     /// One entry per file, with the decision and its reason: every file
     /// processed or in error, and the others up to [`LISTED_FILES`] entries.
     /// Left out of the run list; replaced by `files_pruned: true` once
@@ -120,6 +127,10 @@ impl Summary {
             }
             Decision::WouldProcess => self.would_process += 1,
             Decision::Error => self.errors += 1,
+            Decision::Deferred => {
+                self.deferred += 1;
+                self.cut_short = true;
+            }
         }
         if always || self.files.len() < LISTED_FILES {
             self.files.push(r);
@@ -275,6 +286,10 @@ pub struct Engine {
     pub stop: tokio_util::sync::CancellationToken,
     /// Counters and histograms of this engine, rendered by `GET /metrics`.
     pub metrics: Arc<Metrics>,
+    /// Downstream answers whose write failed, written by a later run or pass.
+    pub kept: Arc<KeptOutcomes>,
+    /// Held while kept outcomes are written.
+    pub kept_writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Engine {
@@ -294,6 +309,8 @@ impl Engine {
             passes_done: tokio::sync::watch::channel(0).0,
             stop: Default::default(),
             metrics: self.metrics.clone(),
+            kept: self.kept.clone(),
+            kept_writer: self.kept_writer.clone(),
         })
     }
 
@@ -310,8 +327,41 @@ impl Engine {
         }
     }
 
-    /// One background pass now: superseded versions, notifications, housekeeping.
+    /// Writes the outcomes kept after a failed write, with the claim they
+    /// were got under; one whose claim was taken over meanwhile stays kept
+    /// until this process's takeover of that version writes it.
+    pub async fn write_kept_outcomes(&self) {
+        // One writer at a time: a run and a background pass may both start one.
+        let _one = self.kept_writer.lock().await;
+        for k in self.kept.all() {
+            let o = k.recorded_later();
+            let written = self
+                .store
+                .set_status(
+                    k.file_id,
+                    k.token,
+                    o.status.clone(),
+                    &o.detail,
+                    o.notification.as_ref(),
+                )
+                .await;
+            match written {
+                Ok(()) => {
+                    tracing::info!(remitter = %k.remitter, file = %k.file_name, status = o.status.as_str(), "kept outcome recorded");
+                    self.metrics.file_recorded(o.status.as_str());
+                    self.kept.written(&k);
+                }
+                Err(e) => {
+                    tracing::warn!(remitter = %k.remitter, file = %k.file_name, error = %e, "kept outcome not recorded yet")
+                }
+            }
+        }
+    }
+
+    /// One background pass now: kept outcomes, superseded versions,
+    /// notifications, housekeeping.
     pub async fn background_pass(&self) -> PassReport {
+        self.write_kept_outcomes().await;
         let report = self.archiver().pass().await;
         if let Some(age) = self.settings.run_detail_retention {
             match self.store.prune_run_details(age).await {
@@ -355,7 +405,11 @@ impl Engine {
                 let message = format!("the run could not be recorded: {e}");
                 tracing::error!(%run_id, error = %message, "run failed");
                 // No outbox without a database: tell IQube directly, once.
-                let payload = run_failed_payload(run_id, &message);
+                let payload = Notification::RunFailed {
+                    run_id,
+                    reason: &message,
+                }
+                .payload();
                 if let Err(e) = self
                     .iqube
                     .notify(&payload, &format!("run_failed:{run_id}"))
@@ -392,7 +446,11 @@ impl Engine {
             }
             Err((failure, message)) => {
                 tracing::error!(%run_id, code = failure.code(), error = %message, "run failed");
-                let payload = run_failed_payload(run_id, &message);
+                let payload = Notification::RunFailed {
+                    run_id,
+                    reason: &message,
+                }
+                .payload();
                 if let Err(e) = self
                     .store
                     .finish_run(
@@ -596,6 +654,8 @@ impl Engine {
 
     async fn perform(&self, run_id: Uuid) -> Result<Summary, (RunFailure, String)> {
         let s = &self.settings;
+        // Before the plan reads the rows: a kept outcome makes its row final.
+        self.write_kept_outcomes().await;
         let (
             plan::Plan {
                 decided: mut d,
@@ -625,6 +685,8 @@ impl Engine {
             read_failure_notify_after: s.read_failure_notify_after,
             lock_lost: Default::default(),
             metrics: self.metrics.clone(),
+            stop: self.stop.clone(),
+            kept: self.kept.clone(),
         };
         // Two stages: a few files are downloaded and claimed ahead, so a
         // file that leaves FOI/ITM is followed at once by one ready to send.
@@ -707,18 +769,6 @@ fn summarize(d: plan::Decided) -> Summary {
         summary.push(r);
     }
     summary
-}
-
-/// The IQube payload of a run that could not be performed.
-pub fn run_failed_payload(run_id: Uuid, reason: &str) -> serde_json::Value {
-    json!({
-        "event": "run_failed",
-        "remitter": null,
-        "file_name": null,
-        "status": "failed",
-        "reason": reason,
-        "run_id": run_id,
-    })
 }
 
 #[cfg(test)]

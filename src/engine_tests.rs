@@ -3,7 +3,7 @@
 use super::*;
 use crate::archive::PassReport;
 use crate::domain::FileStatus;
-use crate::downstream::FoiOutcome;
+use crate::downstream::{DownstreamError, FoiOutcome};
 use crate::process::idempotency_key;
 use crate::store::{Claim, ClaimStore, RunStore};
 use crate::testing::{self, FakeFoi, FakeIqube, FakeItm, MemSource, MemStore, RunRow, md5_hex, t0};
@@ -589,7 +589,11 @@ async fn an_undelivered_notification_is_kept_backed_off_and_delivered_once() {
 #[tokio::test]
 async fn an_itm_failure_is_itm_failed_and_notified() {
     let h = Harness::new();
-    h.itm.set(Err("ITM answered HTTP 500: boom".into()));
+    h.itm.set(Err(DownstreamError::Status {
+        service: "ITM",
+        status: 500,
+        body: "boom".into(),
+    }));
     h.src.put("in/acme/remit.xlsx", b"x", old());
 
     let r = h.run().await;
@@ -903,6 +907,8 @@ fn with_lease(h: &Harness, lease: std::time::Duration) -> Arc<Engine> {
         passes_done: tokio::sync::watch::channel(0).0,
         stop: Default::default(),
         metrics: e.metrics.clone(),
+        kept: Default::default(),
+        kept_writer: Default::default(),
     })
 }
 
@@ -1065,7 +1071,7 @@ async fn a_file_held_open_for_writing_is_not_archived_until_released() {
 #[tokio::test]
 async fn a_retry_requested_file_is_claimed_and_sent_again() {
     let h = Harness::new();
-    h.itm.set(Err("ITM down".into()));
+    h.itm.set(Err(DownstreamError::Connect("ITM down".into())));
     h.src.put("in/acme/remit.csv", b"x", old());
     h.run().await;
     let id = h.only_row().id;
@@ -1140,4 +1146,38 @@ async fn a_dry_run_decides_like_a_run_and_does_nothing() {
     );
     assert_eq!(*h.engine.passes_done.borrow(), 0, "no background pass");
     assert!(h.spool_is_empty());
+}
+
+/// Issue 12, item 2: a delivery still waiting for IQube's answer when the
+/// pass's budget runs out, or when shutdown is requested, is awaited and
+/// recorded; it is never dropped and sent again by the next pass.
+#[tokio::test]
+async fn a_delivery_cut_by_the_budget_or_shutdown_is_awaited_not_sent_again() {
+    for stop in [false, true] {
+        let mut h = Harness::new();
+        Arc::get_mut(&mut h.engine)
+            .expect("the harness holds the only engine")
+            .settings
+            .delivery_budget = Duration::from_millis(50);
+        h.iqube.set_delay(Duration::from_millis(400));
+        h.foi.set(password_failure());
+        h.src.put("in/acme/remit.xlsx", b"x", old());
+
+        h.engine.run("test").await.expect("the run completes");
+        if stop {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while h.iqube.calls().is_empty() {
+                assert!(tokio::time::Instant::now() < deadline, "IQube never called");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            h.engine.stop.cancel();
+        }
+        h.settle().await;
+        let outbox = h.store.notifications();
+        assert_eq!(outbox.len(), 1);
+        assert!(outbox[0].delivered, "stop={stop}: {outbox:?}");
+        h.store.make_notifications_due();
+        h.pass().await;
+        assert_eq!(h.iqube.calls().len(), 1, "stop={stop}: sent once");
+    }
 }

@@ -4,7 +4,9 @@
 //! The engine counts where things happen; the backlog gauges are set from
 //! one query per scrape.
 
-use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Notifier, Submitter};
+use crate::downstream::{
+    DownstreamError, Extractor, FoiOutcome, ItmSubmission, Notifier, Submitter,
+};
 use crate::source::Content;
 use async_trait::async_trait;
 use prometheus_client::encoding::prometheus_text;
@@ -245,7 +247,11 @@ impl<T: Extractor + ?Sized> Extractor for Timed<T> {
 
 #[async_trait]
 impl<T: Submitter + ?Sized> Submitter for Timed<T> {
-    async fn submit(&self, sub: &ItmSubmission, idempotency_key: &str) -> Result<(), String> {
+    async fn submit(
+        &self,
+        sub: &ItmSubmission,
+        idempotency_key: &str,
+    ) -> Result<(), DownstreamError> {
         let start = Instant::now();
         let out = self.inner.submit(sub, idempotency_key).await;
         self.metrics
@@ -256,7 +262,7 @@ impl<T: Submitter + ?Sized> Submitter for Timed<T> {
 
 #[async_trait]
 impl<T: Notifier + ?Sized> Notifier for Timed<T> {
-    async fn notify(&self, payload: &serde_json::Value, key: &str) -> Result<(), String> {
+    async fn notify(&self, payload: &serde_json::Value, key: &str) -> Result<(), DownstreamError> {
         let start = Instant::now();
         let out = self.inner.notify(payload, key).await;
         self.metrics

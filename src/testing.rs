@@ -2,7 +2,9 @@
 //! services, for unit tests of the engine without servers.
 
 use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
-use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Notifier, Submitter};
+use crate::downstream::{
+    DownstreamError, Extractor, FoiOutcome, ItmSubmission, Notifier, Submitter,
+};
 use crate::engine::{Engine, RunSettings};
 use crate::scan::names::TempNameFilter;
 use crate::source::{Content, Entry, Expected, Fetched, FileSource, Moved, SourceError, join};
@@ -1051,7 +1053,7 @@ impl Extractor for FakeFoi {
 #[derive(Debug)]
 pub struct FakeItm {
     calls: Mutex<Vec<(ItmSubmission, String)>>,
-    answer: Mutex<Result<(), String>>,
+    answer: Mutex<Result<(), DownstreamError>>,
 }
 
 impl Default for FakeItm {
@@ -1070,7 +1072,7 @@ impl FakeItm {
     }
 
     /// Sets the answer to every later call.
-    pub fn set(&self, answer: Result<(), String>) {
+    pub fn set(&self, answer: Result<(), DownstreamError>) {
         *lock(&self.answer) = answer;
     }
 
@@ -1082,7 +1084,11 @@ impl FakeItm {
 
 #[async_trait]
 impl Submitter for FakeItm {
-    async fn submit(&self, sub: &ItmSubmission, idempotency_key: &str) -> Result<(), String> {
+    async fn submit(
+        &self,
+        sub: &ItmSubmission,
+        idempotency_key: &str,
+    ) -> Result<(), DownstreamError> {
         lock(&self.calls).push((sub.clone(), idempotency_key.into()));
         lock(&self.answer).clone()
     }
@@ -1104,6 +1110,8 @@ pub struct IqubeCall {
 pub struct FakeIqube {
     calls: Mutex<Vec<IqubeCall>>,
     up: AtomicBool,
+    /// How long each answer takes (the call is seen at once).
+    delay: Mutex<Duration>,
 }
 
 impl Default for FakeIqube {
@@ -1118,7 +1126,13 @@ impl FakeIqube {
         Self {
             calls: Mutex::new(Vec::new()),
             up: AtomicBool::new(true),
+            delay: Mutex::new(Duration::ZERO),
         }
+    }
+
+    /// Makes every later answer take `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        *lock(&self.delay) = delay;
     }
 
     /// Brings IQube up or down.
@@ -1139,17 +1153,23 @@ impl FakeIqube {
 
 #[async_trait]
 impl Notifier for FakeIqube {
-    async fn notify(&self, payload: &Value, key: &str) -> Result<(), String> {
+    async fn notify(&self, payload: &Value, key: &str) -> Result<(), DownstreamError> {
         let accepted = self.up.load(Ordering::SeqCst);
         lock(&self.calls).push(IqubeCall {
             payload: payload.clone(),
             key: key.into(),
             accepted,
         });
+        let delay = *lock(&self.delay);
+        tokio::time::sleep(delay).await;
         if accepted {
             Ok(())
         } else {
-            Err("IQube answered HTTP 503: down".into())
+            Err(DownstreamError::Status {
+                service: "IQube",
+                status: 503,
+                body: "down".into(),
+            })
         }
     }
 }
@@ -1189,5 +1209,7 @@ pub fn engine(
         passes_done: tokio::sync::watch::channel(0).0,
         stop: Default::default(),
         metrics: Default::default(),
+        kept: Default::default(),
+        kept_writer: Default::default(),
     })
 }

@@ -372,12 +372,15 @@ impl Archiver {
         }
     }
 
-    /// Delivers due IQube notifications, a few at once, never longer than
-    /// `delivery_budget` and never after shutdown was requested. Each row
-    /// taken counts an attempt and is backed off before it is sent (so a hung
-    /// or interrupted attempt is not retried at once); undelivered rows stay
+    /// Delivers due IQube notifications, a few at once. Each row taken
+    /// counts an attempt and is backed off before it is sent (so an attempt
+    /// cut short by a crash is not retried at once); undelivered rows stay
     /// queued. Rows never attempted go first, so old failures cannot hold
-    /// back new notifications.
+    /// back new notifications. Once `delivery_budget` has passed or shutdown
+    /// was requested no new request starts, but requests already sent are
+    /// awaited (each is bounded by `IQUBE_TIMEOUT_SECS`): dropping one whose
+    /// answer is on its way would send it again on the next pass, and IQube
+    /// would be told twice.
     pub async fn deliver_notifications(&self, report: &mut PassReport) {
         let deadline = tokio::time::Instant::now() + self.delivery_budget;
         let mut taken = 0;
@@ -398,38 +401,16 @@ impl Archiver {
                 }
             };
             taken += batch.len();
-            let done = std::sync::Mutex::new(std::collections::HashSet::new());
-            let sends = futures::future::join_all(batch.iter().map(|n| {
-                let done = &done;
-                async move {
-                    let result = self.iqube.notify(&n.payload, &n.key).await;
-                    if let Err(e) = &result {
-                        tracing::warn!(key = %n.key, error = %e, "IQube notification not delivered; kept for later");
-                    }
-                    self.record_attempt(n.id, &n.key, result.as_ref().err().map(String::as_str))
-                        .await;
-                    if let Ok(mut d) = done.lock() {
-                        d.insert(n.id);
-                    }
-                    result.is_ok()
+            let sends = futures::future::join_all(batch.iter().map(|n| async move {
+                let result = self.iqube.notify(&n.payload, &n.key).await;
+                if let Err(e) = &result {
+                    tracing::warn!(key = %n.key, error = %e, "IQube notification not delivered; kept for later");
                 }
+                let error = result.as_ref().err().map(ToString::to_string);
+                self.record_attempt(n.id, &n.key, error.as_deref()).await;
+                result.is_ok()
             }));
-            let cut = tokio::select! {
-                results = sends => {
-                    report.notified += results.into_iter().filter(|ok| *ok).count();
-                    None
-                }
-                _ = tokio::time::sleep_until(deadline) => Some("no answer within the background pass's delivery budget"),
-                _ = self.stop.cancelled() => Some("interrupted by shutdown"),
-            };
-            if let Some(why) = cut {
-                let done = done.lock().map(|d| d.clone()).unwrap_or_default();
-                for n in batch.iter().filter(|n| !done.contains(&n.id)) {
-                    tracing::warn!(key = %n.key, why, "IQube notification not delivered; kept for later");
-                    self.record_attempt(n.id, &n.key, Some(why)).await;
-                }
-                break;
-            }
+            report.notified += sends.await.into_iter().filter(|ok| *ok).count();
         }
     }
 

@@ -1,10 +1,11 @@
 //! FOI, the extraction service (CONTRACT §8): multipart upload, bounded
 //! retries on transport failures, and the answer mapping as a pure function.
 
-use super::{Extractor, snippet};
+use super::{DownstreamError, Extractor, should_retry, snippet};
 use crate::domain::FileStatus;
 use crate::source::Content;
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 use std::time::Duration;
@@ -163,17 +164,18 @@ impl FoiClient {
         url: &str,
         file_name: &str,
         content: &Content,
-    ) -> Result<FoiOutcome, String> {
+    ) -> Result<FoiOutcome, DownstreamError> {
+        let local = |what: &str, e: std::io::Error| DownstreamError::Local(format!("{what}: {e}"));
         let (body, len) = match content {
             Content::Memory(bytes) => (reqwest::Body::from(bytes.clone()), bytes.len() as u64),
-            Content::Spooled(local) => {
-                let file = tokio::fs::File::open(local)
+            Content::Spooled(path) => {
+                let file = tokio::fs::File::open(path)
                     .await
-                    .map_err(|e| format!("open spool file: {e}"))?;
+                    .map_err(|e| local("open spool file", e))?;
                 let len = file
                     .metadata()
                     .await
-                    .map_err(|e| format!("stat spool file: {e}"))?
+                    .map_err(|e| local("stat spool file", e))?
                     .len();
                 let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
                 (reqwest::Body::wrap_stream(stream), len)
@@ -182,7 +184,7 @@ impl FoiClient {
         let part = reqwest::multipart::Part::stream_with_length(body, len)
             .file_name(file_name.to_string())
             .mime_str("application/octet-stream")
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DownstreamError::Local(e.to_string()))?;
         let form = reqwest::multipart::Form::new().part("file", part);
         let resp = self
             .http
@@ -190,55 +192,52 @@ impl FoiClient {
             .multipart(form)
             .send()
             .await
-            .map_err(describe)?;
+            .map_err(DownstreamError::from_reqwest)?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(describe)?;
+        let body = resp.bytes().await.map_err(DownstreamError::from_reqwest)?;
         Ok(map_response(status, &body))
     }
-}
 
-/// A transport error in words, with its cause chain (timeout, reset, refused).
-pub fn describe(e: reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "transport error"
-    };
-    let mut msg = format!("{kind}: {e}");
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
+    /// The pauses between attempts: `backoff`, doubling, `retries` of them.
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.backoff)
+            .with_factor(2.0)
+            .with_max_delay(Duration::from_secs(3600))
+            .with_max_times(self.retries as usize)
     }
-    msg
 }
 
 #[async_trait]
 impl Extractor for FoiClient {
+    /// Sends the file, again after a missing answer (timeout, refused or
+    /// reset; [`should_retry`]) up to `retries` times; an answer is mapped
+    /// (CONTRACT §8) and never retried, nor is a local failure.
     async fn extract(&self, remitter: &str, file_name: &str, content: &Content) -> FoiOutcome {
         let url = endpoint(&self.template, remitter);
-        let mut last = String::new();
-        for attempt in 0..=self.retries {
-            if attempt > 0 {
-                tokio::time::sleep(self.backoff * 2u32.pow(attempt - 1)).await;
-            }
-            match self.attempt(&url, file_name, content).await {
-                Ok(outcome) => return outcome,
-                Err(e) => {
-                    tracing::warn!(attempt, error = %e, "FOI call failed");
-                    last = e;
-                }
-            }
-        }
-        fail(
-            FileStatus::ExtractionServiceFailed,
-            format!(
-                "FOI unreachable after {} attempts: {last}",
-                self.retries + 1
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let sent = (|| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.attempt(&url, file_name, content)
+        })
+        .retry(self.backoff())
+        .when(should_retry)
+        .notify(|e, pause| tracing::warn!(error = %e, ?pause, "FOI call failed; trying again"))
+        .await;
+        match sent {
+            Ok(outcome) => outcome,
+            Err(e @ DownstreamError::Local(_)) => fail(
+                FileStatus::ExtractionServiceFailed,
+                format!("the file could not be sent to FOI: {e}"),
             ),
-        )
+            Err(e) => fail(
+                FileStatus::ExtractionServiceFailed,
+                format!(
+                    "FOI unreachable after {} attempts: {e}",
+                    attempts.load(std::sync::atomic::Ordering::Relaxed)
+                ),
+            ),
+        }
     }
 }
 

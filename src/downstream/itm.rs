@@ -1,6 +1,6 @@
 //! ITM, where extraction results go (CONTRACT §8).
 
-use super::{ItmSubmission, Submitter, foi::describe, snippet};
+use super::{DownstreamError, ItmSubmission, Submitter, snippet};
 use async_trait::async_trait;
 
 /// HTTP client for ITM.
@@ -17,21 +17,33 @@ impl ItmClient {
 }
 
 /// Success is a 2xx JSON object whose `status` is `success`, case-insensitively.
-pub fn accepted(status: u16, body: &[u8]) -> Result<(), String> {
+pub fn accepted(status: u16, body: &[u8]) -> Result<(), DownstreamError> {
     if !(200..300).contains(&status) {
-        return Err(format!("ITM answered HTTP {status}: {}", snippet(body)));
+        return Err(DownstreamError::Status {
+            service: "ITM",
+            status,
+            body: snippet(body),
+        });
     }
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| format!("ITM answer is not JSON: {e}: {}", snippet(body)))?;
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        DownstreamError::Body(format!("ITM answer is not JSON: {e}: {}", snippet(body)))
+    })?;
     match v.get("status").and_then(|s| s.as_str()) {
         Some(s) if s.eq_ignore_ascii_case("success") => Ok(()),
-        _ => Err(format!("ITM did not accept: {}", snippet(body))),
+        _ => Err(DownstreamError::Body(format!(
+            "ITM did not accept: {}",
+            snippet(body)
+        ))),
     }
 }
 
 #[async_trait]
 impl Submitter for ItmClient {
-    async fn submit(&self, sub: &ItmSubmission, idempotency_key: &str) -> Result<(), String> {
+    async fn submit(
+        &self,
+        sub: &ItmSubmission,
+        idempotency_key: &str,
+    ) -> Result<(), DownstreamError> {
         let resp = self
             .http
             .post(&self.url)
@@ -39,9 +51,9 @@ impl Submitter for ItmClient {
             .json(sub)
             .send()
             .await
-            .map_err(describe)?;
+            .map_err(DownstreamError::from_reqwest)?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(describe)?;
+        let body = resp.bytes().await.map_err(DownstreamError::from_reqwest)?;
         accepted(status, &body)
     }
 }

@@ -188,7 +188,7 @@ impl Decided {
     /// versions are archived — unless it turned out unstable after all, when
     /// the group waits whole.
     pub fn after_processing(&mut self, g: &Group, report: &FileReport) {
-        if report.decision == Decision::Unstable {
+        if matches!(report.decision, Decision::Unstable | Decision::Deferred) {
             for old in &g.superseded {
                 self.reports.push(FileReport::new(
                     old,

@@ -2,12 +2,16 @@
 //! 1 MiB, else streamed to a spool file), claim in Postgres, extract with FOI, submit to ITM, record the
 //! outcome and queue the IQube notification of a failure.
 
+pub mod kept;
+
 use crate::domain::{Decision, FileStatus};
-use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Submitter};
+use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Notification, Submitter};
 use crate::plan::Unstable;
 use crate::scan::Candidate;
 use crate::source::{Content, FileSource, SourceError};
 use crate::store::{Claim, Store, StoreError};
+use backon::{ExponentialBuilder, Retryable};
+use kept::{KeptOutcome, KeptOutcomes, Outcome};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -25,24 +29,6 @@ pub fn idempotency_key(remitter: &str, file_name: &str, md5: &str) -> String {
         h.update([0u8]);
     }
     format!("coordinator-{}", hex::encode(&h.finalize()[..16]))
-}
-
-/// The IQube payload of a failed file.
-pub fn file_failed_payload(
-    run_id: Uuid,
-    remitter: &str,
-    file_name: &str,
-    status: &FileStatus,
-    reason: &str,
-) -> serde_json::Value {
-    json!({
-        "event": "file_failed",
-        "remitter": remitter,
-        "file_name": file_name,
-        "status": status.as_str(),
-        "reason": reason,
-        "run_id": run_id,
-    })
 }
 
 /// A file after [`Processor::claim`].
@@ -87,25 +73,18 @@ pub struct Processor {
     pub lock_lost: AtomicBool,
     /// Where the bytes read are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Cancelled on shutdown: no file is claimed after it; files already
+    /// claimed go on to their outcome.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// Outcomes whose write failed, shared by the runs of this process.
+    pub kept: Arc<KeptOutcomes>,
 }
 
-/// The IQube payload of a file that keeps failing to be read.
-pub fn read_failed_payload(
-    run_id: Uuid,
-    remitter: &str,
-    file_name: &str,
-    failures: u32,
-    reason: &str,
-) -> serde_json::Value {
-    json!({
-        "event": "file_failed",
-        "remitter": remitter,
-        "file_name": file_name,
-        "status": "read_failed",
-        "reason": format!("could not be read {failures} times; last: {reason}"),
-        "run_id": run_id,
-    })
-}
+/// Pauses between attempts at writing an outcome: 100 ms doubling up to 5 s.
+const OUTCOME_WRITE_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(std::time::Duration::from_millis(100))
+    .with_factor(2.0)
+    .with_max_delay(std::time::Duration::from_secs(5));
 
 /// Deletes the spool file however processing ends (a killed process leaves
 /// it behind; [`sweep_stale_spools`] removes those).
@@ -163,7 +142,14 @@ impl Processor {
     async fn read_failed(&self, run_id: Uuid, c: &Candidate, error: &str) -> FileReport {
         tracing::warn!(error, "download failed; nothing sent");
         let n = self.read_failure_notify_after;
-        let payload = read_failed_payload(run_id, &c.remitter, &c.entry.name, n, error);
+        let payload = Notification::ReadFailed {
+            run_id,
+            remitter: &c.remitter,
+            file_name: &c.entry.name,
+            failures: n,
+            reason: error,
+        }
+        .payload();
         let counted = self
             .store
             .record_read_failure(
@@ -191,6 +177,9 @@ impl Processor {
     /// next files while earlier ones are with FOI and ITM.
     #[tracing::instrument(name = "process", skip_all, fields(remitter = %c.remitter, file = %c.entry.name))]
     pub async fn claim(&self, run_id: Uuid, c: &Candidate, base_name: &str) -> Claimed {
+        if self.stop.is_cancelled() {
+            return Claimed::Done(deferred(c));
+        }
         if self.lock_lost.load(Ordering::Relaxed) {
             return Claimed::Done(FileReport::new(
                 c,
@@ -240,6 +229,10 @@ impl Processor {
                 Decision::Unstable,
                 Some(Unstable::ChangedDuringRead.to_string()),
             ));
+        }
+        // A download that was under way when the stop came is dropped, unclaimed.
+        if self.stop.is_cancelled() {
+            return Claimed::Done(deferred(c));
         }
         let claim = self
             .store
@@ -296,7 +289,9 @@ impl Processor {
     }
 
     /// The second half: FOI, then ITM, and the outcome recorded (with the
-    /// IQube notification of a failure) by the holder of the claim.
+    /// IQube notification of a failure) by the holder of the claim. A
+    /// version whose earlier outcome was kept (its write failed) is not sent
+    /// again: the kept outcome is written.
     #[tracing::instrument(name = "process", skip_all, fields(remitter = %c.remitter, file = %c.entry.name))]
     pub async fn send(&self, run_id: Uuid, c: &Candidate, file: ClaimedFile) -> FileReport {
         let ClaimedFile {
@@ -306,109 +301,213 @@ impl Processor {
             fetched,
             ..
         } = file;
-        let downstream = self.downstream(c, &fetched.md5, &fetched.content);
-        let (status, detail, failure) = self.renewing(file_id, token, claimed_at, downstream).await;
-        let notification = failure
-            .as_deref()
-            .map(|reason| file_failed_payload(run_id, &c.remitter, &c.entry.name, &status, reason));
-        if let Err(e) = self
-            .store
-            .set_status(
-                file_id,
-                token,
-                status.clone(),
-                &detail,
-                notification.as_ref(),
-            )
-            .await
-        {
-            tracing::error!(error = %e, status = status.as_str(), "could not record the outcome");
-            return FileReport::new(
-                c,
-                Decision::Error,
-                Some(format!("outcome {} not recorded: {e}", status.as_str())),
-            )
-            .with_status(FileStatus::Processing);
-        }
-        tracing::info!(status = status.as_str(), "processed");
-        FileReport {
+        let (outcome, renewed_at) = match self.kept.take(&c.remitter, &c.entry.name, &fetched.md5) {
+            Some(kept) => {
+                tracing::info!(
+                    file_id,
+                    "downstream answered an earlier claim of this version; writing that answer"
+                );
+                (kept.recorded_later(), claimed_at)
+            }
+            None => {
+                let downstream = self.downstream(run_id, c, &fetched.md5, &fetched.content);
+                self.renewing(file_id, token, claimed_at, downstream).await
+            }
+        };
+        let kept = KeptOutcome {
             remitter: c.remitter.clone(),
             file_name: c.entry.name.clone(),
-            decision: Decision::Processed,
-            status: Some(status.clone()),
-            reason: failure,
-        }
+            md5: fetched.md5.clone(),
+            file_id,
+            token,
+            outcome,
+        };
+        // While the claim is ours: its lease runs from its last renewal.
+        self.record(c, kept, renewed_at + self.claim_lease).await
     }
 
-    /// FOI, then ITM on success: the status, the event detail and the
-    /// failure reason (for IQube) of one claimed file.
-    async fn downstream(
+    /// Writes an outcome, again after a transient database error (with
+    /// backoff) until `deadline`, when the claim's lease would let another
+    /// run take it over. An outcome that still cannot be written is kept,
+    /// so FOI and ITM are never called again for it.
+    async fn record(
         &self,
         c: &Candidate,
-        md5: &str,
-        content: &Content,
-    ) -> (FileStatus, serde_json::Value, Option<String>) {
-        match self.foi.extract(&c.remitter, &c.entry.name, content).await {
-            FoiOutcome::Failure { status, reason } => (
-                status,
-                json!({"step": "foi", "reason": reason}),
-                Some(reason),
-            ),
-            FoiOutcome::Success(result) => {
-                let sub = ItmSubmission {
+        kept: KeptOutcome,
+        deadline: tokio::time::Instant,
+    ) -> FileReport {
+        let o = &kept.outcome;
+        let write = || {
+            self.store.set_status(
+                kept.file_id,
+                kept.token,
+                o.status.clone(),
+                &o.detail,
+                o.notification.as_ref(),
+            )
+        };
+        let written = write
+            .retry(OUTCOME_WRITE_BACKOFF.without_max_times())
+            .when(|e: &StoreError| e.is_transient() && tokio::time::Instant::now() < deadline)
+            .notify(|e, pause| {
+                tracing::warn!(error = %e, ?pause, status = o.status.as_str(), "outcome not recorded yet; trying again")
+            })
+            .await;
+        let status = o.status.clone();
+        match written {
+            Ok(()) => {
+                tracing::info!(status = status.as_str(), "processed");
+                FileReport {
                     remitter: c.remitter.clone(),
                     file_name: c.entry.name.clone(),
-                    md5: md5.to_string(),
-                    result,
-                };
-                let key = idempotency_key(&c.remitter, &c.entry.name, md5);
-                match self.itm.submit(&sub, &key).await {
-                    Ok(()) => (
-                        FileStatus::Success,
-                        json!({"step": "itm", "idempotency_key": key}),
-                        None,
-                    ),
-                    Err(reason) => (
-                        FileStatus::ItmFailed,
-                        json!({"step": "itm", "idempotency_key": key, "reason": reason}),
-                        Some(reason),
-                    ),
+                    decision: Decision::Processed,
+                    status: Some(status),
+                    reason: kept.outcome.failure,
                 }
+            }
+            Err(e @ StoreError::ClaimLost(_)) => {
+                tracing::warn!(error = %e, status = status.as_str(), "the claim was taken over; this outcome is dropped");
+                FileReport::new(
+                    c,
+                    Decision::Error,
+                    Some(format!("outcome {} not recorded: {e}", status.as_str())),
+                )
+                .with_status(FileStatus::Processing)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, status = status.as_str(), "could not record the outcome; kept for a later write");
+                self.kept.keep(kept);
+                FileReport::new(
+                    c,
+                    Decision::Error,
+                    Some(format!(
+                        "outcome {} not recorded: {e}; kept, and written by a later run \
+                         without calling FOI or ITM again",
+                        status.as_str()
+                    )),
+                )
+                .with_status(FileStatus::Processing)
             }
         }
     }
 
+    /// FOI, then ITM on success: the outcome of one claimed file.
+    async fn downstream(
+        &self,
+        run_id: Uuid,
+        c: &Candidate,
+        md5: &str,
+        content: &Content,
+    ) -> Outcome {
+        let (status, detail, failure) =
+            match self.foi.extract(&c.remitter, &c.entry.name, content).await {
+                FoiOutcome::Failure { status, reason } => (
+                    status,
+                    json!({"step": "foi", "reason": reason}),
+                    Some(reason),
+                ),
+                FoiOutcome::Success(result) => {
+                    let sub = ItmSubmission {
+                        remitter: c.remitter.clone(),
+                        file_name: c.entry.name.clone(),
+                        md5: md5.to_string(),
+                        result,
+                    };
+                    let key = idempotency_key(&c.remitter, &c.entry.name, md5);
+                    match self.itm.submit(&sub, &key).await {
+                        Ok(()) => (
+                            FileStatus::Success,
+                            json!({"step": "itm", "idempotency_key": key}),
+                            None,
+                        ),
+                        Err(e) => (
+                            FileStatus::ItmFailed,
+                            json!({"step": "itm", "idempotency_key": key, "reason": e.to_string()}),
+                            Some(e.to_string()),
+                        ),
+                    }
+                }
+            };
+        let notification = failure.as_deref().map(|reason| {
+            Notification::FileFailed {
+                run_id,
+                remitter: &c.remitter,
+                file_name: &c.entry.name,
+                status: &status,
+                reason,
+            }
+            .payload()
+        });
+        Outcome {
+            status,
+            detail,
+            failure,
+            notification,
+        }
+    }
+
     /// Awaits `work` while renewing the claim every third of its lease, so a
-    /// slow but live file is never taken over by another run.
+    /// slow but live file is never taken over by another run. Returns the
+    /// result and when the claim was last made or renewed.
     async fn renewing<T>(
         &self,
         file_id: i64,
         token: Uuid,
         claimed_at: tokio::time::Instant,
         work: impl Future<Output = T>,
-    ) -> T {
+    ) -> (T, tokio::time::Instant) {
         // Due a period after the claim: at once for a file that waited that
         // long for its slot.
         let period = renewal_period(self.claim_lease);
         let mut tick = tokio::time::interval_at(claimed_at + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                out = &mut work => return out,
-                _ = tick.tick() => match self.store.renew_claim(file_id, token).await {
-                    Ok(true) => tracing::debug!(file_id, "claim renewed"),
-                    Ok(false) => tracing::warn!(file_id, "the claim was taken over while in flight"),
+        let renewed_at = std::sync::Mutex::new(claimed_at);
+        // The renewals run beside the work, never instead of it: a renewal
+        // that waits on the database (a pool timeout, a restart) must not
+        // stop the downstream call from being polled, or its answer would
+        // wait unread until the call timed out.
+        let renewals = async {
+            loop {
+                tick.tick().await;
+                match self.store.renew_claim(file_id, token).await {
+                    Ok(true) => {
+                        if let Ok(mut at) = renewed_at.lock() {
+                            *at = tokio::time::Instant::now();
+                        }
+                        tracing::debug!(file_id, "claim renewed");
+                    }
+                    Ok(false) => {
+                        tracing::warn!(file_id, "the claim was taken over while in flight");
+                        break;
+                    }
                     Err(e) => tracing::warn!(file_id, error = %e, "could not renew the claim"),
-                },
+                }
             }
-        }
+        };
+        tokio::pin!(work, renewals);
+        let out = tokio::select! {
+            out = &mut work => out,
+            // Taken over: nothing left to renew, the work goes on alone.
+            () = &mut renewals => work.await,
+        };
+        let at = renewed_at.lock().map(|at| *at).unwrap_or(claimed_at);
+        (out, at)
     }
 }
 
 /// How often a claim in flight is renewed: a third of its lease.
 fn renewal_period(lease: std::time::Duration) -> std::time::Duration {
     (lease / 3).max(std::time::Duration::from_millis(100))
+}
+
+/// The report of a file left for the next run because of a stop.
+fn deferred(c: &Candidate) -> FileReport {
+    tracing::info!("stopping: not claimed; left for the next run");
+    FileReport::new(
+        c,
+        Decision::Deferred,
+        Some("not started: the coordinator was stopping; the next run takes it".into()),
+    )
 }
 
 fn lock_lost_reason() -> String {

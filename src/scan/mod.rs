@@ -35,13 +35,14 @@ pub struct ScanResult {
     pub ignored: Vec<(String, String)>,
     /// Remitter folders that were listed.
     pub remitters: usize,
-    /// Remitter folders that could not be listed (denied, or gone), with why.
+    /// Remitter folders that could not be listed, with why.
     pub folder_errors: Vec<(String, String)>,
 }
 
-/// Lists every remitter folder of `source_dir`, several at once. A remitter folder that is
-/// denied or gone is reported in `folder_errors` and the others go on; any
-/// other failure (the share itself) fails the scan.
+/// Lists every remitter folder of `source_dir`, several at once. A remitter
+/// folder that cannot be listed (denied, gone, timed out, an I/O error) is
+/// reported in `folder_errors` and the others go on (CONTRACT §1.1); only a
+/// failure to list `source_dir` itself (the share) fails the scan.
 pub async fn scan(
     source: &dyn FileSource,
     source_dir: &str,
@@ -71,12 +72,11 @@ pub async fn scan(
     while let Some((remitter, listing)) = listings.next().await {
         let mut entries = match listing {
             Ok(entries) => entries,
-            Err(e @ (SourceError::PermissionDenied(_) | SourceError::NotFound(_))) => {
+            Err(e) => {
                 tracing::warn!(remitter = %remitter, error = %e, "remitter folder could not be listed");
                 out.folder_errors.push((remitter, e.to_string()));
                 continue;
             }
-            Err(e) => return Err(e),
         };
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         for entry in entries.into_iter().filter(|e| !e.is_dir) {

@@ -60,6 +60,35 @@ pub enum StoreError {
     RunLockLost,
 }
 
+impl StoreError {
+    /// True when the same write may succeed if tried again shortly: the
+    /// database could not be reached or dropped the connection (restart,
+    /// failover, pool exhausted). A refused claim or a rejected statement is
+    /// final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Query { source, .. } => match source {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed => true,
+                // Class 08 (connection exception), 57P01-57P03 (shutdown,
+                // crash, not accepting connections yet), 40001/40P01
+                // (serialization failure, deadlock).
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                    c.starts_with("08")
+                        || matches!(&*c, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+                }),
+                _ => false,
+            },
+            Self::Unavailable(_) => true,
+            Self::Migrate(_) | Self::ClaimLost(_) | Self::RunLockLost => false,
+        }
+    }
+}
+
 /// A stored version seen again by a scan.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KnownVersion {

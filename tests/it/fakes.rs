@@ -62,6 +62,9 @@ pub enum IqubeBehavior {
     Hang,
     /// 422 for every `Idempotency-Key` starting with this, 200 for the others.
     RejectKeysStartingWith(String),
+    /// Takes the notification at once (it counts as received) and answers
+    /// 200 after this long.
+    Slow(Duration),
 }
 
 /// One upload FOI received.
@@ -318,7 +321,7 @@ async fn iqube(State(f): State<Fakes>, headers: HeaderMap, Json(body): Json<Valu
         let mut inner = f.inner.lock().unwrap();
         inner.iqube_attempts += 1;
         let accept = match &behavior {
-            IqubeBehavior::Ok => true,
+            IqubeBehavior::Ok | IqubeBehavior::Slow(_) => true,
             IqubeBehavior::Down | IqubeBehavior::Hang => false,
             IqubeBehavior::RejectKeysStartingWith(p) => {
                 !key.as_deref().unwrap_or_default().starts_with(p.as_str())
@@ -333,6 +336,10 @@ async fn iqube(State(f): State<Fakes>, headers: HeaderMap, Json(body): Json<Valu
         accept
     };
     match behavior {
+        IqubeBehavior::Slow(d) => {
+            tokio::time::sleep(d).await;
+            Json(json!({"ok": true})).into_response()
+        }
         _ if accept => Json(json!({"ok": true})).into_response(),
         IqubeBehavior::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;

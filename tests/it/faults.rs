@@ -288,6 +288,90 @@ async fn an_unreadable_remitter_folder_does_not_stop_the_others() {
     app.finish().await;
 }
 
+/// Issue 12 item 8: a remitter folder whose listing times out (any error
+/// but denied or gone) is that folder's error, not the run's: the other
+/// folders go through (CONTRACT §1.1), and the folder's files are processed
+/// by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_listing_that_times_out_is_that_folders_error() {
+    let app = spawn_app(Opts::default()).await;
+    app.put("slow", "a.csv", b"a").await;
+    app.put("fine", "b.csv", b"b").await;
+    let slow = format!("{}/slow", app.source_dir);
+    let share = crate::gate::FailingList::new(app.server.engine.source.clone(), &slow, 1);
+    let engine = app.server.engine.over(share);
+
+    let report = engine.run("test").await.expect("the run completes");
+    let s = serde_json::to_value(&report.summary).unwrap();
+    assert_eq!(s["errors"], 1, "{s}");
+    assert_eq!(s["folder_errors"][0]["remitter"], "slow", "{s}");
+    assert!(
+        s["folder_errors"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{s}"
+    );
+    assert_eq!(app.fakes.foi_names(), ["b.csv"]);
+
+    let report = engine.run("test").await.expect("the next run completes");
+    assert_eq!(report.summary.processed, 1, "{:?}", report.summary);
+    assert_eq!(app.fakes.foi_names(), ["b.csv", "a.csv"]);
+    app.finish().await;
+}
+
+/// Issue 12 item 8: a FOI URL with credentials and a query string that
+/// cannot be reached: the failure is recorded and told to IQube, and neither
+/// the event's detail, nor IQube's reason, nor the coordinator's log carries
+/// the URL's secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_error_never_carries_the_urls_secrets() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (user_pw, query) = ("pw-in-url-7f3a", "query-secret-9c1b");
+    let mut app = spawn_app(Opts {
+        foi_url: Some(format!(
+            "http://foi:{user_pw}@127.0.0.1:{closed}/extract/{{remitter}}?key={query}"
+        )),
+        ..Opts::default()
+    })
+    .await;
+    app.put("acme", "remit.csv", b"remittance").await;
+    let body = app.run_ok().await;
+    let row = &app.files().await[0];
+    assert_eq!(row.status, "extraction_service_failed", "{body}");
+    let detail: serde_json::Value = sqlx::query_scalar(
+        "SELECT detail FROM file_events WHERE file_id = $1 AND status = 'extraction_service_failed'",
+    )
+    .bind(row.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    app.eventually(30, "IQube told", || async {
+        !app.fakes.iqube_calls().is_empty()
+    })
+    .await;
+    let reason = app.fakes.iqube_calls()[0].body["reason"].to_string();
+    assert!(reason.contains("connection failed"), "{reason}");
+    let log = std::env::var("IT_LOG_DIR")
+        .ok()
+        .map(|d| {
+            std::fs::read_to_string(format!("{d}/it-{}.log", std::process::id()))
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    for text in [detail.to_string(), reason, body.to_string(), log] {
+        assert!(
+            !text.contains(user_pw) && !text.contains(query),
+            "a URL secret leaked: {text}"
+        );
+    }
+    app.finish().await;
+}
+
 /// A remitter folder with 10,000 files (IT_MANY_FILES to change it): one scan,
 /// every file processed once and archived, and a second run that sends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

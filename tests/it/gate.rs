@@ -109,3 +109,61 @@ impl FileSource for Gate {
         self.inner.server_now(scratch_dir).await
     }
 }
+
+/// A share whose listings of one folder fail as a timeout would (the first
+/// `times` of them), so a fault that is rare on a healthy server is a
+/// deterministic test; every other call goes to the real share.
+pub struct FailingList {
+    inner: Arc<dyn FileSource>,
+    path: String,
+    times: AtomicUsize,
+}
+
+impl FailingList {
+    /// Fails the next `times` listings of `path`.
+    pub fn new(inner: Arc<dyn FileSource>, path: &str, times: usize) -> Arc<FailingList> {
+        Arc::new(FailingList {
+            inner,
+            path: path.to_string(),
+            times: AtomicUsize::new(times),
+        })
+    }
+}
+
+#[async_trait]
+impl FileSource for FailingList {
+    async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError> {
+        let fail = dir == self.path
+            && self
+                .times
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if fail {
+            return Err(SourceError::Timeout {
+                op: format!("list {dir}"),
+                secs: 30,
+            });
+        }
+        self.inner.list(dir).await
+    }
+    async fn stat(&self, path: &str) -> Result<Entry, SourceError> {
+        self.inner.stat(path).await
+    }
+    async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
+        self.inner.fetch(path, dest).await
+    }
+    async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError> {
+        self.inner.mkdir_all(dir).await
+    }
+    async fn move_file(
+        &self,
+        from: &str,
+        to: &str,
+        expected: &Expected,
+    ) -> Result<Moved, SourceError> {
+        self.inner.move_file(from, to, expected).await
+    }
+    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
+        self.inner.server_now(scratch_dir).await
+    }
+}

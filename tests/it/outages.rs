@@ -121,6 +121,42 @@ impl PrivateServers {
     pub(crate) fn restart_postgres(&self) {
         restart_postgres(&self.vars["IT_PG_BIN"], &self.vars["IT_PG_DATA"]);
     }
+
+    /// `pg_ctl stop` of the private cluster: it stays down until [`Self::start_postgres`].
+    fn stop_postgres(&self) {
+        self.pg_ctl(&["stop", "-m", "fast", "-w"]);
+    }
+
+    /// Starts the private cluster again on its port.
+    fn start_postgres(&self) {
+        let url = reqwest::Url::parse(&self.vars["DATABASE_URL"]).unwrap();
+        let port = url.port().unwrap().to_string();
+        // Inside the data folder: the state folder is not writable by postgres.
+        let log = format!("{}/started-again.log", self.vars["IT_PG_DATA"]);
+        self.pg_ctl(&[
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            &log,
+            "-o",
+            &format!("-p {port}"),
+        ]);
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let status = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{}/pg_ctl", self.vars["IT_PG_BIN"]))
+            .args(["-D", &self.vars["IT_PG_DATA"]])
+            .args(args)
+            .current_dir("/")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {args:?} failed");
+    }
 }
 
 impl PrivateServers {
@@ -206,9 +242,9 @@ async fn share_down_then_back() {
     app.finish().await;
 }
 
-/// Postgres restarts while ITM holds a file: the run answers (completed or
-/// failed), and runs after it drive the file to `success` with the same
-/// Idempotency-Key; no row is left `processing`.
+/// Postgres restarts while ITM holds a file: the outcome write is retried
+/// until Postgres is back (issue 12 item 4), so the file reaches `success`
+/// with exactly one FOI and one ITM call; no row is left `processing`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_run_is_recovered() {
     let servers = PrivateServers::start(true);
@@ -253,19 +289,73 @@ async fn postgres_restart_mid_run_is_recovered() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let keys: Vec<Option<String>> = app
-        .fakes
-        .itm_calls()
-        .into_iter()
-        .map(|c| c.idempotency_key)
-        .collect();
-    assert!(keys.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
+    assert_eq!(app.fakes.itm_calls().len(), 1, "ITM is called once");
+    assert_eq!(app.fakes.foi_calls().len(), 1, "FOI is called once");
     let processing: i64 =
         sqlx::query_scalar("SELECT count(*) FROM files WHERE status = 'processing'")
             .fetch_one(&app.db)
             .await
             .unwrap();
     assert_eq!(processing, 0);
+    servers.restart_postgres();
+    app.finish().await;
+}
+
+/// Issue 12 item 4: Postgres goes down while ITM holds a file and stays
+/// down past the claim's lease, so the outcome cannot be written by its run:
+/// the answer is kept, and once Postgres is back the next run writes it
+/// without calling FOI or ITM again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_kept_through_an_outage_is_written_without_a_second_call() {
+    let servers = PrivateServers::start(true);
+    let app = servers
+        .app(Opts {
+            foi_timeout_secs: 1.0,
+            itm_timeout_secs: 3.0,
+            claim_lease_secs: 5.0,
+            ..Opts::default()
+        })
+        .await;
+    app.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(2)));
+    app.put("acme", "remit.csv", b"remittance").await;
+
+    let run = app.trigger_until_itm_called().await;
+    tokio::task::block_in_place(|| servers.stop_postgres());
+    let resp = run.await.unwrap().expect("the run request is answered");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let files = body["summary"]["files"].to_string();
+    assert!(files.contains("kept"), "{body}");
+    tokio::task::block_in_place(|| servers.start_postgres());
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = app.trigger().await;
+        let rows = if code == 200 {
+            app.files().await
+        } else {
+            Vec::new()
+        };
+        if rows.len() == 1 && rows[0].status == "success" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the kept outcome was never written: {code} {body} {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(app.fakes.itm_calls().len(), 1, "ITM is not called again");
+    assert_eq!(app.fakes.foi_calls().len(), 1, "FOI is not called again");
+    let id = app.files().await[0].id;
+    let events: Vec<(String, serde_json::Value)> =
+        sqlx::query_as("SELECT status, detail FROM file_events WHERE file_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(events[0].0, "processing");
+    assert_eq!(events[1].0, "success", "{events:?}");
+    assert!(events[1].1["recorded_later"].is_string(), "{events:?}");
     servers.restart_postgres();
     app.finish().await;
 }

@@ -112,3 +112,43 @@ async fn a_rejected_notification_backs_off_and_is_delivered_once() {
     assert_eq!(app.count("runs").await, 1, "no other run was triggered");
     app.finish().await;
 }
+
+/// Issue 12 item 2: shutdown comes while IQube is still answering slowly:
+/// the request in flight is awaited and recorded delivered, so the next
+/// process does not send it again (IQube is told once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_in_flight_at_shutdown_is_awaited_and_not_sent_again() {
+    let mut app = spawn_app(Opts::default()).await;
+    app.fakes
+        .set_iqube(IqubeBehavior::Slow(Duration::from_secs(2)));
+    app.fakes
+        .set_foi(FoiBehavior::Raw(422, "no template".into()));
+    app.put(REMITTER, "remit.csv", b"remittance").await;
+    let (status, body) = app.trigger().await;
+    assert_eq!(status, 200, "{body}");
+    app.eventually(30, "IQube received the notification", || async {
+        app.fakes.iqube_attempts() == 1
+    })
+    .await;
+    app.server.shutdown.cancel();
+    app.wait_background().await;
+    let (attempts, delivered): (i32, bool) =
+        sqlx::query_as("SELECT attempts, delivered_at IS NOT NULL FROM notifications")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((attempts, delivered), (1, true), "awaited, not dropped");
+
+    // A new process over the same database: nothing left to send.
+    app.fakes.set_iqube(IqubeBehavior::Ok);
+    sqlx::query("UPDATE notifications SET next_attempt_at = now()")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let other = app.start_another().await;
+    other.engine.background_pass().await;
+    assert_eq!(app.fakes.iqube_attempts(), 1, "IQube was told once");
+    other.shutdown.cancel();
+    let _ = other.done.await;
+    app.finish().await;
+}
