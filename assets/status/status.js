@@ -135,35 +135,107 @@ async function refresh() {
 
 let pending = null;
 
+const WHAT = {
+  retry: {
+    title: "Retry this file",
+    what: "The next run sends it to FOI and ITM again.",
+    confirm: "Retry",
+  },
+  resolve: {
+    title: "Resolve this file",
+    what: "Records your verdict instead of sending it; the next background pass archives it.",
+    confirm: "Resolve",
+  },
+};
+
+// The verdict word the operator typed, without an `ops_` typed before it.
+function verdictWord() {
+  const word = $("#act-status").value.trim();
+  return word.startsWith("ops_") ? word.slice(4) : word;
+}
+
+// What is wrong with the dialog's fields, in words, with the field to fix;
+// null when it can be sent.
+function problem(mode) {
+  if (mode === "resolve") {
+    const word = verdictWord();
+    if (!word) {
+      return { field: "#act-status", message: "Type a verdict word, for example resent_by_hand." };
+    }
+    if (!/^[a-z0-9_]{1,40}$/.test(word)) {
+      return {
+        field: "#act-status",
+        message: "The verdict \u201c" + word + "\u201d cannot be used: write it with lowercase letters, digits and _ only (at most 40), for example resent_by_hand.",
+      };
+    }
+  }
+  if (!$("#act-reason").value.trim()) {
+    return { field: "#act-reason", message: "Type a reason: it is kept in the file's history." };
+  }
+  return null;
+}
+
+function dialogError(message, field) {
+  const p = $("#act-error");
+  p.textContent = message || "";
+  p.hidden = !message;
+  for (const f of ["#act-status", "#act-reason"]) {
+    if (f === field) $(f).setAttribute("aria-invalid", "true");
+    else $(f).removeAttribute("aria-invalid");
+  }
+  if (field) $(field).focus();
+}
+
 function openAction(mode, file) {
   pending = { mode, file };
-  $("#act-title").textContent = mode === "retry" ? "Retry this file" : "Resolve this file";
+  const what = WHAT[mode];
+  $("#act-title").textContent = what.title;
   $("#act-file").textContent = file.remitter + " / " + file.file_name + " (" + file.status + ")";
-  $("#act-status-label").hidden = mode !== "resolve";
-  $("#act-status").required = mode === "resolve";
+  $("#act-what").textContent = what.what;
+  $("#act-confirm").textContent = what.confirm;
+  $("#act-verdict").hidden = mode !== "resolve";
+  $("#act-status").disabled = mode !== "resolve";
   $("#act-status").value = "";
   $("#act-reason").value = "";
+  dialogError("");
+  $("#act-confirm").disabled = false;
   $("#act").showModal();
+  (mode === "resolve" ? $("#act-status") : $("#act-reason")).focus();
 }
 
 async function confirmAction(event) {
   event.preventDefault();
   if (!pending) return;
   const { mode, file } = pending;
-  const reason = $("#act-reason").value.trim();
-  const body = mode === "retry"
-    ? { reason }
-    : { status: "ops_" + $("#act-status").value.trim(), reason };
-  const { status, body: answer } = await call(API + "/files/" + file.id + "/" + mode, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  $("#act").close();
-  pending = null;
-  if (status !== 200) {
-    showError(mode + " refused (" + status + "): " + (answer && answer.message ? answer.message : JSON.stringify(answer)));
+  const wrong = problem(mode);
+  if (wrong) {
+    dialogError(wrong.message, wrong.field);
+    return;
   }
+  const reason = $("#act-reason").value.trim();
+  const body = mode === "retry" ? { reason } : { status: "ops_" + verdictWord(), reason };
+  $("#act-confirm").disabled = true;
+  let status;
+  let answer;
+  try {
+    ({ status, body: answer } = await call(API + "/files/" + file.id + "/" + mode, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    }));
+  } catch (e) {
+    status = 0;
+    answer = { message: "the coordinator could not be reached (" + e + ")" };
+  }
+  $("#act-confirm").disabled = false;
+  if (status !== 200) {
+    // Stays open with the coordinator's own words, so nothing typed is lost.
+    const why = answer && answer.message ? answer.message : JSON.stringify(answer);
+    dialogError(WHAT[mode].confirm + " was refused" + (status ? " (" + status + ")" : "") + ": " + why);
+    return;
+  }
+  pending = null;
+  $("#act").close();
   await refresh();
 }
 
@@ -180,7 +252,11 @@ $("#forget-token").addEventListener("click", () => {
   refresh();
 });
 $("#act-form").addEventListener("submit", confirmAction);
-$("#act-cancel").addEventListener("click", () => { pending = null; $("#act").close(); });
+// Typing again puts the message about the last attempt away.
+$("#act-form").addEventListener("input", () => dialogError(""));
+$("#act-cancel").addEventListener("click", () => $("#act").close());
+// Cancel, Escape, or a successful action: nothing is pending any more.
+$("#act").addEventListener("close", () => { pending = null; });
 
 refresh();
 setInterval(refresh, 15000);

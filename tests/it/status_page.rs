@@ -1,10 +1,14 @@
 //! The status page in a real browser (Debian's chromium, headless, driven
-//! through chromedriver): load it, enter the token, see a failed file, press
-//! retry, and find `retry_requested` through the API.
+//! through chromedriver), used as a person uses it: by what is on screen. Rows
+//! are found by their file name, buttons by their text, and a dialog's fields
+//! are the ones that are displayed, in the order they appear; no element id is
+//! used to act. What the operator did is then checked through the API.
 
 use crate::fakes::FoiBehavior;
 use crate::helpers::{Opts, TestApp, spawn_app};
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -67,20 +71,154 @@ impl Drop for Driver {
     }
 }
 
-/// One file that FOI rejects: `extraction_file_failed`, awaiting an operator.
-async fn failed_file(app: &mut TestApp) -> i64 {
+/// Files that FOI rejects, one run: `extraction_file_failed`, awaiting an
+/// operator. Their ids, in the order of `names`.
+async fn failed_files(app: &mut TestApp, names: &[&str]) -> Vec<i64> {
     app.fakes.set_foi(FoiBehavior::Raw(422, "{}".into()));
-    app.put("acme", "rejected.csv", b"not a remittance").await;
+    for name in names {
+        app.put("acme", name, b"not a remittance").await;
+    }
     app.run_ok().await;
-    let row = app.files().await.pop().expect("a row");
-    assert_eq!(row.status, "extraction_file_failed");
-    row.id
+    let rows = app.files().await;
+    names
+        .iter()
+        .map(|name| {
+            let row = rows
+                .iter()
+                .find(|r| r.file_name == *name)
+                .unwrap_or_else(|| panic!("a row for {name}"));
+            assert_eq!(row.status, "extraction_file_failed", "{name}");
+            row.id
+        })
+        .collect()
+}
+
+/// `GET …/files/{id}` with the token.
+async fn file(app: &TestApp, id: i64) -> Value {
+    app.http
+        .get(format!("{}/api/v1/coordinator/files/{id}", app.base_url))
+        .bearer_auth(app.token.clone().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The file has `status` and its last event carries `reason`.
+fn recorded(file: &Value, status: &str, reason: &str) -> bool {
+    file["status"] == status
+        && file["events"]
+            .as_array()
+            .and_then(|e| e.last())
+            .is_some_and(|e| e["detail"].to_string().contains(reason))
+}
+
+/// Only the elements among `found` that are displayed, in their order.
+async fn displayed(found: Vec<Element>) -> Vec<Element> {
+    let mut shown = Vec::new();
+    for e in found {
+        if e.is_displayed().await.unwrap_or(false) {
+            shown.push(e);
+        }
+    }
+    shown
+}
+
+/// The one displayed button inside `scope` whose text is `text`.
+async fn button(scope: &Element, text: &str) -> Element {
+    let xpath = format!(".//button[normalize-space()='{text}']");
+    let mut shown = displayed(scope.find_all(Locator::XPath(&xpath)).await.unwrap()).await;
+    assert_eq!(shown.len(), 1, "one visible {text:?} button");
+    shown.pop().unwrap()
+}
+
+/// The open dialog, once there is one.
+async fn open_dialog(b: &Client) -> Element {
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("dialog[open]"))
+        .await
+        .expect("a dialog opens")
+}
+
+/// The fields a person sees inside `scope`, in document order, each with the
+/// text of its label.
+async fn visible_fields(b: &Client, scope: &Element) -> Vec<(Element, String)> {
+    let all = scope
+        .find_all(Locator::Css("input, textarea, select"))
+        .await
+        .unwrap();
+    let mut fields = Vec::new();
+    for field in displayed(all).await {
+        let label = b
+            .execute(
+                "const l = arguments[0].labels; \
+                 return l && l.length ? l[0].textContent.replace(/\\s+/g, ' ').trim() : '';",
+                vec![serde_json::to_value(&field).unwrap()],
+            )
+            .await
+            .unwrap();
+        fields.push((field, label.as_str().unwrap_or_default().to_string()));
+    }
+    fields
+}
+
+fn labels(fields: &[(Element, String)]) -> Vec<&str> {
+    fields.iter().map(|(_, l)| l.as_str()).collect()
+}
+
+/// The page's own message inside the dialog (an alert a person can read).
+async fn dialog_alert(dialog: &Element) -> String {
+    let shown = displayed(dialog.find_all(Locator::Css("[role=alert]")).await.unwrap()).await;
+    let mut text = String::new();
+    for e in shown {
+        text.push_str(&e.text().await.unwrap());
+    }
+    text
+}
+
+/// The row of the section "Files awaiting an operator" that shows `name`.
+fn awaiting_row(name: &str) -> String {
+    format!(
+        "//section[h2[normalize-space()='Files awaiting an operator']]\
+         //tr[td[normalize-space()='{name}']]"
+    )
+}
+
+/// The value shown next to the term `term` (the backlog's `<dl>`).
+async fn shown_for(b: &Client, term: &str) -> String {
+    let xpath = format!("//dt[normalize-space()='{term}']/following-sibling::dd[1]");
+    b.find(Locator::XPath(&xpath))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// With IT_SCREENSHOT=<png>: the page there, and each dialog next to it
+/// (`<png>` with `-retry`, `-resolve` before the extension).
+async fn screenshot(b: &Client, suffix: &str) {
+    let Ok(path) = std::env::var("IT_SCREENSHOT") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let path = if suffix.is_empty() {
+        path
+    } else {
+        let stem = path.file_stem().unwrap().to_string_lossy();
+        path.with_file_name(format!("{stem}-{suffix}.png"))
+    };
+    std::fs::write(path, b.screenshot().await.unwrap()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_operator_retries_a_failed_file_from_the_status_page() {
+async fn an_operator_retries_and_resolves_failed_files_from_the_status_page() {
     let mut app = spawn_app(Opts::default()).await;
-    let id = failed_file(&mut app).await;
+    let ids = failed_files(&mut app, &["rejected.csv", "garbled.csv"]).await;
+    let (retried, resolved) = (ids[0], ids[1]);
     let driver = Driver::start().await;
     let b = driver.browser().await;
 
@@ -90,92 +228,156 @@ async fn an_operator_retries_a_failed_file_from_the_status_page() {
         .for_element(Locator::Css("#ready.ok"))
         .await
         .expect("readiness shown");
-    b.find(Locator::Id("token"))
+    // Sign in: the field labelled "API token", then the button "Use token".
+    let body = b.find(Locator::Css("body")).await.unwrap();
+    let token = visible_fields(&b, &body)
         .await
-        .unwrap()
+        .into_iter()
+        .find(|(_, label)| label == "API token")
+        .expect("a field labelled API token")
+        .0;
+    token
         .send_keys(app.token.as_deref().unwrap())
         .await
         .unwrap();
-    b.find(Locator::Id("use-token"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let row = format!("#awaiting tr[data-id='{id}']");
-    let tr = b
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(&row))
-        .await
-        .expect("the failed file is listed");
-    let text = tr.text().await.unwrap();
-    assert!(
-        text.contains("rejected.csv") && text.contains("extraction_file_failed"),
-        "{text}"
-    );
+    button(&body, "Use token").await.click().await.unwrap();
+    for name in ["rejected.csv", "garbled.csv"] {
+        let tr = b
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::XPath(&awaiting_row(name)))
+            .await
+            .unwrap_or_else(|_| panic!("{name} is listed as awaiting"));
+        let text = tr.text().await.unwrap();
+        assert!(text.contains("extraction_file_failed"), "{text}");
+    }
     // The backlog comes from /metrics: numbers, not the placeholder.
-    for gauge in ["outbox", "archive"] {
-        let text = b
-            .find(Locator::Id(gauge))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(
-            text.parse::<u64>().is_ok(),
-            "{gauge} backlog shows {text:?}"
-        );
+    for term in [
+        "IQube notifications waiting",
+        "Files waiting for the archive",
+    ] {
+        let text = shown_for(&b, term).await;
+        assert!(text.parse::<u64>().is_ok(), "{term} shows {text:?}");
     }
-    if let Ok(path) = std::env::var("IT_SCREENSHOT") {
-        std::fs::write(path, b.screenshot().await.unwrap()).unwrap();
-    }
+    screenshot(&b, "").await;
 
-    tr.find(Locator::Css("button.retry"))
-        .await
-        .unwrap()
-        .click()
+    // Retry: the dialog asks for the reason and nothing else.
+    let tr = b
+        .find(Locator::XPath(&awaiting_row("rejected.csv")))
         .await
         .unwrap();
-    b.find(Locator::Id("act-reason"))
-        .await
-        .unwrap()
+    button(&tr, "Retry").await.click().await.unwrap();
+    let dialog = open_dialog(&b).await;
+    let fields = visible_fields(&b, &dialog).await;
+    assert_eq!(
+        labels(&fields),
+        ["Reason"],
+        "the retry dialog shows the reason only"
+    );
+    // Confirming without a reason says so, and sends nothing.
+    button(&dialog, "Retry").await.click().await.unwrap();
+    let alert = dialog_alert(&dialog).await;
+    assert!(alert.contains("reason"), "blank reason: {alert:?}");
+    assert_eq!(
+        file(&app, retried).await["status"],
+        "extraction_file_failed"
+    );
+    fields[0]
+        .0
         .send_keys("FOI template fixed; send it again")
         .await
         .unwrap();
-    b.find(Locator::Id("act-confirm"))
-        .await
-        .unwrap()
-        .click()
+    let alert = dialog_alert(&dialog).await;
+    assert!(
+        alert.is_empty(),
+        "the message goes once a reason is typed: {alert:?}"
+    );
+    screenshot(&b, "retry").await;
+    button(&dialog, "Retry").await.click().await.unwrap();
+    app.eventually(
+        20,
+        "retry_requested with the reason, through the API",
+        || async {
+            recorded(
+                &file(&app, retried).await,
+                "retry_requested",
+                "FOI template fixed; send it again",
+            )
+        },
+    )
+    .await;
+    // The page refreshes after the action: the dialog is gone, and so is the
+    // retried file from the list; the other one still waits.
+    app.eventually(
+        20,
+        "the retried file no longer listed as awaiting",
+        || async {
+            b.find(Locator::XPath(&awaiting_row("rejected.csv")))
+                .await
+                .is_err()
+                && b.find(Locator::Css("dialog[open]")).await.is_err()
+        },
+    )
+    .await;
+
+    // Resolve: the verdict word, then the reason.
+    let tr = b
+        .find(Locator::XPath(&awaiting_row("garbled.csv")))
         .await
         .unwrap();
-
-    app.eventually(20, "retry_requested through the API", || async {
-        let resp = app
-            .http
-            .get(format!("{}/api/v1/coordinator/files/{id}", app.base_url))
-            .bearer_auth(app.token.clone().unwrap())
-            .send()
-            .await
-            .unwrap();
-        let body: serde_json::Value = resp.json().await.unwrap();
-        body["status"] == "retry_requested"
-            && body["events"]
-                .as_array()
-                .and_then(|e| e.last())
-                .is_some_and(|e| e["detail"].to_string().contains("FOI template fixed"))
-    })
+    button(&tr, "Resolve").await.click().await.unwrap();
+    let dialog = open_dialog(&b).await;
+    let fields = visible_fields(&b, &dialog).await;
+    let shown = labels(&fields);
+    assert!(
+        shown.len() == 2 && shown[0].starts_with("Verdict") && shown[1] == "Reason",
+        "the resolve dialog shows the verdict, then the reason: {shown:?}"
+    );
+    // A verdict that is not a word of a-z, 0-9, _ is explained on the page,
+    // and nothing is sent.
+    fields[0].0.send_keys("Resent by hand").await.unwrap();
+    fields[1]
+        .0
+        .send_keys("sent to ITM by hand, ticket 4411")
+        .await
+        .unwrap();
+    button(&dialog, "Resolve").await.click().await.unwrap();
+    let alert = dialog_alert(&dialog).await;
+    assert!(
+        alert.contains("Resent by hand") && alert.contains("lowercase letters"),
+        "invalid verdict: {alert:?}"
+    );
+    screenshot(&b, "resolve").await;
+    assert_eq!(
+        file(&app, resolved).await["status"],
+        "extraction_file_failed"
+    );
+    fields[0].0.clear().await.unwrap();
+    fields[0].0.send_keys("resent_by_hand").await.unwrap();
+    button(&dialog, "Resolve").await.click().await.unwrap();
+    app.eventually(
+        20,
+        "ops_resent_by_hand with the reason, through the API",
+        || async {
+            recorded(
+                &file(&app, resolved).await,
+                "ops_resent_by_hand",
+                "sent to ITM by hand, ticket 4411",
+            )
+        },
+    )
     .await;
-    // The page refreshes after the action and lists it no more.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while b.find(Locator::Css(&row)).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the retried file is still listed as awaiting"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    app.eventually(
+        20,
+        "the resolved file no longer listed as awaiting",
+        || async {
+            b.find(Locator::XPath(&awaiting_row("garbled.csv")))
+                .await
+                .is_err()
+                && b.find(Locator::Css("dialog[open]")).await.is_err()
+        },
+    )
+    .await;
     b.close().await.unwrap();
     app.finish().await;
 }
