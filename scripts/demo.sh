@@ -22,10 +22,14 @@ trap cleanup EXIT
 
 log "building"
 cargo build --quiet --bin coordinator --example fake_downstream
+# Where cargo put them: CARGO_TARGET_DIR or build.target-dir may move it.
+bin_dir="$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug"
+[[ -x "$bin_dir/coordinator" ]] || die "cargo built no coordinator in $bin_dir"
 
 log "starting the fake downstream services"
 urls="$state_dir/fake-urls"
-target/debug/examples/fake_downstream >"$urls" 2>"$state_dir/fakes.log" &
+"$bin_dir/examples/fake_downstream" >"$urls" 2>"$state_dir/fakes.log" &
 fakes_pid=$!
 for _ in $(seq 1 100); do [[ $(wc -l <"$urls") -ge 3 ]] && break; sleep 0.1; done
 [[ $(wc -l <"$urls") -ge 3 ]] || die "the fake services did not start"
@@ -46,7 +50,7 @@ set +a
 export ENV=local SMB_HOST="$IT_SMB_HOST" SMB_PORT="$IT_SMB_PORT" SMB_SHARE="$IT_SMB_SHARE" \
     SMB_USERNAME="$IT_SMB_USERNAME" SMB_PASSWORD="$IT_SMB_PASSWORD" SMB_SOURCE_DIR=incoming \
     SMB_ARCHIVE_DIR=archive STABLE_MIN_AGE_SECS=0 STABLE_CHECK_INTERVAL_SECS=1
-target/debug/coordinator run
+"$bin_dir/coordinator" run
 
 log "files in Postgres"
 psql "$DATABASE_URL" -c "SELECT remitter, file_name, status, archived_at IS NOT NULL AS archived FROM files ORDER BY id"
