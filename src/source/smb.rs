@@ -12,8 +12,10 @@
 //! - downloads open the file sharing read access only (deny write): the
 //!   open fails with a sharing violation while another client holds the
 //!   file open for writing, and no client can open it for writing while it
-//!   is read, so the size and times the open returns are those of the bytes
-//!   read;
+//!   is read. That stops SMB clients only (not a process on the file server
+//!   itself, NFS, or a Samba without share modes), so after the last byte
+//!   the file's size and times are asked again on a handle still open, and
+//!   that answer is what the download reports;
 //! - a move opens the source the same way, checks the size and last-write
 //!   time that the open returns, and renames through that handle with
 //!   `ReplaceIfExists = 0`: nothing can change the file between check and
@@ -28,7 +30,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use md5::{Digest, Md5};
 use smb2::client::connection::{Connection, Frame};
-use smb2::msg::close::CloseRequest;
+use smb2::msg::close::{CloseRequest, CloseResponse, SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB};
 use smb2::msg::create::{
     CreateDisposition, CreateRequest, CreateResponse, ImpersonationLevel, ShareAccess,
 };
@@ -159,6 +161,57 @@ fn entry_of_open(path: &str, r: &CreateResponse) -> Entry {
     }
 }
 
+/// The file's metadata in the answer to a CLOSE sent with
+/// `SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB`; `None` when the server could not
+/// give it (the flag is not echoed: e.g. the file is gone).
+fn entry_of_close(path: &str, r: &CloseResponse) -> Option<Entry> {
+    (r.flags & SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB != 0).then(|| Entry {
+        name: base(path).to_string(),
+        is_dir: r.file_attributes & ATTR_DIRECTORY != 0,
+        size: r.end_of_file,
+        mtime: to_utc(r.last_write_time),
+        ctime: to_utc(r.change_time),
+    })
+}
+
+/// A CLOSE of `file_id` that asks for the file's size and times.
+fn close_with_attributes(file_id: FileId) -> CloseRequest {
+    CloseRequest {
+        flags: SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB,
+        file_id,
+    }
+}
+
+/// The metadata in the answer `frame` to [`close_with_attributes`].
+fn closed_entry(op: &str, path: &str, frame: &Frame) -> Result<Entry, SourceError> {
+    if frame.header.status != NtStatus::SUCCESS {
+        return Err(status_error(op, frame.header.status, Command::Close));
+    }
+    let answer =
+        CloseResponse::unpack(&mut ReadCursor::new(&frame.body)).map_err(|e| classify(op, e))?;
+    entry_of_close(path, &answer).ok_or_else(|| SourceError::NotFound(format!("{op} (gone when closed)")))
+}
+
+/// Closes `file_id` and returns the file's size and times the server found
+/// as it let go of the handle.
+async fn close_and_query(
+    tree: &Tree,
+    conn: &Connection,
+    op: &str,
+    path: &str,
+    file_id: FileId,
+) -> Result<Entry, SourceError> {
+    let frame = conn
+        .execute(
+            Command::Close,
+            &close_with_attributes(file_id),
+            Some(tree.tree_id),
+        )
+        .await
+        .map_err(|e| classify(op, e))?;
+    closed_entry(op, path, &frame)
+}
+
 /// A CREATE that opens an existing file sharing read access only.
 fn deny_write_open(path: &str, access: u32) -> CreateRequest {
     CreateRequest {
@@ -270,15 +323,25 @@ fn frames_of(
     Ok(frames)
 }
 
+/// A file read whole by [`read_small`].
+struct Small {
+    bytes: Vec<u8>,
+    /// Its metadata as the open found it.
+    opened: Entry,
+    /// Its metadata after the READ, from the CLOSE.
+    after: Entry,
+}
+
 /// A whole file of at most [`IN_MEMORY_MAX`] bytes in one round trip: the
-/// deny-write CREATE, one READ and CLOSE in a compound. `None` when the file
-/// is larger (nothing kept; the caller streams it through a new open).
+/// deny-write CREATE, one READ and a CLOSE that returns the file's size and
+/// times after the read, in a compound. `None` when the file is larger (nothing kept; the
+/// caller streams it through a new open).
 async fn read_small(
     tree: &Tree,
     conn: &mut Connection,
     op: &str,
     path: &str,
-) -> Result<Option<(Vec<u8>, CreateResponse)>, SourceError> {
+) -> Result<Option<Small>, SourceError> {
     let max_read = conn.params().map(|p| p.max_read_size).unwrap_or(65536);
     let requested = IN_MEMORY_MAX.min(u64::from(max_read)).max(1) as u32;
     let create = deny_write_open(path, FileAccessMask::FILE_READ_DATA);
@@ -293,10 +356,7 @@ async fn read_small(
         remaining_bytes: 0,
         read_channel_info: vec![],
     };
-    let close = CloseRequest {
-        flags: 0,
-        file_id: FileId::SENTINEL,
-    };
+    let close = close_with_attributes(FileId::SENTINEL);
     let tid = Some(tree.tree_id);
     let ops = [
         CompoundOp::new(Command::Create, &create, tid),
@@ -319,28 +379,108 @@ async fn read_small(
     }
     let opened = CreateResponse::unpack(&mut ReadCursor::new(&frames[0].body))
         .map_err(|e| classify(op, e))?;
-    let closed = frames[2].header.status == NtStatus::SUCCESS;
+    if frames[2].header.status != NtStatus::SUCCESS {
+        let _ = tree.close_handle(conn, opened.file_id).await;
+    }
     let read_status = frames[1].header.status;
     if read_status != NtStatus::SUCCESS && read_status != NtStatus::END_OF_FILE {
-        if !closed {
-            let _ = tree.close_handle(conn, opened.file_id).await;
-        }
         return Err(status_error(op, read_status, Command::Read));
-    }
-    if !closed {
-        let _ = tree.close_handle(conn, opened.file_id).await;
     }
     if opened.end_of_file > u64::from(requested) {
         return Ok(None);
     }
-    let data = if read_status == NtStatus::END_OF_FILE {
+    let after = closed_entry(op, path, &frames[2])?;
+    let bytes = if read_status == NtStatus::END_OF_FILE {
         Vec::new()
     } else {
         ReadResponse::unpack(&mut ReadCursor::new(&frames[1].body))
             .map_err(|e| classify(op, e))?
             .data
     };
-    Ok(Some((data, opened)))
+    Ok(Some(Small {
+        bytes,
+        opened: entry_of_open(path, &opened),
+        after,
+    }))
+}
+
+/// Logs when the file changed between its open and the end of the read
+/// (the caller compares `after` with the second look and finds it unstable).
+fn note_change(path: &str, opened: &Entry, after: &Entry, read: u64) {
+    if opened != after || read != after.size {
+        tracing::info!(
+            path,
+            opened_size = opened.size,
+            size_after = after.size,
+            read,
+            "the file changed while it was read"
+        );
+    }
+}
+
+/// Opens the file with `request` and streams it, pipelined, into memory or
+/// (above [`IN_MEMORY_MAX`]) the spool file `dest`: MD5, bytes read and
+/// where they are. The download closes its handle after the last chunk.
+async fn stream(
+    tree: &Tree,
+    conn: &mut Connection,
+    op: &str,
+    request: &CreateRequest,
+    dest: &Path,
+    chunk_timeout: Duration,
+) -> Result<(String, u64, Content), SourceError> {
+    let timed_out = |_| SourceError::Timeout {
+        op: op.to_string(),
+        secs: chunk_timeout.as_secs(),
+    };
+    let opened = tokio::time::timeout(chunk_timeout, open(tree, conn, op, request))
+        .await
+        .map_err(timed_out)??;
+    let spool_error = |e: std::io::Error| SourceError::Io {
+        op: format!("write spool file {}", dest.display()),
+        message: e.to_string(),
+    };
+    let mut download = FileDownload::new(
+        tree,
+        conn,
+        opened.file_id,
+        opened.end_of_file,
+        READ_CHUNK,
+    );
+    let mut spool = None;
+    let mut memory = Vec::new();
+    if opened.end_of_file > IN_MEMORY_MAX {
+        spool = Some(tokio::fs::File::create(dest).await.map_err(spool_error)?);
+    } else {
+        memory.reserve_exact(opened.end_of_file as usize);
+    }
+    let mut hasher = Md5::new();
+    let mut size = 0u64;
+    loop {
+        let chunk = tokio::time::timeout(chunk_timeout, download.next_chunk())
+            .await
+            .map_err(timed_out)?;
+        match chunk {
+            None => break,
+            Some(Err(e)) => return Err(classify(op, e)),
+            Some(Ok(bytes)) => {
+                hasher.update(&bytes);
+                size += bytes.len() as u64;
+                match spool.as_mut() {
+                    Some(out) => out.write_all(&bytes).await.map_err(spool_error)?,
+                    None => memory.extend_from_slice(&bytes),
+                }
+            }
+        }
+    }
+    let content = match spool {
+        Some(mut out) => {
+            out.flush().await.map_err(spool_error)?;
+            Content::Spooled(dest.to_path_buf())
+        }
+        None => Content::Memory(memory),
+    };
+    Ok((hex::encode(hasher.finalize()), size, content))
 }
 
 impl SmbShare {
@@ -574,89 +714,50 @@ impl FileSource for SmbShare {
                 let (p, dest) = (p.clone(), dest.clone());
                 async move {
                     let op = format!("read {p}");
+                    let within = |t: Duration| {
+                        let op = op.clone();
+                        move |_| SourceError::Timeout {
+                            op,
+                            secs: t.as_secs(),
+                        }
+                    };
                     let small =
                         tokio::time::timeout(chunk_timeout, read_small(&tree, &mut conn, &op, &p))
                             .await
-                            .map_err(|_| SourceError::Timeout {
-                                op: op.clone(),
-                                secs: chunk_timeout.as_secs(),
-                            })??;
-                    if let Some((bytes, opened)) = small {
+                            .map_err(within(chunk_timeout))??;
+                    if let Some(Small {
+                        bytes,
+                        opened,
+                        after,
+                    }) = small
+                    {
+                        note_change(&p, &opened, &after, bytes.len() as u64);
                         return Ok(Fetched {
                             md5: hex::encode(Md5::digest(&bytes)),
                             size: bytes.len() as u64,
-                            after: entry_of_open(&p, &opened),
+                            after,
                             content: Content::Memory(bytes),
                         });
                     }
-                    let opened = tokio::time::timeout(
+                    // Two deny-write handles: the download closes its own
+                    // as the last chunk lands; the other still holds the
+                    // file when its size and times are asked after the read.
+                    let request = deny_write_open(&p, FileAccessMask::FILE_READ_DATA);
+                    let held = tokio::time::timeout(chunk_timeout, open(&tree, &conn, &op, &request))
+                        .await
+                        .map_err(within(chunk_timeout))??;
+                    let read = stream(&tree, &mut conn, &op, &request, &dest, chunk_timeout).await;
+                    let after = tokio::time::timeout(
                         chunk_timeout,
-                        open(
-                            &tree,
-                            &conn,
-                            &op,
-                            &deny_write_open(&p, FileAccessMask::FILE_READ_DATA),
-                        ),
+                        close_and_query(&tree, &conn, &op, &p, held.file_id),
                     )
                     .await
-                    .map_err(|_| SourceError::Timeout {
-                        op: op.clone(),
-                        secs: chunk_timeout.as_secs(),
-                    })??;
-                    // Nobody can write while the handle is open: these are
-                    // the size and times of the bytes about to be read.
-                    let after = entry_of_open(&p, &opened);
-                    let spool_error = |e: std::io::Error| SourceError::Io {
-                        op: format!("write spool file {}", dest.display()),
-                        message: e.to_string(),
-                    };
-                    let mut download = FileDownload::new(
-                        &tree,
-                        &mut conn,
-                        opened.file_id,
-                        opened.end_of_file,
-                        READ_CHUNK,
-                    );
-                    let mut spool = None;
-                    let mut memory = Vec::new();
-                    if opened.end_of_file > IN_MEMORY_MAX {
-                        spool = Some(tokio::fs::File::create(&dest).await.map_err(spool_error)?);
-                    } else {
-                        memory.reserve_exact(opened.end_of_file as usize);
-                    }
-                    let mut hasher = Md5::new();
-                    let mut size = 0u64;
-                    loop {
-                        let chunk = tokio::time::timeout(chunk_timeout, download.next_chunk())
-                            .await
-                            .map_err(|_| SourceError::Timeout {
-                                op: op.clone(),
-                                secs: chunk_timeout.as_secs(),
-                            })?;
-                        match chunk {
-                            None => break,
-                            Some(Err(e)) => return Err(classify(&op, e)),
-                            Some(Ok(bytes)) => {
-                                hasher.update(&bytes);
-                                size += bytes.len() as u64;
-                                match spool.as_mut() {
-                                    Some(out) => {
-                                        out.write_all(&bytes).await.map_err(spool_error)?
-                                    }
-                                    None => memory.extend_from_slice(&bytes),
-                                }
-                            }
-                        }
-                    }
-                    let content = match spool {
-                        Some(mut out) => {
-                            out.flush().await.map_err(spool_error)?;
-                            Content::Spooled(dest)
-                        }
-                        None => Content::Memory(memory),
-                    };
+                    .map_err(within(chunk_timeout));
+                    let (md5, size, content) = read?;
+                    let after = after??;
+                    note_change(&p, &entry_of_open(&p, &held), &after, size);
                     Ok(Fetched {
-                        md5: hex::encode(hasher.finalize()),
+                        md5,
                         size,
                         after,
                         content,
