@@ -158,8 +158,9 @@ pub trait FileSource: Send + Sync {
     async fn connect(&self) -> Result<(), SourceError> {
         Ok(())
     }
-    /// The server's current time, as the server stamps files.
-    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError>;
+    /// The server's current time, as the server stamps files. Reads only
+    /// (a dry run writes nothing on the share).
+    async fn server_now(&self) -> Result<DateTime<Utc>, SourceError>;
 }
 
 /// Joins share-relative path parts with `/`, skipping empty ones.

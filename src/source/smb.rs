@@ -34,11 +34,18 @@ use smb2::msg::close::{CloseRequest, CloseResponse, SMB2_CLOSE_FLAG_POSTQUERY_AT
 use smb2::msg::create::{
     CreateDisposition, CreateRequest, CreateResponse, ImpersonationLevel, ShareAccess,
 };
+use smb2::msg::header::Header;
+use smb2::msg::negotiate::{
+    CIPHER_AES_128_CCM, CIPHER_AES_128_GCM, HASH_ALGORITHM_SHA512, NegotiateContext,
+    NegotiateRequest, NegotiateResponse,
+};
 use smb2::msg::query_info::InfoType;
 use smb2::msg::read::{ReadRequest, ReadResponse};
 use smb2::msg::set_info::SetInfoRequest;
-use smb2::pack::{FileTime, ReadCursor, Unpack};
+use smb2::pack::{FileTime, Guid, Pack, ReadCursor, Unpack, WriteCursor};
+use smb2::types::Dialect;
 use smb2::types::flags::FileAccessMask;
+use smb2::types::flags::{Capabilities, SecurityMode};
 use smb2::types::status::NtStatus;
 use smb2::types::{Command, CreditCharge, FileId, OplockLevel};
 use smb2::{ClientConfig, CompoundOp, ErrorKind, FileDownload, SmbClient, Tree};
@@ -146,6 +153,104 @@ fn to_utc(t: FileTime) -> DateTime<Utc> {
         .trunc_subsecs(6)
 }
 
+/// A NEGOTIATE request, NetBIOS-framed, offering every dialect smb2 knows
+/// (with the contexts SMB 3.1.1 requires), as the first and only message
+/// of a connection.
+fn negotiate_request() -> Vec<u8> {
+    let id = uuid::Uuid::new_v4();
+    let salt = [*uuid::Uuid::new_v4().as_bytes(), *id.as_bytes()].concat();
+    let (data1, data2, data3, data4) = id.as_fields();
+    let request = NegotiateRequest {
+        security_mode: SecurityMode::new(SecurityMode::SIGNING_ENABLED),
+        capabilities: Capabilities::new(0),
+        client_guid: Guid {
+            data1,
+            data2,
+            data3,
+            data4: *data4,
+        },
+        dialects: Dialect::ALL.to_vec(),
+        negotiate_contexts: vec![
+            NegotiateContext::PreauthIntegrity {
+                hash_algorithms: vec![HASH_ALGORITHM_SHA512],
+                salt,
+            },
+            NegotiateContext::Encryption {
+                ciphers: vec![CIPHER_AES_128_GCM, CIPHER_AES_128_CCM],
+            },
+        ],
+    };
+    let mut header = Header::new_request(Command::Negotiate);
+    header.tree_id = None;
+    let mut w = WriteCursor::new();
+    w.write_bytes(&[0; 4]);
+    header.pack(&mut w);
+    request.pack(&mut w);
+    let mut frame = w.into_inner();
+    let len = (frame.len() - 4) as u32;
+    frame[1..4].copy_from_slice(&len.to_be_bytes()[1..]);
+    frame
+}
+
+/// The server's clock in the NEGOTIATE answer `message` (one NetBIOS
+/// payload: SMB2 header and body).
+fn negotiated_time(message: &[u8]) -> Result<FileTime, String> {
+    let mut cursor = ReadCursor::new(message);
+    let header = Header::unpack(&mut cursor).map_err(|e| e.to_string())?;
+    if header.command != Command::Negotiate || !header.is_response() {
+        return Err(format!("answered {:?}", header.command));
+    }
+    if header.status != NtStatus::SUCCESS {
+        return Err(format!("refused: {:?}", header.status));
+    }
+    let body = message.get(Header::SIZE..).unwrap_or_default();
+    let answer =
+        NegotiateResponse::unpack(&mut ReadCursor::new(body)).map_err(|e| e.to_string())?;
+    let time = FileTime(answer.system_time);
+    if time.to_system_time().is_none() {
+        return Err(format!("no system time ({})", answer.system_time));
+    }
+    Ok(time)
+}
+
+/// The server's current time, read only: its clock from the SystemTime of
+/// the NEGOTIATE answer on a connection of its own (nothing signed in,
+/// nothing written), advanced by the local time since, half the round
+/// trip included. It is the clock smbd reads, which is the one the kernel
+/// stamps files with on the server (measured to agree with a written
+/// file's last-write time within a millisecond: README).
+async fn negotiate_clock(host: &str, port: u16) -> Result<DateTime<Utc>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut socket = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = negotiate_request();
+    let sent = std::time::Instant::now();
+    socket
+        .write_all(&request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut len = [0u8; 4];
+    socket
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| e.to_string())?;
+    let received = std::time::Instant::now();
+    let len = u32::from_be_bytes([0, len[1], len[2], len[3]]) as usize;
+    let mut message = vec![0u8; len.min(1 << 16)];
+    socket
+        .read_exact(&mut message)
+        .await
+        .map_err(|e| e.to_string())?;
+    let time = negotiated_time(&message)?;
+    let at = time
+        .to_system_time()
+        .map(DateTime::<Utc>::from)
+        .ok_or("no system time")?;
+    let since = received.elapsed() + received.duration_since(sent) / 2;
+    Ok(at + since)
+}
+
 /// The last path segment.
 fn base(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
@@ -189,7 +294,8 @@ fn closed_entry(op: &str, path: &str, frame: &Frame) -> Result<Entry, SourceErro
     }
     let answer =
         CloseResponse::unpack(&mut ReadCursor::new(&frame.body)).map_err(|e| classify(op, e))?;
-    entry_of_close(path, &answer).ok_or_else(|| SourceError::NotFound(format!("{op} (gone when closed)")))
+    entry_of_close(path, &answer)
+        .ok_or_else(|| SourceError::NotFound(format!("{op} (gone when closed)")))
 }
 
 /// Closes `file_id` and returns the file's size and times the server found
@@ -440,13 +546,8 @@ async fn stream(
         op: format!("write spool file {}", dest.display()),
         message: e.to_string(),
     };
-    let mut download = FileDownload::new(
-        tree,
-        conn,
-        opened.file_id,
-        opened.end_of_file,
-        READ_CHUNK,
-    );
+    let mut download =
+        FileDownload::new(tree, conn, opened.file_id, opened.end_of_file, READ_CHUNK);
     let mut spool = None;
     let mut memory = Vec::new();
     if opened.end_of_file > IN_MEMORY_MAX {
@@ -743,9 +844,10 @@ impl FileSource for SmbShare {
                     // as the last chunk lands; the other still holds the
                     // file when its size and times are asked after the read.
                     let request = deny_write_open(&p, FileAccessMask::FILE_READ_DATA);
-                    let held = tokio::time::timeout(chunk_timeout, open(&tree, &conn, &op, &request))
-                        .await
-                        .map_err(within(chunk_timeout))??;
+                    let held =
+                        tokio::time::timeout(chunk_timeout, open(&tree, &conn, &op, &request))
+                            .await
+                            .map_err(within(chunk_timeout))??;
                     let read = stream(&tree, &mut conn, &op, &request, &dest, chunk_timeout).await;
                     let after = tokio::time::timeout(
                         chunk_timeout,
@@ -857,26 +959,20 @@ impl FileSource for SmbShare {
         self.live().await.map(|_| ())
     }
 
-    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
-        self.mkdir_all(scratch_dir).await?;
-        let marker = super::join(&[scratch_dir, ".coordinator-clock"]);
-        self.call(
-            "server clock".to_string(),
-            Some(self.config.timeout),
-            Retry::OnDisconnect,
-            move |tree, mut conn| {
-                let marker = marker.clone();
-                async move {
-                    let stamp = Utc::now().to_rfc3339();
-                    tree.write_file(&mut conn, &marker, stamp.as_bytes())
-                        .await
-                        .map_err(|e| classify(&format!("write {marker}"), e))?;
-                    Ok(stat_entry(&tree, &mut conn, &marker).await?.mtime)
-                }
-                .boxed()
-            },
-        )
-        .await
+    async fn server_now(&self) -> Result<DateTime<Utc>, SourceError> {
+        let c = &self.config;
+        let op = "server clock (NEGOTIATE)";
+        match tokio::time::timeout(c.timeout, negotiate_clock(&c.host, c.port)).await {
+            Ok(Ok(now)) => Ok(now),
+            Ok(Err(message)) => Err(SourceError::Io {
+                op: op.into(),
+                message,
+            }),
+            Err(_) => Err(SourceError::Timeout {
+                op: op.into(),
+                secs: c.timeout.as_secs(),
+            }),
+        }
     }
 }
 
@@ -903,6 +999,102 @@ mod tests {
         let utc = to_utc(t);
         assert_eq!(utc.timestamp_subsec_nanos(), 123_456_000);
         assert_eq!(utc.timestamp(), 1_704_067_200);
+    }
+
+    fn close_answer(flags: u16) -> CloseResponse {
+        CloseResponse {
+            flags,
+            creation_time: FileTime(1),
+            last_access_time: FileTime(2),
+            last_write_time: FileTime(133_485_408_001_234_567),
+            change_time: FileTime(133_485_408_009_000_000),
+            allocation_size: 4096,
+            end_of_file: 1234,
+            file_attributes: 0x20,
+        }
+    }
+
+    #[test]
+    fn a_close_answer_gives_the_size_and_times_after_the_read() {
+        let mut w = WriteCursor::new();
+        close_answer(SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB).pack(&mut w);
+        let bytes = w.into_inner();
+        let r = CloseResponse::unpack(&mut ReadCursor::new(&bytes)).unwrap();
+        let e = entry_of_close("src/acme/f.csv", &r).unwrap();
+        assert_eq!(e.name, "f.csv");
+        assert!(!e.is_dir);
+        assert_eq!(e.size, 1234);
+        assert_eq!(e.mtime, to_utc(FileTime(133_485_408_001_234_567)));
+        assert_eq!(e.ctime, to_utc(FileTime(133_485_408_009_000_000)));
+    }
+
+    #[test]
+    fn a_close_answer_without_the_attributes_flag_says_nothing() {
+        assert_eq!(entry_of_close("f.csv", &close_answer(0)), None);
+    }
+
+    #[test]
+    fn the_clock_request_is_one_framed_negotiate_offering_smb_3_1_1() {
+        let frame = negotiate_request();
+        assert_eq!(frame[0], 0);
+        let len = u32::from_be_bytes([0, frame[1], frame[2], frame[3]]) as usize;
+        assert_eq!(len, frame.len() - 4);
+        let mut c = ReadCursor::new(&frame[4..]);
+        let h = Header::unpack(&mut c).unwrap();
+        assert_eq!(h.command, Command::Negotiate);
+        assert!(!h.is_response());
+        let r = NegotiateRequest::unpack(&mut ReadCursor::new(&frame[4 + Header::SIZE..])).unwrap();
+        assert!(r.dialects.contains(&Dialect::Smb3_1_1));
+        assert!(
+            r.negotiate_contexts
+                .iter()
+                .any(|c| matches!(c, NegotiateContext::PreauthIntegrity { .. }))
+        );
+    }
+
+    fn negotiate_answer(status: NtStatus, system_time: u64) -> Vec<u8> {
+        let mut h = Header::new_request(Command::Negotiate);
+        h.flags.set_response();
+        h.status = status;
+        let r = NegotiateResponse {
+            security_mode: SecurityMode::new(SecurityMode::SIGNING_ENABLED),
+            dialect_revision: Dialect::Smb3_0_2,
+            server_guid: Guid::ZERO,
+            capabilities: Capabilities::new(0),
+            max_transact_size: 1 << 20,
+            max_read_size: 1 << 20,
+            max_write_size: 1 << 20,
+            system_time,
+            server_start_time: 0,
+            security_buffer: vec![],
+            negotiate_contexts: vec![],
+        };
+        let mut w = WriteCursor::new();
+        h.pack(&mut w);
+        r.pack(&mut w);
+        w.into_inner()
+    }
+
+    #[test]
+    fn the_server_clock_is_the_negotiate_answers_system_time() {
+        let t = 133_485_408_001_234_567;
+        assert_eq!(
+            negotiated_time(&negotiate_answer(NtStatus::SUCCESS, t)),
+            Ok(FileTime(t))
+        );
+    }
+
+    #[test]
+    fn a_negotiate_answer_without_a_time_or_refused_gives_no_clock() {
+        assert!(negotiated_time(&negotiate_answer(NtStatus::SUCCESS, 0)).is_err());
+        assert!(
+            negotiated_time(&negotiate_answer(
+                NtStatus::ACCESS_DENIED,
+                133_485_408_000_000_000
+            ))
+            .is_err()
+        );
+        assert!(negotiated_time(&[0u8; 10]).is_err());
     }
 
     #[test]

@@ -121,7 +121,10 @@ async fn a_file_rewritten_on_the_server_while_it_is_streamed_is_unstable() {
         // after the rewrite below.
         let short = spooled(&spool) < SIZE as u64;
         if short {
-            rewrite_tail(&app.local(&format!("{}/acme/{name}", app.source_dir)), &mut bytes);
+            rewrite_tail(
+                &app.local(&format!("{}/acme/{name}", app.source_dir)),
+                &mut bytes,
+            );
         }
         signal(&pids, "CONT");
         let resp = run.await.unwrap().unwrap();
@@ -157,7 +160,11 @@ async fn a_file_rewritten_on_the_server_while_it_is_streamed_is_unstable() {
         "processed",
         "{body}"
     );
-    assert_eq!(foi_md5s(&app, &name), [md5_hex(&bytes)], "the new bytes sent");
+    assert_eq!(
+        foi_md5s(&app, &name),
+        [md5_hex(&bytes)],
+        "the new bytes sent"
+    );
     app.finish().await;
 }
 
