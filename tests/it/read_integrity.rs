@@ -245,3 +245,132 @@ async fn a_dry_run_writes_nothing_on_the_share() {
     );
     app.finish().await;
 }
+
+/// True while an smbd of `conf` holds `name` open (`smbstatus -L`). The
+/// share-mode entry it lists goes only as the CLOSE closes the file, before
+/// the CLOSE looks at the file's size and times.
+fn held_open(conf: &str, name: &str) -> bool {
+    let out = Command::new("smbstatus")
+        .args(["-L", "-s", conf])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(name)
+}
+
+/// Holds every `pread64` of `path` by these processes (and their threads
+/// and children) for two seconds on entry, until dropped.
+struct SlowReads(std::process::Child);
+
+impl SlowReads {
+    async fn start(pids: &[String], path: &Path) -> Self {
+        let mut cmd = Command::new("strace");
+        cmd.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=pread64"])
+            .args(["-e", "inject=pread64:delay_enter=2s", "-P"])
+            .arg(path);
+        for p in pids {
+            cmd.args(["-p", p]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("strace");
+        let traced = |pid: &String| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .map(|s| {
+                    s.lines()
+                        .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+                })
+                .unwrap_or(false)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !pids.iter().all(traced) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "strace did not attach"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        SlowReads(child)
+    }
+}
+
+impl Drop for SlowReads {
+    fn drop(&mut self) {
+        // SIGINT: strace detaches from its tracees and exits.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// The same for a small file, read in one compound (CREATE, READ, CLOSE):
+/// the server's reads of it are slowed (strace), the file is rewritten on
+/// the server's disk while smbd holds it open for the coordinator, and it
+/// still holds it after the rewrite, so the CLOSE's look at the file comes
+/// after it. The entry is `unstable`; the next run sends the new bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_rewritten_on_the_server_while_it_is_read_is_unstable() {
+    let servers = PrivateServers::start(false);
+    let mut app = servers.app(Opts::default()).await;
+    let conf = servers.vars["IT_SMB_CONF"].clone();
+    let url = format!("{}/api/v1/coordinator/runs", app.base_url);
+
+    let mut caught = None;
+    for attempt in 0..5u8 {
+        let name = format!("small-{attempt}.csv");
+        let old: Vec<u8> = (0..64 << 10).map(|i| (i % 241) as u8 ^ attempt).collect();
+        app.put("acme", &name, &old).await;
+        let path = std::fs::canonicalize(app.local(&format!("{}/acme/{name}", app.source_dir)))
+            .unwrap();
+        let slow = SlowReads::start(&smbd_pids(&conf), &path).await;
+        let run = tokio::spawn(
+            app.http
+                .post(url.clone())
+                .bearer_auth(app.token.clone().unwrap())
+                .send(),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !held_open(&conf, &name) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the file was never opened"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let new: Vec<u8> = old.iter().map(|b| b.wrapping_add(0x55)).collect();
+        std::fs::write(&path, &new).unwrap();
+        let still = held_open(&conf, &name);
+        let resp = run.await.unwrap().unwrap();
+        drop(slow);
+        assert_eq!(resp.status().as_u16(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        if still {
+            caught = Some((name, new, body));
+            break;
+        }
+        eprintln!("attempt {attempt}: smbd had closed the file before the rewrite ended");
+    }
+    let (name, new, body) = caught.expect("the rewrite never fell inside the read in 5 attempts");
+
+    let entry = decision_of(&body, "acme", &name);
+    assert_eq!(entry["decision"], "unstable", "{body}");
+    assert_eq!(
+        entry["reason"],
+        coordinator::plan::Unstable::ChangedDuringRead.to_string(),
+        "{body}"
+    );
+    assert_eq!(app.count("files").await, 0, "nothing claimed");
+    assert!(foi_md5s(&app, &name).is_empty(), "nothing sent");
+
+    let body = app.run_ok().await;
+    assert_eq!(
+        decision_of(&body, "acme", &name)["decision"],
+        "processed",
+        "{body}"
+    );
+    assert_eq!(foi_md5s(&app, &name), [md5_hex(&new)], "the new bytes sent");
+    app.finish().await;
+}
