@@ -13,9 +13,11 @@
 //!   open fails with a sharing violation while another client holds the
 //!   file open for writing, and no client can open it for writing while it
 //!   is read. That stops SMB clients only (not a process on the file server
-//!   itself, NFS, or a Samba without share modes), so after the last byte
-//!   the file's size and times are asked again on a handle still open, and
-//!   that answer is what the download reports;
+//!   itself, NFS, or a Samba without share modes), so after the last byte a
+//!   deny-write handle held through the read is closed asking for the
+//!   file's size and times (`SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB`, a fresh stat
+//!   as the server lets go of it), and that answer is what the download
+//!   reports;
 //! - a move opens the source the same way, checks the size and last-write
 //!   time that the open returns, and renames through that handle with
 //!   `ReplaceIfExists = 0`: nothing can change the file between check and
@@ -440,8 +442,8 @@ struct Small {
 
 /// A whole file of at most [`IN_MEMORY_MAX`] bytes in one round trip: the
 /// deny-write CREATE, one READ and a CLOSE that returns the file's size and
-/// times after the read, in a compound. `None` when the file is larger (nothing kept; the
-/// caller streams it through a new open).
+/// times after the read, in a compound. `None` when the file is larger
+/// (nothing kept; the caller streams it through a new open).
 async fn read_small(
     tree: &Tree,
     conn: &mut Connection,
@@ -815,17 +817,14 @@ impl FileSource for SmbShare {
                 let (p, dest) = (p.clone(), dest.clone());
                 async move {
                     let op = format!("read {p}");
-                    let within = |t: Duration| {
-                        let op = op.clone();
-                        move |_| SourceError::Timeout {
-                            op,
-                            secs: t.as_secs(),
-                        }
+                    let timed_out = |_| SourceError::Timeout {
+                        op: op.clone(),
+                        secs: chunk_timeout.as_secs(),
                     };
                     let small =
                         tokio::time::timeout(chunk_timeout, read_small(&tree, &mut conn, &op, &p))
                             .await
-                            .map_err(within(chunk_timeout))??;
+                            .map_err(timed_out)??;
                     if let Some(Small {
                         bytes,
                         opened,
@@ -841,20 +840,22 @@ impl FileSource for SmbShare {
                         });
                     }
                     // Two deny-write handles: the download closes its own
-                    // as the last chunk lands; the other still holds the
-                    // file when its size and times are asked after the read.
+                    // as the last chunk lands; the other, held through the
+                    // read, is closed after it asking for the size and times
+                    // (a QUERY_INFO on an open handle would not do: Samba
+                    // reports the last-write time the file had when opened).
                     let request = deny_write_open(&p, FileAccessMask::FILE_READ_DATA);
                     let held =
                         tokio::time::timeout(chunk_timeout, open(&tree, &conn, &op, &request))
                             .await
-                            .map_err(within(chunk_timeout))??;
+                            .map_err(timed_out)??;
                     let read = stream(&tree, &mut conn, &op, &request, &dest, chunk_timeout).await;
                     let after = tokio::time::timeout(
                         chunk_timeout,
                         close_and_query(&tree, &conn, &op, &p, held.file_id),
                     )
                     .await
-                    .map_err(within(chunk_timeout));
+                    .map_err(timed_out);
                     let (md5, size, content) = read?;
                     let after = after??;
                     note_change(&p, &entry_of_open(&p, &held), &after, size);

@@ -46,6 +46,22 @@ fn signal(pids: &[String], signal: &str) {
     assert!(status.success(), "kill -{signal} {pids:?}");
 }
 
+/// These processes stopped (SIGSTOP) until dropped, also when the test fails.
+struct Stopped<'a>(&'a [String]);
+
+impl<'a> Stopped<'a> {
+    fn new(pids: &'a [String]) -> Self {
+        signal(pids, "STOP");
+        Stopped(pids)
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-CONT").args(self.0).status();
+    }
+}
+
 /// Bytes in the spool folder's files.
 fn spooled(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -115,7 +131,7 @@ async fn a_file_rewritten_on_the_server_while_it_is_streamed_is_unstable() {
         }
         let pids = smbd_pids(&conf);
         assert!(!pids.is_empty(), "no smbd runs with {conf}");
-        signal(&pids, "STOP");
+        let stopped = Stopped::new(&pids);
         // The coordinator asks for the file's metadata only after the last
         // byte is in the spool: short of it now, that question is answered
         // after the rewrite below.
@@ -126,7 +142,7 @@ async fn a_file_rewritten_on_the_server_while_it_is_streamed_is_unstable() {
                 &mut bytes,
             );
         }
-        signal(&pids, "CONT");
+        drop(stopped);
         let resp = run.await.unwrap().unwrap();
         assert_eq!(resp.status().as_u16(), 200);
         let body: serde_json::Value = resp.json().await.unwrap();
@@ -323,8 +339,8 @@ async fn a_small_file_rewritten_on_the_server_while_it_is_read_is_unstable() {
         let name = format!("small-{attempt}.csv");
         let old: Vec<u8> = (0..64 << 10).map(|i| (i % 241) as u8 ^ attempt).collect();
         app.put("acme", &name, &old).await;
-        let path = std::fs::canonicalize(app.local(&format!("{}/acme/{name}", app.source_dir)))
-            .unwrap();
+        let path =
+            std::fs::canonicalize(app.local(&format!("{}/acme/{name}", app.source_dir))).unwrap();
         let slow = SlowReads::start(&smbd_pids(&conf), &path).await;
         let run = tokio::spawn(
             app.http
