@@ -55,4 +55,4 @@ export ENV=local SMB_HOST="$IT_SMB_HOST" SMB_PORT="$IT_SMB_PORT" SMB_SHARE="$IT_
 log "files in Postgres"
 psql "$DATABASE_URL" -c "SELECT remitter, file_name, status, archived_at IS NOT NULL AS archived FROM files ORDER BY id"
 log "the share now"
-(cd "$IT_SMB_SHARE_PATH" && find . -type f ! -name '.coordinator-clock' | sort)
+(cd "$IT_SMB_SHARE_PATH" && find . -type f | sort)

@@ -573,8 +573,7 @@ impl Engine {
 
     /// The first look, the queries, the pause and the second look: every
     /// decision before any download, with the claimed versions of the groups
-    /// found. Reads only (but for the server clock probe); shared by real
-    /// and dry runs.
+    /// found. Reads only; shared by real and dry runs.
     async fn look(&self) -> Result<(plan::Plan, Vec<KnownVersion>), (RunFailure, String)> {
         let s = &self.settings;
         let db_error = |e: crate::store::StoreError| (RunFailure::DatabaseError, e.to_string());
@@ -608,7 +607,7 @@ impl Engine {
             .collect();
         let known = self.store.group_versions(&keys).await.map_err(db_error)?;
         let remembered = self.store.pending_superseded().await.map_err(db_error)?;
-        let now = match self.source.server_now(&s.archive_dir).await {
+        let now = match self.source.server_now().await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "server clock unavailable; using the local clock for Policy A");

@@ -372,7 +372,7 @@ impl FileSource for MemSource {
         Ok(Moved::Done)
     }
 
-    async fn server_now(&self, _scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
+    async fn server_now(&self) -> Result<DateTime<Utc>, SourceError> {
         Ok(self.now())
     }
 }

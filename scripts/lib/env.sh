@@ -154,7 +154,7 @@ _apt_install() {
 }
 
 # ensure_packages [samba] [postgres] [browser]   (no argument = samba and postgres)
-# Installs what is missing: samba smbclient libsmbclient-dev pkg-config,
+# Installs what is missing: samba smbclient libsmbclient-dev pkg-config strace,
 # postgresql-$IT_PG_VERSION, and/or chromium chromium-driver (the status page's
 # browser test). Idempotent and quick when everything is present.
 ensure_packages() {
@@ -168,6 +168,11 @@ ensure_packages() {
                     log "samba / libsmbclient dev files missing; installing"
                     _apt_install samba smbclient libsmbclient-dev pkg-config || return 1
                     samba_present || { log "samba still missing after install"; return 1; }
+                fi
+                # The read-integrity test slows smbd's reads with strace.
+                if ! command -v strace >/dev/null; then
+                    log "strace missing (read-integrity test); installing"
+                    _apt_install strace || return 1
                 fi
                 ;;
             postgres)

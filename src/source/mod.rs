@@ -50,8 +50,9 @@ pub struct Fetched {
     pub md5: String,
     /// Bytes read.
     pub size: u64,
-    /// The file's metadata while it was open for the download (no writer
-    /// could change it meanwhile): what the bytes read correspond to.
+    /// The file's metadata after the last byte was read, asked on a handle
+    /// still open: any change since the second look (size, last-write or
+    /// change time), also one made during the read, shows here.
     pub after: Entry,
     /// The bytes read.
     pub content: Content,
@@ -135,7 +136,9 @@ pub trait FileSource: Send + Sync {
     /// bytes, else streamed into the local file `spool`.
     /// The file is opened denying writers: while another client holds it open
     /// for writing this fails with [`SourceError::Busy`], and no client can
-    /// open it for writing while it is read.
+    /// open it for writing while it is read. Writers that share modes do not
+    /// stop (a process on the file server, NFS) are caught by
+    /// [`Fetched::after`], taken after the last byte.
     async fn fetch(&self, path: &str, spool: &Path) -> Result<Fetched, SourceError>;
     /// Creates `dir` and its parents if missing.
     async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError>;
@@ -155,8 +158,9 @@ pub trait FileSource: Send + Sync {
     async fn connect(&self) -> Result<(), SourceError> {
         Ok(())
     }
-    /// The server's current time, as the server stamps files.
-    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError>;
+    /// The server's current time, as the server stamps files. Reads only
+    /// (a dry run writes nothing on the share).
+    async fn server_now(&self) -> Result<DateTime<Utc>, SourceError>;
 }
 
 /// Joins share-relative path parts with `/`, skipping empty ones.

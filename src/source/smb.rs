@@ -12,8 +12,12 @@
 //! - downloads open the file sharing read access only (deny write): the
 //!   open fails with a sharing violation while another client holds the
 //!   file open for writing, and no client can open it for writing while it
-//!   is read, so the size and times the open returns are those of the bytes
-//!   read;
+//!   is read. That stops SMB clients only (not a process on the file server
+//!   itself, NFS, or a Samba without share modes), so after the last byte a
+//!   deny-write handle held through the read is closed asking for the
+//!   file's size and times (`SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB`, a fresh stat
+//!   as the server lets go of it), and that answer is what the download
+//!   reports;
 //! - a move opens the source the same way, checks the size and last-write
 //!   time that the open returns, and renames through that handle with
 //!   `ReplaceIfExists = 0`: nothing can change the file between check and
@@ -28,15 +32,22 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use md5::{Digest, Md5};
 use smb2::client::connection::{Connection, Frame};
-use smb2::msg::close::CloseRequest;
+use smb2::msg::close::{CloseRequest, CloseResponse, SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB};
 use smb2::msg::create::{
     CreateDisposition, CreateRequest, CreateResponse, ImpersonationLevel, ShareAccess,
+};
+use smb2::msg::header::Header;
+use smb2::msg::negotiate::{
+    CIPHER_AES_128_CCM, CIPHER_AES_128_GCM, HASH_ALGORITHM_SHA512, NegotiateContext,
+    NegotiateRequest, NegotiateResponse,
 };
 use smb2::msg::query_info::InfoType;
 use smb2::msg::read::{ReadRequest, ReadResponse};
 use smb2::msg::set_info::SetInfoRequest;
-use smb2::pack::{FileTime, ReadCursor, Unpack};
+use smb2::pack::{FileTime, Guid, Pack, ReadCursor, Unpack, WriteCursor};
+use smb2::types::Dialect;
 use smb2::types::flags::FileAccessMask;
+use smb2::types::flags::{Capabilities, SecurityMode};
 use smb2::types::status::NtStatus;
 use smb2::types::{Command, CreditCharge, FileId, OplockLevel};
 use smb2::{ClientConfig, CompoundOp, ErrorKind, FileDownload, SmbClient, Tree};
@@ -144,6 +155,104 @@ fn to_utc(t: FileTime) -> DateTime<Utc> {
         .trunc_subsecs(6)
 }
 
+/// A NEGOTIATE request, NetBIOS-framed, offering every dialect smb2 knows
+/// (with the contexts SMB 3.1.1 requires), as the first and only message
+/// of a connection.
+fn negotiate_request() -> Vec<u8> {
+    let id = uuid::Uuid::new_v4();
+    let salt = [*uuid::Uuid::new_v4().as_bytes(), *id.as_bytes()].concat();
+    let (data1, data2, data3, data4) = id.as_fields();
+    let request = NegotiateRequest {
+        security_mode: SecurityMode::new(SecurityMode::SIGNING_ENABLED),
+        capabilities: Capabilities::new(0),
+        client_guid: Guid {
+            data1,
+            data2,
+            data3,
+            data4: *data4,
+        },
+        dialects: Dialect::ALL.to_vec(),
+        negotiate_contexts: vec![
+            NegotiateContext::PreauthIntegrity {
+                hash_algorithms: vec![HASH_ALGORITHM_SHA512],
+                salt,
+            },
+            NegotiateContext::Encryption {
+                ciphers: vec![CIPHER_AES_128_GCM, CIPHER_AES_128_CCM],
+            },
+        ],
+    };
+    let mut header = Header::new_request(Command::Negotiate);
+    header.tree_id = None;
+    let mut w = WriteCursor::new();
+    w.write_bytes(&[0; 4]);
+    header.pack(&mut w);
+    request.pack(&mut w);
+    let mut frame = w.into_inner();
+    let len = (frame.len() - 4) as u32;
+    frame[1..4].copy_from_slice(&len.to_be_bytes()[1..]);
+    frame
+}
+
+/// The server's clock in the NEGOTIATE answer `message` (one NetBIOS
+/// payload: SMB2 header and body).
+fn negotiated_time(message: &[u8]) -> Result<FileTime, String> {
+    let mut cursor = ReadCursor::new(message);
+    let header = Header::unpack(&mut cursor).map_err(|e| e.to_string())?;
+    if header.command != Command::Negotiate || !header.is_response() {
+        return Err(format!("answered {:?}", header.command));
+    }
+    if header.status != NtStatus::SUCCESS {
+        return Err(format!("refused: {:?}", header.status));
+    }
+    let body = message.get(Header::SIZE..).unwrap_or_default();
+    let answer =
+        NegotiateResponse::unpack(&mut ReadCursor::new(body)).map_err(|e| e.to_string())?;
+    let time = FileTime(answer.system_time);
+    if time.to_system_time().is_none() {
+        return Err(format!("no system time ({})", answer.system_time));
+    }
+    Ok(time)
+}
+
+/// The server's current time, read only: its clock from the SystemTime of
+/// the NEGOTIATE answer on a connection of its own (nothing signed in,
+/// nothing written), advanced by the local time since, half the round
+/// trip included. It is the clock smbd reads, which is the one the kernel
+/// stamps files with on the server (measured to agree with a written
+/// file's last-write time within a millisecond: README).
+async fn negotiate_clock(host: &str, port: u16) -> Result<DateTime<Utc>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut socket = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = negotiate_request();
+    let sent = std::time::Instant::now();
+    socket
+        .write_all(&request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut len = [0u8; 4];
+    socket
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| e.to_string())?;
+    let received = std::time::Instant::now();
+    let len = u32::from_be_bytes([0, len[1], len[2], len[3]]) as usize;
+    let mut message = vec![0u8; len.min(1 << 16)];
+    socket
+        .read_exact(&mut message)
+        .await
+        .map_err(|e| e.to_string())?;
+    let time = negotiated_time(&message)?;
+    let at = time
+        .to_system_time()
+        .map(DateTime::<Utc>::from)
+        .ok_or("no system time")?;
+    let since = received.elapsed() + received.duration_since(sent) / 2;
+    Ok(at + since)
+}
+
 /// The last path segment.
 fn base(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
@@ -157,6 +266,58 @@ fn entry_of_open(path: &str, r: &CreateResponse) -> Entry {
         mtime: to_utc(r.last_write_time),
         ctime: to_utc(r.change_time),
     }
+}
+
+/// The file's metadata in the answer to a CLOSE sent with
+/// `SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB`; `None` when the server could not
+/// give it (the flag is not echoed: e.g. the file is gone).
+fn entry_of_close(path: &str, r: &CloseResponse) -> Option<Entry> {
+    (r.flags & SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB != 0).then(|| Entry {
+        name: base(path).to_string(),
+        is_dir: r.file_attributes & ATTR_DIRECTORY != 0,
+        size: r.end_of_file,
+        mtime: to_utc(r.last_write_time),
+        ctime: to_utc(r.change_time),
+    })
+}
+
+/// A CLOSE of `file_id` that asks for the file's size and times.
+fn close_with_attributes(file_id: FileId) -> CloseRequest {
+    CloseRequest {
+        flags: SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB,
+        file_id,
+    }
+}
+
+/// The metadata in the answer `frame` to [`close_with_attributes`].
+fn closed_entry(op: &str, path: &str, frame: &Frame) -> Result<Entry, SourceError> {
+    if frame.header.status != NtStatus::SUCCESS {
+        return Err(status_error(op, frame.header.status, Command::Close));
+    }
+    let answer =
+        CloseResponse::unpack(&mut ReadCursor::new(&frame.body)).map_err(|e| classify(op, e))?;
+    entry_of_close(path, &answer)
+        .ok_or_else(|| SourceError::NotFound(format!("{op} (gone when closed)")))
+}
+
+/// Closes `file_id` and returns the file's size and times the server found
+/// as it let go of the handle.
+async fn close_and_query(
+    tree: &Tree,
+    conn: &Connection,
+    op: &str,
+    path: &str,
+    file_id: FileId,
+) -> Result<Entry, SourceError> {
+    let frame = conn
+        .execute(
+            Command::Close,
+            &close_with_attributes(file_id),
+            Some(tree.tree_id),
+        )
+        .await
+        .map_err(|e| classify(op, e))?;
+    closed_entry(op, path, &frame)
 }
 
 /// A CREATE that opens an existing file sharing read access only.
@@ -270,15 +431,25 @@ fn frames_of(
     Ok(frames)
 }
 
+/// A file read whole by [`read_small`].
+struct Small {
+    bytes: Vec<u8>,
+    /// Its metadata as the open found it.
+    opened: Entry,
+    /// Its metadata after the READ, from the CLOSE.
+    after: Entry,
+}
+
 /// A whole file of at most [`IN_MEMORY_MAX`] bytes in one round trip: the
-/// deny-write CREATE, one READ and CLOSE in a compound. `None` when the file
-/// is larger (nothing kept; the caller streams it through a new open).
+/// deny-write CREATE, one READ and a CLOSE that returns the file's size and
+/// times after the read, in a compound. `None` when the file is larger
+/// (nothing kept; the caller streams it through a new open).
 async fn read_small(
     tree: &Tree,
     conn: &mut Connection,
     op: &str,
     path: &str,
-) -> Result<Option<(Vec<u8>, CreateResponse)>, SourceError> {
+) -> Result<Option<Small>, SourceError> {
     let max_read = conn.params().map(|p| p.max_read_size).unwrap_or(65536);
     let requested = IN_MEMORY_MAX.min(u64::from(max_read)).max(1) as u32;
     let create = deny_write_open(path, FileAccessMask::FILE_READ_DATA);
@@ -293,10 +464,7 @@ async fn read_small(
         remaining_bytes: 0,
         read_channel_info: vec![],
     };
-    let close = CloseRequest {
-        flags: 0,
-        file_id: FileId::SENTINEL,
-    };
+    let close = close_with_attributes(FileId::SENTINEL);
     let tid = Some(tree.tree_id);
     let ops = [
         CompoundOp::new(Command::Create, &create, tid),
@@ -319,28 +487,103 @@ async fn read_small(
     }
     let opened = CreateResponse::unpack(&mut ReadCursor::new(&frames[0].body))
         .map_err(|e| classify(op, e))?;
-    let closed = frames[2].header.status == NtStatus::SUCCESS;
+    if frames[2].header.status != NtStatus::SUCCESS {
+        let _ = tree.close_handle(conn, opened.file_id).await;
+    }
     let read_status = frames[1].header.status;
     if read_status != NtStatus::SUCCESS && read_status != NtStatus::END_OF_FILE {
-        if !closed {
-            let _ = tree.close_handle(conn, opened.file_id).await;
-        }
         return Err(status_error(op, read_status, Command::Read));
-    }
-    if !closed {
-        let _ = tree.close_handle(conn, opened.file_id).await;
     }
     if opened.end_of_file > u64::from(requested) {
         return Ok(None);
     }
-    let data = if read_status == NtStatus::END_OF_FILE {
+    let after = closed_entry(op, path, &frames[2])?;
+    let bytes = if read_status == NtStatus::END_OF_FILE {
         Vec::new()
     } else {
         ReadResponse::unpack(&mut ReadCursor::new(&frames[1].body))
             .map_err(|e| classify(op, e))?
             .data
     };
-    Ok(Some((data, opened)))
+    Ok(Some(Small {
+        bytes,
+        opened: entry_of_open(path, &opened),
+        after,
+    }))
+}
+
+/// Logs when the file changed between its open and the end of the read
+/// (the caller compares `after` with the second look and finds it unstable).
+fn note_change(path: &str, opened: &Entry, after: &Entry, read: u64) {
+    if opened != after || read != after.size {
+        tracing::info!(
+            path,
+            opened_size = opened.size,
+            size_after = after.size,
+            read,
+            "the file changed while it was read"
+        );
+    }
+}
+
+/// Opens the file with `request` and streams it, pipelined, into memory or
+/// (above [`IN_MEMORY_MAX`]) the spool file `dest`: MD5, bytes read and
+/// where they are. The download closes its handle after the last chunk.
+async fn stream(
+    tree: &Tree,
+    conn: &mut Connection,
+    op: &str,
+    request: &CreateRequest,
+    dest: &Path,
+    chunk_timeout: Duration,
+) -> Result<(String, u64, Content), SourceError> {
+    let timed_out = |_| SourceError::Timeout {
+        op: op.to_string(),
+        secs: chunk_timeout.as_secs(),
+    };
+    let opened = tokio::time::timeout(chunk_timeout, open(tree, conn, op, request))
+        .await
+        .map_err(timed_out)??;
+    let spool_error = |e: std::io::Error| SourceError::Io {
+        op: format!("write spool file {}", dest.display()),
+        message: e.to_string(),
+    };
+    let mut download =
+        FileDownload::new(tree, conn, opened.file_id, opened.end_of_file, READ_CHUNK);
+    let mut spool = None;
+    let mut memory = Vec::new();
+    if opened.end_of_file > IN_MEMORY_MAX {
+        spool = Some(tokio::fs::File::create(dest).await.map_err(spool_error)?);
+    } else {
+        memory.reserve_exact(opened.end_of_file as usize);
+    }
+    let mut hasher = Md5::new();
+    let mut size = 0u64;
+    loop {
+        let chunk = tokio::time::timeout(chunk_timeout, download.next_chunk())
+            .await
+            .map_err(timed_out)?;
+        match chunk {
+            None => break,
+            Some(Err(e)) => return Err(classify(op, e)),
+            Some(Ok(bytes)) => {
+                hasher.update(&bytes);
+                size += bytes.len() as u64;
+                match spool.as_mut() {
+                    Some(out) => out.write_all(&bytes).await.map_err(spool_error)?,
+                    None => memory.extend_from_slice(&bytes),
+                }
+            }
+        }
+    }
+    let content = match spool {
+        Some(mut out) => {
+            out.flush().await.map_err(spool_error)?;
+            Content::Spooled(dest.to_path_buf())
+        }
+        None => Content::Memory(memory),
+    };
+    Ok((hex::encode(hasher.finalize()), size, content))
 }
 
 impl SmbShare {
@@ -574,89 +817,50 @@ impl FileSource for SmbShare {
                 let (p, dest) = (p.clone(), dest.clone());
                 async move {
                     let op = format!("read {p}");
+                    let timed_out = |_| SourceError::Timeout {
+                        op: op.clone(),
+                        secs: chunk_timeout.as_secs(),
+                    };
                     let small =
                         tokio::time::timeout(chunk_timeout, read_small(&tree, &mut conn, &op, &p))
                             .await
-                            .map_err(|_| SourceError::Timeout {
-                                op: op.clone(),
-                                secs: chunk_timeout.as_secs(),
-                            })??;
-                    if let Some((bytes, opened)) = small {
+                            .map_err(timed_out)??;
+                    if let Some(Small {
+                        bytes,
+                        opened,
+                        after,
+                    }) = small
+                    {
+                        note_change(&p, &opened, &after, bytes.len() as u64);
                         return Ok(Fetched {
                             md5: hex::encode(Md5::digest(&bytes)),
                             size: bytes.len() as u64,
-                            after: entry_of_open(&p, &opened),
+                            after,
                             content: Content::Memory(bytes),
                         });
                     }
-                    let opened = tokio::time::timeout(
+                    // Two deny-write handles: the download closes its own
+                    // as the last chunk lands; the other, held through the
+                    // read, is closed after it asking for the size and times
+                    // (a QUERY_INFO on an open handle would not do: Samba
+                    // reports the last-write time the file had when opened).
+                    let request = deny_write_open(&p, FileAccessMask::FILE_READ_DATA);
+                    let held =
+                        tokio::time::timeout(chunk_timeout, open(&tree, &conn, &op, &request))
+                            .await
+                            .map_err(timed_out)??;
+                    let read = stream(&tree, &mut conn, &op, &request, &dest, chunk_timeout).await;
+                    let after = tokio::time::timeout(
                         chunk_timeout,
-                        open(
-                            &tree,
-                            &conn,
-                            &op,
-                            &deny_write_open(&p, FileAccessMask::FILE_READ_DATA),
-                        ),
+                        close_and_query(&tree, &conn, &op, &p, held.file_id),
                     )
                     .await
-                    .map_err(|_| SourceError::Timeout {
-                        op: op.clone(),
-                        secs: chunk_timeout.as_secs(),
-                    })??;
-                    // Nobody can write while the handle is open: these are
-                    // the size and times of the bytes about to be read.
-                    let after = entry_of_open(&p, &opened);
-                    let spool_error = |e: std::io::Error| SourceError::Io {
-                        op: format!("write spool file {}", dest.display()),
-                        message: e.to_string(),
-                    };
-                    let mut download = FileDownload::new(
-                        &tree,
-                        &mut conn,
-                        opened.file_id,
-                        opened.end_of_file,
-                        READ_CHUNK,
-                    );
-                    let mut spool = None;
-                    let mut memory = Vec::new();
-                    if opened.end_of_file > IN_MEMORY_MAX {
-                        spool = Some(tokio::fs::File::create(&dest).await.map_err(spool_error)?);
-                    } else {
-                        memory.reserve_exact(opened.end_of_file as usize);
-                    }
-                    let mut hasher = Md5::new();
-                    let mut size = 0u64;
-                    loop {
-                        let chunk = tokio::time::timeout(chunk_timeout, download.next_chunk())
-                            .await
-                            .map_err(|_| SourceError::Timeout {
-                                op: op.clone(),
-                                secs: chunk_timeout.as_secs(),
-                            })?;
-                        match chunk {
-                            None => break,
-                            Some(Err(e)) => return Err(classify(&op, e)),
-                            Some(Ok(bytes)) => {
-                                hasher.update(&bytes);
-                                size += bytes.len() as u64;
-                                match spool.as_mut() {
-                                    Some(out) => {
-                                        out.write_all(&bytes).await.map_err(spool_error)?
-                                    }
-                                    None => memory.extend_from_slice(&bytes),
-                                }
-                            }
-                        }
-                    }
-                    let content = match spool {
-                        Some(mut out) => {
-                            out.flush().await.map_err(spool_error)?;
-                            Content::Spooled(dest)
-                        }
-                        None => Content::Memory(memory),
-                    };
+                    .map_err(timed_out);
+                    let (md5, size, content) = read?;
+                    let after = after??;
+                    note_change(&p, &entry_of_open(&p, &held), &after, size);
                     Ok(Fetched {
-                        md5: hex::encode(hasher.finalize()),
+                        md5,
                         size,
                         after,
                         content,
@@ -756,26 +960,20 @@ impl FileSource for SmbShare {
         self.live().await.map(|_| ())
     }
 
-    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
-        self.mkdir_all(scratch_dir).await?;
-        let marker = super::join(&[scratch_dir, ".coordinator-clock"]);
-        self.call(
-            "server clock".to_string(),
-            Some(self.config.timeout),
-            Retry::OnDisconnect,
-            move |tree, mut conn| {
-                let marker = marker.clone();
-                async move {
-                    let stamp = Utc::now().to_rfc3339();
-                    tree.write_file(&mut conn, &marker, stamp.as_bytes())
-                        .await
-                        .map_err(|e| classify(&format!("write {marker}"), e))?;
-                    Ok(stat_entry(&tree, &mut conn, &marker).await?.mtime)
-                }
-                .boxed()
-            },
-        )
-        .await
+    async fn server_now(&self) -> Result<DateTime<Utc>, SourceError> {
+        let c = &self.config;
+        let op = "server clock (NEGOTIATE)";
+        match tokio::time::timeout(c.timeout, negotiate_clock(&c.host, c.port)).await {
+            Ok(Ok(now)) => Ok(now),
+            Ok(Err(message)) => Err(SourceError::Io {
+                op: op.into(),
+                message,
+            }),
+            Err(_) => Err(SourceError::Timeout {
+                op: op.into(),
+                secs: c.timeout.as_secs(),
+            }),
+        }
     }
 }
 
@@ -802,6 +1000,102 @@ mod tests {
         let utc = to_utc(t);
         assert_eq!(utc.timestamp_subsec_nanos(), 123_456_000);
         assert_eq!(utc.timestamp(), 1_704_067_200);
+    }
+
+    fn close_answer(flags: u16) -> CloseResponse {
+        CloseResponse {
+            flags,
+            creation_time: FileTime(1),
+            last_access_time: FileTime(2),
+            last_write_time: FileTime(133_485_408_001_234_567),
+            change_time: FileTime(133_485_408_009_000_000),
+            allocation_size: 4096,
+            end_of_file: 1234,
+            file_attributes: 0x20,
+        }
+    }
+
+    #[test]
+    fn a_close_answer_gives_the_size_and_times_after_the_read() {
+        let mut w = WriteCursor::new();
+        close_answer(SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB).pack(&mut w);
+        let bytes = w.into_inner();
+        let r = CloseResponse::unpack(&mut ReadCursor::new(&bytes)).unwrap();
+        let e = entry_of_close("src/acme/f.csv", &r).unwrap();
+        assert_eq!(e.name, "f.csv");
+        assert!(!e.is_dir);
+        assert_eq!(e.size, 1234);
+        assert_eq!(e.mtime, to_utc(FileTime(133_485_408_001_234_567)));
+        assert_eq!(e.ctime, to_utc(FileTime(133_485_408_009_000_000)));
+    }
+
+    #[test]
+    fn a_close_answer_without_the_attributes_flag_says_nothing() {
+        assert_eq!(entry_of_close("f.csv", &close_answer(0)), None);
+    }
+
+    #[test]
+    fn the_clock_request_is_one_framed_negotiate_offering_smb_3_1_1() {
+        let frame = negotiate_request();
+        assert_eq!(frame[0], 0);
+        let len = u32::from_be_bytes([0, frame[1], frame[2], frame[3]]) as usize;
+        assert_eq!(len, frame.len() - 4);
+        let mut c = ReadCursor::new(&frame[4..]);
+        let h = Header::unpack(&mut c).unwrap();
+        assert_eq!(h.command, Command::Negotiate);
+        assert!(!h.is_response());
+        let r = NegotiateRequest::unpack(&mut ReadCursor::new(&frame[4 + Header::SIZE..])).unwrap();
+        assert!(r.dialects.contains(&Dialect::Smb3_1_1));
+        assert!(
+            r.negotiate_contexts
+                .iter()
+                .any(|c| matches!(c, NegotiateContext::PreauthIntegrity { .. }))
+        );
+    }
+
+    fn negotiate_answer(status: NtStatus, system_time: u64) -> Vec<u8> {
+        let mut h = Header::new_request(Command::Negotiate);
+        h.flags.set_response();
+        h.status = status;
+        let r = NegotiateResponse {
+            security_mode: SecurityMode::new(SecurityMode::SIGNING_ENABLED),
+            dialect_revision: Dialect::Smb3_0_2,
+            server_guid: Guid::ZERO,
+            capabilities: Capabilities::new(0),
+            max_transact_size: 1 << 20,
+            max_read_size: 1 << 20,
+            max_write_size: 1 << 20,
+            system_time,
+            server_start_time: 0,
+            security_buffer: vec![],
+            negotiate_contexts: vec![],
+        };
+        let mut w = WriteCursor::new();
+        h.pack(&mut w);
+        r.pack(&mut w);
+        w.into_inner()
+    }
+
+    #[test]
+    fn the_server_clock_is_the_negotiate_answers_system_time() {
+        let t = 133_485_408_001_234_567;
+        assert_eq!(
+            negotiated_time(&negotiate_answer(NtStatus::SUCCESS, t)),
+            Ok(FileTime(t))
+        );
+    }
+
+    #[test]
+    fn a_negotiate_answer_without_a_time_or_refused_gives_no_clock() {
+        assert!(negotiated_time(&negotiate_answer(NtStatus::SUCCESS, 0)).is_err());
+        assert!(
+            negotiated_time(&negotiate_answer(
+                NtStatus::ACCESS_DENIED,
+                133_485_408_000_000_000
+            ))
+            .is_err()
+        );
+        assert!(negotiated_time(&[0u8; 10]).is_err());
     }
 
     #[test]

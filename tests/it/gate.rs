@@ -105,8 +105,8 @@ impl FileSource for Gate {
         self.hold(Point::BeforeMove, from).await;
         self.inner.move_file(from, to, expected).await
     }
-    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
-        self.inner.server_now(scratch_dir).await
+    async fn server_now(&self) -> Result<DateTime<Utc>, SourceError> {
+        self.inner.server_now().await
     }
 }
 
@@ -163,7 +163,7 @@ impl FileSource for FailingList {
     ) -> Result<Moved, SourceError> {
         self.inner.move_file(from, to, expected).await
     }
-    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
-        self.inner.server_now(scratch_dir).await
+    async fn server_now(&self) -> Result<DateTime<Utc>, SourceError> {
+        self.inner.server_now().await
     }
 }

@@ -21,6 +21,7 @@ mod outages;
 mod outbox;
 mod policy_a;
 mod process;
+mod read_integrity;
 mod status_page;
 mod temp_files;
 mod tls;
