@@ -328,8 +328,9 @@ impl Processor {
 
     /// Writes an outcome, again after a transient database error (with
     /// backoff) until `deadline`, when the claim's lease would let another
-    /// run take it over. An outcome that still cannot be written is kept,
-    /// so FOI and ITM are never called again for it.
+    /// run take it over, or until a stop. From the first failed attempt on,
+    /// the outcome is kept (journaled), so neither a give-up nor a crash
+    /// during the retries makes FOI or ITM be called again for it.
     async fn record(
         &self,
         c: &Candidate,
@@ -346,14 +347,26 @@ impl Processor {
                 o.notification.as_ref(),
             )
         };
-        let written = write
-            .retry(OUTCOME_WRITE_BACKOFF.without_max_times())
-            .when(|e: &StoreError| e.is_transient() && tokio::time::Instant::now() < deadline)
-            .notify(|e, pause| {
-                tracing::warn!(error = %e, ?pause, status = o.status.as_str(), "outcome not recorded yet; trying again")
-            })
-            .await;
         let status = o.status.clone();
+        let mut written = write().await;
+        if written.as_ref().is_err_and(StoreError::is_transient) {
+            self.kept.keep(kept.clone());
+            written = write
+                .retry(OUTCOME_WRITE_BACKOFF.without_max_times())
+                .when(|e: &StoreError| {
+                    e.is_transient()
+                        && tokio::time::Instant::now() < deadline
+                        && !self.stop.is_cancelled()
+                })
+                .notify(|e, pause| {
+                    tracing::warn!(error = %e, ?pause, status = status.as_str(), "outcome not recorded yet; trying again")
+                })
+                .await;
+            if !written.as_ref().is_err_and(StoreError::is_transient) {
+                // Written, or refused for good: nothing left to keep.
+                self.kept.written(&kept);
+            }
+        }
         match written {
             Ok(()) => {
                 tracing::info!(status = status.as_str(), "processed");
@@ -365,18 +378,8 @@ impl Processor {
                     reason: kept.outcome.failure,
                 }
             }
-            Err(e @ StoreError::ClaimLost(_)) => {
-                tracing::warn!(error = %e, status = status.as_str(), "the claim was taken over; this outcome is dropped");
-                FileReport::new(
-                    c,
-                    Decision::Error,
-                    Some(format!("outcome {} not recorded: {e}", status.as_str())),
-                )
-                .with_status(FileStatus::Processing)
-            }
-            Err(e) => {
+            Err(e) if e.is_transient() => {
                 tracing::error!(error = %e, status = status.as_str(), "could not record the outcome; kept for a later write");
-                self.kept.keep(kept);
                 FileReport::new(
                     c,
                     Decision::Error,
@@ -385,6 +388,15 @@ impl Processor {
                          without calling FOI or ITM again",
                         status.as_str()
                     )),
+                )
+                .with_status(FileStatus::Processing)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, status = status.as_str(), "outcome not recorded (the claim is no longer this run's)");
+                FileReport::new(
+                    c,
+                    Decision::Error,
+                    Some(format!("outcome {} not recorded: {e}", status.as_str())),
                 )
                 .with_status(FileStatus::Processing)
             }
