@@ -922,6 +922,7 @@ async fn a_claim_left_processing_is_taken_over_after_its_lease() {
             &md5_hex(b"bytes"),
             5,
             old(),
+            old(),
             std::time::Duration::from_secs(900),
         )
         .await

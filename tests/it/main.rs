@@ -22,6 +22,7 @@ mod outbox;
 mod policy_a;
 mod process;
 mod status_page;
+mod superseded;
 mod temp_files;
 mod tls;
 mod versions;
