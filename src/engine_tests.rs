@@ -1142,3 +1142,76 @@ async fn a_dry_run_decides_like_a_run_and_does_nothing() {
     assert_eq!(*h.engine.passes_done.borrow(), 0, "no background pass");
     assert!(h.spool_is_empty());
 }
+
+/// A processed file replaced by other bytes of the same size that keep its
+/// last-write time (a copy that keeps the source's time): only its change
+/// time moved. The move refuses it (not archived), and the next run
+/// downloads it and sends the new content as a new version.
+#[tokio::test]
+async fn a_file_whose_change_time_moved_is_not_archived_and_is_sent_again() {
+    let h = Harness::new();
+    let path = "in/acme/remit.csv";
+    h.src.put(path, b"first", old());
+    h.src.fail_rename(path);
+    let r = h.run().await;
+    assert_eq!(report_of(&r, "remit.csv").decision, Decision::Processed);
+    assert!(h.src.exists(path), "the first move failed");
+    h.src.put(path, b"other", old());
+    h.src.set_ctime(path, old() + chrono::Duration::minutes(5));
+    h.src.clear_faults();
+
+    h.pass().await;
+    assert_eq!(
+        h.src.read(path).as_deref(),
+        Some(&b"other"[..]),
+        "not archived"
+    );
+    assert!(!h.only_row().archived());
+
+    let r = h.run().await;
+    let f = report_of(&r, "remit.csv");
+    assert_eq!(f.decision, Decision::Processed, "{f:?}");
+    let sent: Vec<Vec<u8>> = h.foi.calls().into_iter().map(|c| c.bytes).collect();
+    assert_eq!(sent, [b"first".to_vec(), b"other".to_vec()]);
+    let rows = h.store.files();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[1].archived() && !rows[0].archived(), "{rows:?}");
+    assert_eq!(
+        h.src.read("archive/acme/remit.csv").as_deref(),
+        Some(&b"other"[..])
+    );
+}
+
+/// Only the change time moved, the content is the same: the next run
+/// downloads it once more, finds the row by MD5 and refreshes its recorded
+/// times, so the pass moves it (it is not left in the source for good).
+#[tokio::test]
+async fn a_file_whose_change_time_alone_moved_is_refreshed_and_archived() {
+    let h = Harness::new();
+    let path = "in/acme/remit.csv";
+    h.src.put(path, b"first", old());
+    h.src.fail_rename(path);
+    h.run().await;
+    let moved = old() + chrono::Duration::minutes(5);
+    h.src.set_ctime(path, moved);
+    h.src.clear_faults();
+    h.pass().await;
+    assert!(
+        h.src.exists(path),
+        "the recorded version is not the one in the source"
+    );
+
+    let r = h.run().await;
+    let f = report_of(&r, "remit.csv");
+    assert_eq!(f.decision, Decision::AlreadyProcessed, "{f:?}");
+    assert_eq!(h.foi.calls().len(), 1, "not sent again");
+    assert_eq!(h.src.fetches().len(), 2, "downloaded once more");
+    let row = h.only_row();
+    assert_eq!(row.ctime, Some(moved));
+    assert!(row.archived(), "{row:?}");
+    assert!(!h.src.exists(path));
+    assert_eq!(
+        h.store.events(row.id),
+        ["processing", "success", "archive_succeeded"]
+    );
+}

@@ -3,14 +3,19 @@
 //! version stays in the source until an operator acts, and a retried one is
 //! archived with its row; an older version still being written waits like
 //! any unstable file; remitter folders that differ only in case are one
-//! group.
+//! group; a file whose change time moved is not archived as the version
+//! that was processed.
 
 use crate::fakes::ItmBehavior;
 use crate::gate::{Gate, Point};
-use crate::helpers::{Opts, TestApp, decision_of, spawn_app};
+use crate::helpers::{Opts, TestApp, decision_of, md5_hex, spawn_app};
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use coordinator::source::{Entry, Expected, Fetched, FileSource, Moved, SourceError, join};
 use serde_json::json;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Sets the last-write time of a file on the share's disk.
@@ -318,5 +323,133 @@ async fn remitter_folders_differing_only_in_case_are_one_group() {
     // The next run finds the newest processed and nothing else to do.
     let body = app.run_ok().await;
     assert_eq!(body["summary"]["processed"], 0, "{body}");
+    app.finish().await;
+}
+
+/// The share as a server that reports a file's real change time (Windows,
+/// most NAS): Samba reports the last-write time as the change time, so over
+/// it a change that keeps the last-write time is invisible. This wrapper
+/// reads the change time from the share's disk and refuses a move whose
+/// expected change time is no longer the file's, as such a server's open
+/// would show it.
+struct DiskChangeTime {
+    inner: Arc<dyn FileSource>,
+    disk: PathBuf,
+}
+
+impl DiskChangeTime {
+    fn ctime(&self, path: &str) -> Option<DateTime<Utc>> {
+        let m = std::fs::metadata(self.disk.join(path)).ok()?;
+        DateTime::from_timestamp(m.ctime(), m.ctime_nsec() as u32).map(|t| t.trunc_subsecs(6))
+    }
+
+    fn with_ctime(&self, path: &str, mut e: Entry) -> Entry {
+        if let Some(c) = self.ctime(path) {
+            e.ctime = c;
+        }
+        e
+    }
+}
+
+#[async_trait]
+impl FileSource for DiskChangeTime {
+    async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError> {
+        let entries = self.inner.list(dir).await?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let path = join(&[dir, &e.name]);
+                self.with_ctime(&path, e)
+            })
+            .collect())
+    }
+    async fn stat(&self, path: &str) -> Result<Entry, SourceError> {
+        let e = self.inner.stat(path).await?;
+        Ok(self.with_ctime(path, e))
+    }
+    async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
+        let mut f = self.inner.fetch(path, dest).await?;
+        f.after = self.with_ctime(path, f.after);
+        Ok(f)
+    }
+    async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError> {
+        self.inner.mkdir_all(dir).await
+    }
+    async fn move_file(
+        &self,
+        from: &str,
+        to: &str,
+        expected: &Expected,
+    ) -> Result<Moved, SourceError> {
+        let now = self.stat(from).await?;
+        if !expected.matches(&now) {
+            return Ok(Moved::Changed(now));
+        }
+        let inner = Expected {
+            ctime: None,
+            ..expected.clone()
+        };
+        self.inner.move_file(from, to, &inner).await
+    }
+    async fn server_now(&self, scratch_dir: &str) -> Result<DateTime<Utc>, SourceError> {
+        self.inner.server_now(scratch_dir).await
+    }
+}
+
+/// Item 8: just before the archive moves a processed file, it is replaced
+/// by other bytes of the same size with its last-write time restored (its
+/// change time moves): it is not archived, and the next run sends the new
+/// content as a new version (over a share that reports real change times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_change_time_moved_before_its_move_is_not_archived() {
+    let app = spawn_app(Opts::default()).await;
+    app.put("acme", "remit.csv", b"first").await;
+    let path = format!("{}/acme/remit.csv", app.source_dir);
+    let share: Arc<dyn FileSource> = Arc::new(DiskChangeTime {
+        inner: app.server.engine.source.clone(),
+        disk: app.share_path.clone(),
+    });
+    let gate = Gate::new(share, Point::BeforeMove, &path);
+    let engine = app.server.engine.over(gate.clone());
+    let runner = engine.clone();
+    let run = tokio::spawn(async move { runner.run("test").await });
+    gate.wait_reached().await;
+    let local = app.local(&path);
+    let t = mtime_of(&local);
+    std::fs::write(&local, b"other").unwrap();
+    set_mtime(&local, t);
+    gate.go.notify_one();
+    let report = run.await.unwrap().expect("the run completes");
+    assert_eq!(report.summary.processed, 1, "{:?}", report.summary.files);
+    engine.tracker.close();
+    engine.tracker.wait().await;
+    assert_eq!(std::fs::read(&local).unwrap(), b"other", "not archived");
+    assert!(app.archive_names("acme").is_empty());
+    assert!(!app.files().await[0].archived);
+
+    let again = app.server.engine.over(engine.source.clone());
+    let report = again.run("test").await.expect("the run completes");
+    let f = report
+        .summary
+        .files
+        .iter()
+        .find(|f| f.file_name == "remit.csv")
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(f.decision).unwrap(),
+        "processed",
+        "{f:?}"
+    );
+    again.tracker.close();
+    again.tracker.wait().await;
+    let sent: Vec<String> = app.fakes.foi_calls().into_iter().map(|c| c.md5).collect();
+    assert_eq!(sent, [md5_hex(b"first"), md5_hex(b"other")]);
+    let rows = app.files().await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(!rows[0].archived && rows[1].archived, "{rows:?}");
+    assert_eq!(
+        std::fs::read(app.local(&format!("{}/acme/remit.csv", app.archive_dir))).unwrap(),
+        b"other"
+    );
     app.finish().await;
 }
