@@ -1215,3 +1215,42 @@ async fn a_file_whose_change_time_alone_moved_is_refreshed_and_archived() {
         ["processing", "success", "archive_succeeded"]
     );
 }
+
+/// A processed and archived old version copied back after a newer one was
+/// claimed is superseded (never sent again) and archived again with its
+/// row: a second `archive_succeeded`, as every move writes one.
+#[tokio::test]
+async fn a_processed_old_version_copied_back_is_archived_again_with_its_row() {
+    let h = Harness::new();
+    h.src.put("in/acme/r_20240101.csv", b"old", old());
+    h.run().await;
+    h.src.put("in/acme/r_20240102.csv", b"new", old());
+    h.run().await;
+    h.src.put("in/acme/r_20240101.csv", b"old", old());
+    let r = h.run().await;
+    assert_eq!(
+        report_of(&r, "r_20240101.csv").decision,
+        Decision::Superseded
+    );
+    assert!(!h.src.exists("in/acme/r_20240101.csv"));
+    assert_eq!(
+        h.src.read("archive/acme/r_20240101 (1).csv").as_deref(),
+        Some(&b"old"[..])
+    );
+    let row = h.store.files()[0].clone();
+    assert_eq!(row.file_name, "r_20240101.csv");
+    assert_eq!(
+        row.archive_path.as_deref(),
+        Some("archive/acme/r_20240101 (1).csv")
+    );
+    assert_eq!(
+        h.store.events(row.id),
+        [
+            "processing",
+            "success",
+            "archive_succeeded",
+            "archive_succeeded"
+        ]
+    );
+    assert_eq!(h.foi.calls().len(), 2, "never sent again");
+}

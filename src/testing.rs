@@ -987,10 +987,7 @@ impl ArchiveStore for MemStore {
         // A claimed version moved: its row and its one event, as Postgres does.
         let file_id = f.file_id;
         if let (Some(file_id), Some(to)) = (file_id, archive_path)
-            && let Some(row) = s
-                .files
-                .iter_mut()
-                .find(|r| r.id == file_id && !r.archived())
+            && let Some(row) = s.files.iter_mut().find(|r| r.id == file_id)
         {
             row.archive_path = Some(to.into());
             s.event(

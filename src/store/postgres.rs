@@ -731,12 +731,14 @@ impl ArchiveStore for PgStore {
         archive_path: Option<&str>,
     ) -> Result<(), StoreError> {
         // One statement: the superseded row, and a claimed version's row
-        // with its one `archive_succeeded` event when it was moved.
+        // with its one `archive_succeeded` event when it was moved (once per
+        // move: the superseded row resolves once; a version archived before
+        // and copied back gets a second event, as any move does).
         sqlx::query(
             "WITH s AS (UPDATE superseded_files SET resolved_at = now(), archive_path = $2 \
                WHERE id = $1 AND resolved_at IS NULL RETURNING file_id), \
              up AS (UPDATE files f SET archived_at = now(), archive_path = $2 FROM s \
-               WHERE $2::text IS NOT NULL AND f.id = s.file_id AND f.archived_at IS NULL RETURNING f.id) \
+               WHERE $2::text IS NOT NULL AND f.id = s.file_id RETURNING f.id) \
              INSERT INTO file_events (file_id, status, detail) SELECT id, $3, $4 FROM up",
         )
         .bind(id)

@@ -326,6 +326,51 @@ async fn remitter_folders_differing_only_in_case_are_one_group() {
     app.finish().await;
 }
 
+/// Item 8 with item 6: the older version sits in the folder `acme`, its
+/// newest in `Acme`; it is appended to between the two looks. One group:
+/// its own folder is listed again too, so it waits (not recorded, not moved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_version_in_the_other_case_folder_gets_its_second_look() {
+    let app = spawn_app(Opts::default()).await;
+    let (old, new) = ("remit_20240101.csv", "remit_20240102.csv");
+    let source = app.local(&app.source_dir);
+    let owner = std::fs::metadata(&source).unwrap();
+    for (folder, name, bytes) in [("Acme", new, &b"new"[..]), ("acme", old, &b"old"[..])] {
+        let dir = source.join(folder);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+        for p in [dir.clone(), dir.join(name)] {
+            std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid())).unwrap();
+        }
+    }
+    let dir = format!("{}/acme", app.source_dir);
+    let gate = Gate::nth(app.server.engine.source.clone(), Point::BeforeList, &dir, 1);
+    let engine = app.server.engine.over(gate.clone());
+    let runner = engine.clone();
+    let run = tokio::spawn(async move { runner.run("test").await });
+    gate.wait_reached().await;
+    std::fs::write(app.local(&format!("{dir}/{old}")), b"old, and more").unwrap();
+    gate.go.notify_one();
+    let report = run.await.unwrap().expect("the run completes");
+    engine.tracker.close();
+    engine.tracker.wait().await;
+    let o = report
+        .summary
+        .files
+        .iter()
+        .find(|f| f.file_name == old)
+        .unwrap();
+    assert!(
+        o.reason.as_deref().unwrap().contains("still being written"),
+        "{o:?}"
+    );
+    assert_eq!(report.summary.processed, 1);
+    assert!(superseded_rows(&app).await.is_empty(), "not recorded");
+    assert!(app.in_source("acme", old));
+    assert_eq!(app.fakes.foi_names(), [new]);
+    app.finish().await;
+}
+
 /// The share as a server that reports a file's real change time (Windows,
 /// most NAS): Samba reports the last-write time as the change time, so over
 /// it a change that keeps the last-write time is invisible. This wrapper
