@@ -928,6 +928,7 @@ async fn a_claim_left_processing_is_taken_over_after_its_lease() {
             &md5_hex(b"bytes"),
             5,
             old(),
+            old(),
             std::time::Duration::from_secs(900),
         )
         .await
@@ -1180,4 +1181,116 @@ async fn a_delivery_cut_by_the_budget_or_shutdown_is_awaited_not_sent_again() {
         h.pass().await;
         assert_eq!(h.iqube.calls().len(), 1, "stop={stop}: sent once");
     }
+}
+
+/// A processed file replaced by other bytes of the same size that keep its
+/// last-write time (a copy that keeps the source's time): only its change
+/// time moved. The move refuses it (not archived), and the next run
+/// downloads it and sends the new content as a new version.
+#[tokio::test]
+async fn a_file_whose_change_time_moved_is_not_archived_and_is_sent_again() {
+    let h = Harness::new();
+    let path = "in/acme/remit.csv";
+    h.src.put(path, b"first", old());
+    h.src.fail_rename(path);
+    let r = h.run().await;
+    assert_eq!(report_of(&r, "remit.csv").decision, Decision::Processed);
+    assert!(h.src.exists(path), "the first move failed");
+    h.src.put(path, b"other", old());
+    h.src.set_ctime(path, old() + chrono::Duration::minutes(5));
+    h.src.clear_faults();
+
+    h.pass().await;
+    assert_eq!(
+        h.src.read(path).as_deref(),
+        Some(&b"other"[..]),
+        "not archived"
+    );
+    assert!(!h.only_row().archived());
+
+    let r = h.run().await;
+    let f = report_of(&r, "remit.csv");
+    assert_eq!(f.decision, Decision::Processed, "{f:?}");
+    let sent: Vec<Vec<u8>> = h.foi.calls().into_iter().map(|c| c.bytes).collect();
+    assert_eq!(sent, [b"first".to_vec(), b"other".to_vec()]);
+    let rows = h.store.files();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[1].archived() && !rows[0].archived(), "{rows:?}");
+    assert_eq!(
+        h.src.read("archive/acme/remit.csv").as_deref(),
+        Some(&b"other"[..])
+    );
+}
+
+/// Only the change time moved, the content is the same: the next run
+/// downloads it once more, finds the row by MD5 and refreshes its recorded
+/// times, so the pass moves it (it is not left in the source for good).
+#[tokio::test]
+async fn a_file_whose_change_time_alone_moved_is_refreshed_and_archived() {
+    let h = Harness::new();
+    let path = "in/acme/remit.csv";
+    h.src.put(path, b"first", old());
+    h.src.fail_rename(path);
+    h.run().await;
+    let moved = old() + chrono::Duration::minutes(5);
+    h.src.set_ctime(path, moved);
+    h.src.clear_faults();
+    h.pass().await;
+    assert!(
+        h.src.exists(path),
+        "the recorded version is not the one in the source"
+    );
+
+    let r = h.run().await;
+    let f = report_of(&r, "remit.csv");
+    assert_eq!(f.decision, Decision::AlreadyProcessed, "{f:?}");
+    assert_eq!(h.foi.calls().len(), 1, "not sent again");
+    assert_eq!(h.src.fetches().len(), 2, "downloaded once more");
+    let row = h.only_row();
+    assert_eq!(row.ctime, Some(moved));
+    assert!(row.archived(), "{row:?}");
+    assert!(!h.src.exists(path));
+    assert_eq!(
+        h.store.events(row.id),
+        ["processing", "success", "archive_succeeded"]
+    );
+}
+
+/// A processed and archived old version copied back after a newer one was
+/// claimed is superseded (never sent again) and archived again with its
+/// row: a second `archive_succeeded`, as every move writes one.
+#[tokio::test]
+async fn a_processed_old_version_copied_back_is_archived_again_with_its_row() {
+    let h = Harness::new();
+    h.src.put("in/acme/r_20240101.csv", b"old", old());
+    h.run().await;
+    h.src.put("in/acme/r_20240102.csv", b"new", old());
+    h.run().await;
+    h.src.put("in/acme/r_20240101.csv", b"old", old());
+    let r = h.run().await;
+    assert_eq!(
+        report_of(&r, "r_20240101.csv").decision,
+        Decision::Superseded
+    );
+    assert!(!h.src.exists("in/acme/r_20240101.csv"));
+    assert_eq!(
+        h.src.read("archive/acme/r_20240101 (1).csv").as_deref(),
+        Some(&b"old"[..])
+    );
+    let row = h.store.files()[0].clone();
+    assert_eq!(row.file_name, "r_20240101.csv");
+    assert_eq!(
+        row.archive_path.as_deref(),
+        Some("archive/acme/r_20240101 (1).csv")
+    );
+    assert_eq!(
+        h.store.events(row.id),
+        [
+            "processing",
+            "success",
+            "archive_succeeded",
+            "archive_succeeded"
+        ]
+    );
+    assert_eq!(h.foi.calls().len(), 2, "never sent again");
 }

@@ -399,6 +399,8 @@ pub struct FileRow {
     pub size: i64,
     /// Last-write time when last seen.
     pub mtime: DateTime<Utc>,
+    /// Change time when last seen.
+    pub ctime: Option<DateTime<Utc>>,
     /// Latest status.
     pub status: FileStatus,
     /// The run that claimed it.
@@ -692,6 +694,7 @@ impl ClaimStore for MemStore {
                 file_name: f.file_name.clone(),
                 size: f.size,
                 mtime: f.mtime,
+                ctime: f.ctime,
                 status: f.status.clone(),
                 archived: f.archived(),
             })
@@ -707,6 +710,7 @@ impl ClaimStore for MemStore {
         md5: &str,
         size: i64,
         mtime: DateTime<Utc>,
+        ctime: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let mut s = lock(&self.state);
@@ -719,6 +723,7 @@ impl ClaimStore for MemStore {
         {
             f.size = size;
             f.mtime = mtime;
+            f.ctime = Some(ctime);
             if f.status.is_archivable() {
                 f.archive_path = None;
             }
@@ -760,6 +765,7 @@ impl ClaimStore for MemStore {
             md5: md5.into(),
             size,
             mtime,
+            ctime: Some(ctime),
             status: FileStatus::Processing,
             run_id,
             archive_path: None,
@@ -857,8 +863,10 @@ impl ClaimStore for MemStore {
         let mut s = lock(&self.state);
         s.check()?;
         for f in files {
-            let known = s.superseded.iter().any(|(k, _)| {
-                k.remitter == f.remitter
+            // Unique among the versions still waiting for their move.
+            let known = s.superseded.iter().any(|(k, resolved)| {
+                resolved.is_none()
+                    && k.remitter == f.remitter
                     && k.file_name == f.file_name
                     && k.size == f.size
                     && k.mtime == f.mtime
@@ -929,6 +937,7 @@ impl ArchiveStore for MemStore {
                 file_name: f.file_name.clone(),
                 size: f.size,
                 mtime: f.mtime,
+                ctime: f.ctime,
                 md5: f.md5.clone(),
             })
             .collect())
@@ -970,10 +979,24 @@ impl ArchiveStore for MemStore {
     ) -> Result<(), StoreError> {
         let mut s = lock(&self.state);
         s.check()?;
-        if let Some((_, resolved)) = s.superseded.iter_mut().find(|(f, _)| f.id == id)
-            && resolved.is_none()
+        let Some((f, resolved)) = s.superseded.iter_mut().find(|(f, _)| f.id == id) else {
+            return Ok(());
+        };
+        if resolved.is_some() {
+            return Ok(());
+        }
+        *resolved = Some(archive_path.map(str::to_string));
+        // A claimed version moved: its row and its one event, as Postgres does.
+        let file_id = f.file_id;
+        if let (Some(file_id), Some(to)) = (file_id, archive_path)
+            && let Some(row) = s.files.iter_mut().find(|r| r.id == file_id)
         {
-            *resolved = Some(archive_path.map(str::to_string));
+            row.archive_path = Some(to.into());
+            s.event(
+                file_id,
+                ARCHIVE_SUCCEEDED,
+                json!({"archive_path": to, "superseded": true}),
+            );
         }
         Ok(())
     }

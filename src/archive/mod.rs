@@ -33,6 +33,8 @@ struct Due {
     file_name: String,
     size: i64,
     mtime: DateTime<Utc>,
+    /// Change time, where it was recorded.
+    ctime: Option<DateTime<Utc>>,
     /// MD5 of the processed content (superseded versions were never read).
     md5: Option<String>,
     record: Record,
@@ -47,18 +49,25 @@ enum Record {
 }
 
 impl Due {
-    /// The size and last-write time this file had when it was processed or
+    /// The size and timestamps this file had when it was processed or
     /// found superseded.
     fn expected(&self) -> Expected {
         Expected {
             size: u64::try_from(self.size).unwrap_or(u64::MAX),
             mtime: self.mtime,
+            ctime: self.ctime,
         }
     }
 
     /// True when `e` is still that version.
     fn matches(&self, e: &Entry) -> bool {
         self.expected().matches(e)
+    }
+
+    /// True when `e`, found in the archive, may be this version moved: the
+    /// rename changed its change time, so that one is not compared.
+    fn matches_archived(&self, e: &Entry) -> bool {
+        self.expected().matches_but_ctime(e)
     }
 }
 
@@ -69,6 +78,7 @@ impl From<SupersededFile> for Due {
             file_name: f.file_name,
             size: f.size,
             mtime: f.mtime,
+            ctime: f.ctime,
             md5: None,
             record: Record::Superseded(f.id),
         }
@@ -82,6 +92,7 @@ impl From<ArchiveCandidate> for Due {
             file_name: f.file_name,
             size: f.size,
             mtime: f.mtime,
+            ctime: f.ctime,
             md5: Some(f.md5),
             record: Record::Processed(f.id),
         }
@@ -200,7 +211,8 @@ impl Archiver {
 
     /// Archives the superseded versions runs recorded, provided the file in
     /// the source is still that version; one that is gone or was replaced is
-    /// resolved without a move.
+    /// resolved without a move. A version with a `files` row (claimed
+    /// before) is archived with it: `archived_at` and `archive_succeeded`.
     pub async fn archive_superseded(&self, report: &mut PassReport) {
         match self.store.pending_superseded().await {
             Ok(due) => {
@@ -336,7 +348,7 @@ impl Archiver {
                 let mut found = None;
                 for name in (0..1000).map(|n| suffixed(&d.file_name, n)) {
                     let Some(e) = archived.get(&name) else { break };
-                    if d.matches(e) && self.same_content(&d, &name).await {
+                    if d.matches_archived(e) && self.same_content(&d, &name).await {
                         found = Some(name);
                         break;
                     }

@@ -7,13 +7,13 @@
 
 pub mod versions;
 
-use crate::domain::{Decision, FileReport, FolderError};
+use crate::domain::{Decision, FileReport, FileStatus, FolderError};
 use crate::scan::{Candidate, ScanResult};
 use crate::source::Entry;
 use crate::store::{KnownVersion, SupersededFile};
 use chrono::{DateTime, Utc};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 use versions::{newest_first, strip_ts_basename};
 
@@ -123,6 +123,9 @@ fn older(a: &str, b: &str) -> bool {
     newest_first(&a.to_lowercase(), &b.to_lowercase()) == Ordering::Greater
 }
 
+/// A file version by remitter, name, size and last-write time.
+type VersionKey<'a> = (&'a str, &'a str, i64, DateTime<Utc>);
+
 /// What the first step needs: the scan and what the database knows.
 pub struct Inputs<'a> {
     /// The first look.
@@ -135,6 +138,25 @@ pub struct Inputs<'a> {
     pub now: DateTime<Utc>,
     /// Policy A's minimum age.
     pub min_age: Duration,
+}
+
+/// True when the stored row `k` is the version `e` of its file: same size
+/// and last-write time, and the same change time where the row has one.
+fn same_version(k: &KnownVersion, e: &Entry) -> bool {
+    k.size == e.size as i64 && k.mtime == e.mtime && k.ctime.is_none_or(|c| c == e.ctime)
+}
+
+/// An older version on its way to the archive. It passes Policy A like a
+/// newest version (old enough at the first look, unchanged at the second)
+/// before it is recorded and moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Older {
+    /// The version.
+    pub version: Candidate,
+    /// The version that supersedes it.
+    pub newer: String,
+    /// Why, for its report once it is recorded.
+    pub reason: String,
 }
 
 /// Decisions taken so far, whatever the second look finds.
@@ -150,19 +172,90 @@ pub struct Decided {
     pub to_archive: Vec<SupersededFile>,
     /// Rows whose archived content is in the source again: archive it again.
     pub rearchive: Vec<i64>,
+    /// The claimed rows of the scanned groups, by remitter and file name:
+    /// an older version with a row is archived with it, or stays (a failure).
+    rows: HashMap<(String, String), Vec<KnownVersion>>,
 }
 
 impl Decided {
-    fn supersede(&mut self, old: &Candidate, newer: &str, reason: String) {
-        self.reports
-            .push(FileReport::new(old, Decision::Superseded, Some(reason)));
+    /// The stored row of this very version (name, size and timestamps), the
+    /// latest when several match.
+    fn row_of(&self, c: &Candidate) -> Option<&KnownVersion> {
+        self.rows
+            .get(&(c.remitter.clone(), c.entry.name.clone()))?
+            .iter()
+            .filter(|k| same_version(k, &c.entry))
+            .max_by_key(|k| k.id)
+    }
+
+    /// The first look at an older version: one whose row is a failure stays
+    /// in the source until an operator acts (CONTRACT §1), one that is too
+    /// recent waits like any unstable file; the others go to the second look.
+    fn first_look_older(
+        &mut self,
+        old: &Candidate,
+        newer: &str,
+        reason: String,
+        now: DateTime<Utc>,
+        min_age: Duration,
+    ) -> Option<Older> {
+        if let Some(status) = self
+            .row_of(old)
+            .map(|k| k.status.clone())
+            .filter(FileStatus::is_failure)
+        {
+            self.reports.push(
+                FileReport::new(
+                    old,
+                    Decision::Superseded,
+                    Some(format!(
+                        "{reason}; not archived: it failed ({}) and stays in the source until an operator acts",
+                        status.as_str()
+                    )),
+                )
+                .with_status(status),
+            );
+            return None;
+        }
+        if let Err(why) = old_enough(old.entry.newest_time(), now, min_age) {
+            self.wait_older(old, &why);
+            return None;
+        }
+        Some(Older {
+            version: old.clone(),
+            newer: newer.to_string(),
+            reason,
+        })
+    }
+
+    /// An older version that is not stable: reported, not recorded, not moved.
+    fn wait_older(&mut self, old: &Candidate, why: &Unstable) {
+        self.reports.push(FileReport::new(
+            old,
+            Decision::Superseded,
+            Some(format!("archive waits: still being written ({why})")),
+        ));
+    }
+
+    /// Records a stable older version for the archive, with its row if it
+    /// has one (the move then archives the row too).
+    fn supersede(&mut self, old: &Older) {
+        let c = &old.version;
+        let row = self.row_of(c).map(|k| (k.id, k.status.clone()));
+        let mut report = FileReport::new(c, Decision::Superseded, Some(old.reason.clone()));
+        if let Some((_, status)) = &row {
+            report = report.with_status(status.clone());
+        }
+        self.reports.push(report);
         self.to_archive.push(SupersededFile {
             id: 0,
-            remitter: old.remitter.clone(),
-            file_name: old.entry.name.clone(),
-            size: old.entry.size as i64,
-            mtime: old.entry.mtime,
-            newer_file_name: newer.to_string(),
+            remitter: c.remitter.clone(),
+            file_name: c.entry.name.clone(),
+            size: c.entry.size as i64,
+            mtime: c.entry.mtime,
+            ctime: Some(c.entry.ctime),
+            newer_file_name: old.newer.clone(),
+            file_id: row.map(|(id, _)| id),
         });
     }
 
@@ -189,12 +282,17 @@ impl Decided {
     /// the group waits whole.
     pub fn after_processing(&mut self, g: &Group, report: &FileReport) {
         if matches!(report.decision, Decision::Unstable | Decision::Deferred) {
+            let why = if report.decision == Decision::Deferred {
+                "was not processed (the coordinator was stopping)"
+            } else {
+                "is not stable yet"
+            };
             for old in &g.superseded {
                 self.reports.push(FileReport::new(
                     old,
                     Decision::Superseded,
                     Some(format!(
-                        "archive waits: newest version {} is not stable yet",
+                        "archive waits: newest version {} {why}",
                         g.newest.entry.name
                     )),
                 ));
@@ -204,19 +302,21 @@ impl Decided {
         }
     }
 
-    /// Archives the older versions of `g`.
+    /// Archives the older versions of `g` (each passed Policy A already).
     fn supersede_older(&mut self, g: &Group) {
         for old in &g.superseded {
-            self.supersede(
-                old,
-                &g.newest.entry.name,
-                format!(
-                    "older version of {}; moved to the archive in the background",
-                    g.newest.entry.name
-                ),
-            );
+            self.supersede(&Older {
+                version: old.clone(),
+                newer: g.newest.entry.name.clone(),
+                reason: older_reason(&g.newest.entry.name),
+            });
         }
     }
+}
+
+/// The report of an older version of a group recorded for the archive.
+fn older_reason(newest: &str) -> String {
+    format!("older version of {newest}; moved to the archive in the background")
 }
 
 /// The plan after the first look: decided files, and groups whose newest
@@ -225,8 +325,12 @@ impl Decided {
 pub struct Draft {
     /// What is decided already.
     pub decided: Decided,
-    /// Groups waiting for the second look.
+    /// Groups waiting for the second look; their older versions are old
+    /// enough and are looked at again too.
     pub pending: Vec<Group>,
+    /// Older versions whose group's newest was decided already (processed
+    /// before, or a late arrival), waiting for the second look.
+    pub pending_older: Vec<Older>,
 }
 
 /// The plan after both looks.
@@ -268,19 +372,28 @@ pub fn draft(input: Inputs<'_>) -> Draft {
         });
     }
     // Versions an earlier run superseded stay superseded until moved, even
-    // when they are now alone in their group.
-    let remembered: HashSet<(&str, &str, i64, DateTime<Utc>)> = remembered
+    // when they are now alone in their group (a change time that moved
+    // makes it another version).
+    let remembered: HashMap<VersionKey<'_>, Option<DateTime<Utc>>> = remembered
         .iter()
-        .map(|e| (e.remitter.as_str(), e.file_name.as_str(), e.size, e.mtime))
+        .map(|e| {
+            (
+                (e.remitter.as_str(), e.file_name.as_str(), e.size, e.mtime),
+                e.ctime,
+            )
+        })
         .collect();
     let (candidates, earlier): (Vec<Candidate>, Vec<Candidate>) =
         scan.candidates.into_iter().partition(|c| {
-            !remembered.contains(&(
+            let key = (
                 c.remitter.as_str(),
                 c.entry.name.as_str(),
                 c.entry.size as i64,
                 c.entry.mtime,
-            ))
+            );
+            !remembered
+                .get(&key)
+                .is_some_and(|ctime| ctime.is_none_or(|t| t == c.entry.ctime))
         });
     for c in &earlier {
         d.reports.push(FileReport::new(
@@ -291,7 +404,6 @@ pub fn draft(input: Inputs<'_>) -> Draft {
     }
     // The newest claimed version of each group, and the claimed rows by name.
     let mut claimed_newest: HashMap<String, &str> = HashMap::new();
-    let mut by_name: HashMap<(&str, &str), Vec<&KnownVersion>> = HashMap::new();
     for k in known {
         let slot = claimed_newest
             .entry(key_of(&k.remitter, &k.file_name))
@@ -299,13 +411,14 @@ pub fn draft(input: Inputs<'_>) -> Draft {
         if older(slot, &k.file_name) {
             *slot = &k.file_name;
         }
-        by_name
-            .entry((&k.remitter, &k.file_name))
+        d.rows
+            .entry((k.remitter.clone(), k.file_name.clone()))
             .or_default()
-            .push(k);
+            .push(k.clone());
     }
     let mut pending = Vec::new();
-    for g in group(candidates) {
+    let mut pending_older = Vec::new();
+    for mut g in group(candidates) {
         let e = &g.newest.entry;
         // A late arrival: the whole group is older than a version already claimed.
         if let Some(claimed) = claimed_newest
@@ -313,26 +426,23 @@ pub fn draft(input: Inputs<'_>) -> Draft {
             .filter(|c| older(&e.name, c))
         {
             for old in std::iter::once(&g.newest).chain(&g.superseded) {
-                d.supersede(
-                    old,
-                    claimed,
-                    format!("older than {claimed}, which was already claimed; never sent"),
-                );
+                let reason = format!("older than {claimed}, which was already claimed; never sent");
+                pending_older.extend(d.first_look_older(old, claimed, reason, now, min_age));
             }
             continue;
         }
         // A claim still `processing` (lease recovery) or `retry_requested`
         // (an operator sent it back) goes through the claim again.
-        let seen = by_name
-            .get(&(g.newest.remitter.as_str(), e.name.as_str()))
+        let seen = d
+            .rows
+            .get(&(g.newest.remitter.clone(), e.name.clone()))
             .and_then(|ks| {
-                ks.iter().find(|k| {
-                    k.size == e.size as i64 && k.mtime == e.mtime && !k.status.wants_claim()
-                })
-            });
+                ks.iter()
+                    .find(|k| same_version(k, e) && !k.status.wants_claim())
+            })
+            .cloned();
         if let Some(k) = seen {
-            let mut reason =
-                "same name, size and last-write time as a recorded version".to_string();
+            let mut reason = "same name, size and timestamps as a recorded version".to_string();
             if k.archived && k.status.is_archivable() {
                 // Its content was archived before and is back in the source.
                 d.rearchive.push(k.id);
@@ -342,26 +452,82 @@ pub fn draft(input: Inputs<'_>) -> Draft {
                 FileReport::new(&g.newest, Decision::AlreadyProcessed, Some(reason))
                     .with_status(k.status.clone()),
             );
-            d.supersede_older(&g);
+            for old in &g.superseded {
+                let reason = older_reason(&e.name);
+                pending_older.extend(d.first_look_older(old, &e.name, reason, now, min_age));
+            }
             continue;
         }
         match old_enough(e.newest_time(), now, min_age) {
-            Ok(()) => pending.push(g),
+            Ok(()) => {
+                // Its older versions: those that may not be archived (yet)
+                // are reported now; the others are looked at again with it.
+                let newest = g.newest.entry.name.clone();
+                let older = std::mem::take(&mut g.superseded);
+                for old in older {
+                    if d.first_look_older(&old, &newest, older_reason(&newest), now, min_age)
+                        .is_some()
+                    {
+                        g.superseded.push(old);
+                    }
+                }
+                pending.push(g)
+            }
             Err(why) => d.wait(&g, &why),
         }
     }
     Draft {
         decided: d,
         pending,
+        pending_older,
+    }
+}
+
+/// What the second look says of one file of the first: `Ok` when it is
+/// there with the same size and timestamps. A folder that could not be
+/// listed is recorded as that folder's error, once.
+fn second_look(
+    c: &Candidate,
+    second: &HashMap<&str, Result<HashMap<&str, &Entry>, &String>>,
+    failed_folders: &mut BTreeSet<String>,
+    d: &mut Decided,
+) -> Result<(), Unstable> {
+    match second.get(c.remitter.as_str()) {
+        None => Err(Unstable::FolderUnlisted("not listed".into())),
+        Some(Err(why)) => {
+            if failed_folders.insert(c.remitter.clone()) {
+                d.folder_errors.push(FolderError {
+                    remitter: c.remitter.clone(),
+                    reason: format!(
+                        "remitter folder could not be listed for the second look: {why}"
+                    ),
+                });
+            }
+            Err(Unstable::FolderUnlisted(why.to_string()))
+        }
+        Some(Ok(listing)) => match listing.get(c.entry.name.as_str()) {
+            None => Err(Unstable::Vanished),
+            Some(e)
+                if e.size != c.entry.size
+                    || e.mtime != c.entry.mtime
+                    || e.ctime != c.entry.ctime =>
+            {
+                Err(Unstable::Changed)
+            }
+            Some(_) => Ok(()),
+        },
     }
 }
 
 impl Draft {
-    /// Remitter folders to list again for the second look.
+    /// Remitter folders to list again for the second look: those of every
+    /// pending version, newest or older.
     pub fn folders_to_recheck(&self) -> BTreeSet<String> {
         self.pending
             .iter()
-            .map(|g| g.newest.remitter.clone())
+            .flat_map(|g| std::iter::once(&g.newest).chain(&g.superseded))
+            .chain(self.pending_older.iter().map(|o| &o.version))
+            .map(|c| c.remitter.clone())
             .collect()
     }
 
@@ -372,6 +538,7 @@ impl Draft {
         let Draft {
             decided: mut d,
             pending,
+            pending_older,
         } = self;
         let second: HashMap<&str, Result<HashMap<&str, &Entry>, &String>> = second
             .iter()
@@ -384,36 +551,27 @@ impl Draft {
             .collect();
         let mut failed_folders = BTreeSet::new();
         let mut work = Vec::new();
-        for g in pending {
-            let c = &g.newest;
-            let verdict = match second.get(c.remitter.as_str()) {
-                None => Err(Unstable::FolderUnlisted("not listed".into())),
-                Some(Err(why)) => {
-                    if failed_folders.insert(c.remitter.clone()) {
-                        d.folder_errors.push(FolderError {
-                            remitter: c.remitter.clone(),
-                            reason: format!(
-                                "remitter folder could not be listed for the second look: {why}"
-                            ),
-                        });
+        for mut g in pending {
+            match second_look(&g.newest, &second, &mut failed_folders, &mut d) {
+                Ok(()) => {
+                    // Older versions still being written wait; the rest are
+                    // archived once the newest has been processed.
+                    let older = std::mem::take(&mut g.superseded);
+                    for old in older {
+                        match second_look(&old, &second, &mut failed_folders, &mut d) {
+                            Ok(()) => g.superseded.push(old),
+                            Err(why) => d.wait_older(&old, &why),
+                        }
                     }
-                    Err(Unstable::FolderUnlisted(why.to_string()))
+                    work.push(g)
                 }
-                Some(Ok(listing)) => match listing.get(c.entry.name.as_str()) {
-                    None => Err(Unstable::Vanished),
-                    Some(e)
-                        if e.size != c.entry.size
-                            || e.mtime != c.entry.mtime
-                            || e.ctime != c.entry.ctime =>
-                    {
-                        Err(Unstable::Changed)
-                    }
-                    Some(_) => Ok(()),
-                },
-            };
-            match verdict {
-                Ok(()) => work.push(g),
                 Err(why) => d.wait(&g, &why),
+            }
+        }
+        for o in pending_older {
+            match second_look(&o.version, &second, &mut failed_folders, &mut d) {
+                Ok(()) => d.supersede(&o),
+                Err(why) => d.wait_older(&o.version, &why),
             }
         }
         Plan { decided: d, work }
@@ -490,6 +648,7 @@ mod tests {
                     file_name: name.into(),
                     size,
                     mtime: at(-age),
+                    ctime: Some(at(-age)),
                     status: status.parse().unwrap(),
                     archived,
                 },
@@ -506,7 +665,9 @@ mod tests {
                 file_name: name.into(),
                 size: size as i64,
                 mtime: at(-age),
+                ctime: Some(at(-age)),
                 newer_file_name: "newer".into(),
+                file_id: None,
             })
             .collect();
         draft(Inputs {
@@ -516,6 +677,17 @@ mod tests {
             now: at(0),
             min_age: Duration::from_secs(60),
         })
+    }
+
+    /// A second look of every remitter folder of `files`, holding `files`.
+    fn listings(files: &[File]) -> HashMap<String, Result<Vec<Entry>, String>> {
+        let mut out: HashMap<String, Result<Vec<Entry>, String>> = HashMap::new();
+        for c in scan_of(files).candidates {
+            if let Ok(l) = out.entry(c.remitter).or_insert_with(|| Ok(Vec::new())) {
+                l.push(c.entry);
+            }
+        }
+        out
     }
 
     fn decisions(d: &Decided) -> Vec<(String, Decision)> {
@@ -773,18 +945,20 @@ mod tests {
         ];
         for c in cases {
             let d = draft_of(c.files, c.known, c.remembered);
-            let want: Vec<(String, Decision)> = c
-                .decided
-                .iter()
-                .map(|(n, dec)| (n.to_string(), *dec))
-                .collect();
-            assert_eq!(decisions(&d.decided), want, "{}", c.what);
             assert_eq!(
                 names(d.pending.iter().map(|g| g.newest.entry.name.clone())),
                 names(c.pending.iter().map(|n| n.to_string())),
                 "{}",
                 c.what
             );
+            // The second look finds every file as the first did.
+            let d = d.settle(&listings(c.files));
+            let want: Vec<(String, Decision)> = c
+                .decided
+                .iter()
+                .map(|(n, dec)| (n.to_string(), *dec))
+                .collect();
+            assert_eq!(decisions(&d.decided), want, "{}", c.what);
             let archive: Vec<(String, String)> = d
                 .decided
                 .to_archive
@@ -798,6 +972,297 @@ mod tests {
                 .collect();
             assert_eq!(archive, want, "{}", c.what);
             assert_eq!(d.decided.rearchive, c.rearchive, "{}", c.what);
+        }
+    }
+
+    /// Older versions (issue 12): Policy A applies to them as to a newest
+    /// version; a failed one stays for an operator; one with another row
+    /// status is archived with its row; remitter folders that differ only in
+    /// case are one group. Each case is drafted, settled with its second
+    /// look, and its newest versions processed.
+    #[test]
+    fn older_versions_table() {
+        use Decision::*;
+        struct Case {
+            what: &'static str,
+            files: &'static [File],
+            known: &'static [Row],
+            /// The second look (`None`: as the first).
+            second: Option<&'static [File]>,
+            /// Folders the second look must list.
+            recheck: &'static [&'static str],
+            /// `(name, decision, part of its reason)`.
+            decided: &'static [(&'static str, Decision, &'static str)],
+            /// Newest versions to process.
+            work: &'static [&'static str],
+            /// `(remitter, name, file_id)` recorded for the archive, after processing.
+            archive: &'static [(&'static str, &'static str, Option<i64>)],
+        }
+        let cases = [
+            Case {
+                what: "an older version just written waits; the newest is processed",
+                files: &[
+                    ("acme", "r_20240102.csv", 5, 1000),
+                    ("acme", "r_20240101.csv", 5, 10),
+                ],
+                known: &[],
+                second: None,
+                recheck: &["acme"],
+                decided: &[("r_20240101.csv", Superseded, "still being written")],
+                work: &["r_20240102.csv"],
+                archive: &[],
+            },
+            Case {
+                what: "an older version that changes between the looks waits",
+                files: &[
+                    ("acme", "r_20240102.csv", 5, 1000),
+                    ("acme", "r_20240101.csv", 5, 1000),
+                ],
+                known: &[],
+                second: Some(&[
+                    ("acme", "r_20240102.csv", 5, 1000),
+                    ("acme", "r_20240101.csv", 9, 1000),
+                ]),
+                recheck: &["acme"],
+                decided: &[("r_20240101.csv", Superseded, "still being written")],
+                work: &["r_20240102.csv"],
+                archive: &[],
+            },
+            Case {
+                what: "a stable older version is archived after its newest",
+                files: &[
+                    ("acme", "r_20240102.csv", 5, 1000),
+                    ("acme", "r_20240101.csv", 5, 1000),
+                ],
+                known: &[],
+                second: None,
+                recheck: &["acme"],
+                decided: &[("r_20240101.csv", Superseded, "older version of")],
+                work: &["r_20240102.csv"],
+                archive: &[("acme", "r_20240101.csv", None)],
+            },
+            Case {
+                what: "a late arrival just written waits",
+                files: &[("acme", "r_20240101.csv", 5, 10)],
+                known: &[(1, "acme", "r_20240102.csv", 7, 5000, "success", true)],
+                second: None,
+                recheck: &[],
+                decided: &[("r_20240101.csv", Superseded, "still being written")],
+                work: &[],
+                archive: &[],
+            },
+            Case {
+                what: "a late arrival that changes between the looks waits",
+                files: &[("acme", "r_20240101.csv", 5, 1000)],
+                known: &[(1, "acme", "r_20240102.csv", 7, 5000, "success", true)],
+                second: Some(&[("acme", "r_20240101.csv", 6, 1000)]),
+                recheck: &["acme"],
+                decided: &[("r_20240101.csv", Superseded, "still being written")],
+                work: &[],
+                archive: &[],
+            },
+            Case {
+                what: "a late arrival gone at the second look waits",
+                files: &[("acme", "r_20240101.csv", 5, 1000)],
+                known: &[(1, "acme", "r_20240102.csv", 7, 5000, "success", true)],
+                second: Some(&[]),
+                recheck: &["acme"],
+                decided: &[("r_20240101.csv", Superseded, "archive waits")],
+                work: &[],
+                archive: &[],
+            },
+            Case {
+                what: "older versions of an already processed newest pass both looks",
+                files: &[
+                    ("acme", "r_20240102.csv", 7, 5000),
+                    ("acme", "r_20240101.csv", 5, 10),
+                    ("acme", "r_20231231.csv", 5, 1000),
+                ],
+                known: &[(1, "acme", "r_20240102.csv", 7, 5000, "success", false)],
+                second: None,
+                recheck: &["acme"],
+                decided: &[
+                    ("r_20231231.csv", Superseded, "older version of"),
+                    ("r_20240101.csv", Superseded, "still being written"),
+                    ("r_20240102.csv", AlreadyProcessed, "same name"),
+                ],
+                work: &[],
+                archive: &[("acme", "r_20231231.csv", None)],
+            },
+            Case {
+                what: "a failed older version stays in the source for an operator",
+                files: &[
+                    ("acme", "r_20240102.csv", 7, 1000),
+                    ("acme", "r_20240101.csv", 5, 6000),
+                ],
+                known: &[(4, "acme", "r_20240101.csv", 5, 6000, "itm_failed", false)],
+                second: None,
+                recheck: &["acme"],
+                decided: &[("r_20240101.csv", Superseded, "until an operator acts")],
+                work: &["r_20240102.csv"],
+                archive: &[],
+            },
+            Case {
+                what: "a failed late arrival stays in the source for an operator",
+                files: &[("acme", "r_20240101.csv", 5, 6000)],
+                known: &[
+                    (
+                        4,
+                        "acme",
+                        "r_20240101.csv",
+                        5,
+                        6000,
+                        "extraction_file_failed",
+                        false,
+                    ),
+                    (5, "acme", "r_20240102.csv", 7, 5000, "success", true),
+                ],
+                second: None,
+                recheck: &[],
+                decided: &[("r_20240101.csv", Superseded, "until an operator acts")],
+                work: &[],
+                archive: &[],
+            },
+            Case {
+                what: "a retried late arrival is archived with its row",
+                files: &[("acme", "r_20240101.csv", 5, 6000)],
+                known: &[
+                    (
+                        4,
+                        "acme",
+                        "r_20240101.csv",
+                        5,
+                        6000,
+                        "retry_requested",
+                        false,
+                    ),
+                    (5, "acme", "r_20240102.csv", 7, 5000, "success", true),
+                ],
+                second: None,
+                recheck: &["acme"],
+                decided: &[("r_20240101.csv", Superseded, "already claimed")],
+                work: &[],
+                archive: &[("acme", "r_20240101.csv", Some(4))],
+            },
+            Case {
+                what: "a processed older version still in the source is archived with its row",
+                files: &[
+                    ("acme", "r_20240102.csv", 7, 1000),
+                    ("acme", "r_20240101.csv", 5, 6000),
+                ],
+                known: &[(4, "acme", "r_20240101.csv", 5, 6000, "success", false)],
+                second: None,
+                recheck: &["acme"],
+                decided: &[("r_20240101.csv", Superseded, "older version of")],
+                work: &["r_20240102.csv"],
+                archive: &[("acme", "r_20240101.csv", Some(4))],
+            },
+            Case {
+                what: "an old name with another content has no row to archive",
+                files: &[("acme", "r_20240101.csv", 9, 1000)],
+                known: &[
+                    (4, "acme", "r_20240101.csv", 5, 6000, "itm_failed", false),
+                    (5, "acme", "r_20240102.csv", 7, 5000, "success", true),
+                ],
+                second: None,
+                recheck: &["acme"],
+                decided: &[("r_20240101.csv", Superseded, "already claimed")],
+                work: &[],
+                archive: &[("acme", "r_20240101.csv", None)],
+            },
+            Case {
+                what: "remitter folders that differ only in case are one group",
+                files: &[
+                    ("Acme", "r_20240102.csv", 7, 1000),
+                    ("acme", "r_20240101.csv", 5, 1000),
+                ],
+                known: &[],
+                second: None,
+                recheck: &["Acme", "acme"],
+                decided: &[(
+                    "r_20240101.csv",
+                    Superseded,
+                    "older version of r_20240102.csv",
+                )],
+                work: &["r_20240102.csv"],
+                archive: &[("acme", "r_20240101.csv", None)],
+            },
+            Case {
+                what: "an older version in the other-case folder waits for its own second look",
+                files: &[
+                    ("acme", "r_20240102.csv", 7, 1000),
+                    ("ACME", "r_20240101.csv", 5, 1000),
+                ],
+                known: &[],
+                second: Some(&[
+                    ("acme", "r_20240102.csv", 7, 1000),
+                    ("ACME", "r_20240101.csv", 6, 1000),
+                ]),
+                recheck: &["ACME", "acme"],
+                decided: &[("r_20240101.csv", Superseded, "still being written")],
+                work: &["r_20240102.csv"],
+                archive: &[],
+            },
+            Case {
+                what: "a late arrival in the other-case folder is superseded",
+                files: &[("ACME", "r_20240101.csv", 5, 1000)],
+                known: &[(5, "acme", "r_20240102.csv", 7, 5000, "success", true)],
+                second: None,
+                recheck: &["ACME"],
+                decided: &[("r_20240101.csv", Superseded, "already claimed")],
+                work: &[],
+                archive: &[("ACME", "r_20240101.csv", None)],
+            },
+        ];
+        for c in cases {
+            let draft = draft_of(c.files, c.known, &[]);
+            assert_eq!(
+                draft.folders_to_recheck().into_iter().collect::<Vec<_>>(),
+                c.recheck,
+                "{}",
+                c.what
+            );
+            let mut plan = draft.settle(&listings(c.second.unwrap_or(c.files)));
+            assert_eq!(
+                names(plan.work.iter().map(|g| g.newest.entry.name.clone())),
+                names(c.work.iter().map(|n| n.to_string())),
+                "{}",
+                c.what
+            );
+            for g in &plan.work {
+                let done = FileReport::new(&g.newest, Decision::Processed, None);
+                plan.decided.after_processing(g, &done);
+            }
+            let mut got: Vec<(String, Decision, String)> = plan
+                .decided
+                .reports
+                .iter()
+                .map(|r| {
+                    (
+                        r.file_name.clone(),
+                        r.decision,
+                        r.reason.clone().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(got.len(), c.decided.len(), "{}: {got:?}", c.what);
+            for ((name, decision, reason), want) in got.iter().zip(c.decided) {
+                assert_eq!((name.as_str(), *decision), (want.0, want.1), "{}", c.what);
+                assert!(reason.contains(want.2), "{}: {reason}", c.what);
+            }
+            let archive: Vec<(String, String, Option<i64>)> = plan
+                .decided
+                .to_archive
+                .iter()
+                .map(|s| (s.remitter.clone(), s.file_name.clone(), s.file_id))
+                .collect();
+            let want: Vec<(String, String, Option<i64>)> = c
+                .archive
+                .iter()
+                .map(|(r, n, i)| (r.to_string(), n.to_string(), *i))
+                .collect();
+            assert_eq!(archive, want, "{}", c.what);
         }
     }
 

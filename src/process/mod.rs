@@ -244,6 +244,7 @@ impl Processor {
                 &fetched.md5,
                 fetched.size as i64,
                 c.entry.mtime,
+                c.entry.ctime,
                 self.claim_lease,
             )
             .await;

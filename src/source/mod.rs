@@ -59,18 +59,28 @@ pub struct Fetched {
 }
 
 /// The version a move expects to find at its source: the size and
-/// last-write time the file had when it was processed or found superseded.
+/// timestamps the file had when it was processed or found superseded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
     /// Size in bytes.
     pub size: u64,
     /// Last-write time, by the server's clock.
     pub mtime: DateTime<Utc>,
+    /// Change time, by the server's clock; `None` for versions recorded
+    /// before it was stored (then size and last-write time decide).
+    pub ctime: Option<DateTime<Utc>>,
 }
 
 impl Expected {
-    /// True when `e` is a file with this size and last-write time.
+    /// True when `e` is a file with this size and these timestamps.
     pub fn matches(&self, e: &Entry) -> bool {
+        self.matches_but_ctime(e) && self.ctime.is_none_or(|c| c == e.ctime)
+    }
+
+    /// True when `e` is a file with this size and last-write time, whatever
+    /// its change time: a rename changes the change time, so a file found
+    /// in the archive is compared with this.
+    pub fn matches_but_ctime(&self, e: &Entry) -> bool {
         !e.is_dir && e.size == self.size && e.mtime == self.mtime
     }
 }

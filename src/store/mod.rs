@@ -102,6 +102,8 @@ pub struct KnownVersion {
     pub size: i64,
     /// Last-write time when last seen.
     pub mtime: DateTime<Utc>,
+    /// Change time when last seen (`None` for rows from before it was stored).
+    pub ctime: Option<DateTime<Utc>>,
     /// Current status.
     pub status: FileStatus,
     /// True once it was moved to the archive.
@@ -141,6 +143,8 @@ pub struct ArchiveCandidate {
     pub size: i64,
     /// Last-write time recorded when it was processed.
     pub mtime: DateTime<Utc>,
+    /// Change time recorded when it was processed (`None` for old rows).
+    pub ctime: Option<DateTime<Utc>>,
     /// MD5 of the processed content.
     pub md5: String,
 }
@@ -169,8 +173,13 @@ pub struct SupersededFile {
     pub size: i64,
     /// Last-write time when it was superseded.
     pub mtime: DateTime<Utc>,
+    /// Change time when it was superseded (`None` for old rows).
+    pub ctime: Option<DateTime<Utc>>,
     /// The version that superseded it.
     pub newer_file_name: String,
+    /// The `files` row of this version, when it was claimed before (a
+    /// retried older version, say): the move archives that row too.
+    pub file_id: Option<i64>,
 }
 
 /// The outbox key of a file's failure: `file_failed:<id>` for its first
@@ -281,7 +290,8 @@ pub trait ClaimStore: Send + Sync {
     /// back by an operator: either is taken over (a new `processing` event, a
     /// new token) and returned as `Claim::New`. A version claimed and
     /// archived before whose content is back in the source is due for the
-    /// archive again.
+    /// archive again. An existing row's size and timestamps are refreshed to
+    /// these, so the next scan skips it and the archive moves this version.
     #[allow(clippy::too_many_arguments)]
     async fn claim(
         &self,
@@ -292,6 +302,7 @@ pub trait ClaimStore: Send + Sync {
         md5: &str,
         size: i64,
         mtime: DateTime<Utc>,
+        ctime: DateTime<Utc>,
         lease: std::time::Duration,
     ) -> Result<Claim, StoreError>;
     /// Sets a file's status with its event, queueing its notification
@@ -324,7 +335,8 @@ pub trait ClaimStore: Send + Sync {
         notify_after: u32,
         notification: &Value,
     ) -> Result<u32, StoreError>;
-    /// Remembers superseded versions (a version already remembered is kept as is).
+    /// Remembers superseded versions (a version still waiting for its move is
+    /// kept as is; one moved before and back in the source is a new row).
     async fn record_superseded(
         &self,
         run_id: Uuid,
@@ -355,7 +367,9 @@ pub trait ArchiveStore: Send + Sync {
     async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError>;
     /// Superseded versions not yet resolved.
     async fn pending_superseded(&self) -> Result<Vec<SupersededFile>, StoreError>;
-    /// Resolves a superseded version: moved to `archive_path`, or (`None`) gone from the source.
+    /// Resolves a superseded version: moved to `archive_path`, or (`None`)
+    /// gone from the source. A move of a version with a `files` row records
+    /// that row's `archived_at` and its one `archive_succeeded` event with it.
     async fn resolve_superseded(
         &self,
         id: i64,

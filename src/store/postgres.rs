@@ -332,7 +332,7 @@ impl ClaimStore for PgStore {
             return Ok(Vec::new());
         }
         sqlx::query_as(
-            "SELECT id, remitter, file_name, size, mtime, status, archived_at IS NOT NULL AS archived \
+            "SELECT id, remitter, file_name, size, mtime, ctime, status, archived_at IS NOT NULL AS archived \
              FROM files WHERE group_key = ANY($1)")
         .bind(keys)
         .fetch_all(&self.pool)
@@ -341,7 +341,7 @@ impl ClaimStore for PgStore {
     }
 
     /// Claims a file version: a new row in `processing` with its first event,
-    /// or the existing row (whose size and last-write time are refreshed so the
+    /// or the existing row (whose size and timestamps are refreshed so the
     /// next scan skips it without a download).
     #[allow(clippy::too_many_arguments)]
     async fn claim(
@@ -353,6 +353,7 @@ impl ClaimStore for PgStore {
         md5: &str,
         size: i64,
         mtime: DateTime<Utc>,
+        ctime: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let token = Uuid::new_v4();
@@ -360,8 +361,8 @@ impl ClaimStore for PgStore {
         // holds the lock, the version is new, and its `processing` event.
         let (holds_lock, id): (bool, Option<i64>) = sqlx::query_as(&format!(
             "WITH lock AS (SELECT EXISTS (SELECT 1 FROM runs r JOIN ({RUN_LOCK_HOLDER}) l ON l.pid = r.lock_pid WHERE r.id = $2) AS held), \
-             ins AS (INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, run_id, claim_token, group_key) \
-               SELECT $3, $4, $5, $6, $7, $8, 'processing', $2, $9, $10 FROM lock WHERE lock.held \
+             ins AS (INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, run_id, claim_token, group_key, ctime) \
+               SELECT $3, $4, $5, $6, $7, $8, 'processing', $2, $9, $10, $12 FROM lock WHERE lock.held \
                ON CONFLICT ON CONSTRAINT files_version_key DO NOTHING RETURNING id), \
              ev AS (INSERT INTO file_events (file_id, status, detail) SELECT id, 'processing', $11 FROM ins) \
              SELECT (SELECT held FROM lock), (SELECT id FROM ins)"
@@ -377,6 +378,7 @@ impl ClaimStore for PgStore {
         .bind(token)
         .bind(group_key(remitter, base_name))
         .bind(json!({"run_id": run_id}))
+        .bind(ctime)
         .fetch_one(&self.pool)
         .await
         .step("claiming the file")?;
@@ -408,7 +410,7 @@ impl ClaimStore for PgStore {
             "WITH old AS (SELECT id, status = 'retry_requested' AS retry, \
                  status = 'retry_requested' OR (status = 'processing' AND updated_at < now() - make_interval(secs => $6)) AS expired \
                FROM files WHERE remitter = $1 AND file_name = $2 AND md5 = $3 FOR UPDATE) \
-             UPDATE files f SET size = $4, mtime = $5, \
+             UPDATE files f SET size = $4, mtime = $5, ctime = $9, \
                status = CASE WHEN old.expired THEN 'processing' ELSE f.status END, \
                run_id = CASE WHEN old.expired THEN $7 ELSE f.run_id END, \
                claim_token = CASE WHEN old.expired THEN $8 ELSE f.claim_token END, \
@@ -425,6 +427,7 @@ impl ClaimStore for PgStore {
         .bind(lease_secs)
         .bind(run_id)
         .bind(token)
+        .bind(ctime)
         .fetch_one(&mut *tx)
         .await
         .step("reading the existing claim")?;
@@ -605,11 +608,15 @@ impl ClaimStore for PgStore {
         let sizes: Vec<i64> = files.iter().map(|f| f.size).collect();
         let mtimes: Vec<DateTime<Utc>> = files.iter().map(|f| f.mtime).collect();
         let newer: Vec<&str> = files.iter().map(|f| f.newer_file_name.as_str()).collect();
+        let ctimes: Vec<Option<DateTime<Utc>>> = files.iter().map(|f| f.ctime).collect();
+        let file_ids: Vec<Option<i64>> = files.iter().map(|f| f.file_id).collect();
+        // Unique among the versions still waiting for their move only: one
+        // archived before and copied back is a new row (archived again).
         sqlx::query(
-            "INSERT INTO superseded_files (remitter, file_name, size, mtime, newer_file_name, run_id) \
-             SELECT r, f, s, m, n, $6 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[]) \
-               AS u(r, f, s, m, n) \
-             ON CONFLICT ON CONSTRAINT superseded_version_key DO NOTHING",
+            "INSERT INTO superseded_files (remitter, file_name, size, mtime, newer_file_name, run_id, ctime, file_id) \
+             SELECT r, f, s, m, n, $6, c, i FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], \
+                 $5::text[], $7::timestamptz[], $8::bigint[]) AS u(r, f, s, m, n, c, i) \
+             ON CONFLICT (remitter, file_name, size, mtime) WHERE resolved_at IS NULL DO NOTHING",
         )
         .bind(&remitters)
         .bind(&names)
@@ -617,6 +624,8 @@ impl ClaimStore for PgStore {
         .bind(&mtimes)
         .bind(&newer)
         .bind(run_id)
+        .bind(&ctimes)
+        .bind(&file_ids)
         .execute(&self.pool)
         .await
         .step("recording superseded versions")?;
@@ -681,7 +690,7 @@ impl ArchiveStore for PgStore {
     /// Files whose status makes them due for the archive and that are not archived yet.
     async fn archive_candidates(&self) -> Result<Vec<ArchiveCandidate>, StoreError> {
         sqlx::query_as(
-            "SELECT id, remitter, file_name, size, mtime, md5 FROM files \
+            "SELECT id, remitter, file_name, size, mtime, ctime, md5 FROM files \
              WHERE archived_at IS NULL AND (status = 'success' OR status LIKE 'ops\\_%') ORDER BY id")
         .fetch_all(&self.pool)
         .await
@@ -708,7 +717,7 @@ impl ArchiveStore for PgStore {
 
     async fn pending_superseded(&self) -> Result<Vec<SupersededFile>, StoreError> {
         sqlx::query_as(
-            "SELECT id, remitter, file_name, size, mtime, newer_file_name FROM superseded_files \
+            "SELECT id, remitter, file_name, size, mtime, ctime, newer_file_name, file_id FROM superseded_files \
              WHERE resolved_at IS NULL ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -721,11 +730,21 @@ impl ArchiveStore for PgStore {
         id: i64,
         archive_path: Option<&str>,
     ) -> Result<(), StoreError> {
+        // One statement: the superseded row, and a claimed version's row
+        // with its one `archive_succeeded` event when it was moved (once per
+        // move: the superseded row resolves once; a version archived before
+        // and copied back gets a second event, as any move does).
         sqlx::query(
-            "UPDATE superseded_files SET resolved_at = now(), archive_path = $2 WHERE id = $1 AND resolved_at IS NULL",
+            "WITH s AS (UPDATE superseded_files SET resolved_at = now(), archive_path = $2 \
+               WHERE id = $1 AND resolved_at IS NULL RETURNING file_id), \
+             up AS (UPDATE files f SET archived_at = now(), archive_path = $2 FROM s \
+               WHERE $2::text IS NOT NULL AND f.id = s.file_id RETURNING f.id) \
+             INSERT INTO file_events (file_id, status, detail) SELECT id, $3, $4 FROM up",
         )
         .bind(id)
         .bind(archive_path)
+        .bind(ARCHIVE_SUCCEEDED)
+        .bind(json!({"archive_path": archive_path, "superseded": true}))
         .execute(&self.pool)
         .await
         .step("resolving a superseded version")?;

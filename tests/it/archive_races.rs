@@ -146,6 +146,7 @@ async fn expected(app: &TestApp, path: &str) -> Expected {
     Expected {
         size: e.size,
         mtime: e.mtime,
+        ctime: Some(e.ctime),
     }
 }
 

@@ -214,6 +214,7 @@ async fn only_the_claims_holder_writes_its_outcome() {
                     "0123",
                     1,
                     Utc::now(),
+                    Utc::now(),
                     lease,
                 )
                 .await

@@ -23,6 +23,7 @@ mod policy_a;
 mod process;
 mod read_integrity;
 mod status_page;
+mod superseded;
 mod temp_files;
 mod tls;
 mod versions;
