@@ -79,7 +79,8 @@ impl From<SupersededFile> for Due {
             size: f.size,
             mtime: f.mtime,
             ctime: f.ctime,
-            md5: None,
+            // A claimed version's content; versions never read have none.
+            md5: f.md5,
             record: Record::Superseded(f.id),
         }
     }
@@ -270,11 +271,13 @@ impl Archiver {
                 return report;
             }
         };
-        // A processed file missing from the source may have been moved by
-        // an earlier pass whose answer was lost: look in the archive once.
-        let archived: HashMap<String, Entry> = if files.iter().any(|d| {
-            matches!(d.record, Record::Processed(_)) && !listing.contains_key(&d.file_name)
-        }) {
+        // A file with a row (processed, or a claimed older version) missing
+        // from the source may have been moved by an earlier pass whose answer
+        // was lost: look in the archive once.
+        let archived: HashMap<String, Entry> = if files
+            .iter()
+            .any(|d| d.md5.is_some() && !listing.contains_key(&d.file_name))
+        {
             match self
                 .source
                 .list(&join(&[&self.archive_dir, &remitter]))

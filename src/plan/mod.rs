@@ -256,6 +256,7 @@ impl Decided {
             ctime: Some(c.entry.ctime),
             newer_file_name: old.newer.clone(),
             file_id: row.map(|(id, _)| id),
+            md5: None,
         });
     }
 
@@ -668,6 +669,7 @@ mod tests {
                 ctime: Some(at(-age)),
                 newer_file_name: "newer".into(),
                 file_id: None,
+                md5: None,
             })
             .collect();
         draft(Inputs {

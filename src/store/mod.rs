@@ -180,6 +180,10 @@ pub struct SupersededFile {
     /// The `files` row of this version, when it was claimed before (a
     /// retried older version, say): the move archives that row too.
     pub file_id: Option<i64>,
+    /// That row's MD5, read back with it (never written here): a move whose
+    /// answer was lost is then recognised in the archive by its content.
+    #[sqlx(default)]
+    pub md5: Option<String>,
 }
 
 /// The outbox key of a file's failure: `file_failed:<id>` for its first

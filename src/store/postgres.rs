@@ -717,8 +717,9 @@ impl ArchiveStore for PgStore {
 
     async fn pending_superseded(&self) -> Result<Vec<SupersededFile>, StoreError> {
         sqlx::query_as(
-            "SELECT id, remitter, file_name, size, mtime, ctime, newer_file_name, file_id FROM superseded_files \
-             WHERE resolved_at IS NULL ORDER BY id",
+            "SELECT s.id, s.remitter, s.file_name, s.size, s.mtime, s.ctime, s.newer_file_name, s.file_id, f.md5 \
+             FROM superseded_files s LEFT JOIN files f ON f.id = s.file_id \
+             WHERE s.resolved_at IS NULL ORDER BY s.id",
         )
         .fetch_all(&self.pool)
         .await

@@ -35,6 +35,8 @@ pub struct Gate {
     reached: Notify,
     /// Notify once to let the held call go on.
     pub go: Notify,
+    /// Listings of `path` still to fail as a timeout would.
+    fail_lists: AtomicUsize,
 }
 
 impl Gate {
@@ -53,7 +55,18 @@ impl Gate {
             armed: AtomicBool::new(true),
             reached: Notify::new(),
             go: Notify::new(),
+            fail_lists: AtomicUsize::new(0),
         })
+    }
+
+    /// Holds nothing, but fails the next `times` listings of `dir` as a
+    /// timeout would, so a fault that is rare on a healthy server is a
+    /// deterministic test; every other call goes to the real share.
+    pub fn failing_list(inner: Arc<dyn FileSource>, dir: &str, times: usize) -> Arc<Gate> {
+        let gate = Self::new(inner, Point::BeforeList, dir);
+        gate.armed.store(false, Ordering::SeqCst);
+        gate.fail_lists.store(times, Ordering::SeqCst);
+        gate
     }
 
     async fn hold(&self, at: Point, path: &str) {
@@ -81,6 +94,17 @@ impl Gate {
 #[async_trait]
 impl FileSource for Gate {
     async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError> {
+        let fail = dir == self.path
+            && self
+                .fail_lists
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if fail {
+            return Err(SourceError::Timeout {
+                op: format!("list {dir}"),
+                secs: 30,
+            });
+        }
         self.hold(Point::BeforeList, dir).await;
         let r = self.inner.list(dir).await;
         self.hold(Point::AfterList, dir).await;
@@ -103,64 +127,6 @@ impl FileSource for Gate {
         expected: &Expected,
     ) -> Result<Moved, SourceError> {
         self.hold(Point::BeforeMove, from).await;
-        self.inner.move_file(from, to, expected).await
-    }
-    async fn server_now(&self) -> Result<DateTime<Utc>, SourceError> {
-        self.inner.server_now().await
-    }
-}
-
-/// A share whose listings of one folder fail as a timeout would (the first
-/// `times` of them), so a fault that is rare on a healthy server is a
-/// deterministic test; every other call goes to the real share.
-pub struct FailingList {
-    inner: Arc<dyn FileSource>,
-    path: String,
-    times: AtomicUsize,
-}
-
-impl FailingList {
-    /// Fails the next `times` listings of `path`.
-    pub fn new(inner: Arc<dyn FileSource>, path: &str, times: usize) -> Arc<FailingList> {
-        Arc::new(FailingList {
-            inner,
-            path: path.to_string(),
-            times: AtomicUsize::new(times),
-        })
-    }
-}
-
-#[async_trait]
-impl FileSource for FailingList {
-    async fn list(&self, dir: &str) -> Result<Vec<Entry>, SourceError> {
-        let fail = dir == self.path
-            && self
-                .times
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-        if fail {
-            return Err(SourceError::Timeout {
-                op: format!("list {dir}"),
-                secs: 30,
-            });
-        }
-        self.inner.list(dir).await
-    }
-    async fn stat(&self, path: &str) -> Result<Entry, SourceError> {
-        self.inner.stat(path).await
-    }
-    async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
-        self.inner.fetch(path, dest).await
-    }
-    async fn mkdir_all(&self, dir: &str) -> Result<(), SourceError> {
-        self.inner.mkdir_all(dir).await
-    }
-    async fn move_file(
-        &self,
-        from: &str,
-        to: &str,
-        expected: &Expected,
-    ) -> Result<Moved, SourceError> {
         self.inner.move_file(from, to, expected).await
     }
     async fn server_now(&self) -> Result<DateTime<Utc>, SourceError> {

@@ -170,6 +170,28 @@ impl PrivateServers {
     }
 }
 
+/// Triggers runs (Postgres may still be coming back: 5xx answers are
+/// expected) until the test's one file is `success`, within 60 s.
+async fn runs_until_one_success(app: &crate::helpers::TestApp) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = app.trigger().await;
+        let rows = if code == 200 {
+            app.files().await
+        } else {
+            Vec::new()
+        };
+        if rows.len() == 1 && rows[0].status == "success" {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the file never reached success: {code} {body} {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// `pg_ctl restart` of a private cluster, as its owner.
 fn restart_postgres(bin: &str, data: &str) {
     let status = Command::new("runuser")
@@ -272,23 +294,7 @@ async fn postgres_restart_mid_run_is_recovered() {
     assert!(status == 200 || (500..600).contains(&status), "{status}");
 
     app.fakes.set_itm(ItmBehavior::Success);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, body) = app.trigger().await;
-        let rows = if code == 200 {
-            app.files().await
-        } else {
-            Vec::new()
-        };
-        if rows.len() == 1 && rows[0].status == "success" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never recovered: {code} {body} {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    runs_until_one_success(&app).await;
     assert_eq!(app.fakes.itm_calls().len(), 1, "ITM is called once");
     assert_eq!(app.fakes.foi_calls().len(), 1, "FOI is called once");
     let processing: i64 =
@@ -327,23 +333,7 @@ async fn an_outcome_kept_through_an_outage_is_written_without_a_second_call() {
     assert!(files.contains("kept"), "{body}");
     tokio::task::block_in_place(|| servers.start_postgres());
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, body) = app.trigger().await;
-        let rows = if code == 200 {
-            app.files().await
-        } else {
-            Vec::new()
-        };
-        if rows.len() == 1 && rows[0].status == "success" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the kept outcome was never written: {code} {body} {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    runs_until_one_success(&app).await;
     assert_eq!(app.fakes.itm_calls().len(), 1, "ITM is not called again");
     assert_eq!(app.fakes.foi_calls().len(), 1, "FOI is not called again");
     let id = app.files().await[0].id;

@@ -180,19 +180,18 @@ async fn sigterm_claims_nothing_more_in_serve_and_in_run() {
         assert_eq!(rows, processed, "a row only for what was claimed");
     };
     let slow = [("MAX_CONCURRENT_FILES", "1")];
+    let thirty_files_and_a_slow_itm = || async {
+        let p = prepare(Opts::default()).await;
+        p.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(1)));
+        for i in 0..FILES {
+            let name = format!("f{i:02}.csv");
+            put(&p, "acme", &name, name.as_bytes()).await;
+        }
+        p
+    };
 
     // serve
-    let p = prepare(Opts::default()).await;
-    p.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(1)));
-    for i in 0..FILES {
-        put(
-            &p,
-            "acme",
-            &format!("f{i:02}.csv"),
-            format!("{i}").as_bytes(),
-        )
-        .await;
-    }
+    let p = thirty_files_and_a_slow_itm().await;
     let mut serve = Serve::start(&p, &slow).await;
     let run = tokio::spawn(serve.trigger());
     until(30, "ITM reached", || !p.fakes.itm_calls().is_empty()).await;
@@ -217,17 +216,7 @@ async fn sigterm_claims_nothing_more_in_serve_and_in_run() {
     assert_eq!(left, FILES, "the deferred files untouched");
 
     // coordinator run
-    let p = prepare(Opts::default()).await;
-    p.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(1)));
-    for i in 0..FILES {
-        put(
-            &p,
-            "acme",
-            &format!("f{i:02}.csv"),
-            format!("{i}").as_bytes(),
-        )
-        .await;
-    }
+    let p = thirty_files_and_a_slow_itm().await;
     let (mut child, out) = cli_run(&p, &slow);
     until(30, "ITM reached", || !p.fakes.itm_calls().is_empty()).await;
     let status = Command::new("kill")

@@ -498,3 +498,67 @@ async fn a_file_whose_change_time_moved_before_its_move_is_not_archived() {
     );
     app.finish().await;
 }
+
+/// A retried older version is moved, but the answer to its rename is lost
+/// (the file is renamed into the archive while the gate holds the move, so
+/// the move itself then finds nothing): the next pass finds it in the
+/// archive by its row's content and records the move on that row, with one
+/// `archive_succeeded`, instead of resolving it as gone without a trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_older_versions_lost_move_is_recorded_with_its_row() {
+    let mut app = spawn_app(Opts::default()).await;
+    let (old, new) = ("remit_20240101.csv", "remit_20240102.csv");
+    app.fakes.set_itm(ItmBehavior::Failed);
+    app.put("acme", old, b"old").await;
+    app.run_ok().await;
+    let old_id = app.files().await[0].id;
+    app.fakes.set_itm(ItmBehavior::Success);
+    app.put("acme", new, b"new").await;
+    app.run_ok().await;
+    app.eventually(30, "the new version archived", || async {
+        app.in_archive("acme", new)
+    })
+    .await;
+    retry(&app, old_id).await;
+
+    let from = format!("{}/acme/{old}", app.source_dir);
+    let gate = Gate::new(app.server.engine.source.clone(), Point::BeforeMove, &from);
+    let engine = app.server.engine.over(gate.clone());
+    let mut passes = engine.passes_done.subscribe();
+    let run = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.run("test").await }
+    });
+    gate.wait_reached().await;
+    std::fs::rename(
+        app.local(&from),
+        app.local(&format!("{}/acme/{old}", app.archive_dir)),
+    )
+    .unwrap();
+    gate.go.notify_one();
+    run.await.unwrap().expect("the run completes");
+    tokio::time::timeout(Duration::from_secs(60), passes.wait_for(|n| *n >= 1))
+        .await
+        .expect("the run's pass ends")
+        .unwrap();
+    assert!(
+        !row(&app, old_id).await.archived,
+        "the pass saw its move fail"
+    );
+
+    engine.background_pass().await;
+    let r = row(&app, old_id).await;
+    assert!(r.archived, "recorded on its row: {r:?}");
+    let events = app.events(old_id).await;
+    assert_eq!(
+        events.iter().filter(|e| *e == "archive_succeeded").count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(
+        app.fakes.itm_calls().len(),
+        2,
+        "the old version never sent again"
+    );
+    app.finish().await;
+}
