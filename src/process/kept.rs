@@ -69,6 +69,9 @@ type Key = (String, String, String);
 #[derive(Debug, Default)]
 pub struct KeptOutcomes {
     entries: Mutex<HashMap<Key, KeptOutcome>>,
+    /// Versions whose run is still retrying the write itself: a later pass
+    /// leaves those to it.
+    retrying: Mutex<std::collections::HashSet<Key>>,
     /// Where they are journaled; `None` keeps them in memory only.
     journal: Option<PathBuf>,
 }
@@ -100,6 +103,7 @@ impl KeptOutcomes {
         };
         Self {
             entries: Mutex::new(entries),
+            retrying: Mutex::default(),
             journal: Some(path),
         }
     }
@@ -130,9 +134,34 @@ impl KeptOutcomes {
         }
     }
 
-    /// Every kept outcome.
+    /// Every kept outcome whose run is no longer retrying its write.
     pub fn all(&self) -> Vec<KeptOutcome> {
-        self.lock().values().cloned().collect()
+        let retrying = self.retrying.lock().map(|r| r.clone()).unwrap_or_default();
+        self.lock()
+            .iter()
+            .filter(|(key, _)| !retrying.contains(*key))
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
+    /// Keeps `k` while its run retries the write (see [`Self::all`]);
+    /// [`Self::retried`] ends that.
+    pub fn keep_retrying(&self, k: KeptOutcome) {
+        if let Ok(mut r) = self.retrying.lock() {
+            r.insert(key_of(&k));
+        }
+        self.keep(k);
+    }
+
+    /// The run stopped retrying `k`: written (or refused for good) when
+    /// `done`, else left for a later run or pass.
+    pub fn retried(&self, k: &KeptOutcome, done: bool) {
+        if let Ok(mut r) = self.retrying.lock() {
+            r.remove(&key_of(k));
+        }
+        if done {
+            self.written(k);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, KeptOutcome>> {
@@ -205,6 +234,22 @@ mod tests {
         assert!(again.all().is_empty());
         assert!(!dir.path().join(JOURNAL).exists());
         assert!(KeptOutcomes::journaled(dir.path()).all().is_empty());
+    }
+
+    #[test]
+    fn an_outcome_its_run_still_retries_is_left_to_that_run() {
+        let kept_outcomes = KeptOutcomes::default();
+        kept_outcomes.keep_retrying(kept("m"));
+        assert!(kept_outcomes.all().is_empty(), "its run is on it");
+        kept_outcomes.retried(&kept("m"), false);
+        assert_eq!(
+            kept_outcomes.all(),
+            [kept("m")],
+            "given up: a later pass writes it"
+        );
+        kept_outcomes.keep_retrying(kept("m"));
+        kept_outcomes.retried(&kept("m"), true);
+        assert!(kept_outcomes.all().is_empty(), "written by its run");
     }
 
     #[test]

@@ -351,7 +351,7 @@ impl Processor {
         let status = o.status.clone();
         let mut written = write().await;
         if written.as_ref().is_err_and(StoreError::is_transient) {
-            self.kept.keep(kept.clone());
+            self.kept.keep_retrying(kept.clone());
             written = write
                 .retry(OUTCOME_WRITE_BACKOFF.without_max_times())
                 .when(|e: &StoreError| {
@@ -363,10 +363,11 @@ impl Processor {
                     tracing::warn!(error = %e, ?pause, status = status.as_str(), "outcome not recorded yet; trying again")
                 })
                 .await;
-            if !written.as_ref().is_err_and(StoreError::is_transient) {
-                // Written, or refused for good: nothing left to keep.
-                self.kept.written(&kept);
-            }
+            // Written, or refused for good: nothing left to keep.
+            self.kept.retried(
+                &kept,
+                !written.as_ref().is_err_and(StoreError::is_transient),
+            );
         }
         match written {
             Ok(()) => {
