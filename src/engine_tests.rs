@@ -5,7 +5,7 @@ use crate::archive::PassReport;
 use crate::domain::FileStatus;
 use crate::downstream::{DownstreamError, FoiOutcome};
 use crate::process::idempotency_key;
-use crate::store::{Claim, ClaimStore, RunStore};
+use crate::store::{Claim, ClaimRequest, ClaimStore, RunStore};
 use crate::testing::{self, FakeFoi, FakeIqube, FakeItm, MemSource, MemStore, RunRow, md5_hex, t0};
 
 fn err_status(f: RunFailure) -> u16 {
@@ -920,17 +920,17 @@ async fn a_claim_left_processing_is_taken_over_after_its_lease() {
     let dead_run = Uuid::new_v4();
     let claim = h
         .store
-        .claim(
-            dead_run,
-            "acme",
-            "remit.csv",
-            "remit.csv",
-            &md5_hex(b"bytes"),
-            5,
-            old(),
-            old(),
-            std::time::Duration::from_secs(900),
-        )
+        .claim(&ClaimRequest {
+            run_id: dead_run,
+            remitter: "acme",
+            file_name: "remit.csv",
+            base_name: "remit.csv",
+            md5: &md5_hex(b"bytes"),
+            size: 5,
+            mtime: old(),
+            ctime: old(),
+            lease: std::time::Duration::from_secs(900),
+        })
         .await
         .unwrap();
     let Claim::New { id, .. } = claim else {

@@ -9,8 +9,8 @@ use crate::engine::{Engine, RunSettings};
 use crate::scan::names::TempNameFilter;
 use crate::source::{Content, Entry, Expected, Fetched, FileSource, Moved, SourceError, join};
 use crate::store::{
-    ArchiveCandidate, ArchiveStore, Claim, ClaimStore, Guard, KnownVersion, OutboxStore,
-    PendingNotification, RunLock, RunStart, RunStore, StoreError, SupersededFile,
+    ArchiveCandidate, ArchiveStore, Claim, ClaimRequest, ClaimStore, Guard, KnownVersion,
+    OutboxStore, PendingNotification, RunLock, RunStart, RunStore, StoreError, SupersededFile,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -701,18 +701,18 @@ impl ClaimStore for MemStore {
             .collect())
     }
 
-    async fn claim(
-        &self,
-        run_id: Uuid,
-        remitter: &str,
-        file_name: &str,
-        base_name: &str,
-        md5: &str,
-        size: i64,
-        mtime: DateTime<Utc>,
-        ctime: DateTime<Utc>,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
+    async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
+        let ClaimRequest {
+            run_id,
+            remitter,
+            file_name,
+            base_name,
+            md5,
+            size,
+            mtime,
+            ctime,
+            lease,
+        } = *req;
         let mut s = lock(&self.state);
         s.check()?;
         let now = Utc::now();

@@ -9,7 +9,7 @@ use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Notification, Subm
 use crate::plan::Unstable;
 use crate::scan::Candidate;
 use crate::source::{Content, FileSource, SourceError};
-use crate::store::{Claim, Store, StoreError};
+use crate::store::{Claim, ClaimRequest, Store, StoreError};
 use backon::{ExponentialBuilder, Retryable};
 use kept::{KeptOutcome, KeptOutcomes, Outcome};
 use serde_json::json;
@@ -236,17 +236,17 @@ impl Processor {
         }
         let claim = self
             .store
-            .claim(
+            .claim(&ClaimRequest {
                 run_id,
-                &c.remitter,
-                &c.entry.name,
+                remitter: &c.remitter,
+                file_name: &c.entry.name,
                 base_name,
-                &fetched.md5,
-                fetched.size as i64,
-                c.entry.mtime,
-                c.entry.ctime,
-                self.claim_lease,
-            )
+                md5: &fetched.md5,
+                size: fetched.size as i64,
+                mtime: c.entry.mtime,
+                ctime: c.entry.ctime,
+                lease: self.claim_lease,
+            })
             .await;
         let (file_id, token) = match claim {
             Ok(Claim::New { id, token }) => (id, token),

@@ -110,6 +110,29 @@ pub struct KnownVersion {
     pub archived: bool,
 }
 
+/// One file version to claim, as downloaded (see [`ClaimStore::claim`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// The run claiming it; it must hold the run lock.
+    pub run_id: Uuid,
+    /// Remitter folder.
+    pub remitter: &'a str,
+    /// File name.
+    pub file_name: &'a str,
+    /// The logical name (timestamp stripped).
+    pub base_name: &'a str,
+    /// Hex MD5 of the bytes read.
+    pub md5: &'a str,
+    /// Bytes read.
+    pub size: i64,
+    /// Last-write time at the second look.
+    pub mtime: DateTime<Utc>,
+    /// Change time at the second look.
+    pub ctime: DateTime<Utc>,
+    /// A `processing` claim not updated for this long is taken over.
+    pub lease: std::time::Duration,
+}
+
 /// The result of a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -296,19 +319,7 @@ pub trait ClaimStore: Send + Sync {
     /// archived before whose content is back in the source is due for the
     /// archive again. An existing row's size and timestamps are refreshed to
     /// these, so the next scan skips it and the archive moves this version.
-    #[allow(clippy::too_many_arguments)]
-    async fn claim(
-        &self,
-        run_id: Uuid,
-        remitter: &str,
-        file_name: &str,
-        base_name: &str,
-        md5: &str,
-        size: i64,
-        mtime: DateTime<Utc>,
-        ctime: DateTime<Utc>,
-        lease: std::time::Duration,
-    ) -> Result<Claim, StoreError>;
+    async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError>;
     /// Sets a file's status with its event, queueing its notification
     /// atomically (once per claim of the file), provided `token` still holds
     /// the claim ([`StoreError::ClaimLost`] otherwise, and nothing is written).

@@ -11,8 +11,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    ArchiveCandidate, ArchiveStore, Claim, ClaimStore, DryRunRow, Guard, KnownVersion, OutboxStore,
-    PendingNotification, RunLock, RunStart, RunStore, StoreError, SupersededFile, file_failed_key,
+    ArchiveCandidate, ArchiveStore, Claim, ClaimRequest, ClaimStore, DryRunRow, Guard,
+    KnownVersion, OutboxStore, PendingNotification, RunLock, RunStart, RunStore, StoreError,
+    SupersededFile, file_failed_key,
 };
 use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
 use crate::plan::versions::group_key;
@@ -343,19 +344,18 @@ impl ClaimStore for PgStore {
     /// Claims a file version: a new row in `processing` with its first event,
     /// or the existing row (whose size and timestamps are refreshed so the
     /// next scan skips it without a download).
-    #[allow(clippy::too_many_arguments)]
-    async fn claim(
-        &self,
-        run_id: Uuid,
-        remitter: &str,
-        file_name: &str,
-        base_name: &str,
-        md5: &str,
-        size: i64,
-        mtime: DateTime<Utc>,
-        ctime: DateTime<Utc>,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
+    async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
+        let ClaimRequest {
+            run_id,
+            remitter,
+            file_name,
+            base_name,
+            md5,
+            size,
+            mtime,
+            ctime,
+            lease,
+        } = *req;
         let token = Uuid::new_v4();
         // The usual case in one statement (one round trip): the run still
         // holds the lock, the version is new, and its `processing` event.

@@ -8,7 +8,9 @@ use crate::gate::{Gate, Point};
 use crate::helpers::{Opts, decision_of, md5_hex, spawn_app};
 use chrono::{DateTime, Utc};
 use coordinator::domain::FileStatus;
-use coordinator::store::{Claim, ClaimStore, PgStore, RunStart, RunStore, StoreError};
+use coordinator::store::{
+    Claim, ClaimRequest, ClaimStore, PgStore, RunStart, RunStore, StoreError,
+};
 use serde_json::json;
 use std::io::Write;
 use std::time::Duration;
@@ -206,17 +208,17 @@ async fn only_the_claims_holder_writes_its_outcome() {
         let store = store.clone();
         async move {
             store
-                .claim(
+                .claim(&ClaimRequest {
                     run_id,
-                    "acme",
-                    "a.csv",
-                    "a.csv",
-                    "0123",
-                    1,
-                    Utc::now(),
-                    Utc::now(),
+                    remitter: "acme",
+                    file_name: "a.csv",
+                    base_name: "a.csv",
+                    md5: "0123",
+                    size: 1,
+                    mtime: Utc::now(),
+                    ctime: Utc::now(),
                     lease,
-                )
+                })
                 .await
                 .unwrap()
         }
