@@ -47,6 +47,9 @@ pub enum ItmBehavior {
     Raw(u16, String),
     /// Success after this long.
     Slow(Duration),
+    /// Success once the test adds a permit to this semaphore (one per
+    /// request), so a test can act while ITM holds a request.
+    Held(Arc<tokio::sync::Semaphore>),
     /// Never answer.
     Hang,
 }
@@ -306,6 +309,12 @@ async fn itm(State(f): State<Fakes>, headers: HeaderMap, Json(body): Json<Value>
         ItmBehavior::Slow(d) => {
             tokio::time::sleep(d).await;
             Json(json!({"status": "success", "id": "itm-slow"})).into_response()
+        }
+        ItmBehavior::Held(release) => {
+            if let Ok(permit) = release.acquire().await {
+                permit.forget();
+            }
+            Json(json!({"status": "success", "id": "itm-held"})).into_response()
         }
         ItmBehavior::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;

@@ -317,16 +317,20 @@ async fn an_outcome_kept_through_an_outage_is_written_without_a_second_call() {
     let app = servers
         .app(Opts {
             foi_timeout_secs: 1.0,
-            itm_timeout_secs: 3.0,
-            claim_lease_secs: 5.0,
+            itm_timeout_secs: 10.0,
+            claim_lease_secs: 12.0,
             ..Opts::default()
         })
         .await;
-    app.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(2)));
+    // ITM holds the request until Postgres is down: its answer comes only
+    // then, whatever the time a stop takes on a loaded machine.
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    app.fakes.set_itm(ItmBehavior::Held(release.clone()));
     app.put("acme", "remit.csv", b"remittance").await;
 
     let run = app.trigger_until_itm_called().await;
     tokio::task::block_in_place(|| servers.stop_postgres());
+    release.add_permits(1);
     let resp = run.await.unwrap().expect("the run request is answered");
     let body: serde_json::Value = resp.json().await.unwrap();
     let files = body["summary"]["files"].to_string();
