@@ -119,6 +119,28 @@ async fn an_old_version_copied_back_after_its_archive_is_archived_again() {
     app.finish().await;
 }
 
+/// `old` fails at ITM (`itm_failed`), then `new` arrives and succeeds and
+/// is archived: returns the old version's row id and the second run's answer.
+async fn failed_then_superseded(
+    app: &mut TestApp,
+    old: &str,
+    new: &str,
+) -> (i64, serde_json::Value) {
+    app.fakes.set_itm(ItmBehavior::Failed);
+    app.put("acme", old, b"old").await;
+    let body = app.run_ok().await;
+    assert_eq!(decision_of(&body, "acme", old)["status"], "itm_failed");
+    let old_id = app.files().await[0].id;
+    app.fakes.set_itm(ItmBehavior::Success);
+    app.put("acme", new, b"new").await;
+    let body = app.run_ok().await;
+    app.eventually(30, "the new version archived", || async {
+        app.in_archive("acme", new)
+    })
+    .await;
+    (old_id, body)
+}
+
 /// Item 7: a failed older version stays in the source, untouched, until an
 /// operator acts (CONTRACT §1); once retried it is superseded (never sent:
 /// a newer version was claimed) and archived with its row and one
@@ -127,25 +149,13 @@ async fn an_old_version_copied_back_after_its_archive_is_archived_again() {
 async fn a_failed_older_version_stays_until_retried_then_is_archived_with_its_row() {
     let mut app = spawn_app(Opts::default()).await;
     let (old, new) = ("remit_20240101.csv", "remit_20240102.csv");
-    app.fakes.set_itm(ItmBehavior::Failed);
-    app.put("acme", old, b"old").await;
-    let body = app.run_ok().await;
-    assert_eq!(decision_of(&body, "acme", old)["status"], "itm_failed");
-    let old_id = app.files().await[0].id;
-
-    app.fakes.set_itm(ItmBehavior::Success);
-    app.put("acme", new, b"new").await;
-    let body = app.run_ok().await;
+    let (old_id, body) = failed_then_superseded(&mut app, old, new).await;
     assert_eq!(decision_of(&body, "acme", new)["status"], "success");
     assert_eq!(decision_of(&body, "acme", old)["decision"], "superseded");
     assert!(
         reason(&body, "acme", old).contains("until an operator acts"),
         "{body}"
     );
-    app.eventually(30, "the new version archived", || async {
-        app.in_archive("acme", new)
-    })
-    .await;
     assert!(app.in_source("acme", old), "a failed file stays");
     assert!(!app.in_archive("acme", old));
     assert!(!row(&app, old_id).await.archived);
@@ -508,17 +518,7 @@ async fn a_file_whose_change_time_moved_before_its_move_is_not_archived() {
 async fn a_claimed_older_versions_lost_move_is_recorded_with_its_row() {
     let mut app = spawn_app(Opts::default()).await;
     let (old, new) = ("remit_20240101.csv", "remit_20240102.csv");
-    app.fakes.set_itm(ItmBehavior::Failed);
-    app.put("acme", old, b"old").await;
-    app.run_ok().await;
-    let old_id = app.files().await[0].id;
-    app.fakes.set_itm(ItmBehavior::Success);
-    app.put("acme", new, b"new").await;
-    app.run_ok().await;
-    app.eventually(30, "the new version archived", || async {
-        app.in_archive("acme", new)
-    })
-    .await;
+    let (old_id, _) = failed_then_superseded(&mut app, old, new).await;
     retry(&app, old_id).await;
 
     let from = format!("{}/acme/{old}", app.source_dir);
