@@ -375,6 +375,22 @@ impl TestApp {
         (status, resp.json().await.expect("JSON answer"))
     }
 
+    /// `POST /api/v1/coordinator/files/{id}/retry` with a reason; expects 200.
+    pub async fn retry(&self, id: i64) {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/api/v1/coordinator/files/{id}/retry",
+                self.base_url
+            ))
+            .bearer_auth(self.token.as_deref().unwrap_or_default())
+            .json(&serde_json::json!({"reason": "send it again"}))
+            .send()
+            .await
+            .expect("call the coordinator");
+        assert_eq!(resp.status(), 200);
+    }
+
     /// Triggers a run without waiting for its answer; returns once ITM has
     /// received a call (the run is then inside a file's downstream calls).
     pub async fn trigger_until_itm_called(

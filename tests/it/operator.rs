@@ -702,18 +702,7 @@ async fn a_retried_version_older_than_a_claimed_one_is_superseded() {
         .unwrap()
         .id;
 
-    let resp = app
-        .http
-        .post(format!(
-            "{}/api/v1/coordinator/files/{old_id}/retry",
-            app.base_url
-        ))
-        .bearer_auth(app.token.as_deref().unwrap())
-        .json(&json!({"reason": "send it again"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    app.retry(old_id).await;
     let body = app.run_ok().await;
     let d = decision_of(&body, "acme", old);
     assert_eq!(d["decision"], "superseded", "{body}");

@@ -12,7 +12,6 @@ use crate::helpers::{Opts, TestApp, decision_of, md5_hex, spawn_app};
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use coordinator::source::{Entry, Expected, Fetched, FileSource, Moved, SourceError, join};
-use serde_json::json;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,22 +43,6 @@ async fn superseded_rows(app: &TestApp) -> Vec<(String, String, bool, Option<Str
 
 async fn row(app: &TestApp, id: i64) -> crate::helpers::FileRow {
     app.files().await.into_iter().find(|f| f.id == id).unwrap()
-}
-
-/// `POST …/files/{id}/retry`; expects 200.
-async fn retry(app: &TestApp, id: i64) {
-    let resp = app
-        .http
-        .post(format!(
-            "{}/api/v1/coordinator/files/{id}/retry",
-            app.base_url
-        ))
-        .bearer_auth(app.token.as_deref().unwrap())
-        .json(&json!({"reason": "send it again"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
 }
 
 fn reason<'a>(body: &'a serde_json::Value, remitter: &str, name: &str) -> &'a str {
@@ -161,7 +144,7 @@ async fn a_failed_older_version_stays_until_retried_then_is_archived_with_its_ro
     assert!(!row(&app, old_id).await.archived);
     assert!(superseded_rows(&app).await.is_empty());
 
-    retry(&app, old_id).await;
+    app.retry(old_id).await;
     let body = app.run_ok().await;
     let d = decision_of(&body, "acme", old);
     assert_eq!(d["decision"], "superseded", "{body}");
@@ -519,7 +502,7 @@ async fn a_claimed_older_versions_lost_move_is_recorded_with_its_row() {
     let mut app = spawn_app(Opts::default()).await;
     let (old, new) = ("remit_20240101.csv", "remit_20240102.csv");
     let (old_id, _) = failed_then_superseded(&mut app, old, new).await;
-    retry(&app, old_id).await;
+    app.retry(old_id).await;
 
     let from = format!("{}/acme/{old}", app.source_dir);
     let gate = Gate::new(app.server.engine.source.clone(), Point::BeforeMove, &from);
