@@ -268,7 +268,7 @@ mod tests {
 }
 
 /// What a run decided about one file, as the summary reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// Temp-like name: never touched.
@@ -291,7 +291,7 @@ pub enum Decision {
 }
 
 /// What the run reports for one file.
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct FileReport {
     /// Remitter folder.
     pub remitter: String,
@@ -327,7 +327,7 @@ impl FileReport {
 }
 
 /// A remitter folder that could not be listed, at either look.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FolderError {
     /// Remitter folder name.
     pub remitter: String,

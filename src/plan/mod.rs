@@ -18,7 +18,7 @@ use std::time::Duration;
 use versions::{newest_first, strip_ts_basename};
 
 /// Versions of one logical file of one remitter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Group {
     /// The logical name (timestamp stripped), as found on the newest version.
     pub base_name: String,
@@ -159,8 +159,10 @@ pub struct Older {
     pub reason: String,
 }
 
-/// Decisions taken so far, whatever the second look finds.
-#[derive(Debug, Default)]
+/// Decisions taken so far, whatever the second look finds. Serialisable, so
+/// a run's plan can be stored and the run finished by another instance than
+/// the one that scanned (CONTRACT §10).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Decided {
     /// Files found in remitter folders, temp names included.
     pub scanned: usize,
@@ -172,9 +174,15 @@ pub struct Decided {
     pub to_archive: Vec<SupersededFile>,
     /// Rows whose archived content is in the source again: archive it again.
     pub rearchive: Vec<i64>,
-    /// The claimed rows of the scanned groups, by remitter and file name:
-    /// an older version with a row is archived with it, or stays (a failure).
-    rows: HashMap<(String, String), Vec<KnownVersion>>,
+    /// The claimed rows of the scanned groups, by [`row_key`]: an older
+    /// version with a row is archived with it, or stays (a failure).
+    rows: HashMap<String, Vec<KnownVersion>>,
+}
+
+/// The key of a file's rows in [`Decided`]: remitter and file name, exactly
+/// as they are (a folder name holds no `/`).
+fn row_key(remitter: &str, file_name: &str) -> String {
+    format!("{remitter}/{file_name}")
 }
 
 impl Decided {
@@ -182,7 +190,7 @@ impl Decided {
     /// latest when several match.
     fn row_of(&self, c: &Candidate) -> Option<&KnownVersion> {
         self.rows
-            .get(&(c.remitter.clone(), c.entry.name.clone()))?
+            .get(&row_key(&c.remitter, &c.entry.name))?
             .iter()
             .filter(|k| same_version(k, &c.entry))
             .max_by_key(|k| k.id)
@@ -413,7 +421,7 @@ pub fn draft(input: Inputs<'_>) -> Draft {
             *slot = &k.file_name;
         }
         d.rows
-            .entry((k.remitter.clone(), k.file_name.clone()))
+            .entry(row_key(&k.remitter, &k.file_name))
             .or_default()
             .push(k.clone());
     }
@@ -436,7 +444,7 @@ pub fn draft(input: Inputs<'_>) -> Draft {
         // (an operator sent it back) goes through the claim again.
         let seen = d
             .rows
-            .get(&(g.newest.remitter.clone(), e.name.clone()))
+            .get(&row_key(&g.newest.remitter, &e.name))
             .and_then(|ks| {
                 ks.iter()
                     .find(|k| same_version(k, e) && !k.status.wants_claim())
@@ -579,10 +587,136 @@ impl Draft {
     }
 }
 
+/// The order in which a run's groups are taken (CONTRACT §10, fair share):
+/// round-robin across remitters (case-insensitively), oldest file first
+/// within one remitter, so a remitter with thousands of files never holds
+/// another's one file back for more than one round. Each group comes with
+/// its rank, its place among its remitter's groups.
+pub fn fair_share(work: Vec<Group>) -> Vec<(i32, Group)> {
+    let mut by_remitter: BTreeMap<String, Vec<Group>> = BTreeMap::new();
+    for g in work {
+        by_remitter
+            .entry(g.newest.remitter.to_lowercase())
+            .or_default()
+            .push(g);
+    }
+    let mut ranked = Vec::new();
+    for groups in by_remitter.values_mut() {
+        groups.sort_by(|a, b| {
+            (a.newest.entry.newest_time(), &a.newest.entry.name)
+                .cmp(&(b.newest.entry.newest_time(), &b.newest.entry.name))
+        });
+    }
+    for (remitter, groups) in by_remitter {
+        for (rank, g) in groups.into_iter().enumerate() {
+            ranked.push((i32::try_from(rank).unwrap_or(i32::MAX), remitter.clone(), g));
+        }
+    }
+    ranked.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    ranked.into_iter().map(|(rank, _, g)| (rank, g)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::source::Entry;
+
+    #[test]
+    fn fair_share_takes_remitters_in_turn_oldest_first() {
+        let file = |remitter: &str, name: &str, age: i64| {
+            let mut c = cand(remitter, name);
+            c.entry.mtime = at(-age);
+            c.entry.ctime = at(-age);
+            group(vec![c]).remove(0)
+        };
+        // (remitter, name, age in seconds) -> (name, rank) in the order taken.
+        type Files<'a> = &'a [(&'a str, &'a str, i64)];
+        type Taken<'a> = &'a [(&'a str, i32)];
+        let cases: &[(Files, Taken)] = &[
+            (&[], &[]),
+            (
+                &[
+                    ("a", "a3", 10),
+                    ("a", "a1", 30),
+                    ("a", "a2", 20),
+                    ("b", "b1", 1),
+                ],
+                &[("a1", 0), ("b1", 0), ("a2", 1), ("a3", 2)],
+            ),
+            // Remitters compare case-insensitively: one remitter, one turn.
+            (
+                &[("Acme", "x", 5), ("acme", "y", 6), ("zed", "z", 1)],
+                &[("y", 0), ("z", 0), ("x", 1)],
+            ),
+            // Equal times: by name.
+            (&[("a", "q", 1), ("a", "p", 1)], &[("p", 0), ("q", 1)]),
+        ];
+        for (files, want) in cases {
+            let work: Vec<Group> = files.iter().map(|&(r, n, age)| file(r, n, age)).collect();
+            let got: Vec<(String, i32)> = fair_share(work)
+                .into_iter()
+                .map(|(rank, g)| (g.newest.entry.name, rank))
+                .collect();
+            let want: Vec<(String, i32)> = want.iter().map(|&(n, k)| (n.to_string(), k)).collect();
+            assert_eq!(got, want, "{files:?}");
+        }
+    }
+
+    #[test]
+    fn a_remitter_with_many_files_holds_anothers_one_file_back_one_round_at_most() {
+        let mut work: Vec<Group> = (0..500)
+            .map(|i| group(vec![cand("a", &format!("a{i:03}.csv"))]).remove(0))
+            .collect();
+        work.push(group(vec![cand("b", "b.csv")]).remove(0));
+        let order = fair_share(work);
+        let at = order
+            .iter()
+            .position(|(_, g)| g.newest.remitter == "b")
+            .unwrap();
+        assert!(at <= 1, "b's file is taken {at}th");
+    }
+
+    #[test]
+    fn a_plan_survives_a_round_trip_through_json() {
+        let draft = draft(Inputs {
+            scan: scan_of(&[
+                ("acme", "r_20240101.csv", 1, 1000),
+                ("acme", "r_20240102.csv", 1, 1000),
+                ("acme", "~$r.csv", 1, 1000),
+            ]),
+            known: &rows(&[(
+                7,
+                "acme",
+                "r_20240101.csv",
+                1,
+                1000,
+                "extraction_file_failed",
+                false,
+            )]),
+            remembered: &[],
+            now: at(0),
+            min_age: Duration::from_secs(60),
+        });
+        let plan = draft.settle(&HashMap::new());
+        let json = serde_json::to_value(&plan.decided).unwrap();
+        let back: Decided = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        assert_eq!(back.reports, plan.decided.reports);
+        // The rows travel too: the failed older version is still found failed.
+        let old = cand("acme", "r_20240101.csv");
+        let mut old = old;
+        old.entry.mtime = at(-1000);
+        old.entry.ctime = at(-1000);
+        assert_eq!(
+            back.row_of(&old).map(|k| k.status.clone()),
+            Some(FileStatus::ExtractionFileFailed)
+        );
+        let groups = serde_json::to_value(&plan.work).unwrap();
+        assert_eq!(
+            serde_json::from_value::<Vec<Group>>(groups).unwrap(),
+            plan.work
+        );
+    }
 
     fn cand(remitter: &str, name: &str) -> Candidate {
         let t = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();

@@ -11,7 +11,7 @@ use names::TempNameFilter;
 pub const LISTINGS_AT_ONCE: usize = 16;
 
 /// A file directly inside a remitter folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Candidate {
     /// Remitter folder name.
     pub remitter: String,

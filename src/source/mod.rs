@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use std::path::Path;
 
 /// One entry of a directory listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// Bare name inside its folder.
     pub name: String,

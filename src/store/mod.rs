@@ -90,7 +90,7 @@ impl StoreError {
 }
 
 /// A stored version seen again by a scan.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct KnownVersion {
     /// Row id.
     pub id: i64,
@@ -184,7 +184,7 @@ pub struct PendingNotification {
 }
 
 /// An older version a run decided to archive without processing.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct SupersededFile {
     /// Row id (0 before it is recorded).
     pub id: i64,
