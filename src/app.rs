@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::downstream::{FoiClient, IqubeClient, ItmClient, http_client};
 use crate::engine::{Engine, RunError, RunSettings};
 use crate::http::{AppState, router};
+use crate::instance::Membership;
 use crate::metrics::{Metrics, Timed};
 use crate::process::kept::KeptOutcomes;
 use crate::source::smb::SmbShare;
@@ -68,7 +69,7 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
             delivery_budget: DELIVERY_BUDGET,
         },
         tracker: TaskTracker::new(),
-        instance: instance_name(),
+        instance: cfg.instance_id.clone(),
         passes_done: tokio::sync::watch::channel(0).0,
         stop: CancellationToken::new(),
         metrics,
@@ -77,49 +78,67 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
     }))
 }
 
-fn instance_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "coordinator".into());
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}:{}:{}", std::process::id(), &tag[..8])
-}
-
 /// A started HTTP server (used by `serve` and by the integration tests).
 pub struct Server {
     /// The bound address.
     pub addr: std::net::SocketAddr,
-    /// Cancel to stop gracefully.
+    /// Cancel to stop gracefully: drain (no new work, `/readyz` 503), let
+    /// the files held and background passes finish, then stop serving.
     pub shutdown: CancellationToken,
     /// Completes when the server and its background work have stopped.
     pub done: tokio::task::JoinHandle<()>,
     /// The engine behind it.
     pub engine: Arc<Engine>,
+    /// This process among the instances.
+    pub membership: Arc<Membership>,
+}
+
+/// Joins the instances under `INSTANCE_ID` (refused while a live process
+/// holds it).
+async fn join(cfg: &Config, store: &PgStore) -> anyhow::Result<Arc<Membership>> {
+    Ok(Membership::join(
+        Arc::new(store.clone()),
+        &cfg.instance_id,
+        cfg.instance_heartbeat,
+        cfg.max_concurrent_files,
+    )
+    .await?)
 }
 
 /// The API for `cfg` and the engine behind it, with migrations applied;
 /// nothing is bound or scheduled (the tests drive it with `oneshot`).
-pub async fn build_router(cfg: &Config) -> anyhow::Result<(axum::Router, Arc<Engine>)> {
+pub async fn build_router(
+    cfg: &Config,
+) -> anyhow::Result<(axum::Router, Arc<Engine>, Arc<Membership>)> {
     let store = migrated_store(cfg.database_url.expose()).await?;
+    let membership = join(cfg, &store).await?;
     let engine = build_engine(cfg, store.clone())?;
     let app = router(AppState {
         engine: engine.clone(),
         api_token: cfg.api_token.clone(),
-        ops: Arc::new(store),
+        ops: Arc::new(store.clone()),
+        instances: Arc::new(store),
+        membership: membership.clone(),
     });
-    Ok((app, engine))
+    Ok((app, engine, membership))
 }
 
 /// Migrates, binds `cfg.bind_addr` and serves until `shutdown` is cancelled;
 /// then waits for in-flight runs and background passes.
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
-    let (app, engine) = build_router(cfg).await?;
+    let (app, engine, membership) = build_router(cfg).await?;
     let listener = TcpListener::bind(cfg.bind_addr)
         .await
         .with_context(|| format!("binding {}", cfg.bind_addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    // One token: stopping the server also tells background passes to wrap up.
-    let shutdown = engine.stop.clone();
+    // Cancelled by the caller (SIGTERM) or by the heartbeat when this
+    // process's id was taken: either way the instance drains and stops.
+    let shutdown = CancellationToken::new();
+    let beats_done = CancellationToken::new();
+    let heartbeat =
+        membership.spawn_heartbeat(engine.metrics.clone(), beats_done.clone(), shutdown.clone());
     if let Some(every) = cfg.housekeeping_interval {
-        let (e, stop) = (engine.clone(), shutdown.clone());
+        let (e, stop) = (engine.clone(), engine.stop.clone());
         engine.tracker.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -133,25 +152,46 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         });
     }
     if let Some(every) = cfg.run_interval {
-        spawn_schedule(&engine, every, shutdown.clone());
+        spawn_schedule(&engine, every, engine.stop.clone());
     }
-    let (e, stop) = (engine.clone(), shutdown.clone());
+    let (e, m, drain) = (engine.clone(), membership.clone(), shutdown.clone());
     let done = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(err) = served {
-            tracing::error!(error = %err, "HTTP server failed");
-        }
+        let http_stop = CancellationToken::new();
+        let stopped = http_stop.clone();
+        let mut http = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "HTTP server failed");
+            }
+        });
+        let http_ended = tokio::select! {
+            _ = drain.cancelled() => false,
+            _ = &mut http => true,
+        };
+        // Draining: `/readyz` answers 503 and no run starts, while the files
+        // held and the background passes finish; then the server stops.
+        m.start_draining();
+        tracing::info!("draining: finishing the files held, taking no new work");
+        e.stop.cancel();
         e.tracker.close();
         e.tracker.wait().await;
+        http_stop.cancel();
+        if !http_ended {
+            let _ = http.await;
+        }
+        beats_done.cancel();
+        let _ = heartbeat.await;
+        m.leave().await;
     });
-    tracing::info!(%addr, "coordinator listening");
+    tracing::info!(%addr, instance = membership.id(), "coordinator listening");
     Ok(Server {
         addr,
         shutdown,
         done,
         engine,
+        membership,
     })
 }
 
@@ -190,7 +230,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let stop = server.shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("stopping: finishing in-flight work");
+        tracing::info!("SIGTERM: draining");
         stop.cancel();
     });
     server
@@ -232,6 +272,15 @@ pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
     if let Err(e) = connected {
         tracing::warn!(error = %e, "the share could not be connected at start-up");
     }
+    // The process is an instance while it runs: its claims are live while
+    // it beats, and taken over within three beats if it is killed.
+    let membership = join(&cfg, &store).await?;
+    let beats_done = CancellationToken::new();
+    let heartbeat = membership.spawn_heartbeat(
+        engine.metrics.clone(),
+        beats_done.clone(),
+        engine.stop.clone(),
+    );
     // SIGTERM/SIGINT: files already claimed finish, nothing more is claimed
     // (the summary says the run was cut short), and no claim is left dangling.
     let stop = engine.stop.clone();
@@ -248,6 +297,9 @@ pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
     signals.abort();
     engine.tracker.close();
     engine.tracker.wait().await;
+    beats_done.cancel();
+    let _ = heartbeat.await;
+    membership.leave().await;
     let (code, body) = match result {
         Ok(report) => (0, serde_json::to_value(&report)?),
         Err(e @ RunError::Busy { .. }) => (3, e.body()),

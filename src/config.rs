@@ -171,6 +171,12 @@ pub struct ConfigArgs {
     /// Days a finished run keeps its per-file list (its counts are kept for good); 0 = forever [default: 30]
     #[arg(long, env = "RUN_DETAIL_RETENTION_DAYS")]
     pub run_detail_retention_days: Option<String>,
+    /// This process's name among the instances on one database; two live processes may not share one [default: <host name>:<process id>]
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Seconds between heartbeats; an instance not heard from for three is dead and its claims are taken over [default: 5]
+    #[arg(long, env = "INSTANCE_HEARTBEAT_SECS")]
+    pub instance_heartbeat_secs: Option<String>,
 }
 
 /// The validated configuration of a coordinator process.
@@ -226,6 +232,35 @@ pub struct Config {
     pub run_interval: Option<Duration>,
     /// How long a finished run keeps its per-file list (None: forever).
     pub run_detail_retention: Option<Duration>,
+    /// `INSTANCE_ID`.
+    pub instance_id: String,
+    /// `INSTANCE_HEARTBEAT_SECS`.
+    pub instance_heartbeat: Duration,
+}
+
+/// The default `INSTANCE_ID`: host name and process id (CONTRACT §10).
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "coordinator".into());
+    format!("{host}:{}", std::process::id())
+}
+
+fn instance_id(v: Option<String>) -> Result<String, ConfigError> {
+    const VAR: &str = "INSTANCE_ID";
+    let Some(id) = v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) else {
+        return Ok(default_instance_id());
+    };
+    if id.chars().count() > 200 || id.chars().any(char::is_control) {
+        return Err(err(
+            VAR,
+            "must be at most 200 characters, without control characters",
+        ));
+    }
+    Ok(id)
 }
 
 fn secret(
@@ -443,6 +478,17 @@ impl Config {
                 )?;
                 (days > 0).then(|| Duration::from_secs(u64::from(days) * 86_400))
             },
+            instance_id: instance_id(a.instance_id)?,
+            instance_heartbeat: {
+                let beat = secs(a.instance_heartbeat_secs, "INSTANCE_HEARTBEAT_SECS", 5.0)?;
+                if !(0.1..=300.0).contains(&beat.as_secs_f64()) {
+                    return Err(err(
+                        "INSTANCE_HEARTBEAT_SECS",
+                        "must be from 0.1 to 300 seconds",
+                    ));
+                }
+                beat
+            },
         };
         // A claim is renewed while its file is in flight; the lease must still
         // cover the longest one file may take, else a live file could be taken over.
@@ -510,6 +556,23 @@ mod tests {
         );
         assert_eq!(c.spool_dir, std::env::temp_dir());
         assert!(c.extra_ca_certs.is_empty());
+        assert_eq!(c.instance_heartbeat, Duration::from_secs(5));
+        let pid = format!(":{}", std::process::id());
+        assert!(
+            c.instance_id.ends_with(&pid) && c.instance_id.len() > pid.len(),
+            "host name and process id: {}",
+            c.instance_id
+        );
+    }
+
+    #[test]
+    fn an_instance_id_and_a_fractional_heartbeat_are_taken_as_given() {
+        let mut a = full();
+        a.instance_id = Some(" node-a ".into());
+        a.instance_heartbeat_secs = Some("0.5".into());
+        let c = Config::from_args(a).unwrap();
+        assert_eq!(c.instance_id, "node-a");
+        assert_eq!(c.instance_heartbeat, Duration::from_millis(500));
     }
 
     #[test]
@@ -547,6 +610,15 @@ mod tests {
                 "RUN_INTERVAL_SECS",
             ),
             (|a| a.smb_archive_dir = Some("/".into()), "SMB_ARCHIVE_DIR"),
+            (|a| a.instance_id = Some("a\tb".into()), "INSTANCE_ID"),
+            (
+                |a| a.instance_heartbeat_secs = Some("0.05".into()),
+                "INSTANCE_HEARTBEAT_SECS",
+            ),
+            (
+                |a| a.instance_heartbeat_secs = Some("301".into()),
+                "INSTANCE_HEARTBEAT_SECS",
+            ),
             // 120 s × 3 attempts + 1.5 s of pauses + 30 s of ITM = 391.5 s.
             (
                 |a| a.claim_lease_secs = Some("391.5".into()),

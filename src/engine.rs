@@ -662,6 +662,8 @@ impl Engine {
             },
             _,
         ) = self.look().await?;
+        // Round-robin across remitters, oldest first within one (CONTRACT §10).
+        let work: Vec<plan::Group> = plan::fair_share(work).into_iter().map(|(_, g)| g).collect();
         if let Err(e) = self.store.rearchive(&d.rearchive).await {
             tracing::error!(error = %e, "could not queue re-uploaded files for the archive; the next run tries again");
         }

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod downstream;
 pub mod engine;
 pub mod http;
+pub mod instance;
 pub mod metrics;
 pub mod plan;
 pub mod process;

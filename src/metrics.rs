@@ -49,6 +49,19 @@ pub struct Metrics {
     archive_pending: Gauge,
     awaiting_operator: Gauge,
     last_run: Family<Labels, Gauge<f64, AtomicU64>>,
+    files_in_flight: Gauge,
+    claims_taken_over: Counter,
+}
+
+/// One file this instance holds (claimed, not yet recorded): counted in
+/// `coordinator_files_in_flight` until dropped.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -94,6 +107,7 @@ impl Metrics {
         let (outbox_pending, archive_pending, awaiting_operator) =
             (Gauge::default(), Gauge::default(), Gauge::default());
         let last_run = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let (files_in_flight, claims_taken_over) = (Gauge::default(), Counter::default());
         // prometheus-client appends `_total` to counter names.
         registry.register(
             "coordinator_runs",
@@ -145,6 +159,16 @@ impl Metrics {
             "Unix time of the end of the last run, by status",
             last_run.clone(),
         );
+        registry.register(
+            "coordinator_files_in_flight",
+            "Files this instance holds now: claimed and not yet recorded",
+            files_in_flight.clone(),
+        );
+        registry.register(
+            "coordinator_claims_taken_over",
+            "Claims this instance took over from a dead instance (or a lapsed claim from before instances)",
+            claims_taken_over.clone(),
+        );
         for s in ["completed", "failed"] {
             drop(runs.get_or_create(&status(s)));
         }
@@ -166,7 +190,25 @@ impl Metrics {
             archive_pending,
             awaiting_operator,
             last_run,
+            files_in_flight,
+            claims_taken_over,
         }
+    }
+
+    /// A file was claimed by this instance: in flight until the guard drops.
+    pub fn file_in_flight(&self) -> InFlight {
+        self.files_in_flight.inc();
+        InFlight(self.files_in_flight.clone())
+    }
+
+    /// Files this instance holds now.
+    pub fn files_in_flight(&self) -> i64 {
+        self.files_in_flight.get()
+    }
+
+    /// A claim of a dead holder was taken over.
+    pub fn claim_taken_over(&self) {
+        self.claims_taken_over.inc();
     }
 
     /// A real run ended with `status` (`completed` or `failed`) after `took`.

@@ -753,7 +753,11 @@ impl ClaimStore for MemStore {
                 json!({"run_id": run_id, "recovered": "the claim's lease expired"})
             };
             s.event(id, FileStatus::Processing.as_str(), detail);
-            return Ok(Claim::New { id, token });
+            return Ok(Claim::New {
+                id,
+                token,
+                recovered: !retry,
+            });
         }
         let token = Uuid::new_v4();
         let id = s.files.len() as i64 + 1;
@@ -777,7 +781,11 @@ impl ClaimStore for MemStore {
             FileStatus::Processing.as_str(),
             json!({"run_id": run_id}),
         );
-        Ok(Claim::New { id, token })
+        Ok(Claim::New {
+            id,
+            token,
+            recovered: false,
+        })
     }
 
     async fn set_status(

@@ -14,7 +14,8 @@ mod page;
 
 use crate::config::Secret;
 use crate::engine::{Engine, RunError, RunFailure, RunReport};
-use crate::store::{OperatorError, OperatorStore};
+use crate::instance::Membership;
+use crate::store::{InstanceStore, OperatorError, OperatorStore};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
@@ -43,6 +44,10 @@ pub struct AppState {
     pub api_token: Option<Secret>,
     /// The operator's queries and actions (Postgres).
     pub ops: Arc<dyn OperatorStore>,
+    /// The instances table, for their list.
+    pub instances: Arc<dyn InstanceStore>,
+    /// This process among the instances: draining after SIGTERM.
+    pub membership: Arc<Membership>,
 }
 
 /// Every error the API answers with.
@@ -73,6 +78,8 @@ pub enum AppError {
     PayloadTooLarge,
     /// The query string is longer than the API accepts.
     UriTooLong,
+    /// This instance is stopping (SIGTERM) and starts no run.
+    Draining,
 }
 
 /// Largest request body the API reads.
@@ -99,7 +106,7 @@ pub struct ErrorBody {
     /// Stable machine code: `invalid_request`, `unauthorized`, `not_found`,
     /// `method_not_allowed`, `not_retryable`, `not_resolvable`,
     /// `run_in_progress`, `payload_too_large`, `uri_too_long`,
-    /// `database_error`, or a failed run's code (`scan_failed`,
+    /// `database_error`, `draining`, or a failed run's code (`scan_failed`,
     /// `database_unavailable`, `spool_unavailable`, `internal_error`).
     #[schema(example = "not_found")]
     pub error: String,
@@ -178,6 +185,13 @@ impl IntoResponse for AppError {
                 ErrorBody::new(
                     "uri_too_long",
                     format!("query strings are limited to {MAX_QUERY_BYTES} bytes"),
+                ),
+            ),
+            AppError::Draining => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody::new(
+                    "draining",
+                    "this instance is stopping and starts no run; ask another instance",
                 ),
             ),
         };
@@ -283,7 +297,7 @@ fn parse_run_request(body: Result<Bytes, BytesRejection>) -> Result<RunRequest, 
         (status = 414, description = "`uri_too_long`", body = ErrorBody),
         (status = 500, description = "`internal_error`: the run task failed", body = ErrorBody),
         (status = 502, description = "`scan_failed`: the share could not be listed; the run is recorded as failed", body = ErrorBody),
-        (status = 503, description = "`database_unavailable`, `database_error` or `spool_unavailable`", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`, `database_error` or `spool_unavailable`; `draining`: this instance got SIGTERM and starts no run", body = ErrorBody),
     )
 )]
 async fn create_run(
@@ -291,6 +305,9 @@ async fn create_run(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
     let options = parse_run_request(body)?;
+    if state.membership.is_draining() {
+        return Err(AppError::Draining);
+    }
     // The run is its own task: a client that hangs up must not cancel it half-way.
     let engine = state.engine.clone();
     let dry_run = options.dry_run;
@@ -357,9 +374,12 @@ async fn healthz() -> Json<Health> {
 /// The answer of `/readyz`.
 #[derive(Debug, Serialize, ToSchema)]
 struct Readiness {
-    /// `ready` or `not_ready`.
+    /// `ready`, `not_ready`, or `draining` (after SIGTERM: finishing its
+    /// files, taking no new work).
     #[schema(example = "ready")]
     status: &'static str,
+    /// True after SIGTERM.
+    draining: bool,
     /// Whether Postgres answers.
     database: Check,
     /// Whether the share's source folder can be listed.
@@ -393,7 +413,7 @@ impl From<Result<(), String>> for Check {
     responses(
         (status = 200, description = "Ready", body = Readiness),
         (status = 414, description = "`uri_too_long`", body = ErrorBody),
-        (status = 503, description = "Not ready: which of the two failed", body = Readiness),
+        (status = 503, description = "Not ready: which of the two failed, or draining after SIGTERM", body = Readiness),
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -405,9 +425,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
     .await
     .map_err(|_| "timed out".to_string())
     .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
-    let ready = db.is_ok() && share.is_ok();
+    let draining = state.membership.is_draining();
+    let ready = db.is_ok() && share.is_ok() && !draining;
     let body = Readiness {
-        status: if ready { "ready" } else { "not_ready" },
+        status: if draining {
+            "draining"
+        } else if ready {
+            "ready"
+        } else {
+            "not_ready"
+        },
+        draining,
         database: db.into(),
         share: share.into(),
     };
@@ -444,7 +472,8 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(operator::list_files))
         .routes(routes!(operator::get_file))
         .routes(routes!(operator::retry_file))
-        .routes(routes!(operator::resolve_file));
+        .routes(routes!(operator::resolve_file))
+        .routes(routes!(operator::list_instances));
     // An empty body is a run with no options, which `#[utoipa::path]` cannot say.
     openapi::optional_body(protected.get_openapi_mut(), "/api/v1/coordinator/runs");
     openapi::require_bearer(protected.get_openapi_mut());

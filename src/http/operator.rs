@@ -4,7 +4,7 @@
 
 use super::{AppError, AppState, ErrorBody, parse_body};
 use crate::domain::{FileStatus, OpsVerdict};
-use crate::store::{FileDetail, FileFilter, FileView, RunView, StatusFilter};
+use crate::store::{FileDetail, FileFilter, FileView, InstanceView, RunView, StatusFilter};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -325,4 +325,40 @@ mod tests {
             assert!(super::limit(Some(bad)).is_err(), "{bad}");
         }
     }
+}
+
+/// The answer of the instance list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstancesPage {
+    /// Every instance heard from in the last hour, by id.
+    instances: Vec<InstanceView>,
+}
+
+/// How far back the instance list looks.
+const INSTANCES_SEEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The instances heard from in the last hour (CONTRACT §10), alive or not.
+#[utoipa::path(
+    get,
+    path = "/api/v1/coordinator/instances",
+    tag = "operator",
+    responses(
+        (status = 200, description = "The instances", body = InstancesPage),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 414, description = "`uri_too_long`", body = ErrorBody),
+        (status = 503, description = "`database_error`", body = ErrorBody),
+    )
+)]
+pub async fn list_instances(
+    State(state): State<AppState>,
+) -> Result<Json<InstancesPage>, AppError> {
+    let instances = state
+        .instances
+        .instances(INSTANCES_SEEN_WITHIN)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "the instance list failed in the database");
+            AppError::Database(e.to_string())
+        })?;
+    Ok(Json(InstancesPage { instances }))
 }

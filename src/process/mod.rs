@@ -49,6 +49,8 @@ pub struct ClaimedFile {
     fetched: crate::source::Fetched,
     /// Removed when the file is done with.
     _spool: Spool,
+    /// Counted in `coordinator_files_in_flight` until the file is done with.
+    _in_flight: crate::metrics::InFlight,
 }
 
 /// Everything processing needs, shared by the files of one run.
@@ -249,7 +251,16 @@ impl Processor {
             })
             .await;
         let (file_id, token) = match claim {
-            Ok(Claim::New { id, token }) => (id, token),
+            Ok(Claim::New {
+                id,
+                token,
+                recovered,
+            }) => {
+                if recovered {
+                    self.metrics.claim_taken_over();
+                }
+                (id, token)
+            }
             Ok(Claim::Exists { status, .. }) => {
                 let reason = if status == FileStatus::Processing {
                     "claimed by a run that has not finished (its lease has not run out)"
@@ -286,6 +297,7 @@ impl Processor {
             claimed_at: tokio::time::Instant::now(),
             fetched,
             _spool: spool,
+            _in_flight: self.metrics.file_in_flight(),
         })
     }
 

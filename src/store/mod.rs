@@ -3,8 +3,11 @@
 //! concern ([`RunStore`], [`ClaimStore`], [`OutboxStore`], [`ArchiveStore`]);
 //! the operator's queries ([`OperatorStore`], CONTRACT §9) are Postgres only.
 
+mod instances;
 mod operator;
 mod postgres;
+
+pub use instances::{InstanceInfo, InstanceStore, InstanceView, Joined};
 
 pub use operator::{
     EventView, FileDetail, FileFilter, FileView, NotificationView, OperatorError, OperatorStore,
@@ -143,6 +146,9 @@ pub enum Claim {
         id: i64,
         /// The claim token.
         token: Uuid,
+        /// True when a dead holder's claim was taken over (not a first
+        /// claim, nor an operator's retry).
+        recovered: bool,
     },
     /// The version was claimed before (by any run): it is not sent again.
     Exists {

@@ -386,7 +386,11 @@ impl ClaimStore for PgStore {
             return Err(StoreError::RunLockLost);
         }
         if let Some(id) = id {
-            return Ok(Claim::New { id, token });
+            return Ok(Claim::New {
+                id,
+                token,
+                recovered: false,
+            });
         }
         let mut tx = self.pool.begin().await.step("starting a transaction")?;
         let holds_lock: bool = sqlx::query_scalar(&format!(
@@ -443,7 +447,11 @@ impl ClaimStore for PgStore {
                 json!({"run_id": run_id, "recovered": "the claim's lease expired"})
             };
             insert_event(&mut tx, id, FileStatus::Processing.as_str(), &detail).await?;
-            Claim::New { id, token }
+            Claim::New {
+                id,
+                token,
+                recovered: !retry,
+            }
         } else {
             Claim::Exists {
                 id,

@@ -522,7 +522,10 @@ impl TestApp {
 
     /// Starts a second coordinator on the same database and share.
     pub async fn start_another(&self) -> Server {
-        let cfg = Config::from_args(self.args.clone()).expect("valid test configuration");
+        let mut args = self.args.clone();
+        // Its own INSTANCE_ID: two live processes may not share one.
+        args.instance_id = Some(format!("another-{}", uuid::Uuid::new_v4().simple()));
+        let cfg = Config::from_args(args).expect("valid test configuration");
         start(&cfg).await.expect("start another coordinator")
     }
 

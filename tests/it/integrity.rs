@@ -227,7 +227,7 @@ async fn only_the_claims_holder_writes_its_outcome() {
     let RunStart::Started(lock) = store.begin_run(first, "test", "a").await.unwrap() else {
         panic!("run lock");
     };
-    let Claim::New { id, token: old } = claim(first, Duration::from_secs(900)).await else {
+    let Claim::New { id, token: old, .. } = claim(first, Duration::from_secs(900)).await else {
         panic!("a new claim");
     };
     lock.release().await;
@@ -239,6 +239,7 @@ async fn only_the_claims_holder_writes_its_outcome() {
     let Claim::New {
         id: same,
         token: new,
+        ..
     } = claim(second, Duration::ZERO).await
     else {
         panic!("taken over");

@@ -424,6 +424,8 @@ async fn metrics_need_no_token_and_move_with_runs() {
         "coordinator_outbox_pending",
         "coordinator_archive_pending",
         "coordinator_files_awaiting_operator",
+        "coordinator_files_in_flight",
+        "coordinator_claims_taken_over_total",
         "coordinator_last_run_timestamp_seconds",
     ];
     // The last-run timestamps appear with the first run.
@@ -449,6 +451,12 @@ async fn metrics_need_no_token_and_move_with_runs() {
     assert_eq!(delta("coordinator_files_total{status=\"success\"}"), 1.0);
     assert_eq!(delta("coordinator_bytes_read_total"), ok.len() as f64);
     assert_eq!(delta("coordinator_run_duration_seconds_count"), 1.0);
+    assert_eq!(
+        metric(&after, "coordinator_files_in_flight"),
+        0.0,
+        "none held after the run"
+    );
+    assert_eq!(delta("coordinator_claims_taken_over_total"), 0.0);
     for service in ["foi", "itm"] {
         let series = format!(
             "coordinator_downstream_request_duration_seconds_count{{service=\"{service}\",outcome=\"ok\"}}"

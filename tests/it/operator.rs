@@ -29,7 +29,7 @@ impl Api {
     pub(crate) async fn new() -> Api {
         let p = prepare(Opts::default()).await;
         let cfg = Config::from_args(p.args.clone()).expect("valid test configuration");
-        let (router, _engine) = coordinator::app::build_router(&cfg)
+        let (router, _engine, _membership) = coordinator::app::build_router(&cfg)
             .await
             .expect("build the router");
         let db = PgPoolOptions::new()

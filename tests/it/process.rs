@@ -30,8 +30,28 @@ struct Serve {
 }
 
 impl Serve {
-    /// Starts the binary for `p` with `extra` variables on top.
+    /// Starts the binary for `p` with `extra` variables on top, and waits
+    /// for it to answer `/healthz`.
     async fn start(p: &Prepared, extra: &[(&str, &str)]) -> Serve {
+        let s = Serve::spawn(p, extra);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = s.http.get(format!("{}/healthz", s.base)).send().await
+                && r.status() == 200
+            {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "serve did not answer /healthz: {}",
+                s.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts the binary for `p` with `extra` variables on top.
+    fn spawn(p: &Prepared, extra: &[(&str, &str)]) -> Serve {
         let a = &p.args;
         let dir = tempfile::tempdir().unwrap();
         let token = p.token.clone().unwrap();
@@ -58,7 +78,7 @@ impl Serve {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start coordinator serve");
-        let s = Serve {
+        Serve {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
@@ -66,21 +86,32 @@ impl Serve {
             http: reqwest::Client::new(),
             token,
             spool: p.args.spool_dir.clone().unwrap(),
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = s.http.get(format!("{}/healthz", s.base)).send().await
-                && r.status() == 200
-            {
-                return s;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "serve did not answer /healthz: {}",
-                s.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `GET path` with the token: status and JSON body.
+    async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("call serve");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or_default())
+    }
+
+    /// The instance list, by id.
+    async fn instances(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let (status, body) = self.get("/api/v1/coordinator/instances").await;
+        assert_eq!(status, 200, "{body}");
+        body["instances"]
+            .as_array()
+            .expect("an instances list")
+            .iter()
+            .map(|i| (i["instance_id"].as_str().unwrap().to_string(), i.clone()))
+            .collect()
     }
 
     fn log_text(&self) -> String {
@@ -572,4 +603,166 @@ async fn a_hanging_iqube_holds_back_neither_the_archive_nor_shutdown() {
     assert!(delivered);
     drop(serve);
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+/// Heartbeats of 0.5 s: dead after 1.5 s without one.
+const FAST_BEATS: (&str, &str) = ("INSTANCE_HEARTBEAT_SECS", "0.5");
+
+/// Issue 13 item 1: each instance is listed with its heartbeat; a second
+/// live process with the same `INSTANCE_ID` refuses to start, naming the
+/// variable; a killed instance is dead within three heartbeats (and its id
+/// free again), a stopped one at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_beat_and_a_live_id_cannot_be_used_twice() {
+    let p = prepare(Opts::default()).await;
+    let mut a = Serve::start(&p, &[("INSTANCE_ID", "node-a"), FAST_BEATS]).await;
+    let mut b = Serve::start(&p, &[("INSTANCE_ID", "node-b"), FAST_BEATS]).await;
+    let listed = a.instances().await;
+    assert_eq!(
+        listed.keys().collect::<Vec<_>>(),
+        ["node-a", "node-b"],
+        "{listed:?}"
+    );
+    for i in listed.values() {
+        assert_eq!(i["alive"], true, "{i}");
+        assert_eq!(i["draining"], false, "{i}");
+        assert_eq!(i["files_in_flight"], 0, "{i}");
+        assert_eq!(i["max_concurrent_files"], 4, "{i}");
+        assert_eq!(i["version"], env!("CARGO_PKG_VERSION"), "{i}");
+        assert!(
+            i["started_at"].is_string() && i["last_seen_at"].is_string(),
+            "{i}"
+        );
+    }
+    // The heartbeat moves on.
+    let first = listed["node-b"]["last_seen_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.instances().await["node-b"]["last_seen_at"]
+        .as_str()
+        .unwrap()
+        == first
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no heartbeat");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A second live node-a refuses to start, and says why.
+    let mut twin = Serve::spawn(&p, &[("INSTANCE_ID", "node-a"), FAST_BEATS]);
+    assert_eq!(twin.wait().await, Some(2), "{}", twin.log_text());
+    let why = twin.log_text();
+    assert!(
+        why.contains("INSTANCE_ID") && why.contains("node-a") && why.contains("in use"),
+        "{why}"
+    );
+    assert_eq!(
+        a.instances().await["node-a"]["alive"],
+        true,
+        "the holder is untouched"
+    );
+
+    // Killed: dead within three heartbeats (1.5 s), plus polling slack.
+    b.signal("-KILL");
+    assert_eq!(b.wait().await, None);
+    let killed = std::time::Instant::now();
+    while a.instances().await["node-b"]["alive"] != false {
+        assert!(
+            killed.elapsed() < Duration::from_millis(2500),
+            "node-b still alive {:?} after SIGKILL",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its id is free again.
+    let b2 = Serve::start(&p, &[("INSTANCE_ID", "node-b"), FAST_BEATS]).await;
+    assert_eq!(b2.instances().await["node-b"]["alive"], true);
+
+    // Stopped cleanly: dead at once, no three-beat wait.
+    a.signal("-TERM");
+    assert_eq!(a.wait().await, Some(0), "{}", a.log_text());
+    let node_a = &b2.instances().await["node-a"];
+    assert_eq!(node_a["alive"], false, "{node_a}");
+}
+
+/// Issue 13 item 6: on SIGTERM the instance answers `/readyz` with 503
+/// (`draining`, also in the instance list) while `/healthz` stays 200 and
+/// the file it holds finishes; it starts no new run, then exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_readyz_503_healthz_200_until_the_file_held_is_done() {
+    let p = prepare(Opts::default()).await;
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    p.fakes.set_itm(ItmBehavior::Held(release.clone()));
+    put(&p, "acme", "held.csv", b"held").await;
+    let mut serve = Serve::start(&p, &[("INSTANCE_ID", "drainer"), FAST_BEATS]).await;
+    assert_eq!(serve.get("/readyz").await.0, 200);
+    let run = tokio::spawn(serve.trigger());
+    until(30, "ITM reached", || !p.fakes.itm_calls().is_empty()).await;
+    let listed = serve.instances().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut me = listed["drainer"].clone();
+    while me["files_in_flight"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "in flight not shown: {me}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        me = serve.instances().await["drainer"].clone();
+    }
+
+    serve.signal("-TERM");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let (status, body) = serve.get("/readyz").await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz stayed {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready["status"], "draining", "{ready}");
+    assert_eq!(ready["draining"], true, "{ready}");
+    assert_eq!(serve.get("/healthz").await.0, 200, "alive while draining");
+    let (status, refused) = {
+        let resp = serve.trigger().await.unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (503, Some("draining")),
+        "{refused}"
+    );
+    let me = &serve.instances().await["drainer"];
+    assert_eq!(me["draining"], true, "{me}");
+    assert!(
+        serve.child.try_wait().unwrap().is_none(),
+        "still finishing its file"
+    );
+
+    release.add_permits(1);
+    let resp = run.await.unwrap().expect("the run is answered");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["summary"]["succeeded"], 1, "{body}");
+    assert_eq!(serve.wait().await, Some(0), "{}", serve.log_text());
+    let db = p.db().await;
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT status, stopped_at IS NOT NULL FROM files, instances WHERE instance_id = 'drainer'",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(rows, [("success".to_string(), true)]);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1, "the refused POST started no run");
 }
