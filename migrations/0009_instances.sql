@@ -25,3 +25,40 @@ LANGUAGE sql STABLE AS $$
           AND greatest(i.last_seen_at, pg_postmaster_start_time())
               > now() - make_interval(secs => 3 * i.heartbeat_secs))
 $$;
+
+-- Claims by liveness: a `processing` claim is taken over only once the
+-- process holding it (`claimed_by`, an incarnation) is dead. Claims from
+-- before this migration (NULL) keep the old rule: 15 minutes without an update.
+ALTER TABLE files ADD COLUMN claimed_by uuid;
+
+-- One run shared by every live instance. The run lock is a row now: at most
+-- one real run `running`. Runs left `running` by processes of the old
+-- version (advisory-lock holders, gone) are closed first; old processes
+-- fail loudly on the dropped column rather than run beside new ones.
+UPDATE runs SET status = 'abandoned', finished_at = now(),
+    message = 'the process running it stopped before it finished'
+    WHERE status = 'running' AND NOT dry_run;
+ALTER TABLE runs DROP COLUMN lock_pid;
+ALTER TABLE runs ADD COLUMN owner uuid;          -- the incarnation that finishes it; NULL: handed over
+ALTER TABLE runs ADD COLUMN finished_by text;    -- INSTANCE_ID of the one that finished it
+ALTER TABLE runs ADD COLUMN plan jsonb;          -- the scan's decisions (NULL until planned)
+CREATE UNIQUE INDEX runs_one_running ON runs ((true)) WHERE status = 'running' AND NOT dry_run;
+
+-- A run's candidates to process, one row per group, taken by any live
+-- instance: by rank (its place among its remitter's groups, oldest first),
+-- then remitter: round-robin across remitters.
+CREATE TABLE run_work (
+    run_id     uuid NOT NULL REFERENCES runs (id),
+    seq        integer NOT NULL,
+    remitter   text NOT NULL,
+    rank       integer NOT NULL,
+    item       jsonb NOT NULL,
+    state      text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'taken', 'done')),
+    taken_by   uuid,                 -- incarnation holding it
+    taken_at   timestamptz,
+    instance   text,                 -- INSTANCE_ID that reported it
+    takeovers  integer NOT NULL DEFAULT 0,
+    report     jsonb,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE INDEX run_work_open ON run_work (run_id, rank, remitter, seq) WHERE state <> 'done';

@@ -63,13 +63,15 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
             stable_min_age: cfg.stable_min_age,
             stable_check_interval: cfg.stable_check_interval,
             max_concurrent_files: cfg.max_concurrent_files,
-            claim_lease: cfg.claim_lease,
             read_failure_notify_after: cfg.read_failure_notify_after,
             run_detail_retention: cfg.run_detail_retention,
             delivery_budget: DELIVERY_BUDGET,
         },
         tracker: TaskTracker::new(),
         instance: cfg.instance_id.clone(),
+        incarnation: uuid::Uuid::new_v4(),
+        taking: Default::default(),
+        work_added: Default::default(),
         passes_done: tokio::sync::watch::channel(0).0,
         stop: CancellationToken::new(),
         metrics,
@@ -93,16 +95,48 @@ pub struct Server {
     pub membership: Arc<Membership>,
 }
 
-/// Joins the instances under `INSTANCE_ID` (refused while a live process
-/// holds it).
-async fn join(cfg: &Config, store: &PgStore) -> anyhow::Result<Arc<Membership>> {
+/// Joins the instances under `INSTANCE_ID` as the engine's incarnation
+/// (refused while a live process holds the id).
+async fn join(cfg: &Config, store: &PgStore, engine: &Engine) -> anyhow::Result<Arc<Membership>> {
+    for warning in cfg.warnings() {
+        tracing::warn!("{warning}");
+    }
     Ok(Membership::join(
         Arc::new(store.clone()),
         &cfg.instance_id,
+        engine.incarnation,
         cfg.instance_heartbeat,
         cfg.max_concurrent_files,
     )
     .await?)
+}
+
+/// Takes part in the runs of other instances while this one is idle: takes
+/// their candidates, and adopts a run whose owner died or stopped. Looks
+/// every [`WORK_POLL`](crate::engine::WORK_POLL), at once when this
+/// instance stored work; stops with the engine.
+fn spawn_taker(engine: &Arc<Engine>) {
+    let e = engine.clone();
+    engine.tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = e.stop.cancelled() => break,
+                _ = e.work_added.notified() => {}
+                _ = tokio::time::sleep(crate::engine::WORK_POLL) => {}
+            }
+            match e.store.active_run().await {
+                Ok(Some(run)) if !run.owner_alive => {
+                    e.adopt(run.run_id).await;
+                }
+                Ok(Some(run)) if run.planned && run.takeable => {
+                    e.take_candidates(run.run_id).await;
+                }
+                Ok(_) => {}
+                Err(err) => tracing::debug!(error = %err, "could not look for a run in progress"),
+            }
+        }
+    });
 }
 
 /// The API for `cfg` and the engine behind it, with migrations applied;
@@ -111,8 +145,8 @@ pub async fn build_router(
     cfg: &Config,
 ) -> anyhow::Result<(axum::Router, Arc<Engine>, Arc<Membership>)> {
     let store = migrated_store(cfg.database_url.expose()).await?;
-    let membership = join(cfg, &store).await?;
     let engine = build_engine(cfg, store.clone())?;
+    let membership = join(cfg, &store, &engine).await?;
     let app = router(AppState {
         engine: engine.clone(),
         api_token: cfg.api_token.clone(),
@@ -154,6 +188,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     if let Some(every) = cfg.run_interval {
         spawn_schedule(&engine, every, engine.stop.clone());
     }
+    spawn_taker(&engine);
     let (e, m, drain) = (engine.clone(), membership.clone(), shutdown.clone());
     let done = tokio::spawn(async move {
         let http_stop = CancellationToken::new();
@@ -218,6 +253,7 @@ fn spawn_schedule(engine: &Arc<Engine>, every: std::time::Duration, stop: Cancel
                     }
                     // Logged, recorded and told to IQube by the engine.
                     Err(RunError::Failed { .. }) => {}
+                    Err(RunError::HandedOver { run_id }) => tracing::info!(%run_id, "scheduled run handed over to another instance"),
                 },
             }
         }
@@ -274,7 +310,7 @@ pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
     }
     // The process is an instance while it runs: its claims are live while
     // it beats, and taken over within three beats if it is killed.
-    let membership = join(&cfg, &store).await?;
+    let membership = join(&cfg, &store, &engine).await?;
     let beats_done = CancellationToken::new();
     let heartbeat = membership.spawn_heartbeat(
         engine.metrics.clone(),
@@ -303,6 +339,7 @@ pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
     let (code, body) = match result {
         Ok(report) => (0, serde_json::to_value(&report)?),
         Err(e @ RunError::Busy { .. }) => (3, e.body()),
+        Err(e @ RunError::HandedOver { .. }) => (4, e.body()),
         Err(e @ RunError::Failed { .. }) => (1, e.body()),
     };
     println!("{}", serde_json::to_string_pretty(&body)?);

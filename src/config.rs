@@ -153,8 +153,8 @@ pub struct ConfigArgs {
     /// Comma-separated temp-name patterns (prefix*, *suffix, exact) [default: CONTRACT §5 list]
     #[arg(long, env = "IGNORE_NAME_PATTERNS")]
     pub ignore_name_patterns: Option<String>,
-    /// Seconds a `processing` claim may go without an update before another run takes it over [default: 900]
-    #[arg(long, env = "CLAIM_LEASE_SECS")]
+    /// Retired: claims are taken over when their instance is dead (three missed heartbeats), never by age. Accepted and ignored, with a warning
+    #[arg(long, env = "CLAIM_LEASE_SECS", hide = true)]
     pub claim_lease_secs: Option<String>,
     /// Failed reads of one file version before IQube is told, once [default: 3]
     #[arg(long, env = "READ_FAILURE_NOTIFY_AFTER")]
@@ -222,8 +222,6 @@ pub struct Config {
     pub ignore: TempNameFilter,
     /// Where downloads are spooled.
     pub spool_dir: PathBuf,
-    /// Lease of a `processing` claim.
-    pub claim_lease: Duration,
     /// Failed reads of one version before IQube is told.
     pub read_failure_notify_after: u32,
     /// Period of the background housekeeping pass (None: only after runs).
@@ -236,6 +234,8 @@ pub struct Config {
     pub instance_id: String,
     /// `INSTANCE_HEARTBEAT_SECS`.
     pub instance_heartbeat: Duration,
+    /// Settings accepted but no longer used, said once at start-up.
+    retired: Vec<String>,
 }
 
 /// The default `INSTANCE_ID`: host name and process id (CONTRACT §10).
@@ -461,7 +461,6 @@ impl Config {
             max_concurrent_files,
             ignore,
             spool_dir: a.spool_dir.unwrap_or_else(std::env::temp_dir),
-            claim_lease: timeout(a.claim_lease_secs, "CLAIM_LEASE_SECS", 900.0)?,
             read_failure_notify_after: parsed(
                 a.read_failure_notify_after,
                 "READ_FAILURE_NOTIFY_AFTER",
@@ -478,6 +477,18 @@ impl Config {
                 )?;
                 (days > 0).then(|| Duration::from_secs(u64::from(days) * 86_400))
             },
+            retired: a
+                .claim_lease_secs
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    format!(
+                        "CLAIM_LEASE_SECS={v} is ignored: a claim is taken over only when its \
+                         instance is dead (three missed INSTANCE_HEARTBEAT_SECS), never by age, \
+                         so a slow FOI call is never sent twice; remove the variable"
+                    )
+                })
+                .into_iter()
+                .collect(),
             instance_id: instance_id(a.instance_id)?,
             instance_heartbeat: {
                 let beat = secs(a.instance_heartbeat_secs, "INSTANCE_HEARTBEAT_SECS", 5.0)?;
@@ -490,21 +501,12 @@ impl Config {
                 beat
             },
         };
-        // A claim is renewed while its file is in flight; the lease must still
-        // cover the longest one file may take, else a live file could be taken over.
-        let one_file = crate::downstream::foi::longest_extraction(cfg.foi_timeout, cfg.foi_retries)
-            + cfg.itm_timeout;
-        if cfg.claim_lease <= one_file {
-            return Err(err(
-                "CLAIM_LEASE_SECS",
-                format!(
-                    "must be more than the longest one file may take, {:.1}s \
-                     (FOI_TIMEOUT_SECS × (FOI_RETRIES + 1) + retry pauses + ITM_TIMEOUT_SECS)",
-                    one_file.as_secs_f64()
-                ),
-            ));
-        }
         Ok(cfg)
+    }
+
+    /// Warnings for settings that are accepted but no longer mean anything.
+    pub fn warnings(&self) -> &[String] {
+        &self.retired
     }
 }
 
@@ -546,7 +548,7 @@ mod tests {
         assert_eq!(c.iqube_timeout, Duration::from_secs(10));
         assert_eq!(c.stable_min_age, Duration::from_secs(60));
         assert_eq!(c.stable_check_interval, Duration::from_secs(5));
-        assert_eq!(c.claim_lease, Duration::from_secs(900));
+        assert!(c.warnings().is_empty());
         assert_eq!(c.read_failure_notify_after, 3);
         assert_eq!(c.housekeeping_interval, Some(Duration::from_secs(300)));
         assert_eq!(c.run_interval, None, "runs only on request by default");
@@ -619,11 +621,6 @@ mod tests {
                 |a| a.instance_heartbeat_secs = Some("301".into()),
                 "INSTANCE_HEARTBEAT_SECS",
             ),
-            // 120 s × 3 attempts + 1.5 s of pauses + 30 s of ITM = 391.5 s.
-            (
-                |a| a.claim_lease_secs = Some("391.5".into()),
-                "CLAIM_LEASE_SECS",
-            ),
         ];
         for (edit, var) in cases {
             let mut a = full();
@@ -635,17 +632,17 @@ mod tests {
     }
 
     #[test]
-    fn the_claim_lease_must_cover_one_file() {
+    fn a_claim_lease_from_an_old_configuration_is_ignored_with_a_warning() {
         let mut a = full();
-        a.claim_lease_secs = Some("391.6".into());
-        assert!(Config::from_args(a).is_ok());
-        let mut a = full();
-        a.foi_retries = Some("0".into());
-        a.foi_timeout_secs = Some("1".into());
-        a.itm_timeout_secs = Some("1".into());
         a.claim_lease_secs = Some("2".into());
-        let e = Config::from_args(a).unwrap_err();
-        assert!(e.to_string().contains("2.0s"), "{e}");
+        let c = Config::from_args(a).unwrap();
+        let [w] = c.warnings() else {
+            panic!("one warning: {:?}", c.warnings())
+        };
+        assert!(
+            w.contains("CLAIM_LEASE_SECS=2 is ignored") && w.contains("dead"),
+            "{w}"
+        );
     }
 
     #[test]

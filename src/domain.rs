@@ -305,6 +305,9 @@ pub struct FileReport {
     /// Why, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The `INSTANCE_ID` that processed it (candidates of the run only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl FileReport {
@@ -316,6 +319,7 @@ impl FileReport {
             decision,
             status: None,
             reason,
+            instance: None,
         }
     }
 

@@ -12,9 +12,10 @@ use crate::process::kept::KeptOutcomes;
 use crate::process::{Claimed, Processor};
 use crate::scan::{self, names::TempNameFilter};
 use crate::source::FileSource;
-use crate::store::{KnownVersion, RunStart, Store};
+use crate::store::{KnownVersion, RunEnd, RunStart, Store};
+use backon::Retryable;
 use chrono::{DateTime, Utc};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 use std::collections::HashMap;
@@ -39,11 +40,8 @@ pub struct RunSettings {
     pub stable_min_age: Duration,
     /// Policy A gap between the two looks.
     pub stable_check_interval: Duration,
-    /// Files processed at once.
+    /// Files processed at once by this instance.
     pub max_concurrent_files: usize,
-    /// How long a `processing` claim may go without an update before another
-    /// run takes it over (its process is presumed dead).
-    pub claim_lease: Duration,
     /// Failed reads of one file version before IQube is told (once).
     pub read_failure_notify_after: u32,
     /// How long a finished run keeps its per-file list (None: forever).
@@ -209,6 +207,13 @@ pub enum RunError {
         /// The running run, when known.
         running: Option<Uuid>,
     },
+    /// This instance stopped (SIGTERM) or was presumed dead before the run
+    /// ended: another live instance finishes it.
+    #[error("run {run_id} was handed over to another instance")]
+    HandedOver {
+        /// The run, to look up with `GET /runs/{run_id}`.
+        run_id: Uuid,
+    },
     /// The run could not be performed.
     #[error("run failed ({}): {message}", failure.code())]
     Failed {
@@ -235,6 +240,11 @@ impl RunError {
                 "message": "a run is already in progress",
                 "run_id": running,
             }),
+            Self::HandedOver { run_id } => json!({
+                "error": "run_handed_over",
+                "message": "this instance stopped before the run ended; another instance finishes it (GET /api/v1/coordinator/runs/{run_id} shows its outcome)",
+                "run_id": run_id,
+            }),
             Self::Failed {
                 run_id,
                 started_at,
@@ -256,6 +266,7 @@ impl RunError {
     pub fn http_status(&self) -> axum::http::StatusCode {
         match self {
             Self::Busy { .. } => axum::http::StatusCode::CONFLICT,
+            Self::HandedOver { .. } => axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Self::Failed { failure, .. } => failure.http_status(),
         }
     }
@@ -277,8 +288,16 @@ pub struct Engine {
     pub settings: RunSettings,
     /// Background work (archive passes, in-flight runs) to wait for on shutdown.
     pub tracker: TaskTracker,
-    /// Name of this process in the `runs` table.
+    /// `INSTANCE_ID`: in the `runs` table and each file report.
     pub instance: String,
+    /// This process among the instances: it holds claims and candidates.
+    pub incarnation: Uuid,
+    /// Held while this process takes a run's candidates: one taker per
+    /// process, so it never holds more than its own capacity.
+    pub taking: Arc<tokio::sync::Mutex<()>>,
+    /// Told when this instance stored a run's candidates: its idle taker
+    /// starts at once instead of at its next look.
+    pub work_added: Arc<tokio::sync::Notify>,
     /// Count of finished background passes (for tests and, later, metrics).
     pub passes_done: tokio::sync::watch::Sender<u64>,
     /// Cancelled on shutdown: background passes start no new move or
@@ -306,6 +325,9 @@ impl Engine {
             settings: self.settings.clone(),
             tracker: TaskTracker::new(),
             instance: format!("{}-over", self.instance),
+            incarnation: self.incarnation,
+            taking: self.taking.clone(),
+            work_added: self.work_added.clone(),
             passes_done: tokio::sync::watch::channel(0).0,
             stop: Default::default(),
             metrics: self.metrics.clone(),
@@ -382,12 +404,128 @@ impl Engine {
         });
     }
 
-    /// Performs one run; the archive continues in the background afterwards.
+    /// Performs one run, shared with every live instance (CONTRACT §10):
+    /// this instance scans and plans it, every instance takes its
+    /// candidates, and this one writes the summary once every candidate has
+    /// a report. The archive continues in the background afterwards.
     pub async fn run(self: &Arc<Self>, trigger: &str) -> Result<RunReport, RunError> {
         let run_id = Uuid::new_v4();
         let started_at = Utc::now();
         let clock = std::time::Instant::now();
         let span = tracing::info_span!("run", %run_id, trigger);
+        // A run whose owner died is finished first (adopted), then this one starts.
+        let mut adopted_one = false;
+        loop {
+            match self
+                .store
+                .begin_run(run_id, trigger, &self.instance, self.incarnation)
+                .await
+            {
+                Ok(RunStart::Started) => break,
+                Ok(RunStart::Busy {
+                    running,
+                    owner_alive: false,
+                }) if !adopted_one => {
+                    adopted_one = true;
+                    if !self.adopt(running).await {
+                        return Err(RunError::Busy {
+                            running: Some(running),
+                        });
+                    }
+                }
+                Ok(RunStart::Busy { running, .. }) => {
+                    return Err(RunError::Busy {
+                        running: Some(running),
+                    });
+                }
+                Err(e) => {
+                    let message = format!("the run could not be recorded: {e}");
+                    tracing::error!(%run_id, error = %message, "run failed");
+                    // No outbox without a database: tell IQube directly, once.
+                    let payload = Notification::RunFailed {
+                        run_id,
+                        reason: &message,
+                    }
+                    .payload();
+                    if let Err(e) = self
+                        .iqube
+                        .notify(&payload, &format!("run_failed:{run_id}"))
+                        .await
+                    {
+                        tracing::error!(%run_id, error = %e, "IQube could not be told of the failed run");
+                    }
+                    self.metrics.run_finished("failed", clock.elapsed());
+                    return Err(RunError::Failed {
+                        run_id,
+                        started_at,
+                        failure: RunFailure::DatabaseUnavailable,
+                        message,
+                        dry_run: false,
+                    });
+                }
+            }
+        }
+        let outcome = tracing::Instrument::instrument(
+            async {
+                let d = self.plan_run(run_id).await?;
+                self.complete_run(run_id, d).await
+            },
+            span,
+        )
+        .await;
+        self.end_run(run_id, started_at, clock, outcome).await
+    }
+
+    /// Finishes a run whose owner died or stopped (CONTRACT §10: the starter
+    /// may die): plans it if its starter died before planning, takes its
+    /// remaining candidates and writes its summary, `finished_by` this
+    /// instance. False when another instance adopted it first.
+    pub async fn adopt(self: &Arc<Self>, run_id: Uuid) -> bool {
+        let plan = match self.store.adopt_run(run_id, self.incarnation).await {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(%run_id, error = %e, "could not adopt the run; trying again later");
+                return false;
+            }
+        };
+        tracing::info!(%run_id, planned = plan.is_some(), "adopted a run whose owner is gone");
+        let started_at = Utc::now();
+        let clock = std::time::Instant::now();
+        let span = tracing::info_span!("run", %run_id, adopted = true);
+        let outcome = tracing::Instrument::instrument(
+            async {
+                let d = match plan {
+                    Some(plan) => serde_json::from_value(plan).map_err(|e| {
+                        (
+                            RunFailure::Internal,
+                            format!("the run's stored plan could not be read: {e}"),
+                        )
+                    })?,
+                    None => self.plan_run(run_id).await?,
+                };
+                self.complete_run(run_id, d).await
+            },
+            span,
+        )
+        .await;
+        match self.end_run(run_id, started_at, clock, outcome).await {
+            Ok(report) => {
+                tracing::info!(%run_id, processed = report.summary.processed, "adopted run completed")
+            }
+            Err(e) => tracing::warn!(%run_id, error = %e, "adopted run did not complete"),
+        }
+        true
+    }
+
+    /// Records the end of a run this instance owns, and answers for it.
+    async fn end_run(
+        self: &Arc<Self>,
+        run_id: Uuid,
+        started_at: DateTime<Utc>,
+        clock: std::time::Instant,
+        outcome: Result<Summary, Ended>,
+    ) -> Result<RunReport, RunError> {
         let fail = |failure: RunFailure, message: String| {
             self.metrics.run_finished("failed", clock.elapsed());
             RunError::Failed {
@@ -398,68 +536,64 @@ impl Engine {
                 dry_run: false,
             }
         };
-        let lease = match self.store.begin_run(run_id, trigger, &self.instance).await {
-            Ok(RunStart::Started(l)) => l,
-            Ok(RunStart::Busy(running)) => return Err(RunError::Busy { running }),
-            Err(e) => {
-                let message = format!("the run could not be recorded: {e}");
-                tracing::error!(%run_id, error = %message, "run failed");
-                // No outbox without a database: tell IQube directly, once.
-                let payload = Notification::RunFailed {
+        match outcome {
+            Ok(summary) => {
+                let finished_at = Utc::now();
+                let body = serde_json::to_value(&summary).unwrap_or_default();
+                let end = RunEnd {
                     run_id,
-                    reason: &message,
-                }
-                .payload();
-                if let Err(e) = self
-                    .iqube
-                    .notify(&payload, &format!("run_failed:{run_id}"))
+                    owner: self.incarnation,
+                    finished_by: &self.instance,
+                    status: "completed",
+                    summary: &body,
+                    error: None,
+                    notification: None,
+                };
+                match self
+                    .persist("recording the run's outcome", || {
+                        self.store.finish_run(&end)
+                    })
                     .await
                 {
-                    tracing::error!(%run_id, error = %e, "IQube could not be told of the failed run");
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(%run_id, "the run was adopted by another instance meanwhile (this one was presumed dead); its summary is that instance's");
+                        return Err(RunError::HandedOver { run_id });
+                    }
+                    Err(e) => {
+                        tracing::error!(%run_id, error = %e, "could not record the run's outcome")
+                    }
                 }
-                return Err(fail(RunFailure::DatabaseUnavailable, message));
-            }
-        };
-        let outcome = tracing::Instrument::instrument(self.perform(run_id), span.clone()).await;
-        let finished_at = Utc::now();
-        let result = match outcome {
-            Ok(summary) => {
-                let report = RunReport {
+                self.metrics.run_finished("completed", clock.elapsed());
+                self.spawn_background();
+                Ok(RunReport {
                     run_id,
                     status: "completed",
                     started_at,
                     finished_at,
                     summary,
                     dry_run: false,
-                };
-                self.metrics.run_finished("completed", clock.elapsed());
-                let body = serde_json::to_value(&report.summary).unwrap_or_default();
-                if let Err(e) = self
-                    .store
-                    .finish_run(run_id, "completed", &body, None, None)
-                    .await
-                {
-                    tracing::error!(%run_id, error = %e, "could not record the run's outcome");
-                }
-                self.spawn_background();
-                Ok(report)
+                })
             }
-            Err((failure, message)) => {
+            Err(Ended::HandedOver) => Err(RunError::HandedOver { run_id }),
+            Err(Ended::Failed(failure, message)) => {
                 tracing::error!(%run_id, code = failure.code(), error = %message, "run failed");
                 let payload = Notification::RunFailed {
                     run_id,
                     reason: &message,
                 }
                 .payload();
+                let end = RunEnd {
+                    run_id,
+                    owner: self.incarnation,
+                    finished_by: &self.instance,
+                    status: "failed",
+                    summary: &json!({}),
+                    error: Some((failure.code(), &message)),
+                    notification: Some(&payload),
+                };
                 if let Err(e) = self
-                    .store
-                    .finish_run(
-                        run_id,
-                        "failed",
-                        &json!({}),
-                        Some((failure.code(), &message)),
-                        Some(&payload),
-                    )
+                    .persist("recording the failed run", || self.store.finish_run(&end))
                     .await
                 {
                     tracing::error!(%run_id, error = %e, "could not record the failed run; telling IQube directly");
@@ -471,9 +605,7 @@ impl Engine {
                 self.spawn_background();
                 Err(fail(failure, message))
             }
-        };
-        lease.release().await;
-        result
+        }
     }
 
     /// Computes every decision a real run would take, and performs none
@@ -509,7 +641,7 @@ impl Engine {
                         FileReport::new(
                             &g.newest,
                             Decision::AlreadyProcessed,
-                            Some("claimed by a run that has not finished (a real run takes the claim over only once its lease has run out)".into()),
+                            Some("claimed by a run that has not finished (a real run takes the claim over only once the instance holding it is dead)".into()),
                         )
                         .with_status(FileStatus::Processing)
                     } else {
@@ -651,92 +783,101 @@ impl Engine {
         Ok((draft.settle(&second), known))
     }
 
-    async fn perform(&self, run_id: Uuid) -> Result<Summary, (RunFailure, String)> {
+    /// Scans and plans a run, then stores its plan and its candidates
+    /// (ranked for the fair share) as the run's work.
+    async fn plan_run(&self, run_id: Uuid) -> Result<plan::Decided, Ended> {
         let s = &self.settings;
         // Before the plan reads the rows: a kept outcome makes its row final.
         self.write_kept_outcomes().await;
-        let (
-            plan::Plan {
-                decided: mut d,
-                work,
-            },
-            _,
-        ) = self.look().await?;
-        // Round-robin across remitters, oldest first within one (CONTRACT §10).
-        let work: Vec<plan::Group> = plan::fair_share(work).into_iter().map(|(_, g)| g).collect();
+        let (plan::Plan { decided: d, work }, _) = self.look().await.map_err(Ended::from)?;
         if let Err(e) = self.store.rearchive(&d.rearchive).await {
             tracing::error!(error = %e, "could not queue re-uploaded files for the archive; the next run tries again");
         }
         if !work.is_empty() {
             std::fs::create_dir_all(&s.spool_dir).map_err(|e| {
-                (
+                Ended::Failed(
                     RunFailure::SpoolUnavailable,
                     format!("cannot create {}: {e}", s.spool_dir.display()),
                 )
             })?;
         }
-        let processor = Processor {
-            source: self.source.clone(),
-            store: self.store.clone(),
-            foi: self.foi.clone(),
-            itm: self.itm.clone(),
-            source_dir: s.source_dir.clone(),
-            spool_dir: s.spool_dir.clone(),
-            claim_lease: s.claim_lease,
-            read_failure_notify_after: s.read_failure_notify_after,
-            lock_lost: Default::default(),
-            metrics: self.metrics.clone(),
-            stop: self.stop.clone(),
-            kept: self.kept.clone(),
-        };
-        // Two stages: a few files are downloaded and claimed ahead, so a
-        // file that leaves FOI/ITM is followed at once by one ready to send.
-        // At most `max_concurrent_files` are with FOI and ITM at a time, and
-        // at most `claimed_ahead` more are claimed and waiting: a claim starts
-        // only with a permit, which is given back when its file is done.
-        let ahead = claimed_ahead(s.max_concurrent_files);
-        let permits = Arc::new(tokio::sync::Semaphore::new(s.max_concurrent_files + ahead));
-        let (ready_tx, ready_rx) = futures::channel::mpsc::unbounded();
-        let (processor, work_ref) = (&processor, &work);
-        let claiming = futures::stream::iter(0..work_ref.len())
-            .map(|i| {
-                let permits = permits.clone();
-                async move {
-                    let permit = permits.acquire_owned().await;
-                    let g = &work_ref[i];
-                    let claimed = processor.claim(run_id, &g.newest, &g.base_name).await;
-                    (i, claimed, permit)
-                }
-                .boxed()
-            })
-            .buffer_unordered(s.max_concurrent_files + ahead)
-            .for_each(move |ready| {
-                // The receiver lives until every file is through.
-                let _ = ready_tx.unbounded_send(ready);
-                futures::future::ready(())
-            });
-        let sending = ready_rx
-            .map(|(i, claimed, permit)| {
-                async move {
-                    let report = match claimed {
-                        Claimed::Done(report) => report,
-                        Claimed::File(file) => {
-                            processor.send(run_id, &work_ref[i].newest, file).await
-                        }
-                    };
-                    drop(permit);
-                    (i, report)
-                }
-                .boxed()
-            })
-            .buffer_unordered(s.max_concurrent_files)
-            .collect::<Vec<(usize, FileReport)>>();
-        let ((), reports) = futures::join!(claiming, sending);
-        for (i, report) in reports {
-            if let (Decision::Processed, Some(status)) = (report.decision, &report.status) {
-                self.metrics.file_recorded(status.as_str());
+        // Round-robin across remitters, oldest first within one (CONTRACT §10).
+        let work = plan::fair_share(work);
+        let stored = serde_json::to_value(&d).map_err(|e| {
+            Ended::Failed(
+                RunFailure::Internal,
+                format!("the plan could not be encoded: {e}"),
+            )
+        })?;
+        self.persist("storing the run's work", || {
+            self.store.add_work(run_id, &stored, &work)
+        })
+        .await
+        .map_err(|e| Ended::Failed(RunFailure::DatabaseError, e.to_string()))?;
+        tracing::debug!(candidates = work.len(), "run planned");
+        self.work_added.notify_waiters();
+        Ok(d)
+    }
+
+    /// Takes candidates until none is open (this instance's and the
+    /// others'), then builds the summary from every report. A stop with
+    /// another live instance hands the run over; with none, the candidates
+    /// not started are closed as `deferred`.
+    async fn complete_run(&self, run_id: Uuid, mut d: plan::Decided) -> Result<Summary, Ended> {
+        let db =
+            |e: crate::store::StoreError| Ended::Failed(RunFailure::DatabaseError, e.to_string());
+        loop {
+            self.take_candidates(run_id).await;
+            let open = self
+                .persist("counting the run's open candidates", || {
+                    self.store.open_work(run_id)
+                })
+                .await
+                .map_err(db)?;
+            if open == 0 {
+                break;
             }
-            d.after_processing(&work[i], &report);
+            if self.stop.is_cancelled() {
+                let others = self
+                    .persist("looking for other instances", || {
+                        self.store.others_alive(self.incarnation)
+                    })
+                    .await
+                    .map_err(db)?;
+                if others
+                    && self
+                        .persist("handing the run over", || {
+                            self.store.hand_over(run_id, self.incarnation)
+                        })
+                        .await
+                        .map_err(db)?
+                {
+                    tracing::info!(%run_id, open, "stopping: the run is handed over to the other instances");
+                    return Err(Ended::HandedOver);
+                }
+                self.close_as_deferred(run_id).await.map_err(db)?;
+            }
+            // Others hold the rest: wait for their reports (or their death).
+            tokio::select! {
+                _ = tokio::time::sleep(WORK_POLL) => {}
+                _ = self.stop.cancelled(), if !self.stop.is_cancelled() => {}
+            }
+        }
+        let results = self
+            .persist("reading the run's reports", || {
+                self.store.run_results(run_id)
+            })
+            .await
+            .map_err(db)?;
+        for (group, report) in results {
+            let report = report.unwrap_or_else(|| {
+                FileReport::new(
+                    &group.newest,
+                    Decision::Error,
+                    Some("no report was recorded for this candidate".into()),
+                )
+            });
+            d.after_processing(&group, &report);
             d.reports.push(report);
         }
         let to_archive = std::mem::take(&mut d.to_archive);
@@ -754,7 +895,209 @@ impl Engine {
         }
         Ok(summary)
     }
+
+    /// A stopping owner with no other live instance: the candidates nobody
+    /// started (and those of dead instances) are reported `deferred`,
+    /// untouched, for the next run.
+    async fn close_as_deferred(&self, run_id: Uuid) -> Result<(), crate::store::StoreError> {
+        for t in self
+            .store
+            .take_work(run_id, self.incarnation, i64::MAX)
+            .await?
+        {
+            let mut report = crate::process::deferred(&t.group.newest);
+            report.instance = Some(self.instance.clone());
+            self.store
+                .complete_work(run_id, t.seq, self.incarnation, &self.instance, &report)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A run's bookkeeping (reports, progress, the run's end) lives in
+    /// Postgres: tried again through transient errors (a restart, an
+    /// outage) for as long as this instance runs, a few times once it stops.
+    async fn persist<T, F, Fut>(
+        &self,
+        what: &'static str,
+        f: F,
+    ) -> Result<T, crate::store::StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+    {
+        let after_stop = std::sync::atomic::AtomicU32::new(0);
+        f.retry(BOOKKEEPING_BACKOFF.without_max_times())
+            .when(|e: &crate::store::StoreError| {
+                e.is_transient()
+                    && (!self.stop.is_cancelled()
+                        || after_stop.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            < ATTEMPTS_AFTER_STOP)
+            })
+            .notify(|e, pause| tracing::warn!(error = %e, ?pause, "{what}: trying again"))
+            .await
+    }
+
+    /// Takes the run's candidates, up to this instance's capacity at a
+    /// time, until none is left to take and every one it took is reported.
+    /// Two stages: a few files are downloaded and claimed ahead, so a file
+    /// that leaves FOI/ITM is followed at once by one ready to send. At
+    /// most `max_concurrent_files` are with FOI and ITM at a time, and at
+    /// most `claimed_ahead` more are held; a candidate is taken only with a
+    /// free place.
+    pub async fn take_candidates(&self, run_id: Uuid) {
+        let _one_taker = self.taking.lock().await;
+        let s = &self.settings;
+        if let Err(e) = std::fs::create_dir_all(&s.spool_dir) {
+            tracing::error!(error = %e, dir = %s.spool_dir.display(), "no spool folder; taking no candidates");
+            return;
+        }
+        let processor = Processor {
+            source: self.source.clone(),
+            store: self.store.clone(),
+            foi: self.foi.clone(),
+            itm: self.itm.clone(),
+            source_dir: s.source_dir.clone(),
+            spool_dir: s.spool_dir.clone(),
+            holder: self.incarnation,
+            read_failure_notify_after: s.read_failure_notify_after,
+            work_lost: Default::default(),
+            metrics: self.metrics.clone(),
+            stop: self.stop.clone(),
+            kept: self.kept.clone(),
+        };
+        let places = Arc::new(tokio::sync::Semaphore::new(
+            s.max_concurrent_files + claimed_ahead(s.max_concurrent_files),
+        ));
+        let sending = tokio::sync::Semaphore::new(s.max_concurrent_files);
+        let mut held = futures::stream::FuturesUnordered::new();
+        loop {
+            let free = places.available_permits();
+            let taking = free > 0
+                && !self.stop.is_cancelled()
+                && !processor
+                    .work_lost
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            if taking {
+                match self
+                    .store
+                    .take_work(run_id, self.incarnation, free as i64)
+                    .await
+                {
+                    Ok(taken) => {
+                        for t in taken {
+                            let Ok(place) = places.clone().try_acquire_owned() else {
+                                break;
+                            };
+                            held.push(
+                                self.process_candidate(&processor, &sending, run_id, t, place),
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not take candidates; trying again");
+                        if held.is_empty() {
+                            tokio::time::sleep(WORK_POLL).await;
+                            continue;
+                        }
+                    }
+                }
+            }
+            if held.next().await.is_none() {
+                break;
+            }
+        }
+        // Every candidate taken is reported or given back by now; one whose
+        // report could not be written is given back too, so the run can end.
+        if let Err(e) = self
+            .store
+            .release_work(run_id, self.incarnation, None)
+            .await
+        {
+            tracing::warn!(error = %e, "could not give back unreported candidates");
+        }
+    }
+
+    /// One candidate: claim, then FOI and ITM with a sending place; the
+    /// report goes to the run's work, refused if the candidate was taken
+    /// over meanwhile.
+    async fn process_candidate(
+        &self,
+        processor: &Processor,
+        sending: &tokio::sync::Semaphore,
+        run_id: Uuid,
+        t: crate::store::TakenWork,
+        _place: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let c = &t.group.newest;
+        if t.taken_over {
+            tracing::info!(remitter = %c.remitter, file = %c.entry.name, "candidate taken over from a dead instance");
+        }
+        let mut report = match processor.claim(run_id, t.seq, c, &t.group.base_name).await {
+            Claimed::Done(report) => report,
+            Claimed::File(file) => {
+                let _sending = sending.acquire().await;
+                processor.send(run_id, c, file).await
+            }
+            Claimed::Stopping => {
+                if let Err(e) = self
+                    .store
+                    .release_work(run_id, self.incarnation, Some(t.seq))
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not give the candidate back");
+                }
+                return;
+            }
+            Claimed::Lost => return,
+        };
+        if let (Decision::Processed, Some(status)) = (report.decision, &report.status) {
+            self.metrics.file_recorded(status.as_str());
+        }
+        report.instance = Some(self.instance.clone());
+        let written = self
+            .persist("recording a candidate's report", || {
+                self.store
+                    .complete_work(run_id, t.seq, self.incarnation, &self.instance, &report)
+            })
+            .await;
+        match written {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(remitter = %c.remitter, file = %c.entry.name, "the candidate was taken over meanwhile; its report is the new holder's")
+            }
+            Err(e) => {
+                tracing::error!(remitter = %c.remitter, file = %c.entry.name, error = %e, "the report could not be recorded; the candidate is given back")
+            }
+        }
+    }
 }
+
+/// How a run this instance owns ended without a summary.
+enum Ended {
+    /// It could not be performed.
+    Failed(RunFailure, String),
+    /// This instance stopped; another finishes it.
+    HandedOver,
+}
+
+impl From<(RunFailure, String)> for Ended {
+    fn from((f, m): (RunFailure, String)) -> Self {
+        Self::Failed(f, m)
+    }
+}
+
+/// How often an owner looks at the progress of the others, and an idle
+/// instance for a run to take part in.
+pub const WORK_POLL: Duration = Duration::from_millis(200);
+
+/// Pauses between attempts at a run's bookkeeping through a database outage.
+const BOOKKEEPING_BACKOFF: backon::ExponentialBuilder = backon::ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(5));
+
+/// Attempts at a run's bookkeeping once the instance is stopping.
+const ATTEMPTS_AFTER_STOP: u32 = 3;
 
 /// The summary of a run's decisions.
 fn summarize(d: plan::Decided) -> Summary {

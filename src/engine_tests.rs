@@ -5,7 +5,7 @@ use crate::archive::PassReport;
 use crate::domain::FileStatus;
 use crate::downstream::{DownstreamError, FoiOutcome};
 use crate::process::idempotency_key;
-use crate::store::{Claim, ClaimRequest, ClaimStore, RunStore};
+use crate::store::RunStore;
 use crate::testing::{self, FakeFoi, FakeIqube, FakeItm, MemSource, MemStore, RunRow, md5_hex, t0};
 
 fn err_status(f: RunFailure) -> u16 {
@@ -698,16 +698,18 @@ async fn an_unavailable_database_fails_the_run_and_tells_iqube_directly() {
     assert!(h.src.exists("in/acme/remit.xlsx"));
 }
 
+/// One real run at a time across instances: a run whose owner lives makes
+/// the next one busy; once that owner is dead, the next starter adopts its
+/// run (unplanned: it plans it itself), finishes it, then runs its own.
 #[tokio::test]
-async fn a_second_run_while_one_holds_the_lock_is_busy() {
+async fn a_second_run_is_busy_while_its_owner_lives_and_adopts_it_once_dead() {
     let h = Harness::new();
     h.src.put("in/acme/remit.xlsx", b"x", old());
-    let holder = Uuid::new_v4();
-    let Ok(RunStart::Started(lease)) = h.store.begin_run(holder, "manual", "other").await else {
-        panic!("the first begin_run takes the lock");
-    };
+    let (holder, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let started = h.store.begin_run(holder, "manual", "other", other).await;
+    assert_eq!(started.unwrap(), RunStart::Started);
 
-    let err = h.engine.run("test").await.expect_err("lock held");
+    let err = h.engine.run("test").await.expect_err("a run in progress");
 
     assert!(
         matches!(err, RunError::Busy { running: Some(id) } if id == holder),
@@ -717,12 +719,28 @@ async fn a_second_run_while_one_holds_the_lock_is_busy() {
     assert!(h.src.fetches().is_empty());
     assert!(h.store.files().is_empty());
 
-    lease.release().await;
+    // Its instance died before it planned anything: the next starter
+    // finishes that run first (the file is processed by it), then its own.
+    h.store.mark_dead(other);
     let r = h.run().await;
-    assert_eq!(r.summary.processed, 1);
+    assert_eq!(
+        report_of(&r, "remit.xlsx").decision,
+        Decision::AlreadyProcessed
+    );
     let runs = h.store.runs();
     assert_eq!(runs.len(), 2);
+    assert_eq!(
+        (runs[0].status.as_str(), runs[0].finished_by.as_deref()),
+        ("completed", Some("test"))
+    );
+    assert_eq!(runs[0].summary["processed"], 1, "{}", runs[0].summary);
+    assert_eq!(
+        runs[0].summary["files"][0]["instance"], "test",
+        "{}",
+        runs[0].summary
+    );
     assert_eq!(runs[1].status, "completed");
+    assert_eq!(h.foi.calls().len(), 1, "sent once");
 }
 
 #[tokio::test]
@@ -889,8 +907,8 @@ async fn a_superseded_version_whose_move_failed_is_never_processed() {
     assert_eq!(h.foi.calls().len(), 1);
 }
 
-/// An engine like `h`'s but with another claim lease.
-fn with_lease(h: &Harness, lease: std::time::Duration) -> Arc<Engine> {
+/// A second instance on `h`'s store, share and downstreams.
+fn another_instance(h: &Harness) -> Arc<Engine> {
     let e = &h.engine;
     Arc::new(Engine {
         source: e.source.clone(),
@@ -898,12 +916,12 @@ fn with_lease(h: &Harness, lease: std::time::Duration) -> Arc<Engine> {
         foi: e.foi.clone(),
         itm: e.itm.clone(),
         iqube: e.iqube.clone(),
-        settings: RunSettings {
-            claim_lease: lease,
-            ..e.settings.clone()
-        },
+        settings: e.settings.clone(),
         tracker: TaskTracker::new(),
         instance: "test-2".into(),
+        incarnation: Uuid::new_v4(),
+        taking: Default::default(),
+        work_added: Default::default(),
         passes_done: tokio::sync::watch::channel(0).0,
         stop: Default::default(),
         metrics: e.metrics.clone(),
@@ -912,58 +930,77 @@ fn with_lease(h: &Harness, lease: std::time::Duration) -> Arc<Engine> {
     })
 }
 
+/// An instance killed while ITM holds its file: its run stays `running`
+/// and its claim `processing` while it lives; once it is dead, the next
+/// starter adopts the run, takes the claim over (a second `processing`
+/// event, the same ITM key) and finishes the run as `finished_by` itself.
 #[tokio::test]
-async fn a_claim_left_processing_is_taken_over_after_its_lease() {
+async fn a_dead_instances_claim_and_run_are_taken_over_with_the_same_itm_key() {
     let h = Harness::new();
     h.src.put("in/acme/remit.csv", b"bytes", old());
-    // A process claimed the file and died before recording an outcome.
-    let dead_run = Uuid::new_v4();
-    let claim = h
-        .store
-        .claim(&ClaimRequest {
-            run_id: dead_run,
-            remitter: "acme",
-            file_name: "remit.csv",
-            base_name: "remit.csv",
-            md5: &md5_hex(b"bytes"),
-            size: 5,
-            mtime: old(),
-            ctime: old(),
-            lease: std::time::Duration::from_secs(900),
-        })
+    let b = another_instance(&h);
+    h.itm.set_hang(true);
+    let killed = tokio::spawn({
+        let b = b.clone();
+        async move { b.run("test").await }
+    });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.itm.calls().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "ITM not reached");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    killed.abort();
+    let _ = killed.await;
+    h.itm.set_hang(false);
+    let id = h.only_row().id;
+
+    // Alive: its run is in progress, its claim untouched.
+    let busy = h
+        .engine
+        .run("test")
         .await
-        .unwrap();
-    let Claim::New { id, .. } = claim else {
-        panic!("{claim:?}")
-    };
+        .expect_err("b's run is in progress");
+    assert!(matches!(busy, RunError::Busy { .. }), "{busy:?}");
+    assert_eq!(h.store.events(id), ["processing"]);
 
-    // Within the lease: left alone, nothing sent.
+    // Dead: adopted and finished, the claim taken over once.
+    h.store.mark_dead(b.incarnation);
     let r = h.run().await;
-    let f = report_of(&r, "remit.csv");
     assert_eq!(
-        (f.decision, f.status.as_ref().map(FileStatus::as_str)),
-        (Decision::AlreadyProcessed, Some("processing"))
+        report_of(&r, "remit.csv").decision,
+        Decision::AlreadyProcessed,
+        "the adopted run processed it"
     );
-    assert!(h.foi.calls().is_empty());
-
-    // Past the lease: taken over and driven to a final status, same ITM key.
-    let later = with_lease(&h, std::time::Duration::ZERO);
-    let r = later.run("test").await.unwrap();
     assert_eq!(
-        report_of(&r, "remit.csv")
-            .status
-            .as_ref()
-            .map(FileStatus::as_str),
-        Some("success")
+        h.store.events(id),
+        ["processing", "processing", "success", "archive_succeeded"]
     );
-    assert_eq!(h.store.events(id), ["processing", "processing", "success"]);
     let itm = h.itm.calls();
-    assert_eq!(itm.len(), 1);
+    assert_eq!(itm.len(), 2);
+    assert_eq!(itm[0].1, itm[1].1, "the same Idempotency-Key");
+    let runs = h.store.runs();
     assert_eq!(
-        itm[0].1,
-        idempotency_key("acme", "remit.csv", &md5_hex(b"bytes"))
+        (runs[0].status.as_str(), runs[0].finished_by.as_deref()),
+        ("completed", Some("test"))
     );
-    assert_eq!(h.store.files().len(), 1);
+    let f = &runs[0].summary["files"][0];
+    assert_eq!(
+        (f["status"].as_str(), f["instance"].as_str()),
+        (Some("success"), Some("test")),
+        "{f}"
+    );
+    assert_eq!(
+        h.engine
+            .metrics
+            .render()
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("coordinator_claims_taken_over_total")),
+        Some("coordinator_claims_taken_over_total 1")
+    );
+    // Not sent again: the next run leaves it alone.
+    h.run().await;
+    assert_eq!(h.itm.calls().len(), 2);
 }
 
 #[tokio::test]
@@ -1110,12 +1147,21 @@ async fn a_dry_run_decides_like_a_run_and_does_nothing() {
     h.src.put("in/acme/remit_20240202.csv", b"new", old());
     h.src.put("in/acme/fresh.csv", b"fresh", t0());
     // A real run holds the lock meanwhile: the dry run neither waits nor fails.
-    let RunStart::Started(held) = h.store.begin_run(Uuid::new_v4(), "api", "x").await.unwrap()
-    else {
-        panic!("the lock is free");
-    };
+    let (held, owner) = (Uuid::new_v4(), Uuid::new_v4());
+    let started = h.store.begin_run(held, "api", "x", owner).await.unwrap();
+    assert_eq!(started, RunStart::Started, "no run in progress");
     let r = h.engine.dry_run("test").await.expect("dry run completes");
-    held.release().await;
+    let body = serde_json::json!({});
+    let end = crate::store::RunEnd {
+        run_id: held,
+        owner,
+        finished_by: "x",
+        status: "completed",
+        summary: &body,
+        error: None,
+        notification: None,
+    };
+    assert!(h.store.finish_run(&end).await.unwrap());
     h.settle().await;
     assert!(r.dry_run);
     assert_eq!(

@@ -55,12 +55,13 @@ impl Membership {
     pub async fn join(
         store: Arc<dyn InstanceStore>,
         id: &str,
+        incarnation: Uuid,
         heartbeat: Duration,
         max_concurrent_files: usize,
     ) -> Result<Arc<Self>, JoinError> {
         let info = InstanceInfo {
             instance_id: id.to_string(),
-            incarnation: Uuid::new_v4(),
+            incarnation,
             version: env!("CARGO_PKG_VERSION").to_string(),
             heartbeat,
             max_concurrent_files,

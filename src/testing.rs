@@ -1,6 +1,7 @@
 //! In-memory stand-ins for the share, the database and the downstream
 //! services, for unit tests of the engine without servers.
 
+use crate::domain::FileReport;
 use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
 use crate::downstream::{
     DownstreamError, Extractor, FoiOutcome, ItmSubmission, Notifier, Submitter,
@@ -9,8 +10,9 @@ use crate::engine::{Engine, RunSettings};
 use crate::scan::names::TempNameFilter;
 use crate::source::{Content, Entry, Expected, Fetched, FileSource, Moved, SourceError, join};
 use crate::store::{
-    ArchiveCandidate, ArchiveStore, Claim, ClaimRequest, ClaimStore, Guard, KnownVersion,
-    OutboxStore, PendingNotification, RunLock, RunStart, RunStore, StoreError, SupersededFile,
+    ActiveRun, ArchiveCandidate, ArchiveStore, Claim, ClaimRequest, ClaimStore, Guard,
+    KnownVersion, OutboxStore, PendingNotification, RunStart, RunStore, StoreError, SupersededFile,
+    TakenWork, WorkStore,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -407,10 +409,12 @@ pub struct FileRow {
     pub run_id: Uuid,
     /// Where the archive move put it.
     pub archive_path: Option<String>,
-    /// Last claim or status change (the claim's lease runs from here).
+    /// Last claim or status change.
     pub updated_at: DateTime<Utc>,
     /// The token of the current claim.
     pub claim_token: Uuid,
+    /// The process (incarnation) holding the current claim.
+    pub claimed_by: Uuid,
 }
 
 impl FileRow {
@@ -467,6 +471,25 @@ pub struct RunRow {
     pub error: Option<(String, String)>,
     /// True for a dry run's row.
     pub dry_run: bool,
+    /// The incarnation that finishes it (`None`: handed over).
+    pub owner: Option<Uuid>,
+    /// The `INSTANCE_ID` that finished it.
+    pub finished_by: Option<String>,
+    /// The stored plan, once planned.
+    pub plan: Option<Value>,
+}
+
+/// A row of `run_work`.
+#[derive(Debug, Clone)]
+struct WorkRow {
+    run_id: Uuid,
+    seq: i32,
+    remitter: String,
+    rank: i32,
+    group: crate::plan::Group,
+    taken_by: Option<Uuid>,
+    done: bool,
+    report: Option<FileReport>,
 }
 
 #[derive(Debug, Default)]
@@ -477,7 +500,9 @@ struct StoreState {
     runs: Vec<RunRow>,
     superseded: Vec<(SupersededFile, Option<Option<String>>)>,
     read_failures: std::collections::HashMap<String, u32>,
-    run_lock: bool,
+    work: Vec<WorkRow>,
+    /// Incarnations the tests declared dead (every other one is alive).
+    dead: std::collections::HashSet<Uuid>,
     unavailable: bool,
 }
 
@@ -488,6 +513,18 @@ impl StoreState {
         } else {
             Ok(())
         }
+    }
+
+    fn alive(&self, incarnation: Uuid) -> bool {
+        !self.dead.contains(&incarnation)
+    }
+
+    fn takeable(&self, w: &WorkRow, holder: Uuid) -> bool {
+        !w.done
+            && match w.taken_by {
+                None => true,
+                Some(by) => by != holder && !self.alive(by),
+            }
     }
 
     fn event(&mut self, file_id: i64, status: &str, detail: Value) {
@@ -519,20 +556,6 @@ impl StoreState {
 #[derive(Debug, Default)]
 pub struct MemStore {
     state: Arc<Mutex<StoreState>>,
-}
-
-/// The run lock of a [`MemStore`]; released when dropped, like a closed session.
-struct MemRunLock(Arc<Mutex<StoreState>>);
-
-impl Drop for MemRunLock {
-    fn drop(&mut self) {
-        lock(&self.0).run_lock = false;
-    }
-}
-
-#[async_trait]
-impl RunLock for MemRunLock {
-    async fn release(self: Box<Self>) {}
 }
 
 impl MemStore {
@@ -598,6 +621,12 @@ impl MemStore {
     pub fn set_unavailable(&self, down: bool) {
         lock(&self.state).unavailable = down;
     }
+
+    /// Declares an instance dead, as three missed heartbeats would: its
+    /// claims, candidates and runs are taken over.
+    pub fn mark_dead(&self, incarnation: Uuid) {
+        lock(&self.state).dead.insert(incarnation);
+    }
 }
 
 #[async_trait]
@@ -611,16 +640,15 @@ impl RunStore for MemStore {
         run_id: Uuid,
         trigger: &str,
         instance: &str,
+        owner: Uuid,
     ) -> Result<RunStart, StoreError> {
         let mut s = lock(&self.state);
         s.check()?;
-        if s.run_lock {
-            let running = s.runs.iter().rev().find(|r| r.status == "running");
-            return Ok(RunStart::Busy(running.map(|r| r.id)));
-        }
-        s.run_lock = true;
-        for r in s.runs.iter_mut().filter(|r| r.status == "running") {
-            r.status = "abandoned".into();
+        if let Some(r) = s.runs.iter().find(|r| r.status == "running" && !r.dry_run) {
+            return Ok(RunStart::Busy {
+                running: r.id,
+                owner_alive: r.owner.is_some_and(|o| s.alive(o)),
+            });
         }
         s.runs.push(RunRow {
             id: run_id,
@@ -630,29 +658,33 @@ impl RunStore for MemStore {
             summary: Value::Null,
             error: None,
             dry_run: false,
+            owner: Some(owner),
+            finished_by: None,
+            plan: None,
         });
-        Ok(RunStart::Started(Box::new(MemRunLock(self.state.clone()))))
+        Ok(RunStart::Started)
     }
 
-    async fn finish_run(
-        &self,
-        run_id: Uuid,
-        status: &str,
-        summary: &Value,
-        error: Option<(&str, &str)>,
-        notification: Option<&Value>,
-    ) -> Result<(), StoreError> {
+    async fn finish_run(&self, end: &crate::store::RunEnd<'_>) -> Result<bool, StoreError> {
         let mut s = lock(&self.state);
         s.check()?;
-        if let Some(r) = s.runs.iter_mut().find(|r| r.id == run_id) {
-            r.status = status.into();
-            r.summary = summary.clone();
-            r.error = error.map(|(c, m)| (c.into(), m.into()));
+        let Some(r) = s
+            .runs
+            .iter_mut()
+            .find(|r| r.id == end.run_id && r.owner == Some(end.owner) && r.status == "running")
+        else {
+            return Ok(false);
+        };
+        r.status = end.status.into();
+        r.summary = end.summary.clone();
+        r.error = end.error.map(|(c, m)| (c.into(), m.into()));
+        r.finished_by = Some(end.finished_by.into());
+        r.plan = None;
+        if let Some(payload) = end.notification {
+            s.enqueue(format!("run_failed:{}", end.run_id), payload);
         }
-        if let Some(payload) = notification {
-            s.enqueue(format!("run_failed:{run_id}"), payload);
-        }
-        Ok(())
+        s.work.retain(|w| w.run_id != end.run_id);
+        Ok(true)
     }
 
     async fn prune_run_details(&self, _older_than: Duration) -> Result<u64, StoreError> {
@@ -670,6 +702,9 @@ impl RunStore for MemStore {
             summary: row.summary.clone(),
             error: row.error.map(|(c, m)| (c.into(), m.into())),
             dry_run: true,
+            owner: None,
+            finished_by: None,
+            plan: None,
         });
         Ok(())
     }
@@ -711,16 +746,36 @@ impl ClaimStore for MemStore {
             size,
             mtime,
             ctime,
-            lease,
+            seq,
+            holder,
+            token,
         } = *req;
         let mut s = lock(&self.state);
         s.check()?;
+        let holds = s
+            .work
+            .iter()
+            .any(|w| w.run_id == run_id && w.seq == seq && w.taken_by == Some(holder) && !w.done);
+        if !holds {
+            return Err(StoreError::WorkLost);
+        }
+        let dead = s.dead.clone();
         let now = Utc::now();
         if let Some(f) = s
             .files
             .iter_mut()
             .find(|f| f.remitter == remitter && f.file_name == file_name && f.md5 == md5)
         {
+            if f.claimed_by == holder
+                && f.claim_token == token
+                && f.status == FileStatus::Processing
+            {
+                return Ok(Claim::New {
+                    id: f.id,
+                    token,
+                    recovered: false,
+                });
+            }
             f.size = size;
             f.mtime = mtime;
             f.ctime = Some(ctime);
@@ -730,27 +785,24 @@ impl ClaimStore for MemStore {
             let retry = f.status == FileStatus::RetryRequested;
             let expired = retry
                 || f.status == FileStatus::Processing
-                    && now
-                        .signed_duration_since(f.updated_at)
-                        .to_std()
-                        .unwrap_or_default()
-                        > lease;
+                    && f.claimed_by != holder
+                    && dead.contains(&f.claimed_by);
             if !expired {
                 return Ok(Claim::Exists {
                     id: f.id,
                     status: f.status.clone(),
                 });
             }
-            let token = Uuid::new_v4();
             f.run_id = run_id;
             f.updated_at = now;
             f.claim_token = token;
+            f.claimed_by = holder;
             f.status = FileStatus::Processing;
             let id = f.id;
             let detail = if retry {
                 json!({"run_id": run_id, "retry": "an operator asked for this file to be sent again"})
             } else {
-                json!({"run_id": run_id, "recovered": "the claim's lease expired"})
+                json!({"run_id": run_id, "recovered": "the instance holding the claim died"})
             };
             s.event(id, FileStatus::Processing.as_str(), detail);
             return Ok(Claim::New {
@@ -759,7 +811,6 @@ impl ClaimStore for MemStore {
                 recovered: !retry,
             });
         }
-        let token = Uuid::new_v4();
         let id = s.files.len() as i64 + 1;
         s.files.push(FileRow {
             id,
@@ -775,6 +826,7 @@ impl ClaimStore for MemStore {
             archive_path: None,
             updated_at: now,
             claim_token: token,
+            claimed_by: holder,
         });
         s.event(
             id,
@@ -816,15 +868,6 @@ impl ClaimStore for MemStore {
             s.enqueue(key, payload);
         }
         Ok(())
-    }
-
-    async fn renew_claim(&self, file_id: i64, token: Uuid) -> Result<bool, StoreError> {
-        let mut s = lock(&self.state);
-        s.check()?;
-        let f = s.files.iter_mut().find(|f| {
-            f.id == file_id && f.claim_token == token && f.status == FileStatus::Processing
-        });
-        Ok(f.map(|f| f.updated_at = Utc::now()).is_some())
     }
 
     async fn rearchive(&self, file_ids: &[i64]) -> Result<(), StoreError> {
@@ -886,6 +929,190 @@ impl ClaimStore for MemStore {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl WorkStore for MemStore {
+    async fn add_work(
+        &self,
+        run_id: Uuid,
+        plan: &Value,
+        work: &[(i32, crate::plan::Group)],
+    ) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        if let Some(r) = s.runs.iter_mut().find(|r| r.id == run_id) {
+            r.plan = Some(plan.clone());
+        }
+        for (seq, (rank, g)) in work.iter().enumerate() {
+            s.work.push(WorkRow {
+                run_id,
+                seq: seq as i32,
+                remitter: g.newest.remitter.to_lowercase(),
+                rank: *rank,
+                group: g.clone(),
+                taken_by: None,
+                done: false,
+                report: None,
+            });
+        }
+        Ok(())
+    }
+
+    async fn active_run(&self) -> Result<Option<ActiveRun>, StoreError> {
+        let s = lock(&self.state);
+        s.check()?;
+        Ok(s.runs
+            .iter()
+            .find(|r| r.status == "running" && !r.dry_run)
+            .map(|r| ActiveRun {
+                run_id: r.id,
+                owner_alive: r.owner.is_some_and(|o| s.alive(o)),
+                planned: r.plan.is_some(),
+                takeable: s.work.iter().any(|w| {
+                    w.run_id == r.id && !w.done && w.taken_by.is_none_or(|by| !s.alive(by))
+                }),
+            }))
+    }
+
+    async fn adopt_run(
+        &self,
+        run_id: Uuid,
+        owner: Uuid,
+    ) -> Result<Option<Option<Value>>, StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        let dead = s.dead.clone();
+        Ok(s.runs
+            .iter_mut()
+            .find(|r| {
+                r.id == run_id && r.status == "running" && r.owner.is_none_or(|o| dead.contains(&o))
+            })
+            .map(|r| {
+                r.owner = Some(owner);
+                r.plan.clone()
+            }))
+    }
+
+    async fn hand_over(&self, run_id: Uuid, owner: Uuid) -> Result<bool, StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        Ok(s.runs
+            .iter_mut()
+            .find(|r| r.id == run_id && r.owner == Some(owner) && r.status == "running")
+            .map(|r| r.owner = None)
+            .is_some())
+    }
+
+    async fn take_work(
+        &self,
+        run_id: Uuid,
+        holder: Uuid,
+        limit: i64,
+    ) -> Result<Vec<TakenWork>, StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        let mut order: Vec<usize> = (0..s.work.len())
+            .filter(|&i| s.work[i].run_id == run_id && s.takeable(&s.work[i], holder))
+            .collect();
+        order.sort_by_key(|&i| {
+            let w = &s.work[i];
+            (w.rank, w.remitter.clone(), w.seq)
+        });
+        order.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        order.sort_unstable();
+        let mut taken = Vec::new();
+        for i in order {
+            let w = &mut s.work[i];
+            let taken_over = w.taken_by.is_some();
+            w.taken_by = Some(holder);
+            taken.push(TakenWork {
+                seq: w.seq,
+                group: w.group.clone(),
+                taken_over,
+            });
+        }
+        Ok(taken)
+    }
+
+    async fn complete_work(
+        &self,
+        run_id: Uuid,
+        seq: i32,
+        holder: Uuid,
+        _instance: &str,
+        report: &FileReport,
+    ) -> Result<bool, StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        Ok(s.work
+            .iter_mut()
+            .find(|w| w.run_id == run_id && w.seq == seq && w.taken_by == Some(holder) && !w.done)
+            .map(|w| {
+                w.done = true;
+                w.report = Some(report.clone());
+            })
+            .is_some())
+    }
+
+    async fn release_work(
+        &self,
+        run_id: Uuid,
+        holder: Uuid,
+        seq: Option<i32>,
+    ) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        s.check()?;
+        for w in s.work.iter_mut().filter(|w| {
+            w.run_id == run_id
+                && seq.is_none_or(|q| q == w.seq)
+                && w.taken_by == Some(holder)
+                && !w.done
+        }) {
+            w.taken_by = None;
+        }
+        Ok(())
+    }
+
+    async fn open_work(&self, run_id: Uuid) -> Result<i64, StoreError> {
+        let s = lock(&self.state);
+        s.check()?;
+        Ok(s.work
+            .iter()
+            .filter(|w| w.run_id == run_id && !w.done)
+            .count() as i64)
+    }
+
+    async fn pending_work(
+        &self,
+        run_id: Uuid,
+    ) -> Result<Vec<(i32, crate::plan::Group)>, StoreError> {
+        let s = lock(&self.state);
+        s.check()?;
+        Ok(s.work
+            .iter()
+            .filter(|w| w.run_id == run_id && !w.done && w.taken_by.is_none())
+            .map(|w| (w.seq, w.group.clone()))
+            .collect())
+    }
+
+    async fn run_results(
+        &self,
+        run_id: Uuid,
+    ) -> Result<Vec<(crate::plan::Group, Option<FileReport>)>, StoreError> {
+        let s = lock(&self.state);
+        s.check()?;
+        Ok(s.work
+            .iter()
+            .filter(|w| w.run_id == run_id)
+            .map(|w| (w.group.clone(), w.report.clone()))
+            .collect())
+    }
+
+    async fn others_alive(&self, _me: Uuid) -> Result<bool, StoreError> {
+        lock(&self.state).check()?;
+        Ok(false)
     }
 }
 
@@ -1085,6 +1312,8 @@ impl Extractor for FakeFoi {
 pub struct FakeItm {
     calls: Mutex<Vec<(ItmSubmission, String)>>,
     answer: Mutex<Result<(), DownstreamError>>,
+    /// Takes each call and never answers (an instance killed mid-call).
+    hang: AtomicBool,
 }
 
 impl Default for FakeItm {
@@ -1099,12 +1328,18 @@ impl FakeItm {
         Self {
             calls: Mutex::new(Vec::new()),
             answer: Mutex::new(Ok(())),
+            hang: AtomicBool::new(false),
         }
     }
 
     /// Sets the answer to every later call.
     pub fn set(&self, answer: Result<(), DownstreamError>) {
         *lock(&self.answer) = answer;
+    }
+
+    /// Later calls are taken and never answered (or answered again).
+    pub fn set_hang(&self, hang: bool) {
+        self.hang.store(hang, Ordering::Relaxed);
     }
 
     /// Every submission so far, with its idempotency key.
@@ -1121,6 +1356,9 @@ impl Submitter for FakeItm {
         idempotency_key: &str,
     ) -> Result<(), DownstreamError> {
         lock(&self.calls).push((sub.clone(), idempotency_key.into()));
+        if self.hang.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
         lock(&self.answer).clone()
     }
 }
@@ -1230,13 +1468,15 @@ pub fn engine(
             stable_min_age: Duration::from_secs(60),
             stable_check_interval: Duration::ZERO,
             max_concurrent_files: 2,
-            claim_lease: Duration::from_secs(900),
             read_failure_notify_after: 3,
             run_detail_retention: None,
             delivery_budget: Duration::from_secs(30),
         },
         tracker: TaskTracker::new(),
         instance: "test".into(),
+        incarnation: Uuid::new_v4(),
+        taking: Default::default(),
+        work_added: Default::default(),
         passes_done: tokio::sync::watch::channel(0).0,
         stop: Default::default(),
         metrics: Default::default(),

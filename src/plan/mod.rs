@@ -378,6 +378,7 @@ pub fn draft(input: Inputs<'_>) -> Draft {
             decision: Decision::Ignored,
             status: None,
             reason: Some("temp-like name".into()),
+            instance: None,
         });
     }
     // Versions an earlier run superseded stay superseded until moved, even

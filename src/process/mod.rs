@@ -35,17 +35,20 @@ pub fn idempotency_key(remitter: &str, file_name: &str, md5: &str) -> String {
 pub enum Claimed {
     /// Nothing to send: the report says why (unstable, known, unreadable).
     Done(FileReport),
-    /// Claimed by this run and downloaded: ready for FOI.
+    /// Claimed by this instance and downloaded: ready for FOI.
     File(ClaimedFile),
+    /// Not started because this instance is stopping: give the candidate
+    /// back for another instance (or the next run).
+    Stopping,
+    /// The candidate was taken over (this instance was presumed dead):
+    /// nothing was claimed, and its report belongs to the new holder.
+    Lost,
 }
 
 /// A downloaded file this run holds the claim of.
 pub struct ClaimedFile {
     file_id: i64,
     token: Uuid,
-    /// When the claim was made: its lease runs from here, also while the
-    /// file waits for a FOI/ITM slot.
-    claimed_at: tokio::time::Instant,
     fetched: crate::source::Fetched,
     /// Removed when the file is done with.
     _spool: Spool,
@@ -67,12 +70,13 @@ pub struct Processor {
     pub source_dir: String,
     /// Local spool folder.
     pub spool_dir: PathBuf,
-    /// Lease of a `processing` claim (see `Store::claim`).
-    pub claim_lease: std::time::Duration,
+    /// This process (its incarnation): the holder of its claims.
+    pub holder: Uuid,
     /// Failed reads of one version before IQube is told.
     pub read_failure_notify_after: u32,
-    /// Set once a claim found the run lock gone: no more claims in this run.
-    pub lock_lost: AtomicBool,
+    /// Set once a candidate was found taken over: this instance was
+    /// presumed dead, and takes nothing more in this run.
+    pub work_lost: AtomicBool,
     /// Where the bytes read are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Cancelled on shutdown: no file is claimed after it; files already
@@ -81,6 +85,13 @@ pub struct Processor {
     /// Outcomes whose write failed, shared by the runs of this process.
     pub kept: Arc<KeptOutcomes>,
 }
+
+/// Attempts at a claim through a database blip: about 30 s in all, then
+/// the file is an error for this run (nothing sent) and the next run takes it.
+const CLAIM_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(std::time::Duration::from_millis(100))
+    .with_max_delay(std::time::Duration::from_secs(5))
+    .with_max_times(10);
 
 /// Pauses between attempts at writing an outcome: 100 ms doubling up to 5 s.
 const OUTCOME_WRITE_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
@@ -178,16 +189,12 @@ impl Processor {
     /// (checked against the second look) and claim. Runs can do this for the
     /// next files while earlier ones are with FOI and ITM.
     #[tracing::instrument(name = "process", skip_all, fields(remitter = %c.remitter, file = %c.entry.name))]
-    pub async fn claim(&self, run_id: Uuid, c: &Candidate, base_name: &str) -> Claimed {
+    pub async fn claim(&self, run_id: Uuid, seq: i32, c: &Candidate, base_name: &str) -> Claimed {
         if self.stop.is_cancelled() {
-            return Claimed::Done(deferred(c));
+            return Claimed::Stopping;
         }
-        if self.lock_lost.load(Ordering::Relaxed) {
-            return Claimed::Done(FileReport::new(
-                c,
-                Decision::Error,
-                Some(lock_lost_reason()),
-            ));
+        if self.work_lost.load(Ordering::Relaxed) {
+            return Claimed::Lost;
         }
         let mut spool = Spool {
             path: self.spool_dir.join(format!(
@@ -234,21 +241,29 @@ impl Processor {
         }
         // A download that was under way when the stop came is dropped, unclaimed.
         if self.stop.is_cancelled() {
-            return Claimed::Done(deferred(c));
+            return Claimed::Stopping;
         }
-        let claim = self
-            .store
-            .claim(&ClaimRequest {
-                run_id,
-                remitter: &c.remitter,
-                file_name: &c.entry.name,
-                base_name,
-                md5: &fetched.md5,
-                size: fetched.size as i64,
-                mtime: c.entry.mtime,
-                ctime: c.entry.ctime,
-                lease: self.claim_lease,
-            })
+        let req = ClaimRequest {
+            run_id,
+            remitter: &c.remitter,
+            file_name: &c.entry.name,
+            base_name,
+            md5: &fetched.md5,
+            size: fetched.size as i64,
+            mtime: c.entry.mtime,
+            ctime: c.entry.ctime,
+            seq,
+            holder: self.holder,
+            token: Uuid::new_v4(),
+        };
+        // Tried again through a database blip with the same token: a claim
+        // whose answer was lost is found as this process's own.
+        let claim = (|| self.store.claim(&req))
+            .retry(CLAIM_BACKOFF)
+            .when(|e: &StoreError| e.is_transient() && !self.stop.is_cancelled())
+            .notify(
+                |e, pause| tracing::warn!(error = %e, ?pause, "claim not made yet; trying again"),
+            )
             .await;
         let (file_id, token) = match claim {
             Ok(Claim::New {
@@ -263,7 +278,7 @@ impl Processor {
             }
             Ok(Claim::Exists { status, .. }) => {
                 let reason = if status == FileStatus::Processing {
-                    "claimed by a run that has not finished (its lease has not run out)"
+                    "claimed by a live instance that has not finished it"
                 } else {
                     "this content was claimed before"
                 };
@@ -272,14 +287,12 @@ impl Processor {
                         .with_status(status),
                 );
             }
-            Err(StoreError::RunLockLost) => {
-                tracing::error!("the run lock is gone; this run claims nothing more");
-                self.lock_lost.store(true, Ordering::Relaxed);
-                return Claimed::Done(FileReport::new(
-                    c,
-                    Decision::Error,
-                    Some(lock_lost_reason()),
-                ));
+            Err(StoreError::WorkLost) => {
+                tracing::error!(
+                    "the candidate was taken over (this instance was presumed dead); taking nothing more in this run"
+                );
+                self.work_lost.store(true, Ordering::Relaxed);
+                return Claimed::Lost;
             }
             Err(e) => {
                 tracing::error!(error = %e, "claim failed; nothing sent");
@@ -294,7 +307,6 @@ impl Processor {
         Claimed::File(ClaimedFile {
             file_id,
             token,
-            claimed_at: tokio::time::Instant::now(),
             fetched,
             _spool: spool,
             _in_flight: self.metrics.file_in_flight(),
@@ -310,21 +322,21 @@ impl Processor {
         let ClaimedFile {
             file_id,
             token,
-            claimed_at,
             fetched,
             ..
         } = file;
-        let (outcome, renewed_at) = match self.kept.take(&c.remitter, &c.entry.name, &fetched.md5) {
+        // No renewal: a live instance's claim is never taken over.
+        let outcome = match self.kept.take(&c.remitter, &c.entry.name, &fetched.md5) {
             Some(kept) => {
                 tracing::info!(
                     file_id,
                     "downstream answered an earlier claim of this version; writing that answer"
                 );
-                (kept.recorded_later(), claimed_at)
+                kept.recorded_later()
             }
             None => {
-                let downstream = self.downstream(run_id, c, &fetched.md5, &fetched.content);
-                self.renewing(file_id, token, claimed_at, downstream).await
+                self.downstream(run_id, c, &fetched.md5, &fetched.content)
+                    .await
             }
         };
         let kept = KeptOutcome {
@@ -335,21 +347,15 @@ impl Processor {
             token,
             outcome,
         };
-        // While the claim is ours: its lease runs from its last renewal.
-        self.record(c, kept, renewed_at + self.claim_lease).await
+        self.record(c, kept).await
     }
 
     /// Writes an outcome, again after a transient database error (with
-    /// backoff) until `deadline`, when the claim's lease would let another
-    /// run take it over, or until a stop. From the first failed attempt on,
+    /// backoff) until it is written or this instance stops (the claim stays
+    /// ours while this process beats). From the first failed attempt on,
     /// the outcome is kept (journaled), so neither a give-up nor a crash
     /// during the retries makes FOI or ITM be called again for it.
-    async fn record(
-        &self,
-        c: &Candidate,
-        kept: KeptOutcome,
-        deadline: tokio::time::Instant,
-    ) -> FileReport {
+    async fn record(&self, c: &Candidate, kept: KeptOutcome) -> FileReport {
         let o = &kept.outcome;
         let write = || {
             self.store.set_status(
@@ -366,11 +372,7 @@ impl Processor {
             self.kept.keep_retrying(kept.clone());
             written = write
                 .retry(OUTCOME_WRITE_BACKOFF.without_max_times())
-                .when(|e: &StoreError| {
-                    e.is_transient()
-                        && tokio::time::Instant::now() < deadline
-                        && !self.stop.is_cancelled()
-                })
+                .when(|e: &StoreError| e.is_transient() && !self.stop.is_cancelled())
                 .notify(|e, pause| {
                     tracing::warn!(error = %e, ?pause, status = status.as_str(), "outcome not recorded yet; trying again")
                 })
@@ -390,6 +392,7 @@ impl Processor {
                     decision: Decision::Processed,
                     status: Some(status),
                     reason: kept.outcome.failure,
+                    instance: None,
                 }
             }
             Err(e) if e.is_transient() => {
@@ -471,74 +474,16 @@ impl Processor {
             notification,
         }
     }
-
-    /// Awaits `work` while renewing the claim every third of its lease, so a
-    /// slow but live file is never taken over by another run. Returns the
-    /// result and when the claim was last made or renewed.
-    async fn renewing<T>(
-        &self,
-        file_id: i64,
-        token: Uuid,
-        claimed_at: tokio::time::Instant,
-        work: impl Future<Output = T>,
-    ) -> (T, tokio::time::Instant) {
-        // Due a period after the claim: at once for a file that waited that
-        // long for its slot.
-        let period = renewal_period(self.claim_lease);
-        let mut tick = tokio::time::interval_at(claimed_at + period, period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let renewed_at = std::sync::Mutex::new(claimed_at);
-        // The renewals run beside the work, never instead of it: a renewal
-        // that waits on the database (a pool timeout, a restart) must not
-        // stop the downstream call from being polled, or its answer would
-        // wait unread until the call timed out.
-        let renewals = async {
-            loop {
-                tick.tick().await;
-                match self.store.renew_claim(file_id, token).await {
-                    Ok(true) => {
-                        if let Ok(mut at) = renewed_at.lock() {
-                            *at = tokio::time::Instant::now();
-                        }
-                        tracing::debug!(file_id, "claim renewed");
-                    }
-                    Ok(false) => {
-                        tracing::warn!(file_id, "the claim was taken over while in flight");
-                        break;
-                    }
-                    Err(e) => tracing::warn!(file_id, error = %e, "could not renew the claim"),
-                }
-            }
-        };
-        tokio::pin!(work, renewals);
-        let out = tokio::select! {
-            out = &mut work => out,
-            // Taken over: nothing left to renew, the work goes on alone.
-            () = &mut renewals => work.await,
-        };
-        let at = renewed_at.lock().map(|at| *at).unwrap_or(claimed_at);
-        (out, at)
-    }
-}
-
-/// How often a claim in flight is renewed: a third of its lease.
-fn renewal_period(lease: std::time::Duration) -> std::time::Duration {
-    (lease / 3).max(std::time::Duration::from_millis(100))
 }
 
 /// The report of a file left for the next run because of a stop.
-fn deferred(c: &Candidate) -> FileReport {
-    tracing::info!("stopping: not claimed; left for the next run");
+pub fn deferred(c: &Candidate) -> FileReport {
+    tracing::info!(remitter = %c.remitter, file = %c.entry.name, "stopping: not claimed; left for the next run");
     FileReport::new(
         c,
         Decision::Deferred,
         Some("not started: the coordinator was stopping; the next run takes it".into()),
     )
-}
-
-fn lock_lost_reason() -> String {
-    "not claimed: the run lock was lost (its database session ended); a later run takes the file"
-        .into()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 mod instances;
 mod operator;
 mod postgres;
+mod work;
 
 pub use instances::{InstanceInfo, InstanceStore, InstanceView, Joined};
 
@@ -53,14 +54,16 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The claim is no longer this process's: another run took it over (its
-    /// lease ran out). Nothing was written.
-    #[error("the claim of file {0} was taken over by another run; nothing written")]
+    /// The claim is no longer this process's: another instance took it over
+    /// (this one was presumed dead). Nothing was written.
+    #[error("the claim of file {0} was taken over by another instance; nothing written")]
     ClaimLost(i64),
-    /// The run no longer holds the run lock (its database session ended, for
-    /// example when Postgres restarted): it must not claim anything more.
-    #[error("the run lock was lost (the database session holding it ended); no more claims")]
-    RunLockLost,
+    /// The run's candidate is no longer this process's: another instance
+    /// took it over (this one was presumed dead). Nothing was claimed.
+    #[error(
+        "the candidate was taken over by another instance (this one was presumed dead); nothing claimed"
+    )]
+    WorkLost,
 }
 
 impl StoreError {
@@ -87,7 +90,7 @@ impl StoreError {
                 _ => false,
             },
             Self::Unavailable(_) => true,
-            Self::Migrate(_) | Self::ClaimLost(_) | Self::RunLockLost => false,
+            Self::Migrate(_) | Self::ClaimLost(_) | Self::WorkLost => false,
         }
     }
 }
@@ -116,8 +119,15 @@ pub struct KnownVersion {
 /// One file version to claim, as downloaded (see [`ClaimStore::claim`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest<'a> {
-    /// The run claiming it; it must hold the run lock.
+    /// The run claiming it.
     pub run_id: Uuid,
+    /// Its candidate in the run's work, which `holder` must hold.
+    pub seq: i32,
+    /// The claiming process (its incarnation).
+    pub holder: Uuid,
+    /// The claim's token, made by the claimer: the same request tried again
+    /// after a lost answer finds its own claim (`Claim::New` again).
+    pub token: Uuid,
     /// Remitter folder.
     pub remitter: &'a str,
     /// File name.
@@ -132,9 +142,11 @@ pub struct ClaimRequest<'a> {
     pub mtime: DateTime<Utc>,
     /// Change time at the second look.
     pub ctime: DateTime<Utc>,
-    /// A `processing` claim not updated for this long is taken over.
-    pub lease: std::time::Duration,
 }
+
+/// How long a claim made before instances existed (`claimed_by` NULL) may
+/// stay `processing` before it is taken over: the old default lease.
+pub const LEGACY_CLAIM_LEASE: std::time::Duration = std::time::Duration::from_secs(900);
 
 /// The result of a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,28 +263,47 @@ pub struct DryRunRow<'a> {
     pub error: Option<(&'a str, &'a str)>,
 }
 
-/// The outcome of asking for the run lock.
+/// The outcome of starting a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunStart {
-    /// This process holds the run lock until it is released.
-    Started(Box<dyn RunLock>),
-    /// Another run holds it.
-    Busy(Option<Uuid>),
+    /// The run is recorded `running`, owned by the starter.
+    Started,
+    /// Another run is in progress.
+    Busy {
+        /// The running run.
+        running: Uuid,
+        /// False when its owner is dead or it was handed over: it waits
+        /// for a live instance to adopt it.
+        owner_alive: bool,
+    },
 }
 
-/// A held run lock.
-#[async_trait]
-pub trait RunLock: Send + Sync {
-    /// Releases the lock.
-    async fn release(self: Box<Self>);
+/// The end of a real run, written by its owner.
+#[derive(Debug, Clone)]
+pub struct RunEnd<'a> {
+    /// Run id.
+    pub run_id: Uuid,
+    /// The owner (incarnation) finishing it.
+    pub owner: Uuid,
+    /// Its `INSTANCE_ID`, stored as `finished_by`.
+    pub finished_by: &'a str,
+    /// `completed` or `failed`.
+    pub status: &'a str,
+    /// The summary.
+    pub summary: &'a Value,
+    /// A failed run's code and message.
+    pub error: Option<(&'a str, &'a str)>,
+    /// A failed run's `run_failed` notification.
+    pub notification: Option<&'a Value>,
 }
 
 /// A held lock that is released when dropped.
 pub type Guard = Box<dyn Send + Sync>;
 
 /// Everything the engine needs from its database.
-pub trait Store: RunStore + ClaimStore + OutboxStore + ArchiveStore {}
+pub trait Store: RunStore + ClaimStore + OutboxStore + ArchiveStore + WorkStore {}
 
-impl<T: RunStore + ClaimStore + OutboxStore + ArchiveStore + ?Sized> Store for T {}
+impl<T: RunStore + ClaimStore + OutboxStore + ArchiveStore + WorkStore + ?Sized> Store for T {}
 
 /// Runs: the run lock, their rows, and pruning of old per-file lists.
 #[async_trait]
@@ -283,22 +314,19 @@ pub trait RunStore: Send + Sync {
     /// waits for its second look), so its first files do not each wait for
     /// a connection to be set up. Best effort: a failure shows later.
     async fn warm_up(&self, _connections: usize) {}
-    /// Takes the run lock and records the run as running, or says who holds it.
+    /// Records the run as running, owned by `owner`, unless another real
+    /// run is in progress (across every instance).
     async fn begin_run(
         &self,
         run_id: Uuid,
         trigger: &str,
         instance: &str,
+        owner: Uuid,
     ) -> Result<RunStart, StoreError>;
-    /// Records a run's end; a failed run's `run_failed` notification is queued with it.
-    async fn finish_run(
-        &self,
-        run_id: Uuid,
-        status: &str,
-        summary: &Value,
-        error: Option<(&str, &str)>,
-        notification: Option<&Value>,
-    ) -> Result<(), StoreError>;
+    /// Records a run's end, provided `end.owner` still owns it (`false`
+    /// otherwise, and nothing is written); a failed run's `run_failed`
+    /// notification is queued with it.
+    async fn finish_run(&self, end: &RunEnd<'_>) -> Result<bool, StoreError>;
     /// Drops the per-file list (`summary.files`) of runs that finished more
     /// than `older_than` ago; their counts stay. Returns how many were pruned.
     async fn prune_run_details(&self, older_than: std::time::Duration) -> Result<u64, StoreError>;
@@ -316,12 +344,13 @@ pub trait ClaimStore: Send + Sync {
     /// Every claimed version of these groups (keys from
     /// `plan::versions::group_key`), in one query.
     async fn group_versions(&self, keys: &[String]) -> Result<Vec<KnownVersion>, StoreError>;
-    /// Claims a file version (see [`Claim`]) for run `run_id`, which must
-    /// still hold the run lock ([`StoreError::RunLockLost`] otherwise). A
-    /// claim still `processing` whose last update is older than `lease` was
-    /// left by a process that died, and a `retry_requested` version was sent
-    /// back by an operator: either is taken over (a new `processing` event, a
-    /// new token) and returned as `Claim::New`. A version claimed and
+    /// Claims a file version (see [`Claim`]) for `holder`, which must still
+    /// hold candidate `seq` of the run ([`StoreError::WorkLost`] otherwise).
+    /// A claim still `processing` whose holder is dead (or, made before
+    /// instances, not updated for [`LEGACY_CLAIM_LEASE`]), and a
+    /// `retry_requested` version sent back by an operator, are taken over (a
+    /// new `processing` event, a new token) and returned as `Claim::New`; a
+    /// live holder's claim never is, however long its file takes. A version claimed and
     /// archived before whose content is back in the source is due for the
     /// archive again. An existing row's size and timestamps are refreshed to
     /// these, so the next scan skips it and the archive moves this version.
@@ -337,9 +366,6 @@ pub trait ClaimStore: Send + Sync {
         detail: &Value,
         notification: Option<&Value>,
     ) -> Result<(), StoreError>;
-    /// Renews a claim in flight (its lease starts again); `false` when
-    /// `token` no longer holds it.
-    async fn renew_claim(&self, file_id: i64, token: Uuid) -> Result<bool, StoreError>;
     /// Archived rows whose content is in the source again: due for the archive again.
     async fn rearchive(&self, file_ids: &[i64]) -> Result<(), StoreError>;
     /// Counts a failed read of a file version; once it has failed
@@ -398,4 +424,91 @@ pub trait ArchiveStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// The housekeeping lock, or `None` while another pass holds it.
     async fn try_housekeeping_lock(&self) -> Result<Option<Guard>, StoreError>;
+}
+
+/// A run as an idle instance sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveRun {
+    /// Run id.
+    pub run_id: Uuid,
+    /// False when its owner is dead or it was handed over.
+    pub owner_alive: bool,
+    /// True once its plan is stored.
+    pub planned: bool,
+    /// True when a candidate waits to be taken (pending, or held by a dead instance).
+    pub takeable: bool,
+}
+
+/// A candidate taken by this instance.
+#[derive(Debug, Clone)]
+pub struct TakenWork {
+    /// Its place in the run's work.
+    pub seq: i32,
+    /// The group to process.
+    pub group: crate::plan::Group,
+    /// True when it was taken from a dead instance.
+    pub taken_over: bool,
+}
+
+/// The shared work of runs (CONTRACT §10): the plan, one row per candidate,
+/// taken by any live instance with `FOR UPDATE SKIP LOCKED`.
+#[async_trait]
+pub trait WorkStore: Send + Sync {
+    /// Stores the run's plan and its candidates, ranked, in one transaction.
+    async fn add_work(
+        &self,
+        run_id: Uuid,
+        plan: &Value,
+        work: &[(i32, crate::plan::Group)],
+    ) -> Result<(), StoreError>;
+    /// The real run in progress, if any.
+    async fn active_run(&self) -> Result<Option<ActiveRun>, StoreError>;
+    /// Makes `owner` the owner of a run whose owner is dead or gone;
+    /// `Some(plan)` when it did (the plan is `None` while unplanned).
+    async fn adopt_run(
+        &self,
+        run_id: Uuid,
+        owner: Uuid,
+    ) -> Result<Option<Option<Value>>, StoreError>;
+    /// Gives the run up for adoption (a draining owner): `false` when `owner` did not own it.
+    async fn hand_over(&self, run_id: Uuid, owner: Uuid) -> Result<bool, StoreError>;
+    /// Takes up to `limit` candidates for `holder`: pending ones, and those
+    /// held by a dead instance; round-robin across remitters.
+    async fn take_work(
+        &self,
+        run_id: Uuid,
+        holder: Uuid,
+        limit: i64,
+    ) -> Result<Vec<TakenWork>, StoreError>;
+    /// Records a candidate's report, provided `holder` still holds it.
+    async fn complete_work(
+        &self,
+        run_id: Uuid,
+        seq: i32,
+        holder: Uuid,
+        instance: &str,
+        report: &crate::domain::FileReport,
+    ) -> Result<bool, StoreError>;
+    /// Gives candidate `seq` back unprocessed (a draining instance), or
+    /// (`None`) every candidate `holder` still holds.
+    async fn release_work(
+        &self,
+        run_id: Uuid,
+        holder: Uuid,
+        seq: Option<i32>,
+    ) -> Result<(), StoreError>;
+    /// Candidates not done yet.
+    async fn open_work(&self, run_id: Uuid) -> Result<i64, StoreError>;
+    /// The groups still pending (never taken, or given back).
+    async fn pending_work(
+        &self,
+        run_id: Uuid,
+    ) -> Result<Vec<(i32, crate::plan::Group)>, StoreError>;
+    /// Every candidate's group and report, in order (reports of done ones).
+    async fn run_results(
+        &self,
+        run_id: Uuid,
+    ) -> Result<Vec<(crate::plan::Group, Option<crate::domain::FileReport>)>, StoreError>;
+    /// True when another live instance that is not draining exists.
+    async fn others_alive(&self, me: Uuid) -> Result<bool, StoreError>;
 }

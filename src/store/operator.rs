@@ -56,6 +56,11 @@ pub struct RunView {
     pub trigger: String,
     /// True for a dry run (nothing claimed, sent or moved).
     pub dry_run: bool,
+    /// The `INSTANCE_ID` that started it.
+    pub instance: String,
+    /// The `INSTANCE_ID` that finished it (another one when its starter
+    /// died or stopped first); null while running.
+    pub finished_by: Option<String>,
     /// Start.
     pub started_at: DateTime<Utc>,
     /// End; null while running.
@@ -184,8 +189,7 @@ pub trait OperatorStore: Send + Sync {
 const FILE_COLUMNS: &str = "id, remitter, file_name, base_name, md5, size, status, archived_at, \
      claimed_at AS created_at, updated_at";
 
-const RUN_COLUMNS: &str =
-    "id AS run_id, status, trigger, dry_run, started_at, finished_at, error, message";
+const RUN_COLUMNS: &str = "id AS run_id, status, trigger, dry_run, instance, finished_by, started_at, finished_at, error, message";
 
 /// `status IN (<the failures>)`, spelled as the partial index `files_failed`
 /// is, so the planner can use it.

@@ -1,6 +1,7 @@
 //! The Postgres store. The unique key `(remitter, file_name, md5)` makes two
-//! concurrent claims of one version impossible; session advisory locks make
-//! one run, and one housekeeping pass, at a time across every instance.
+//! concurrent claims of one version impossible; a unique index makes one
+//! real run at a time across every instance, and a session advisory lock
+//! one housekeeping pass.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -12,8 +13,8 @@ use uuid::Uuid;
 
 use super::{
     ArchiveCandidate, ArchiveStore, Claim, ClaimRequest, ClaimStore, DryRunRow, Guard,
-    KnownVersion, OutboxStore, PendingNotification, RunLock, RunStart, RunStore, StoreError,
-    SupersededFile, file_failed_key,
+    KnownVersion, LEGACY_CLAIM_LEASE, OutboxStore, PendingNotification, RunEnd, RunStart, RunStore,
+    StoreError, SupersededFile, file_failed_key,
 };
 use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
 use crate::plan::versions::group_key;
@@ -22,21 +23,15 @@ use async_trait::async_trait;
 /// Embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-const RUN_LOCK_KEY: i64 = 0x636f_6f72_6401; // "coord" + 1
+/// A row when process `holder` holds candidate `$1` of run `$2`.
+fn holds_work_sql(holder: &str) -> String {
+    format!(
+        "SELECT 1 FROM run_work w WHERE w.seq = $1 AND w.run_id = $2 \
+         AND w.taken_by = {holder} AND w.state = 'taken'"
+    )
+}
+
 const HOUSEKEEPING_LOCK_KEY: i64 = 0x636f_6f72_6402;
-
-/// The session holding an advisory lock (`$1`, a bigint key: Postgres shows
-/// its high half as `classid` and its low half as `objid`).
-/// Advisory locks are per database, but `pg_locks` shows the whole cluster:
-/// only this database's holder counts (another coordinator's database on the
-/// same server holds the same key).
-const RUN_LOCK_HOLDER: &str = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
-     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-     AND objsubid = 1 AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295)";
-
-/// How long a refused run waits for the running run's row: the lock is
-/// taken a moment before that row is written.
-const RUNNING_ROW_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) trait Step<T> {
     fn step(self, step: &'static str) -> Result<T, StoreError>;
@@ -45,36 +40,6 @@ pub(crate) trait Step<T> {
 impl<T> Step<T> for Result<T, sqlx::Error> {
     fn step(self, step: &'static str) -> Result<T, StoreError> {
         self.map_err(|source| StoreError::Query { step, source })
-    }
-}
-
-/// Holds the run lock (a session advisory lock on a dedicated connection).
-pub struct RunLease {
-    conn: Option<PoolConnection<Postgres>>,
-}
-
-impl Drop for RunLease {
-    fn drop(&mut self) {
-        // Never return a locked connection to the pool: closing it frees the lock.
-        if let Some(conn) = self.conn.take() {
-            drop(conn.detach());
-        }
-    }
-}
-
-#[async_trait]
-impl RunLock for RunLease {
-    async fn release(mut self: Box<Self>) {
-        if let Some(mut conn) = self.conn.take() {
-            let ok = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(RUN_LOCK_KEY)
-                .execute(&mut *conn)
-                .await
-                .is_ok();
-            if !ok {
-                drop(conn.detach());
-            }
-        }
     }
 }
 
@@ -104,30 +69,6 @@ impl PgStore {
     /// The pool, for tests and tools.
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    /// The run holding the run lock: the `running` row of the session that
-    /// holds it, waited for briefly (the winner writes it just after taking
-    /// the lock). `None` when no session holds the lock any more;
-    /// `Some(None)` when its holder wrote no `running` row in time.
-    async fn running_run(&self) -> Result<Option<Option<Uuid>>, StoreError> {
-        let deadline = tokio::time::Instant::now() + RUNNING_ROW_WAIT;
-        loop {
-            let running: Option<Option<Uuid>> = sqlx::query_scalar(&format!(
-                "SELECT (SELECT r.id FROM runs r WHERE r.status = 'running' AND r.lock_pid = l.pid \
-                   ORDER BY r.started_at DESC LIMIT 1) FROM ({RUN_LOCK_HOLDER}) l"
-            ))
-            .bind(RUN_LOCK_KEY)
-            .fetch_optional(&self.pool)
-            .await
-            .step("finding the running run")?;
-            match running {
-                Some(None) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                other => return Ok(other),
-            }
-        }
     }
 
     /// Applies pending migrations.
@@ -181,94 +122,93 @@ impl RunStore for PgStore {
         Ok(())
     }
 
-    /// Takes the run lock and records the run as running, or says who holds it.
+    /// Inserts the `running` row; the unique index on running real runs
+    /// refuses a second one, across every instance.
     async fn begin_run(
         &self,
         run_id: Uuid,
         trigger: &str,
         instance: &str,
+        owner: Uuid,
     ) -> Result<RunStart, StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
+        // A run that ends between the refused insert and the lookup leaves
+        // nothing to name: try again.
+        for _ in 0..5 {
+            let inserted = sqlx::query(
+                "INSERT INTO runs (id, status, trigger, instance, owner) VALUES ($1, 'running', $2, $3, $4) \
+                 ON CONFLICT ((true)) WHERE status = 'running' AND NOT dry_run DO NOTHING",
+            )
+            .bind(run_id)
+            .bind(trigger)
+            .bind(instance)
+            .bind(owner)
+            .execute(&self.pool)
             .await
-            .step("acquiring a connection for the run lock")?;
-        // A refusal names the running run; a holder that let go meanwhile
-        // means the lock is free: ask again.
-        for attempt in 1.. {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(RUN_LOCK_KEY)
-                .fetch_one(&mut *conn)
-                .await
-                .step("taking the run lock")?;
-            if got {
-                break;
+            .step("recording the run")?
+            .rows_affected();
+            if inserted == 1 {
+                return Ok(RunStart::Started);
             }
-            match self.running_run().await? {
-                Some(running) => return Ok(RunStart::Busy(running)),
-                None if attempt < 5 => continue,
-                None => return Ok(RunStart::Busy(None)),
+            let running: Option<(Uuid, bool)> = sqlx::query_as(
+                "SELECT id, owner IS NOT NULL AND coordinator_alive(owner) FROM runs \
+                 WHERE status = 'running' AND NOT dry_run",
+            )
+            .fetch_optional(&self.pool)
+            .await
+            .step("finding the running run")?;
+            if let Some((running, owner_alive)) = running {
+                return Ok(RunStart::Busy {
+                    running,
+                    owner_alive,
+                });
             }
         }
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut *conn)
-            .await
-            .step("reading the run lock's session")?;
-        let lease = RunLease { conn: Some(conn) };
-        // Whoever held the lock before us is gone: its run did not finish.
-        sqlx::query(
-            "UPDATE runs SET status = 'abandoned', finished_at = now(), \
-             message = 'the process running it stopped before it finished' WHERE status = 'running'",
-        )
-        .execute(&self.pool)
-        .await
-        .step("closing abandoned runs")?;
-        sqlx::query(
-            "INSERT INTO runs (id, status, trigger, instance, lock_pid) VALUES ($1, 'running', $2, $3, $4)",
-        )
-        .bind(run_id)
-        .bind(trigger)
-        .bind(instance)
-        .bind(pid)
-        .execute(&self.pool)
-        .await
-        .step("recording the run")?;
-        Ok(RunStart::Started(Box::new(lease)))
+        Err(StoreError::Unavailable(
+            "runs kept starting and ending while this one tried to start".into(),
+        ))
     }
 
-    /// Records a run's end; a failed run gets its `run_failed` notification in the same transaction.
-    async fn finish_run(
-        &self,
-        run_id: Uuid,
-        status: &str,
-        summary: &Value,
-        error: Option<(&str, &str)>,
-        notification: Option<&Value>,
-    ) -> Result<(), StoreError> {
+    /// Records a run's end by its owner; a failed run gets its `run_failed`
+    /// notification in the same transaction.
+    async fn finish_run(&self, end: &RunEnd<'_>) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.step("starting a transaction")?;
-        sqlx::query(
-            "UPDATE runs SET status = $2, finished_at = now(), summary = $3, error = $4, message = $5 WHERE id = $1",
+        let n = sqlx::query(
+            "UPDATE runs SET status = $3, finished_at = now(), summary = $4, error = $5, message = $6, \
+               finished_by = $7, plan = NULL \
+             WHERE id = $1 AND owner = $2 AND status = 'running'",
         )
-        .bind(run_id)
-        .bind(status)
-        .bind(summary)
-        .bind(error.map(|e| e.0))
-        .bind(error.map(|e| e.1))
+        .bind(end.run_id)
+        .bind(end.owner)
+        .bind(end.status)
+        .bind(end.summary)
+        .bind(end.error.map(|e| e.0))
+        .bind(end.error.map(|e| e.1))
+        .bind(end.finished_by)
         .execute(&mut *tx)
         .await
-        .step("recording the run's outcome")?;
-        if let Some(payload) = notification {
+        .step("recording the run's outcome")?
+        .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        if let Some(payload) = end.notification {
             enqueue(
                 &mut tx,
-                &format!("run_failed:{run_id}"),
+                &format!("run_failed:{}", end.run_id),
                 None,
-                Some(run_id),
+                Some(end.run_id),
                 payload,
             )
             .await?;
         }
+        // The candidates' rows served the run; its summary keeps the reports.
+        sqlx::query("DELETE FROM run_work WHERE run_id = $1")
+            .bind(end.run_id)
+            .execute(&mut *tx)
+            .await
+            .step("clearing the run's work")?;
         tx.commit().await.step("committing the run's outcome")?;
-        Ok(())
+        Ok(true)
     }
 
     async fn prune_run_details(&self, older_than: Duration) -> Result<u64, StoreError> {
@@ -354,20 +294,23 @@ impl ClaimStore for PgStore {
             size,
             mtime,
             ctime,
-            lease,
+            seq,
+            holder,
+            token,
         } = *req;
-        let token = Uuid::new_v4();
-        // The usual case in one statement (one round trip): the run still
-        // holds the lock, the version is new, and its `processing` event.
-        let (holds_lock, id): (bool, Option<i64>) = sqlx::query_as(&format!(
-            "WITH lock AS (SELECT EXISTS (SELECT 1 FROM runs r JOIN ({RUN_LOCK_HOLDER}) l ON l.pid = r.lock_pid WHERE r.id = $2) AS held), \
-             ins AS (INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, run_id, claim_token, group_key, ctime) \
-               SELECT $3, $4, $5, $6, $7, $8, 'processing', $2, $9, $10, $12 FROM lock WHERE lock.held \
+        // The usual case in one statement (one round trip): this process
+        // still holds the candidate, the version is new, and its
+        // `processing` event.
+        let (holds_work, id): (bool, Option<i64>) = sqlx::query_as(&format!(
+            "WITH lock AS (SELECT EXISTS ({}) AS held), \
+             ins AS (INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, run_id, claim_token, group_key, ctime, claimed_by) \
+               SELECT $3, $4, $5, $6, $7, $8, 'processing', $2, $9, $10, $12, $13 FROM lock WHERE lock.held \
                ON CONFLICT ON CONSTRAINT files_version_key DO NOTHING RETURNING id), \
              ev AS (INSERT INTO file_events (file_id, status, detail) SELECT id, 'processing', $11 FROM ins) \
-             SELECT (SELECT held FROM lock), (SELECT id FROM ins)"
+             SELECT (SELECT held FROM lock), (SELECT id FROM ins)",
+            holds_work_sql("$13")
         ))
-        .bind(RUN_LOCK_KEY)
+        .bind(seq)
         .bind(run_id)
         .bind(remitter)
         .bind(file_name)
@@ -379,11 +322,12 @@ impl ClaimStore for PgStore {
         .bind(group_key(remitter, base_name))
         .bind(json!({"run_id": run_id}))
         .bind(ctime)
+        .bind(holder)
         .fetch_one(&self.pool)
         .await
         .step("claiming the file")?;
-        if !holds_lock {
-            return Err(StoreError::RunLockLost);
+        if !holds_work {
+            return Err(StoreError::WorkLost);
         }
         if let Some(id) = id {
             return Ok(Claim::New {
@@ -393,45 +337,50 @@ impl ClaimStore for PgStore {
             });
         }
         let mut tx = self.pool.begin().await.step("starting a transaction")?;
-        let holds_lock: bool = sqlx::query_scalar(&format!(
-            "SELECT EXISTS (SELECT 1 FROM runs r JOIN ({RUN_LOCK_HOLDER}) l ON l.pid = r.lock_pid WHERE r.id = $2)"
-        ))
-        .bind(RUN_LOCK_KEY)
-        .bind(run_id)
-        .fetch_one(&mut *tx)
-        .await
-        .step("checking the run lock")?;
-        if !holds_lock {
-            return Err(StoreError::RunLockLost);
+        let holds_work: bool =
+            sqlx::query_scalar(&format!("SELECT EXISTS ({})", holds_work_sql("$3")))
+                .bind(seq)
+                .bind(run_id)
+                .bind(holder)
+                .fetch_one(&mut *tx)
+                .await
+                .step("checking the candidate is still this process's")?;
+        if !holds_work {
+            return Err(StoreError::WorkLost);
         }
         // The version has a row (rows are never deleted): take over a claim
-        // whose process died (its lease ran out), else report it; archived
-        // content back in the source is archived again.
-        let lease_secs = lease.as_secs_f64();
-        // A `retry_requested` row is taken over like an expired lease:
-        // an operator sent it back.
+        // whose process died, else report it; archived content back in the
+        // source is archived again. A live holder's claim is never taken
+        // over, however long its file takes; one from before instances
+        // (no holder) once it is older than the old lease.
+        // A `retry_requested` row is taken over too: an operator sent it back.
         let row = sqlx::query(
             "WITH old AS (SELECT id, status = 'retry_requested' AS retry, \
-                 status = 'retry_requested' OR (status = 'processing' AND updated_at < now() - make_interval(secs => $6)) AS expired \
+                 status = 'retry_requested' OR (status = 'processing' AND claimed_by IS DISTINCT FROM $6 AND \
+                   CASE WHEN claimed_by IS NULL THEN updated_at < now() - make_interval(secs => $10) \
+                        ELSE NOT coordinator_alive(claimed_by) END) AS expired \
                FROM files WHERE remitter = $1 AND file_name = $2 AND md5 = $3 FOR UPDATE) \
              UPDATE files f SET size = $4, mtime = $5, ctime = $9, \
                status = CASE WHEN old.expired THEN 'processing' ELSE f.status END, \
                run_id = CASE WHEN old.expired THEN $7 ELSE f.run_id END, \
                claim_token = CASE WHEN old.expired THEN $8 ELSE f.claim_token END, \
+               claimed_by = CASE WHEN old.expired THEN $6 ELSE f.claimed_by END, \
                updated_at = CASE WHEN old.expired THEN now() ELSE f.updated_at END, \
                archived_at = CASE WHEN f.status = 'success' OR f.status LIKE 'ops\\_%' THEN NULL ELSE f.archived_at END \
              FROM old WHERE f.id = old.id \
-             RETURNING f.id, f.status, old.expired AS taken_over, old.retry",
+             RETURNING f.id, f.status, old.expired AS taken_over, old.retry, \
+               f.claimed_by = $6 AND f.claim_token = $8 AND f.status = 'processing' AS mine",
         )
         .bind(remitter)
         .bind(file_name)
         .bind(md5)
         .bind(size)
         .bind(mtime)
-        .bind(lease_secs)
+        .bind(holder)
         .bind(run_id)
         .bind(token)
         .bind(ctime)
+        .bind(LEGACY_CLAIM_LEASE.as_secs_f64())
         .fetch_one(&mut *tx)
         .await
         .step("reading the existing claim")?;
@@ -440,11 +389,20 @@ impl ClaimStore for PgStore {
             .try_get("taken_over")
             .step("reading the existing claim")?;
         let retry: bool = row.try_get("retry").step("reading the existing claim")?;
-        let claim = if taken_over {
+        let mine: Option<bool> = row.try_get("mine").step("reading the existing claim")?;
+        let claim = if mine == Some(true) && !taken_over {
+            // This very claim, made before with this token, its answer lost
+            // (a connection dropped): it is this process's already.
+            Claim::New {
+                id,
+                token,
+                recovered: false,
+            }
+        } else if taken_over {
             let detail = if retry {
                 json!({"run_id": run_id, "retry": "an operator asked for this file to be sent again"})
             } else {
-                json!({"run_id": run_id, "recovered": "the claim's lease expired"})
+                json!({"run_id": run_id, "recovered": "the instance holding the claim died"})
             };
             insert_event(&mut tx, id, FileStatus::Processing.as_str(), &detail).await?;
             Claim::New {
@@ -523,19 +481,6 @@ impl ClaimStore for PgStore {
         .await?;
         tx.commit().await.step("committing the file status")?;
         Ok(())
-    }
-
-    async fn renew_claim(&self, file_id: i64, token: Uuid) -> Result<bool, StoreError> {
-        let renewed = sqlx::query(
-            "UPDATE files SET updated_at = now() \
-             WHERE id = $1 AND claim_token = $2 AND status = 'processing'",
-        )
-        .bind(file_id)
-        .bind(token)
-        .execute(&self.pool)
-        .await
-        .step("renewing a claim")?;
-        Ok(renewed.rows_affected() == 1)
     }
 
     async fn rearchive(&self, file_ids: &[i64]) -> Result<(), StoreError> {

@@ -68,7 +68,8 @@ pub struct Opts {
     /// Overrides the SMB port the coordinator uses.
     pub smb_port: Option<u16>,
     pub read_failure_notify_after: u32,
-    pub claim_lease_secs: f64,
+    /// INSTANCE_HEARTBEAT_SECS.
+    pub heartbeat_secs: f64,
     /// Servers other than the suite's (a private Samba or Postgres).
     pub env: Option<TestEnv>,
     /// Period of the background pass in `serve` (0: only after runs).
@@ -95,7 +96,7 @@ impl Default for Opts {
             smb_password: None,
             smb_port: None,
             read_failure_notify_after: 3,
-            claim_lease_secs: 900.0,
+            heartbeat_secs: 5.0,
             env: None,
             housekeeping_interval_secs: 0.0,
             run_interval_secs: 0.0,
@@ -168,6 +169,10 @@ impl Prepared {
             ("IQUBE_API_URL", self.fakes.iqube_url()),
             ("STABLE_MIN_AGE_SECS", "0".into()),
             ("STABLE_CHECK_INTERVAL_SECS", "0".into()),
+            (
+                "INSTANCE_HEARTBEAT_SECS",
+                a.instance_heartbeat_secs.clone().unwrap(),
+            ),
             (
                 "SPOOL_DIR",
                 a.spool_dir.clone().unwrap().display().to_string(),
@@ -317,7 +322,7 @@ pub async fn prepare(opts: Opts) -> Prepared {
         run_interval_secs: Some(opts.run_interval_secs.to_string()),
         spool_dir: Some(std::env::temp_dir().join(format!("coordinator-spool-{id}"))),
         read_failure_notify_after: Some(opts.read_failure_notify_after.to_string()),
-        claim_lease_secs: Some(opts.claim_lease_secs.to_string()),
+        instance_heartbeat_secs: Some(opts.heartbeat_secs.to_string()),
         ..Default::default()
     };
     Prepared {

@@ -6,10 +6,10 @@
 use crate::fakes::ItmBehavior;
 use crate::gate::{Gate, Point};
 use crate::helpers::{Opts, decision_of, md5_hex, spawn_app};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use coordinator::domain::FileStatus;
 use coordinator::store::{
-    Claim, ClaimRequest, ClaimStore, PgStore, RunStart, RunStore, StoreError,
+    Claim, ClaimRequest, ClaimStore, InstanceInfo, InstanceStore, Joined, PgStore, StoreError,
 };
 use serde_json::json;
 use std::io::Write;
@@ -198,18 +198,63 @@ async fn a_folder_gone_at_the_second_look_is_only_that_folders_error() {
     app.finish().await;
 }
 
-/// Status writes need the claim's token: a process whose claim was taken
-/// over cannot overwrite the new holder's outcome, nor an operator's verdict.
+/// Claims by liveness (CONTRACT §10), on Postgres: a live holder's claim is
+/// never taken over; once its instance is dead the holder of the candidate
+/// takes it over; the old holder can then neither write its outcome nor
+/// claim again, and nobody overwrites an operator's verdict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_claims_holder_writes_its_outcome() {
+async fn only_a_live_claims_holder_writes_its_outcome() {
     let app = spawn_app(Opts::default()).await;
     let store = PgStore::from_pool(app.db.clone());
-    let claim = |run_id: Uuid, lease: Duration| {
+    let join = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            let me = InstanceInfo {
+                instance_id: id.into(),
+                incarnation: Uuid::new_v4(),
+                version: "test".into(),
+                heartbeat: Duration::from_secs(60),
+                max_concurrent_files: 1,
+            };
+            assert_eq!(store.join(&me).await.unwrap(), Joined::Yes);
+            me.incarnation
+        }
+    };
+    let (a, b) = (join("a").await, join("b").await);
+    let run_id = Uuid::new_v4();
+    // The candidate, as `take_work` leaves it: held by `a`.
+    sqlx::query(
+        "INSERT INTO runs (id, status, trigger, instance, owner) VALUES ($1, 'running', 'test', 'a', $2)",
+    )
+    .bind(run_id)
+    .bind(a)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let hold = |holder: Uuid| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO run_work (run_id, seq, remitter, rank, item, state, taken_by) \
+                 VALUES ($1, 0, 'acme', 0, '{}', 'taken', $2) \
+                 ON CONFLICT (run_id, seq) DO UPDATE SET taken_by = $2",
+            )
+            .bind(run_id)
+            .bind(holder)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+    };
+    let claim_with = |holder: Uuid, token: Uuid| {
         let store = store.clone();
         async move {
             store
                 .claim(&ClaimRequest {
                     run_id,
+                    seq: 0,
+                    holder,
+                    token,
                     remitter: "acme",
                     file_name: "a.csv",
                     base_name: "a.csv",
@@ -217,30 +262,45 @@ async fn only_the_claims_holder_writes_its_outcome() {
                     size: 1,
                     mtime: Utc::now(),
                     ctime: Utc::now(),
-                    lease,
                 })
                 .await
-                .unwrap()
         }
     };
-    let first = Uuid::new_v4();
-    let RunStart::Started(lock) = store.begin_run(first, "test", "a").await.unwrap() else {
-        panic!("run lock");
-    };
-    let Claim::New { id, token: old, .. } = claim(first, Duration::from_secs(900)).await else {
+    let claim = |holder: Uuid| claim_with(holder, Uuid::new_v4());
+    hold(a).await;
+    let Claim::New { id, token: old, .. } = claim(a).await.unwrap() else {
         panic!("a new claim");
     };
-    lock.release().await;
-    // The first holder is presumed dead; the next run takes the claim over.
-    let second = Uuid::new_v4();
-    let RunStart::Started(lock) = store.begin_run(second, "test", "b").await.unwrap() else {
-        panic!("run lock");
-    };
+    // The same claim tried again (its answer lost) is found as a's own.
+    assert_eq!(
+        claim_with(a, old).await.unwrap(),
+        Claim::New {
+            id,
+            token: old,
+            recovered: false
+        }
+    );
+    // `b` took the candidate over, but `a` lives: its claim stands.
+    hold(b).await;
+    assert!(
+        matches!(claim(a).await, Err(StoreError::WorkLost)),
+        "a no longer holds the candidate"
+    );
+    assert_eq!(
+        claim(b).await.unwrap(),
+        Claim::Exists {
+            id,
+            status: FileStatus::Processing
+        },
+        "a live holder's claim is never taken over"
+    );
+    // `a` stops (dead at once): `b` takes the claim over.
+    store.leave(a).await.unwrap();
     let Claim::New {
         id: same,
         token: new,
-        ..
-    } = claim(second, Duration::ZERO).await
+        recovered: true,
+    } = claim(b).await.unwrap()
     else {
         panic!("taken over");
     };
@@ -251,8 +311,6 @@ async fn only_the_claims_holder_writes_its_outcome() {
             .await,
         Err(StoreError::ClaimLost(_))
     ));
-    assert!(!store.renew_claim(id, old).await.unwrap());
-    assert!(store.renew_claim(id, new).await.unwrap());
     store
         .set_status(id, new, FileStatus::ItmFailed, &json!({}), None)
         .await
@@ -275,120 +333,86 @@ async fn only_the_claims_holder_writes_its_outcome() {
         app.events(id).await,
         ["processing", "processing", "itm_failed"]
     );
-    lock.release().await;
-    app.finish().await;
-}
-
-/// A claim is renewed while its file is in flight, so its lease never runs
-/// out under a slow but live downstream call.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_in_flight_is_renewed() {
-    let mut app = spawn_app(Opts {
-        foi_timeout_secs: 1.0,
-        itm_timeout_secs: 5.0,
-        claim_lease_secs: 6.5,
-        ..Opts::default()
-    })
-    .await;
-    app.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(4)));
-    app.put("acme", "slow.csv", b"slow").await;
-    let run = app.trigger_until_itm_called().await;
-    let stamp = || async {
-        let t: (DateTime<Utc>, DateTime<Utc>) =
-            sqlx::query_as("SELECT claimed_at, updated_at FROM files")
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
-        t
-    };
-    app.eventually(10, "claim renewed while ITM holds the file", || async {
-        let (claimed, updated) = stamp().await;
-        updated > claimed + chrono::Duration::seconds(1)
-    })
-    .await;
-    let resp = run.await.unwrap().unwrap();
-    assert_eq!(resp.status(), 200);
-    app.wait_background().await;
-    assert_eq!(app.files().await[0].status, "success");
-    app.finish().await;
-}
-
-/// Two runs posted at the same instant: the loser's 409 always names the
-/// running run, even when it asks before the winner wrote its row.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_run_always_names_the_running_run() {
-    let app = spawn_app(Opts::default()).await;
-    // Another database on the same server (another coordinator) holds the
-    // same advisory key all along: it blocks nothing here and is never named.
-    let other = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&crate::helpers::TestEnv::from_env().database_url)
-        .await
-        .unwrap();
-    let mut other = other.acquire().await.unwrap();
-    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(0x636f_6f72_6401_i64)
-        .fetch_one(&mut *other)
-        .await
-        .unwrap();
-    assert!(held);
-    let (code, body) = app.trigger().await;
-    assert_eq!(code, 200, "another database's lock blocks nothing: {body}");
-    // The winner has taken the lock but not written its row yet.
-    let mut winner = app.db.acquire().await.unwrap();
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(0x636f_6f72_6401_i64)
-        .fetch_one(&mut *winner)
-        .await
-        .unwrap();
-    assert!(got);
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *winner)
-        .await
-        .unwrap();
-    let running = Uuid::new_v4();
-    let db = app.db.clone();
-    let late_row = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        sqlx::query(
-            "INSERT INTO runs (id, status, trigger, instance, lock_pid) VALUES ($1, 'running', 'api', 'x', $2)",
-        )
-        .bind(running)
-        .bind(pid)
-        .execute(&db)
-        .await
-        .unwrap();
-    });
-    let (code, body) = app.trigger().await;
-    late_row.await.unwrap();
-    assert_eq!(code, 409, "{body}");
-    assert_eq!(body["run_id"], json!(running), "{body}");
-    sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(&mut *winner)
-        .await
-        .unwrap();
     sqlx::query("UPDATE runs SET status = 'completed' WHERE id = $1")
-        .bind(running)
+        .bind(run_id)
         .execute(&app.db)
         .await
         .unwrap();
-    drop(winner);
+    app.finish().await;
+}
 
-    // And through the API, many times: every refusal names a run.
+/// A file far slower than three heartbeats, with a second instance
+/// looking for work all along: the live holder's candidate and claim are
+/// never taken over, so FOI and ITM see the file once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_file_of_a_live_instance_is_never_taken_over() {
+    let mut app = spawn_app(Opts {
+        heartbeat_secs: 0.2,
+        ..Opts::default()
+    })
+    .await;
+    let other = app.start_another().await;
+    app.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(3)));
+    app.put("acme", "slow.csv", b"slow").await;
+    let body = app.run_ok().await;
+    assert_eq!(body["summary"]["succeeded"], 1, "{body}");
+    assert_eq!(app.fakes.foi_calls().len(), 1);
+    assert_eq!(app.fakes.itm_calls().len(), 1);
+    let id = app.files().await[0].id;
+    // `run_ok` waited for the background pass: archived too.
+    assert_eq!(
+        app.events(id).await,
+        ["processing", "success", "archive_succeeded"]
+    );
+    let takeovers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM file_events WHERE detail ? 'recovered'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(takeovers, 0);
+    other.shutdown.cancel();
+    let _ = other.done.await;
+    app.finish().await;
+}
+
+/// Runs posted at the same instant from two instances: one runs, every
+/// refusal is a 409 naming the running run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_run_always_names_the_running_run() {
+    let app = spawn_app(Opts::default()).await;
+    let other = app.start_another().await;
+    let other_url = format!("http://{}/api/v1/coordinator/runs", other.addr);
     for _ in 0..10 {
-        let (a, b) = tokio::join!(app.trigger(), app.trigger());
+        let post_other = app
+            .http
+            .post(&other_url)
+            .bearer_auth(app.token.clone().unwrap())
+            .send();
+        let (a, b) = tokio::join!(app.trigger(), post_other);
+        let b = b.unwrap();
+        let b = (
+            b.status().as_u16(),
+            b.json::<serde_json::Value>().await.unwrap(),
+        );
+        let mut codes = vec![];
         for (code, body) in [a, b] {
             if code == 409 {
+                assert_eq!(body["error"], "run_in_progress", "{body}");
                 assert!(body["run_id"].is_string(), "{body}");
             } else {
                 assert_eq!(code, 200, "{body}");
             }
+            codes.push(code);
         }
+        assert!(codes.contains(&200), "one of them ran: {codes:?}");
     }
-    sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(&mut *other)
+    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE status = 'running'")
+        .fetch_one(&app.db)
         .await
         .unwrap();
+    assert_eq!(running, 0);
+    other.shutdown.cancel();
+    let _ = other.done.await;
     app.finish().await;
 }
 

@@ -10,10 +10,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-/// The run lock's advisory key (`store::postgres::RUN_LOCK_KEY`): a test
-/// holding it is "another run in progress" for every coordinator on the database.
-const RUN_LOCK_KEY: i64 = 0x636f_6f72_6401;
-
 /// Ages a file on the share by an hour (through the share's backing folder),
 /// so Policy A's minimum age passes for it.
 fn age(app: &TestApp, remitter: &str, name: &str) {
@@ -322,8 +318,9 @@ async fn the_schedule_processes_a_file_without_any_trigger() {
     app.finish().await;
 }
 
-/// While another run holds the lock, scheduled runs skip quietly: no run
-/// row, no failure, no IQube call. Once it is released the schedule goes on.
+/// While another live instance's run is in progress, scheduled runs skip
+/// quietly: no run row, no failure, no IQube call. Once it ends the
+/// schedule goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_run_that_meets_a_running_one_skips_quietly() {
     let app = spawn_app(Opts {
@@ -331,20 +328,24 @@ async fn a_scheduled_run_that_meets_a_running_one_skips_quietly() {
         ..Default::default()
     })
     .await;
-    // "Another run": a session holding the run lock with its `running` row.
-    let mut holder = app.db.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(RUN_LOCK_KEY)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let other = uuid::Uuid::new_v4();
+    // "Another run": a live instance (heartbeat of an hour) owning a run
+    // that has no candidates to share yet.
+    let (other, elsewhere) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     sqlx::query(
-        "INSERT INTO runs (id, status, trigger, instance, lock_pid) \
-         VALUES ($1, 'running', 'api', 'elsewhere', pg_backend_pid())",
+        "INSERT INTO instances (instance_id, incarnation, version, heartbeat_secs, max_concurrent_files) \
+         VALUES ('elsewhere', $1, 'test', 3600, 4)",
+    )
+    .bind(elsewhere)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO runs (id, status, trigger, instance, owner) \
+         VALUES ($1, 'running', 'api', 'elsewhere', $2)",
     )
     .bind(other)
-    .execute(&mut *holder)
+    .bind(elsewhere)
+    .execute(&app.db)
     .await
     .unwrap();
     app.put("acme", "remit.csv", b"waits").await;
@@ -359,13 +360,12 @@ async fn a_scheduled_run_that_meets_a_running_one_skips_quietly() {
     assert_eq!(app.count("files").await, 0);
     assert_eq!(app.fakes.iqube_attempts(), 0);
 
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(RUN_LOCK_KEY)
-        .execute(&mut *holder)
+    sqlx::query("UPDATE runs SET status = 'completed', finished_at = now() WHERE id = $1")
+        .bind(other)
+        .execute(&app.db)
         .await
         .unwrap();
-    drop(holder);
-    app.eventually(60, "processed once the lock is free", || async {
+    app.eventually(60, "processed once the other run ended", || async {
         app.files().await.iter().any(|f| f.status == "success")
     })
     .await;

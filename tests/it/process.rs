@@ -394,91 +394,297 @@ async fn sigterm_stops_the_schedule_after_its_run_in_flight() {
     assert_eq!(runs, [("completed".to_string(), "schedule".to_string())]);
 }
 
-/// A lease of 3 s that still covers one file (FOI 0.5 s + ITM 2 s).
-const SHORT_LEASE: &[(&str, &str)] = &[
-    ("CLAIM_LEASE_SECS", "3"),
-    ("FOI_TIMEOUT_SECS", "0.5"),
-    ("FOI_RETRIES", "0"),
-    ("ITM_TIMEOUT_SECS", "2"),
-];
+/// An instance `id` with fast heartbeats and its own spool folder (each
+/// instance keeps its own kept-outcome journal there).
+fn node(p: &Prepared, id: &'static str) -> Vec<(&'static str, String)> {
+    let spool = p.args.spool_dir.clone().unwrap().join(id);
+    vec![
+        ("INSTANCE_ID", id.to_string()),
+        (FAST_BEATS.0, FAST_BEATS.1.to_string()),
+        ("SPOOL_DIR", spool.display().to_string()),
+    ]
+}
 
-/// SIGKILL while ITM holds a file: after a restart the claim's lease runs out,
-/// the file reaches a final status, and ITM sees the same Idempotency-Key.
+fn env_of<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Issue 13 items 3 and 4: the instance that started a run is killed while
+/// ITM holds its file. The other instance adopts the run, takes the dead
+/// instance's claim over within 3 × heartbeat + 1 s, sends the file again
+/// with the same Idempotency-Key, and finishes the run (`completed`,
+/// `finished_by` itself); the killed instance's id is free again and its
+/// spool file swept when it comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_file_is_recovered_after_the_lease() {
+async fn a_killed_instances_file_and_run_are_finished_by_another() {
     let p = prepare(Opts::default()).await;
     p.fakes.set_itm(ItmBehavior::Hang);
-    let mut serve = Serve::start(&p, SHORT_LEASE).await;
+    let (a_env, b_env) = (node(&p, "node-a"), node(&p, "node-b"));
+    let mut a = Serve::start(&p, &env_of(&a_env)).await;
+    let b = Serve::start(&p, &env_of(&b_env)).await;
     put(&p, "acme", "remit.csv", b"remittance").await;
 
-    let run = tokio::spawn(serve.trigger());
+    let run = tokio::spawn(a.trigger());
     until(30, "ITM reached", || !p.fakes.itm_calls().is_empty()).await;
-    serve.signal("-KILL");
-    assert_eq!(serve.wait().await, None, "killed by the signal");
+    p.fakes.set_itm(ItmBehavior::Success);
+    a.signal("-KILL");
+    let killed = std::time::Instant::now();
+    assert_eq!(a.wait().await, None, "killed by the signal");
     assert!(
         run.await.unwrap().is_err(),
         "the request died with the process"
     );
 
     let db = p.db().await;
-    let status: String = sqlx::query_scalar("SELECT status FROM files")
+    let run_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM runs")
         .fetch_one(&db)
         .await
         .unwrap();
-    assert_eq!(
-        status, "processing",
-        "the claim was committed before any downstream call"
-    );
-
-    p.fakes.set_itm(ItmBehavior::Success);
-    let serve = Serve::start(&p, SHORT_LEASE).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let body: serde_json::Value = serve.trigger().await.unwrap().json().await.unwrap();
-        if body["summary"]["succeeded"] == 1 {
+        let claims: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM file_events WHERE status = 'processing'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        if claims == 2 {
             break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never taken over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 3 × 0.5 s + 1 s, and half a second for a loaded machine's polling.
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_millis(3000),
+        "taken over after {took:?}"
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (status, finished_by, summary) = loop {
+        let row: (String, Option<String>, Option<serde_json::Value>) =
+            sqlx::query_as("SELECT status, finished_by, summary FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        if row.0 != "running" {
+            break row;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "never recovered: {body}"
+            "the run stayed running"
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let itm = p.fakes.itm_calls();
-    assert_eq!(itm.len(), 2, "one submission per process");
-    assert_eq!(itm[0].idempotency_key, itm[1].idempotency_key);
-    let spool = p.args.spool_dir.clone().unwrap();
-    let left: Vec<_> = std::fs::read_dir(&spool)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(
-        left.is_empty(),
-        "the killed process's spool file is swept: {left:?}"
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (status.as_str(), finished_by.as_deref()),
+        ("completed", Some("node-b"))
     );
+    let summary = summary.unwrap();
+    let f = &summary["files"][0];
+    assert_eq!(
+        (f["status"].as_str(), f["instance"].as_str()),
+        (Some("success"), Some("node-b")),
+        "{summary}"
+    );
+    // The POST's client lost its connection; GET shows the outcome.
+    let (code, got) = b.get(&format!("/api/v1/coordinator/runs/{run_id}")).await;
+    assert_eq!(
+        (
+            code,
+            got["status"].as_str(),
+            got["instance"].as_str(),
+            got["finished_by"].as_str()
+        ),
+        (200, Some("completed"), Some("node-a"), Some("node-b")),
+        "{got}"
+    );
+    let itm = p.fakes.itm_calls();
+    assert_eq!(itm.len(), 2, "one submission per instance");
+    assert_eq!(itm[0].idempotency_key, itm[1].idempotency_key);
     let events: Vec<String> = sqlx::query_scalar("SELECT status FROM file_events ORDER BY id")
         .fetch_all(&db)
         .await
         .unwrap();
-    // The background pass may have archived it by now.
     assert_eq!(
         events[..3],
         ["processing", "processing", "success"],
         "{events:?}"
     );
-    assert!(
-        events[3..].iter().all(|e| e == "archive_succeeded"),
-        "{events:?}"
-    );
-    let runs: Vec<String> = sqlx::query_scalar("SELECT status FROM runs ORDER BY started_at")
-        .fetch_all(&db)
+    let metrics = b
+        .http
+        .get(format!("{}/metrics", b.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
         .await
         .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "coordinator_claims_taken_over_total 1"),
+        "{metrics}"
+    );
+
+    // node-a comes back under its id (its old process is dead): its spool
+    // file is swept.
+    let a_again = Serve::start(&p, &env_of(&a_env)).await;
+    let spool = a_env[2].1.clone();
+    let left: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".spool"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the killed process's spool file is swept: {left:?}"
+    );
+    assert_eq!(a_again.instances().await["node-a"]["alive"], true);
+}
+
+/// Issue 13 items 2 and 5: one run, two instances: the POST to one answers
+/// when every candidate has an outcome; both instances processed some, each
+/// file went to FOI and ITM once, and every entry names its instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_run_and_send_each_file_once() {
+    let p = prepare(Opts::default()).await;
+    p.fakes
+        .set_itm(ItmBehavior::Slow(Duration::from_millis(300)));
+    let (a_env, b_env) = (node(&p, "node-a"), node(&p, "node-b"));
+    let mut a_env = env_of(&a_env);
+    let mut b_env = env_of(&b_env);
+    a_env.push(("MAX_CONCURRENT_FILES", "2"));
+    b_env.push(("MAX_CONCURRENT_FILES", "2"));
+    let a = Serve::start(&p, &a_env).await;
+    let b = Serve::start(&p, &b_env).await;
+    for r in ["acme", "globex", "initech"] {
+        for i in 0..6 {
+            put(
+                &p,
+                r,
+                &format!("{r}-{i}.csv"),
+                format!("{r} {i}").as_bytes(),
+            )
+            .await;
+        }
+    }
+    let resp = a.trigger().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let s = &body["summary"];
     assert_eq!(
-        runs.first().map(String::as_str),
-        Some("abandoned"),
-        "{runs:?}"
+        (s["processed"].as_i64(), s["succeeded"].as_i64()),
+        (Some(18), Some(18)),
+        "{body}"
+    );
+    let mut by = std::collections::BTreeMap::<String, usize>::new();
+    for f in s["files"].as_array().unwrap() {
+        *by.entry(f["instance"].as_str().unwrap_or("none").to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        by.keys().collect::<Vec<_>>(),
+        ["node-a", "node-b"],
+        "{by:?}"
+    );
+    assert_eq!(by.values().sum::<usize>(), 18);
+    let mut keys: Vec<String> = p
+        .fakes
+        .itm_calls()
+        .into_iter()
+        .filter_map(|c| c.idempotency_key)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 18, "each file sent once");
+    assert_eq!(p.fakes.foi_calls().len(), 18);
+    let db = p.db().await;
+    let (finished_by, rows): (Option<String>, i64) = sqlx::query_as(
+        "SELECT finished_by, (SELECT count(*) FROM files) FROM runs WHERE id = $1::uuid",
+    )
+    .bind(body["run_id"].as_str().unwrap())
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((finished_by.as_deref(), rows), (Some("node-a"), 18));
+    drop(b);
+}
+
+/// Issue 13 item 6 with two instances: SIGTERM to the instance that owns a
+/// run while it holds a file: it finishes that file, hands the run over
+/// (its POST answers `503 run_handed_over` naming the run) and exits 0;
+/// the other instance finishes the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_owner_hands_its_run_to_the_other_instance() {
+    let p = prepare(Opts::default()).await;
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    p.fakes.set_itm(ItmBehavior::Held(release.clone()));
+    let (a_env, b_env) = (node(&p, "node-a"), node(&p, "node-b"));
+    let mut a_env = env_of(&a_env);
+    a_env.push(("MAX_CONCURRENT_FILES", "1"));
+    let mut a = Serve::start(&p, &a_env).await;
+    for i in 0..4 {
+        put(&p, "acme", &format!("f{i}.csv"), format!("f{i}").as_bytes()).await;
+    }
+    let run = tokio::spawn(a.trigger());
+    until(30, "ITM reached", || !p.fakes.itm_calls().is_empty()).await;
+    // node-b joins while node-a holds its first file.
+    let b = Serve::start(&p, &env_of(&b_env)).await;
+    a.signal("-TERM");
+    release.add_permits(100);
+    let resp = run.await.unwrap().expect("the POST is answered");
+    let code = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (503, Some("run_handed_over")),
+        "{body}"
+    );
+    assert_eq!(a.wait().await, Some(0), "{}", a.log_text());
+    let run_id = body["run_id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let (_, got) = b.get(&format!("/api/v1/coordinator/runs/{run_id}")).await;
+        if got["status"] != "running" {
+            break got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never finished: {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(got["status"], "completed", "{got}");
+    assert_eq!(got["summary"]["succeeded"], 4, "{got}");
+    let db = p.db().await;
+    let finished_by: Option<String> =
+        sqlx::query_scalar("SELECT finished_by FROM runs WHERE id = $1::uuid")
+            .bind(&run_id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(finished_by.as_deref(), Some("node-b"));
+    let mut keys: Vec<String> = p
+        .fakes
+        .itm_calls()
+        .into_iter()
+        .filter_map(|c| c.idempotency_key)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 4, "each file sent once");
+    let held_by_a = got["summary"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["instance"] == "node-a")
+        .count();
+    assert!(
+        (1..=2).contains(&held_by_a),
+        "node-a finished what it held: {got}"
     );
 }
 
@@ -593,14 +799,26 @@ async fn a_hanging_iqube_holds_back_neither_the_archive_nor_shutdown() {
         !p.fakes.iqube_calls().is_empty()
     })
     .await;
+    // IQube has the call before the coordinator records the delivery.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let delivered: bool =
+            sqlx::query_scalar("SELECT delivered_at IS NOT NULL FROM notifications")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        if delivered {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never recorded as delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let calls = p.fakes.iqube_calls();
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].body["status"], "read_failed");
-    let delivered: bool = sqlx::query_scalar("SELECT delivered_at IS NOT NULL FROM notifications")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    assert!(delivered);
     drop(serve);
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o644)).unwrap();
 }
