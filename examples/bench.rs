@@ -158,6 +158,18 @@ const ROWS: &[Row] = &[
         floor: "1 instance, same files",
         goal: Goal::TimeAtMost(1.0),
     },
+    Row {
+        key: "shared2",
+        scenario: "one run shared by 2 instances",
+        floor: "1 instance, same run",
+        goal: Goal::TimeAtMost(0.55),
+    },
+    Row {
+        key: "shared4",
+        scenario: "one run shared by 4 instances",
+        floor: "1 instance, same run",
+        goal: Goal::TimeAtMost(0.30),
+    },
 ];
 
 fn median(v: &[f64]) -> f64 {

@@ -19,6 +19,8 @@
 #   BENCH_DELAY_FILES [200] BENCH_LOOK_SECS [1]          FOI 50 ms + ITM 10 ms, 16 at once
 #   BENCH_ARCHIVE_FILES [10000] BENCH_ARCHIVE_DIRS [100] archive pass
 #   BENCH_TWO_FILES [2000]                               2 instances vs 1
+#   BENCH_SHARED_FILES [600]                             one run shared by 1, 2 and 4
+#                             `serve` instances, FOI 200 ms + ITM 10 ms, 4 at once each
 #   BENCH_OUT [target/bench]  where samples.tsv, bench.json and logs go
 #   BENCH_PROFILE [unset]     1: run the coordinator under `perf record` (cpu-clock,
 #                             DWARF call graphs) and write logs/<n>-<tag>.perf.txt (self
@@ -47,13 +49,15 @@ LOOK_SECS=${BENCH_LOOK_SECS:-1}
 ARCHIVE_FILES=${BENCH_ARCHIVE_FILES:-10000}
 ARCHIVE_DIRS=${BENCH_ARCHIVE_DIRS:-100}
 TWO_FILES=${BENCH_TWO_FILES:-2000}
-SCENARIOS=${BENCH_SCENARIOS:-rescan small mib big delay archive two}
+SHARED_FILES=${BENCH_SHARED_FILES:-600}
+SCENARIOS=${BENCH_SCENARIOS:-rescan small mib big delay archive two shared}
 OUT=${BENCH_OUT:-target/bench}
 TARGET=${CARGO_TARGET_DIR:-target}
 
 # smbd and smbclient (for the floors), on a fresh machine.
 ensure_packages samba || die "could not install samba and smbclient"
 [[ -x /usr/bin/time ]] || _apt_install time || die "/usr/bin/time is needed (apt-get install time)"
+command -v curl >/dev/null || _apt_install curl || die "curl is needed (apt-get install curl)"
 if [[ -n "${BENCH_PROFILE:-}" ]]; then
     command -v perf >/dev/null || _apt_install linux-perf || die "perf is needed for BENCH_PROFILE (apt-get install linux-perf)"
 fi
@@ -352,6 +356,62 @@ two_pair() { # REP; sets two_s, pair_cpu (both processes) and pair_rss (the larg
     pair_cpu=$cpu pair_rss=$rss
 }
 
+# One run of SHARED_FILES shared by N `serve` instances (CONTRACT §10): each
+# its own INSTANCE_ID, port and SPOOL_DIR, 4 files at once; the run is
+# posted to the first. Its time is its `runs` row, as for the other
+# scenarios. Each file must be claimed once (one `processing` event) and
+# reach `success`. Sets SHARED_S (and CPU_S, RSS_KIB of the instances).
+shared_run() { # N TAG
+    local n=$1 tag=$2 i port pids=() urls=()
+    new_db
+    fill_share "$SHARED_FILES" 20 2048
+    DATABASE_URL="$DB" "$COORD" migrate >"$LOGS/$tag-migrate.log" 2>&1
+    for i in $(seq 1 "$n"); do
+        port=$(free_port)
+        mkdir -p "$WORK/spool-$i"
+        env DATABASE_URL="$DB" INSTANCE_ID="bench-$i" BIND_ADDR="127.0.0.1:$port" \
+            SPOOL_DIR="$WORK/spool-$i" MAX_CONCURRENT_FILES=4 \
+            /usr/bin/time -f '%e %U %S %M' -o "$LOGS/$tag-$i.time" \
+            "$COORD" serve >"$LOGS/$tag-$i.log" 2>&1 &
+        pids+=($!)
+        urls+=("http://127.0.0.1:$port")
+    done
+    for u in "${urls[@]}"; do
+        for _ in $(seq 1 100); do curl -fs "$u/healthz" >/dev/null && break; sleep 0.1; done
+    done
+    curl -fs -X POST "${urls[0]}/api/v1/coordinator/runs" >"$LOGS/$tag.out" || log "WARNING: $tag: the run did not answer 200"
+    SHARED_S=$(q "SELECT round(extract(epoch FROM finished_at - started_at)::numeric, 3) FROM runs WHERE NOT dry_run")
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+    expect_status success "$SHARED_FILES"
+    local claims by cpu=0 rss=0 f w u s m
+    claims=$(q "SELECT count(*) FROM file_events WHERE status = 'processing'")
+    [[ "$claims" == "$SHARED_FILES" ]] || log "WARNING: $tag: $claims claims for $SHARED_FILES files (a file sent twice?)"
+    by=$(q "SELECT string_agg(instance || '=' || n, ' ' ORDER BY instance) FROM (SELECT f->>'instance' AS instance, count(*) AS n FROM runs, jsonb_array_elements(summary->'files') f WHERE NOT dry_run GROUP BY 1) x")
+    for f in "$LOGS/$tag"-*.time; do
+        read -r w u s m < <(tail -n1 "$f")
+        cpu=$(calc "$cpu + $u + $s")
+        ((m > rss)) && rss=$m
+    done
+    CPU_S=$cpu RSS_KIB=$rss WALL_S=$SHARED_S
+    log "$tag: $n instance(s), run ${SHARED_S}s, $claims claims, files by instance: $by"
+}
+
+bench_shared() {
+    sample shared2 desc "$SHARED_FILES x 2 KiB in 20 folders, 2 instances"
+    sample shared4 desc "$SHARED_FILES x 2 KiB in 20 folders, 4 instances"
+    start_fakes FAKE_FOI_DELAY_MS=200 FAKE_ITM_DELAY_MS=10
+    local rep one
+    for rep in $(seq 1 "$REPS"); do
+        shared_run 1 "shared1-$rep"
+        one=$SHARED_S
+        shared_run 2 "shared2-$rep"
+        record shared2 "$SHARED_S" "$one"
+        shared_run 4 "shared4-$rep"
+        record shared4 "$SHARED_S" "$one"
+    done
+}
+
 # A scenario's databases are dropped when it ends, so the next one does not
 # share the server with their autovacuum (the rescan and archive scenarios
 # write tens of thousands of rows).
@@ -364,7 +424,7 @@ drop_dbs() {
 }
 
 for s in $SCENARIOS; do
-    declare -F "bench_$s" >/dev/null || die "unknown scenario '$s' (rescan small mib big delay archive two)"
+    declare -F "bench_$s" >/dev/null || die "unknown scenario '$s' (rescan small mib big delay archive two shared)"
     log "== $s"
     "bench_$s"
     drop_dbs

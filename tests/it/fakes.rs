@@ -23,9 +23,7 @@ pub enum FoiBehavior {
     Raw(u16, String),
     /// Never answer (the coordinator's timeout fires).
     Hang,
-    /// The normal happy answer after this long (`examples/fake_downstream.rs`,
-    /// for `scripts/bench.sh`; no test needs it).
-    #[allow(dead_code)]
+    /// The normal happy answer after this long.
     Slow(Duration),
 }
 

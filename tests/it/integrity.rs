@@ -3,7 +3,7 @@
 //! that fails the second look, claims that stay their holder's, the run lock,
 //! the bounded per-file list and archived content uploaded again.
 
-use crate::fakes::ItmBehavior;
+use crate::fakes::FoiBehavior;
 use crate::gate::{Gate, Point};
 use crate::helpers::{Opts, decision_of, md5_hex, spawn_app};
 use chrono::Utc;
@@ -341,7 +341,7 @@ async fn only_a_live_claims_holder_writes_its_outcome() {
     app.finish().await;
 }
 
-/// A file far slower than three heartbeats, with a second instance
+/// A FOI call far slower than three heartbeats, with a second instance
 /// looking for work all along: the live holder's candidate and claim are
 /// never taken over, so FOI and ITM see the file once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,7 +352,8 @@ async fn a_slow_file_of_a_live_instance_is_never_taken_over() {
     })
     .await;
     let other = app.start_another().await;
-    app.fakes.set_itm(ItmBehavior::Slow(Duration::from_secs(3)));
+    // FOI takes 3 s = 15 heartbeats (and longer than a 2 s lease would have allowed).
+    app.fakes.set_foi(FoiBehavior::Slow(Duration::from_secs(3)));
     app.put("acme", "slow.csv", b"slow").await;
     let body = app.run_ok().await;
     assert_eq!(body["summary"]["succeeded"], 1, "{body}");

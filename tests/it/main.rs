@@ -22,6 +22,7 @@ mod outbox;
 mod policy_a;
 mod process;
 mod read_integrity;
+mod shared_runs;
 mod status_page;
 mod superseded;
 mod temp_files;

@@ -545,39 +545,41 @@ async fn a_killed_instances_file_and_run_are_finished_by_another() {
     assert_eq!(a_again.instances().await["node-a"]["alive"], true);
 }
 
-/// Issue 13 items 2 and 5: one run, two instances: the POST to one answers
-/// when every candidate has an outcome; both instances processed some, each
-/// file went to FOI and ITM once, and every entry names its instance.
+/// Issue 13 items 2 and 5: one run, three instances, 150 files with FOI
+/// slowed so the run takes seconds: the POST to one answers when every
+/// candidate has an outcome; every instance processed some, each file went
+/// to FOI once and to ITM once, and every entry names its instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_share_one_run_and_send_each_file_once() {
+async fn three_instances_share_one_run_and_send_each_file_once() {
+    const FILES: usize = 150;
     let p = prepare(Opts::default()).await;
     p.fakes
-        .set_itm(ItmBehavior::Slow(Duration::from_millis(300)));
-    let (a_env, b_env) = (node(&p, "node-a"), node(&p, "node-b"));
-    let mut a_env = env_of(&a_env);
-    let mut b_env = env_of(&b_env);
-    a_env.push(("MAX_CONCURRENT_FILES", "2"));
-    b_env.push(("MAX_CONCURRENT_FILES", "2"));
-    let a = Serve::start(&p, &a_env).await;
-    let b = Serve::start(&p, &b_env).await;
+        .set_foi(crate::fakes::FoiBehavior::Slow(Duration::from_millis(100)));
+    let envs = [node(&p, "node-a"), node(&p, "node-b"), node(&p, "node-c")];
+    let mut nodes = Vec::new();
+    for e in &envs {
+        let mut e = env_of(e);
+        e.push(("MAX_CONCURRENT_FILES", "2"));
+        nodes.push(Serve::start(&p, &e).await);
+    }
     for r in ["acme", "globex", "initech"] {
-        for i in 0..6 {
+        for i in 0..FILES / 3 {
             put(
                 &p,
                 r,
-                &format!("{r}-{i}.csv"),
+                &format!("{r}-{i:02}.csv"),
                 format!("{r} {i}").as_bytes(),
             )
             .await;
         }
     }
-    let resp = a.trigger().await.unwrap();
+    let resp = nodes[0].trigger().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     let s = &body["summary"];
     assert_eq!(
-        (s["processed"].as_i64(), s["succeeded"].as_i64()),
-        (Some(18), Some(18)),
+        (s["processed"].as_u64(), s["succeeded"].as_u64()),
+        (Some(FILES as u64), Some(FILES as u64)),
         "{body}"
     );
     let mut by = std::collections::BTreeMap::<String, usize>::new();
@@ -587,30 +589,119 @@ async fn two_instances_share_one_run_and_send_each_file_once() {
     }
     assert_eq!(
         by.keys().collect::<Vec<_>>(),
-        ["node-a", "node-b"],
-        "{by:?}"
+        ["node-a", "node-b", "node-c"],
+        "each instance processed some: {by:?}"
     );
-    assert_eq!(by.values().sum::<usize>(), 18);
+    let mut names: Vec<String> = p.fakes.foi_names();
+    assert_eq!(names.len(), FILES, "FOI once per file");
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), FILES);
     let mut keys: Vec<String> = p
         .fakes
         .itm_calls()
         .into_iter()
         .filter_map(|c| c.idempotency_key)
         .collect();
+    assert_eq!(keys.len(), FILES, "ITM once per file");
     keys.sort();
     keys.dedup();
-    assert_eq!(keys.len(), 18, "each file sent once");
-    assert_eq!(p.fakes.foi_calls().len(), 18);
+    assert_eq!(keys.len(), FILES);
     let db = p.db().await;
-    let (finished_by, rows): (Option<String>, i64) = sqlx::query_as(
-        "SELECT finished_by, (SELECT count(*) FROM files) FROM runs WHERE id = $1::uuid",
+    let (finished_by, claims): (Option<String>, i64) = sqlx::query_as(
+        "SELECT finished_by, (SELECT count(*) FROM file_events WHERE status = 'processing') \
+         FROM runs WHERE id = $1::uuid",
     )
     .bind(body["run_id"].as_str().unwrap())
     .fetch_one(&db)
     .await
     .unwrap();
-    assert_eq!((finished_by.as_deref(), rows), (Some("node-a"), 18));
-    drop(b);
+    assert_eq!(
+        (finished_by.as_deref(), claims),
+        (Some("node-a"), FILES as i64)
+    );
+}
+
+/// Issue 13 item 3: SIGKILL of an instance (not the starter) while ITM
+/// holds several of its files: the run completes; each of the killed
+/// instance's files reaches ITM again with the same `Idempotency-Key`; no
+/// other file is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_helpers_files_are_taken_over_and_nothing_else_is_sent_twice() {
+    const FILES: usize = 12;
+    let p = prepare(Opts::default()).await;
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    p.fakes.set_itm(ItmBehavior::Held(release.clone()));
+    let (a_env, b_env) = (node(&p, "node-a"), node(&p, "node-b"));
+    let mut a_env = env_of(&a_env);
+    a_env.push(("MAX_CONCURRENT_FILES", "1"));
+    let mut b_env = env_of(&b_env);
+    b_env.push(("MAX_CONCURRENT_FILES", "3"));
+    let a = Serve::start(&p, &a_env).await;
+    let mut b = Serve::start(&p, &b_env).await;
+    for i in 0..FILES {
+        put(
+            &p,
+            "acme",
+            &format!("f{i:02}.csv"),
+            format!("f{i}").as_bytes(),
+        )
+        .await;
+    }
+    let run = tokio::spawn(a.trigger());
+    let db = p.db().await;
+    let b_inc: uuid::Uuid =
+        sqlx::query_scalar("SELECT incarnation FROM instances WHERE instance_id = 'node-b'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    // node-a holds one file at ITM, node-b three.
+    until(30, "four files at ITM", || p.fakes.itm_calls().len() >= 4).await;
+    b.signal("-KILL");
+    assert_eq!(b.wait().await, None);
+    let sent_before: Vec<String> = p
+        .fakes
+        .itm_calls()
+        .into_iter()
+        .map(|c| c.body["file_name"].as_str().unwrap().to_string())
+        .collect();
+    let held_by_b: Vec<String> = sqlx::query_scalar(
+        "SELECT file_name FROM files WHERE claimed_by = $1 AND status = 'processing' ORDER BY 1",
+    )
+    .bind(b_inc)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert!(
+        held_by_b.iter().any(|n| sent_before.contains(n)),
+        "node-b had files at ITM when killed: {held_by_b:?} {sent_before:?}"
+    );
+    release.add_permits(1000);
+    let resp = run.await.unwrap().expect("the run is answered");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["summary"]["succeeded"], FILES, "{body}");
+    let mut calls: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for c in p.fakes.itm_calls() {
+        calls
+            .entry(c.body["file_name"].as_str().unwrap().to_string())
+            .or_default()
+            .push(c.idempotency_key.unwrap_or_default());
+    }
+    assert_eq!(calls.len(), FILES);
+    for (name, keys) in &calls {
+        if held_by_b.contains(name) && sent_before.contains(name) {
+            assert_eq!(keys.len(), 2, "{name}: sent again after the takeover");
+            assert_eq!(keys[0], keys[1], "{name}: the same Idempotency-Key");
+        } else {
+            assert_eq!(keys.len(), 1, "{name} sent twice: {calls:?}");
+        }
+    }
+    for f in body["summary"]["files"].as_array().unwrap() {
+        if held_by_b.contains(&f["file_name"].as_str().unwrap().to_string()) {
+            assert_eq!(f["instance"], "node-a", "{f}");
+        }
+    }
 }
 
 /// Issue 13 item 6 with two instances: SIGTERM to the instance that owns a
