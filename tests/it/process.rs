@@ -280,6 +280,25 @@ async fn put(p: &Prepared, remitter: &str, name: &str, bytes: &[u8]) {
         .unwrap();
 }
 
+/// Polls `check` every 50 ms until it gives a value, for at most `secs`.
+async fn poll<T, F: std::future::Future<Output = Option<T>>>(
+    secs: u64,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {secs}s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !check() {
@@ -440,19 +459,15 @@ async fn a_killed_instances_file_and_run_are_finished_by_another() {
         .fetch_one(&db)
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    poll(30, "the claim taken over", || async {
         let claims: i64 =
             sqlx::query_scalar("SELECT count(*) FROM file_events WHERE status = 'processing'")
                 .fetch_one(&db)
                 .await
                 .unwrap();
-        if claims == 2 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never taken over");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (claims == 2).then_some(())
+    })
+    .await;
     // 3 × 0.5 s + 1 s, and half a second for a loaded machine's polling.
     let took = killed.elapsed();
     assert!(
@@ -460,23 +475,16 @@ async fn a_killed_instances_file_and_run_are_finished_by_another() {
         "taken over after {took:?}"
     );
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let (status, finished_by, summary) = loop {
+    let (status, finished_by, summary) = poll(30, "the run finished", || async {
         let row: (String, Option<String>, Option<serde_json::Value>) =
             sqlx::query_as("SELECT status, finished_by, summary FROM runs WHERE id = $1")
                 .bind(run_id)
                 .fetch_one(&db)
                 .await
                 .unwrap();
-        if row.0 != "running" {
-            break row;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run stayed running"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (row.0 != "running").then_some(row)
+    })
+    .await;
     assert_eq!(
         (status.as_str(), finished_by.as_deref()),
         ("completed", Some("node-b"))
@@ -736,18 +744,11 @@ async fn a_draining_owner_hands_its_run_to_the_other_instance() {
     );
     assert_eq!(a.wait().await, Some(0), "{}", a.log_text());
     let run_id = body["run_id"].as_str().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let got = loop {
+    let got = poll(30, "the handed-over run finished", || async {
         let (_, got) = b.get(&format!("/api/v1/coordinator/runs/{run_id}")).await;
-        if got["status"] != "running" {
-            break got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never finished: {got}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (got["status"] != "running").then_some(got)
+    })
+    .await;
     assert_eq!(got["status"], "completed", "{got}");
     assert_eq!(got["summary"]["succeeded"], 4, "{got}");
     let db = p.db().await;
@@ -891,22 +892,15 @@ async fn a_hanging_iqube_holds_back_neither_the_archive_nor_shutdown() {
     })
     .await;
     // IQube has the call before the coordinator records the delivery.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    poll(10, "recorded as delivered", || async {
         let delivered: bool =
             sqlx::query_scalar("SELECT delivered_at IS NOT NULL FROM notifications")
                 .fetch_one(&db)
                 .await
                 .unwrap();
-        if delivered {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never recorded as delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        delivered.then_some(())
+    })
+    .await;
     let calls = p.fakes.iqube_calls();
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].body["status"], "read_failed");
@@ -948,15 +942,10 @@ async fn instances_beat_and_a_live_id_cannot_be_used_twice() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while b.instances().await["node-b"]["last_seen_at"]
-        .as_str()
-        .unwrap()
-        == first
-    {
-        assert!(tokio::time::Instant::now() < deadline, "no heartbeat");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll(10, "the next heartbeat", || async {
+        (b.instances().await["node-b"]["last_seen_at"] != first.as_str()).then_some(())
+    })
+    .await;
 
     // A second live node-a refuses to start, and says why.
     let mut twin = Serve::spawn(&p, &[("INSTANCE_ID", "node-a"), FAST_BEATS]);
@@ -1009,30 +998,18 @@ async fn sigterm_drains_readyz_503_healthz_200_until_the_file_held_is_done() {
     let run = tokio::spawn(serve.trigger());
     until(30, "ITM reached", || !p.fakes.itm_calls().is_empty()).await;
     let listed = serve.instances().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut me = listed["drainer"].clone();
-    while me["files_in_flight"] != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "in flight not shown: {me}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        me = serve.instances().await["drainer"].clone();
-    }
+    assert_eq!(listed["drainer"]["draining"], false);
+    poll(10, "the file in flight shown", || async {
+        (serve.instances().await["drainer"]["files_in_flight"] == 1).then_some(())
+    })
+    .await;
 
     serve.signal("-TERM");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let ready = loop {
+    let ready = poll(10, "/readyz 503", || async {
         let (status, body) = serve.get("/readyz").await;
-        if status == 503 {
-            break body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz stayed {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (status == 503).then_some(body)
+    })
+    .await;
     assert_eq!(ready["status"], "draining", "{ready}");
     assert_eq!(ready["draining"], true, "{ready}");
     assert_eq!(serve.get("/healthz").await.0, 200, "alive while draining");
