@@ -470,6 +470,7 @@ async fn a_killed_instances_file_and_run_are_finished_by_another() {
     .await;
     // 3 × 0.5 s + 1 s, and half a second for a loaded machine's polling.
     let took = killed.elapsed();
+    eprintln!("claim taken over {took:?} after SIGKILL (heartbeat 0.5 s)");
     assert!(
         took < Duration::from_millis(3000),
         "taken over after {took:?}"
@@ -628,6 +629,52 @@ async fn three_instances_share_one_run_and_send_each_file_once() {
         (finished_by.as_deref(), claims),
         (Some("node-a"), FILES as i64)
     );
+}
+
+/// Issue 13 item 2: `coordinator run` takes part in its own run like any
+/// instance, and a live `serve` takes the run's candidates beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_run_is_shared_with_a_serve_instance() {
+    const FILES: usize = 30;
+    let p = prepare(Opts::default()).await;
+    p.fakes
+        .set_foi(crate::fakes::FoiBehavior::Slow(Duration::from_millis(100)));
+    let b_env = node(&p, "node-b");
+    let mut b_env = env_of(&b_env);
+    b_env.push(("MAX_CONCURRENT_FILES", "2"));
+    let _b = Serve::start(&p, &b_env).await;
+    for i in 0..FILES {
+        put(
+            &p,
+            "acme",
+            &format!("f{i:02}.csv"),
+            format!("f{i}").as_bytes(),
+        )
+        .await;
+    }
+    let cli_env = node(&p, "the-cli");
+    let mut cli_env = env_of(&cli_env);
+    cli_env.push(("MAX_CONCURRENT_FILES", "2"));
+    let (mut child, out) = cli_run(&p, &cli_env);
+    let code = poll(60, "coordinator run exited", || {
+        let done = child.try_wait().unwrap().map(|s| s.code());
+        async move { done }
+    })
+    .await;
+    assert_eq!(code, Some(0));
+    let body: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path()).unwrap()).unwrap();
+    assert_eq!(body["summary"]["succeeded"], FILES, "{body}");
+    let mut by = std::collections::BTreeSet::new();
+    for f in body["summary"]["files"].as_array().unwrap() {
+        by.insert(f["instance"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        by.into_iter().collect::<Vec<_>>(),
+        ["node-b", "the-cli"],
+        "{body}"
+    );
+    assert_eq!(p.fakes.foi_calls().len(), FILES, "each file once");
 }
 
 /// Issue 13 item 3: SIGKILL of an instance (not the starter) while ITM
