@@ -362,16 +362,17 @@ two_pair() { # REP; sets two_s, pair_cpu (both processes) and pair_rss (the larg
 # scenarios. Each file must be claimed once (one `processing` event) and
 # reach `success`. Sets SHARED_S (and CPU_S, RSS_KIB of the instances).
 shared_run() { # N TAG
-    local n=$1 tag=$2 i port pids=() urls=()
+    local n=$1 tag=$2 i port m pids=() urls=()
     new_db
     fill_share "$SHARED_FILES" 20 2048
     DATABASE_URL="$DB" "$COORD" migrate >"$LOGS/$tag-migrate.log" 2>&1
     for i in $(seq 1 "$n"); do
         port=$(free_port)
         mkdir -p "$WORK/spool-$i"
+        # Not under /usr/bin/time: SIGTERM must reach the coordinator itself
+        # (env execs it, so $! is its pid); CPU and RSS come from /proc.
         env DATABASE_URL="$DB" INSTANCE_ID="bench-$i" BIND_ADDR="127.0.0.1:$port" \
             SPOOL_DIR="$WORK/spool-$i" MAX_CONCURRENT_FILES=4 \
-            /usr/bin/time -f '%e %U %S %M' -o "$LOGS/$tag-$i.time" \
             "$COORD" serve >"$LOGS/$tag-$i.log" 2>&1 &
         pids+=($!)
         urls+=("http://127.0.0.1:$port")
@@ -381,19 +382,21 @@ shared_run() { # N TAG
     done
     curl -fs -X POST "${urls[0]}/api/v1/coordinator/runs" >"$LOGS/$tag.out" || log "WARNING: $tag: the run did not answer 200"
     SHARED_S=$(q "SELECT round(extract(epoch FROM finished_at - started_at)::numeric, 3) FROM runs WHERE NOT dry_run")
+    local pid ticks=0 rss=0 hz
+    hz=$(getconf CLK_TCK)
+    for pid in "${pids[@]}"; do
+        ticks=$((ticks + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+        m=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
+        ((m > rss)) && rss=$m
+    done
     kill -TERM "${pids[@]}" 2>/dev/null || true
     wait "${pids[@]}" 2>/dev/null || true
     expect_status success "$SHARED_FILES"
-    local claims by cpu=0 rss=0 f w u s m
+    local claims by
     claims=$(q "SELECT count(*) FROM file_events WHERE status = 'processing'")
     [[ "$claims" == "$SHARED_FILES" ]] || log "WARNING: $tag: $claims claims for $SHARED_FILES files (a file sent twice?)"
     by=$(q "SELECT string_agg(instance || '=' || n, ' ' ORDER BY instance) FROM (SELECT f->>'instance' AS instance, count(*) AS n FROM runs, jsonb_array_elements(summary->'files') f WHERE NOT dry_run GROUP BY 1) x")
-    for f in "$LOGS/$tag"-*.time; do
-        read -r w u s m < <(tail -n1 "$f")
-        cpu=$(calc "$cpu + $u + $s")
-        ((m > rss)) && rss=$m
-    done
-    CPU_S=$cpu RSS_KIB=$rss WALL_S=$SHARED_S
+    CPU_S=$(calc "$ticks / $hz") RSS_KIB=$rss WALL_S=$SHARED_S
     log "$tag: $n instance(s), run ${SHARED_S}s, $claims claims, files by instance: $by"
 }
 

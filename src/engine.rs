@@ -789,7 +789,13 @@ impl Engine {
         let s = &self.settings;
         // Before the plan reads the rows: a kept outcome makes its row final.
         self.write_kept_outcomes().await;
-        let (plan::Plan { decided: d, work }, _) = self.look().await.map_err(Ended::from)?;
+        let (
+            plan::Plan {
+                decided: mut d,
+                work,
+            },
+            _,
+        ) = self.look().await.map_err(Ended::from)?;
         if let Err(e) = self.store.rearchive(&d.rearchive).await {
             tracing::error!(error = %e, "could not queue re-uploaded files for the archive; the next run tries again");
         }
@@ -803,6 +809,11 @@ impl Engine {
         }
         // Round-robin across remitters, oldest first within one (CONTRACT §10).
         let work = plan::fair_share(work);
+        if work.is_empty() {
+            // Nothing to share: no plan to store (an adopter would plan again).
+            return Ok(d);
+        }
+        d.keep_rows_for(&work);
         let stored = serde_json::to_value(&d).map_err(|e| {
             Ended::Failed(
                 RunFailure::Internal,

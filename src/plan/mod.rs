@@ -186,6 +186,18 @@ fn row_key(remitter: &str, file_name: &str) -> String {
 }
 
 impl Decided {
+    /// Keeps only the rows [`Self::after_processing`] can still need (those
+    /// of the older versions of `work`), so a stored plan stays small on a
+    /// share of tens of thousands of known files.
+    pub fn keep_rows_for(&mut self, work: &[(i32, Group)]) {
+        let needed: std::collections::HashSet<String> = work
+            .iter()
+            .flat_map(|(_, g)| g.superseded.iter())
+            .map(|c| row_key(&c.remitter, &c.entry.name))
+            .collect();
+        self.rows.retain(|k, _| needed.contains(k));
+    }
+
     /// The stored row of this very version (name, size and timestamps), the
     /// latest when several match.
     fn row_of(&self, c: &Candidate) -> Option<&KnownVersion> {

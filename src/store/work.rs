@@ -56,6 +56,12 @@ impl WorkStore for PgStore {
         .execute(&mut *tx)
         .await
         .step("storing the run's candidates")?;
+        // Fresh statistics: without them the planner sorts every candidate
+        // of the run at each take instead of walking the ordered index.
+        sqlx::query("ANALYZE run_work")
+            .execute(&mut *tx)
+            .await
+            .step("analyzing the run's candidates")?;
         tx.commit().await.step("committing the run's work")?;
         Ok(())
     }
