@@ -33,7 +33,7 @@ impl Harness {
         let iqube = Arc::new(FakeIqube::new());
         let spool = Arc::new(tempfile::tempdir().expect("a spool folder"));
         let engine = testing::engine(
-            spool.path().to_path_buf(),
+            testing::settings(spool.path().to_path_buf()),
             src.clone(),
             store.clone(),
             foi.clone(),
@@ -66,8 +66,8 @@ impl Harness {
 
     /// Waits for every background task spawned so far.
     async fn settle(&self) {
-        self.engine.tracker.close();
-        self.engine.tracker.wait().await;
+        self.engine.tracker().close();
+        self.engine.tracker().wait().await;
     }
 
     /// One more background pass (archive retries, outbox, housekeeping).
@@ -83,7 +83,7 @@ impl Harness {
     }
 
     fn spool_is_empty(&self) -> bool {
-        std::fs::read_dir(&self.engine.settings.spool_dir)
+        std::fs::read_dir(&self.engine.settings().spool_dir)
             .map(|mut d| d.next().is_none())
             .unwrap_or(true)
     }
@@ -180,7 +180,7 @@ async fn happy_path_processes_submits_and_archives() {
     assert!(h.store.notifications().is_empty());
     assert!(h.iqube.calls().is_empty());
     assert!(h.spool_is_empty(), "spool files are removed");
-    assert_eq!(*h.engine.passes_done.borrow(), 1);
+    assert_eq!(*h.engine.passes_done().borrow(), 1);
 }
 
 #[tokio::test]
@@ -276,7 +276,7 @@ async fn a_group_with_a_young_newest_waits_whole() {
     h.src.set_now(t0() + chrono::Duration::minutes(2));
     let h2 = Harness {
         engine: testing::engine(
-            h.spool.path().to_path_buf(),
+            testing::settings(h.spool.path().to_path_buf()),
             h.src.clone(),
             h.store.clone(),
             h.foi.clone(),
@@ -841,19 +841,18 @@ async fn a_failed_archive_move_is_retried_and_recorded_once() {
 #[tokio::test]
 async fn archive_folders_outside_remitter_folders_are_not_scanned() {
     let h = Harness::new();
-    let mut e = testing::engine(
-        h.spool.path().to_path_buf(),
+    // The archive inside the source folder is never a remitter.
+    let e = testing::engine(
+        RunSettings {
+            archive_dir: "in/archive".into(),
+            ..testing::settings(h.spool.path().to_path_buf())
+        },
         h.src.clone(),
         h.store.clone(),
         h.foi.clone(),
         h.itm.clone(),
         h.iqube.clone(),
     );
-    // The archive inside the source folder is never a remitter.
-    Arc::get_mut(&mut e)
-        .expect("a new engine has one owner")
-        .settings
-        .archive_dir = "in/archive".into();
     let h = Harness { engine: e, ..h };
     h.src.put("in/archive/acme/old.csv", b"archived", old());
     h.src.put("in/root.csv", b"at the root", old());
@@ -910,24 +909,15 @@ async fn a_superseded_version_whose_move_failed_is_never_processed() {
 /// A second instance on `h`'s store, share and downstreams.
 fn another_instance(h: &Harness) -> Arc<Engine> {
     let e = &h.engine;
-    Arc::new(Engine {
-        source: e.source.clone(),
-        store: e.store.clone(),
-        foi: e.foi.clone(),
-        itm: e.itm.clone(),
-        iqube: e.iqube.clone(),
-        settings: e.settings.clone(),
-        tracker: TaskTracker::new(),
+    let deps = Deps {
+        kept: Default::default(),
+        ..e.deps().clone()
+    };
+    let identity = Identity {
         instance: "test-2".into(),
         incarnation: Uuid::new_v4(),
-        taking: Default::default(),
-        work_added: Default::default(),
-        passes_done: tokio::sync::watch::channel(0).0,
-        stop: Default::default(),
-        metrics: e.metrics.clone(),
-        kept: Default::default(),
-        kept_writer: Default::default(),
-    })
+    };
+    Engine::new(deps, e.settings().clone(), identity)
 }
 
 /// An instance killed while ITM holds its file: its run stays `running`
@@ -964,7 +954,7 @@ async fn a_dead_instances_claim_and_run_are_taken_over_with_the_same_itm_key() {
     assert_eq!(h.store.events(id), ["processing"]);
 
     // Dead: adopted and finished, the claim taken over once.
-    h.store.mark_dead(b.incarnation);
+    h.store.mark_dead(b.incarnation());
     let r = h.run().await;
     assert_eq!(
         report_of(&r, "remit.csv").decision,
@@ -991,7 +981,7 @@ async fn a_dead_instances_claim_and_run_are_taken_over_with_the_same_itm_key() {
     );
     assert_eq!(
         h.engine
-            .metrics
+            .metrics()
             .render()
             .unwrap()
             .lines()
@@ -1191,7 +1181,7 @@ async fn a_dry_run_decides_like_a_run_and_does_nothing() {
         (dry[0].status.as_str(), dry[0].trigger.as_str()),
         ("completed", "test")
     );
-    assert_eq!(*h.engine.passes_done.borrow(), 0, "no background pass");
+    assert_eq!(*h.engine.passes_done().borrow(), 0, "no background pass");
     assert!(h.spool_is_empty());
 }
 
@@ -1201,11 +1191,21 @@ async fn a_dry_run_decides_like_a_run_and_does_nothing() {
 #[tokio::test]
 async fn a_delivery_cut_by_the_budget_or_shutdown_is_awaited_not_sent_again() {
     for stop in [false, true] {
-        let mut h = Harness::new();
-        Arc::get_mut(&mut h.engine)
-            .expect("the harness holds the only engine")
-            .settings
-            .delivery_budget = Duration::from_millis(50);
+        let h = Harness::new();
+        let h = Harness {
+            engine: testing::engine(
+                RunSettings {
+                    delivery_budget: Duration::from_millis(50),
+                    ..testing::settings(h.spool.path().to_path_buf())
+                },
+                h.src.clone(),
+                h.store.clone(),
+                h.foi.clone(),
+                h.itm.clone(),
+                h.iqube.clone(),
+            ),
+            ..h
+        };
         h.iqube.set_delay(Duration::from_millis(400));
         h.foi.set(password_failure());
         h.src.put("in/acme/remit.xlsx", b"x", old());
@@ -1217,7 +1217,7 @@ async fn a_delivery_cut_by_the_budget_or_shutdown_is_awaited_not_sent_again() {
                 assert!(tokio::time::Instant::now() < deadline, "IQube never called");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            h.engine.stop.cancel();
+            h.engine.stop().cancel();
         }
         h.settle().await;
         let outbox = h.store.notifications();

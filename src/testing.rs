@@ -6,7 +6,7 @@ use crate::domain::{ARCHIVE_SUCCEEDED, FileStatus};
 use crate::downstream::{
     DownstreamError, Extractor, FoiOutcome, ItmSubmission, Notifier, Submitter,
 };
-use crate::engine::{Engine, RunSettings};
+use crate::engine::{Deps, Engine, Identity, RunSettings};
 use crate::scan::names::TempNameFilter;
 use crate::source::{Content, Entry, Expected, Fetched, FileSource, Moved, SourceError, join};
 use crate::store::{
@@ -23,7 +23,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 /// Locks a test mutex, ignoring poisoning (a failed assertion elsewhere).
@@ -1443,44 +1442,45 @@ impl Notifier for FakeIqube {
     }
 }
 
-/// An engine over the stand-ins: source `in`, archive `archive`, spooling
+/// Settings over the stand-ins: source `in`, archive `archive`, spooling
 /// into `spool_dir`, default temp names, 60 s minimum age, no wait between
 /// looks, two files at once.
+pub fn settings(spool_dir: std::path::PathBuf) -> RunSettings {
+    RunSettings {
+        source_dir: "in".into(),
+        archive_dir: "archive".into(),
+        spool_dir,
+        ignore: TempNameFilter::default(),
+        stable_min_age: Duration::from_secs(60),
+        stable_check_interval: Duration::ZERO,
+        max_concurrent_files: 2,
+        read_failure_notify_after: 3,
+        run_detail_retention: None,
+        delivery_budget: Duration::from_secs(30),
+    }
+}
+
+/// An engine named `test` over the stand-ins, with `settings`.
 pub fn engine(
-    spool_dir: std::path::PathBuf,
+    settings: RunSettings,
     source: Arc<MemSource>,
     store: Arc<MemStore>,
     foi: Arc<FakeFoi>,
     itm: Arc<FakeItm>,
     iqube: Arc<FakeIqube>,
 ) -> Arc<Engine> {
-    Arc::new(Engine {
+    let deps = Deps {
         source,
         store,
         foi,
         itm,
         iqube,
-        settings: RunSettings {
-            source_dir: "in".into(),
-            archive_dir: "archive".into(),
-            spool_dir,
-            ignore: TempNameFilter::default(),
-            stable_min_age: Duration::from_secs(60),
-            stable_check_interval: Duration::ZERO,
-            max_concurrent_files: 2,
-            read_failure_notify_after: 3,
-            run_detail_retention: None,
-            delivery_budget: Duration::from_secs(30),
-        },
-        tracker: TaskTracker::new(),
-        instance: "test".into(),
-        incarnation: Uuid::new_v4(),
-        taking: Default::default(),
-        work_added: Default::default(),
-        passes_done: tokio::sync::watch::channel(0).0,
-        stop: Default::default(),
         metrics: Default::default(),
         kept: Default::default(),
-        kept_writer: Default::default(),
-    })
+    };
+    let identity = Identity {
+        instance: "test".into(),
+        incarnation: Uuid::new_v4(),
+    };
+    Engine::new(deps, settings, identity)
 }
