@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::downstream::{FoiClient, IqubeClient, ItmClient, http_client};
-use crate::engine::{Engine, RunError, RunSettings};
+use crate::engine::{Deps, Engine, Identity, RunError, RunSettings};
 use crate::http::{AppState, router};
 use crate::instance::Membership;
 use crate::metrics::{Metrics, Timed};
@@ -14,7 +14,6 @@ use anyhow::Context;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Time after which a background pass starts no new IQube delivery: a
 /// hanging IQube costs each pass at most this plus one `IQUBE_TIMEOUT_SECS`
@@ -49,35 +48,32 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
     let iqube = IqubeClient::new(http(cfg.iqube_timeout, "IQube")?, cfg.iqube_url.clone());
     // One registry per engine: tests run many coordinators in one process.
     let metrics = Arc::new(Metrics::new());
-    Ok(Arc::new(Engine {
+    let deps = Deps {
         source: Arc::new(SmbShare::new(cfg.smb.clone())),
         store: Arc::new(store),
         foi: Timed::new(Arc::new(foi), metrics.clone()),
         itm: Timed::new(Arc::new(itm), metrics.clone()),
         iqube: Timed::new(Arc::new(iqube), metrics.clone()),
-        settings: RunSettings {
-            source_dir: cfg.source_dir.clone(),
-            archive_dir: cfg.archive_dir.clone(),
-            spool_dir: cfg.spool_dir.clone(),
-            ignore: cfg.ignore.clone(),
-            stable_min_age: cfg.stable_min_age,
-            stable_check_interval: cfg.stable_check_interval,
-            max_concurrent_files: cfg.max_concurrent_files,
-            read_failure_notify_after: cfg.read_failure_notify_after,
-            run_detail_retention: cfg.run_detail_retention,
-            delivery_budget: DELIVERY_BUDGET,
-        },
-        tracker: TaskTracker::new(),
-        instance: cfg.instance_id.clone(),
-        incarnation: uuid::Uuid::new_v4(),
-        taking: Default::default(),
-        work_added: Default::default(),
-        passes_done: tokio::sync::watch::channel(0).0,
-        stop: CancellationToken::new(),
         metrics,
         kept: Arc::new(KeptOutcomes::journaled(&cfg.spool_dir)),
-        kept_writer: Default::default(),
-    }))
+    };
+    let settings = RunSettings {
+        source_dir: cfg.source_dir.clone(),
+        archive_dir: cfg.archive_dir.clone(),
+        spool_dir: cfg.spool_dir.clone(),
+        ignore: cfg.ignore.clone(),
+        stable_min_age: cfg.stable_min_age,
+        stable_check_interval: cfg.stable_check_interval,
+        max_concurrent_files: cfg.max_concurrent_files,
+        read_failure_notify_after: cfg.read_failure_notify_after,
+        run_detail_retention: cfg.run_detail_retention,
+        delivery_budget: DELIVERY_BUDGET,
+    };
+    let identity = Identity {
+        instance: cfg.instance_id.clone(),
+        incarnation: uuid::Uuid::new_v4(),
+    };
+    Ok(Engine::new(deps, settings, identity))
 }
 
 /// A started HTTP server (used by `serve` and by the integration tests).
@@ -104,7 +100,7 @@ async fn join(cfg: &Config, store: &PgStore, engine: &Engine) -> anyhow::Result<
     Ok(Membership::join(
         Arc::new(store.clone()),
         &cfg.instance_id,
-        engine.incarnation,
+        engine.incarnation(),
         cfg.instance_heartbeat,
         cfg.max_concurrent_files,
     )
@@ -117,15 +113,15 @@ async fn join(cfg: &Config, store: &PgStore, engine: &Engine) -> anyhow::Result<
 /// instance stored work; stops with the engine.
 fn spawn_taker(engine: &Arc<Engine>) {
     let e = engine.clone();
-    engine.tracker.spawn(async move {
+    engine.tracker().spawn(async move {
         loop {
             tokio::select! {
                 biased;
-                _ = e.stop.cancelled() => break,
-                _ = e.work_added.notified() => {}
+                _ = e.stop().cancelled() => break,
+                _ = e.work_added().notified() => {}
                 _ = tokio::time::sleep(crate::engine::WORK_POLL) => {}
             }
-            match e.store.active_run().await {
+            match e.store().active_run().await {
                 Ok(Some(run)) if !run.owner_alive => {
                     e.adopt(run.run_id).await;
                 }
@@ -169,11 +165,14 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     // process's id was taken: either way the instance drains and stops.
     let shutdown = CancellationToken::new();
     let beats_done = CancellationToken::new();
-    let heartbeat =
-        membership.spawn_heartbeat(engine.metrics.clone(), beats_done.clone(), shutdown.clone());
+    let heartbeat = membership.spawn_heartbeat(
+        engine.metrics().clone(),
+        beats_done.clone(),
+        shutdown.clone(),
+    );
     if let Some(every) = cfg.housekeeping_interval {
-        let (e, stop) = (engine.clone(), engine.stop.clone());
-        engine.tracker.spawn(async move {
+        let (e, stop) = (engine.clone(), engine.stop().clone());
+        engine.tracker().spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
@@ -186,7 +185,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         });
     }
     if let Some(every) = cfg.run_interval {
-        spawn_schedule(&engine, every, engine.stop.clone());
+        spawn_schedule(&engine, every, engine.stop().clone());
     }
     spawn_taker(&engine);
     let (e, m, drain) = (engine.clone(), membership.clone(), shutdown.clone());
@@ -209,9 +208,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         // held and the background passes finish; then the server stops.
         m.start_draining();
         tracing::info!("draining: finishing the files held, taking no new work");
-        e.stop.cancel();
-        e.tracker.close();
-        e.tracker.wait().await;
+        e.stop().cancel();
+        e.tracker().close();
+        e.tracker().wait().await;
         http_stop.cancel();
         if !http_ended {
             let _ = http.await;
@@ -236,7 +235,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
 /// schedule working as meant, not an error, and IQube is not told.
 fn spawn_schedule(engine: &Arc<Engine>, every: std::time::Duration, stop: CancellationToken) {
     let e = engine.clone();
-    engine.tracker.spawn(async move {
+    engine.tracker().spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -248,7 +247,7 @@ fn spawn_schedule(engine: &Arc<Engine>, every: std::time::Duration, stop: Cancel
                 _ = tick.tick() => match e.run("schedule").await {
                     Ok(report) => tracing::info!(run_id = %report.run_id, "scheduled run completed"),
                     Err(RunError::Busy { running }) => {
-                        e.metrics.scheduled_run_skipped();
+                        e.metrics().scheduled_run_skipped();
                         tracing::info!(running = ?running, "scheduled run skipped: another run is in progress");
                     }
                     // Logged, recorded and told to IQube by the engine.
@@ -303,7 +302,7 @@ pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
     let engine = build_engine(&cfg, store.clone())?;
     // The share is connected while the migrations run, as `serve` keeps its
     // connection from one run to the next; a failure here is the run's to report.
-    let (migrated, connected) = tokio::join!(store.migrate(), engine.source.connect());
+    let (migrated, connected) = tokio::join!(store.migrate(), engine.source().connect());
     migrated.context("applying database migrations")?;
     if let Err(e) = connected {
         tracing::warn!(error = %e, "the share could not be connected at start-up");
@@ -313,13 +312,13 @@ pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
     let membership = join(&cfg, &store, &engine).await?;
     let beats_done = CancellationToken::new();
     let heartbeat = membership.spawn_heartbeat(
-        engine.metrics.clone(),
+        engine.metrics().clone(),
         beats_done.clone(),
-        engine.stop.clone(),
+        engine.stop().clone(),
     );
     // SIGTERM/SIGINT: files already claimed finish, nothing more is claimed
     // (the summary says the run was cut short), and no claim is left dangling.
-    let stop = engine.stop.clone();
+    let stop = engine.stop().clone();
     let signals = tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("stopping: finishing the files in flight, claiming no more");
@@ -331,8 +330,8 @@ pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
         engine.run("cli").await
     };
     signals.abort();
-    engine.tracker.close();
-    engine.tracker.wait().await;
+    engine.tracker().close();
+    engine.tracker().wait().await;
     beats_done.cancel();
     let _ = heartbeat.await;
     membership.leave().await;

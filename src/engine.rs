@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
@@ -272,8 +273,11 @@ impl RunError {
     }
 }
 
-/// The engine and its collaborators.
-pub struct Engine {
+/// What the engine works with: the share, the database, the downstreams,
+/// its metrics and the outcomes it keeps. Shared, behind one `Arc`, with the
+/// processors and archivers it makes, so none copies them field by field.
+#[derive(Clone)]
+pub struct Deps {
     /// The share.
     pub source: Arc<dyn FileSource>,
     /// Postgres.
@@ -284,69 +288,143 @@ pub struct Engine {
     pub itm: Arc<dyn Submitter>,
     /// IQube.
     pub iqube: Arc<dyn Notifier>,
-    /// Knobs.
-    pub settings: RunSettings,
-    /// Background work (archive passes, in-flight runs) to wait for on shutdown.
-    pub tracker: TaskTracker,
-    /// `INSTANCE_ID`: in the `runs` table and each file report.
-    pub instance: String,
-    /// This process among the instances: it holds claims and candidates.
-    pub incarnation: Uuid,
-    /// Held while this process takes a run's candidates: one taker per
-    /// process, so it never holds more than its own capacity.
-    pub taking: Arc<tokio::sync::Mutex<()>>,
-    /// Told when this instance stored a run's candidates: its idle taker
-    /// starts at once instead of at its next look.
-    pub work_added: Arc<tokio::sync::Notify>,
-    /// Count of finished background passes (for tests and, later, metrics).
-    pub passes_done: tokio::sync::watch::Sender<u64>,
-    /// Cancelled on shutdown: background passes start no new move or
-    /// delivery, so the process exits promptly even while IQube hangs.
-    pub stop: tokio_util::sync::CancellationToken,
     /// Counters and histograms of this engine, rendered by `GET /metrics`.
     pub metrics: Arc<Metrics>,
     /// Downstream answers whose write failed, written by a later run or pass.
     pub kept: Arc<KeptOutcomes>,
+}
+
+/// Which process an engine is, among the instances.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `INSTANCE_ID`: in the `runs` table and each file report.
+    pub instance: String,
+    /// This process among the instances: it holds claims and candidates.
+    pub incarnation: Uuid,
+}
+
+/// The engine: its dependencies and settings, and the state of this
+/// process's runs and background work.
+pub struct Engine {
+    deps: Arc<Deps>,
+    settings: Arc<RunSettings>,
+    /// `INSTANCE_ID`: in the `runs` table and each file report.
+    instance: String,
+    /// This process among the instances: it holds claims and candidates.
+    incarnation: Uuid,
+    /// Background work (archive passes, in-flight runs) to wait for on shutdown.
+    tracker: TaskTracker,
+    /// Held while this process takes a run's candidates: one taker per
+    /// process, so it never holds more than its own capacity.
+    taking: Arc<tokio::sync::Mutex<()>>,
+    /// Told when this instance stored a run's candidates: its idle taker
+    /// starts at once instead of at its next look.
+    work_added: Arc<tokio::sync::Notify>,
+    /// Count of finished background passes (for tests and, later, metrics).
+    passes_done: tokio::sync::watch::Sender<u64>,
+    /// Cancelled on shutdown: background passes start no new move or
+    /// delivery, so the process exits promptly even while IQube hangs.
+    stop: CancellationToken,
     /// Held while kept outcomes are written.
-    pub kept_writer: Arc<tokio::sync::Mutex<()>>,
+    kept_writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Engine {
+    /// An engine over `deps` with `settings`, as the process `identity`;
+    /// nothing runs until it is asked to.
+    pub fn new(deps: Deps, settings: RunSettings, identity: Identity) -> Arc<Engine> {
+        Arc::new(Engine {
+            deps: Arc::new(deps),
+            settings: Arc::new(settings),
+            instance: identity.instance,
+            incarnation: identity.incarnation,
+            tracker: TaskTracker::new(),
+            taking: Default::default(),
+            work_added: Default::default(),
+            passes_done: tokio::sync::watch::channel(0).0,
+            stop: CancellationToken::new(),
+            kept_writer: Default::default(),
+        })
+    }
+
     /// An engine with the same store, downstreams and settings over another
     /// share (a wrapper that injects faults, in tests), with its own
     /// background work.
     pub fn over(&self, source: Arc<dyn FileSource>) -> Arc<Engine> {
         Arc::new(Engine {
-            source,
-            store: self.store.clone(),
-            foi: self.foi.clone(),
-            itm: self.itm.clone(),
-            iqube: self.iqube.clone(),
+            deps: Arc::new(Deps {
+                source,
+                ..(*self.deps).clone()
+            }),
             settings: self.settings.clone(),
-            tracker: TaskTracker::new(),
             instance: format!("{}-over", self.instance),
             incarnation: self.incarnation,
+            tracker: TaskTracker::new(),
             taking: self.taking.clone(),
             work_added: self.work_added.clone(),
             passes_done: tokio::sync::watch::channel(0).0,
             stop: Default::default(),
-            metrics: self.metrics.clone(),
-            kept: self.kept.clone(),
             kept_writer: self.kept_writer.clone(),
         })
     }
 
+    /// The share, the database, the downstreams, metrics and kept outcomes.
+    pub fn deps(&self) -> &Deps {
+        &self.deps
+    }
+
+    /// The share.
+    pub fn source(&self) -> &Arc<dyn FileSource> {
+        &self.deps.source
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.deps.store
+    }
+
+    /// Counters and histograms of this engine, rendered by `GET /metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.deps.metrics
+    }
+
+    /// The knobs of its runs.
+    pub fn settings(&self) -> &RunSettings {
+        &self.settings
+    }
+
+    /// `INSTANCE_ID`.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// This process among the instances.
+    pub fn incarnation(&self) -> Uuid {
+        self.incarnation
+    }
+
+    /// Background work (archive passes, in-flight runs) to wait for on shutdown.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    /// Cancelled on shutdown: no new claim, move or delivery starts after it.
+    pub fn stop(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Told when this instance stored a run's candidates.
+    pub fn work_added(&self) -> &tokio::sync::Notify {
+        &self.work_added
+    }
+
+    /// The count of finished background passes, to read or wait on.
+    pub fn passes_done(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.passes_done.subscribe()
+    }
+
     fn archiver(&self) -> Archiver {
-        Archiver {
-            source: self.source.clone(),
-            store: self.store.clone(),
-            iqube: self.iqube.clone(),
-            source_dir: self.settings.source_dir.clone(),
-            archive_dir: self.settings.archive_dir.clone(),
-            made_dirs: Default::default(),
-            stop: self.stop.clone(),
-            delivery_budget: self.settings.delivery_budget,
-        }
+        Archiver::new(self.deps.clone(), self.settings.clone(), self.stop.clone())
     }
 
     /// Writes the outcomes kept after a failed write, with the claim they
@@ -355,9 +433,10 @@ impl Engine {
     pub async fn write_kept_outcomes(&self) {
         // One writer at a time: a run and a background pass may both start one.
         let _one = self.kept_writer.lock().await;
-        for k in self.kept.all() {
+        for k in self.deps.kept.all() {
             let o = k.recorded_later();
             let written = self
+                .deps
                 .store
                 .set_status(
                     k.file_id,
@@ -370,8 +449,8 @@ impl Engine {
             match written {
                 Ok(()) => {
                     tracing::info!(remitter = %k.remitter, file = %k.file_name, status = o.status.as_str(), "kept outcome recorded");
-                    self.metrics.file_recorded(o.status.as_str());
-                    self.kept.written(&k);
+                    self.deps.metrics.file_recorded(o.status.as_str());
+                    self.deps.kept.written(&k);
                 }
                 Err(e) => {
                     tracing::warn!(remitter = %k.remitter, file = %k.file_name, error = %e, "kept outcome not recorded yet")
@@ -386,7 +465,7 @@ impl Engine {
         self.write_kept_outcomes().await;
         let report = self.archiver().pass().await;
         if let Some(age) = self.settings.run_detail_retention {
-            match self.store.prune_run_details(age).await {
+            match self.deps.store.prune_run_details(age).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(runs = n, "per-file lists of old runs pruned"),
                 Err(e) => tracing::warn!(error = %e, "could not prune old runs' per-file lists"),
@@ -417,6 +496,7 @@ impl Engine {
         let mut adopted_one = false;
         loop {
             match self
+                .deps
                 .store
                 .begin_run(run_id, trigger, &self.instance, self.incarnation)
                 .await
@@ -448,13 +528,14 @@ impl Engine {
                     }
                     .payload();
                     if let Err(e) = self
+                        .deps
                         .iqube
                         .notify(&payload, &format!("run_failed:{run_id}"))
                         .await
                     {
                         tracing::error!(%run_id, error = %e, "IQube could not be told of the failed run");
                     }
-                    self.metrics.run_finished("failed", clock.elapsed());
+                    self.deps.metrics.run_finished("failed", clock.elapsed());
                     return Err(RunError::Failed {
                         run_id,
                         started_at,
@@ -481,7 +562,7 @@ impl Engine {
     /// remaining candidates and writes its summary, `finished_by` this
     /// instance. False when another instance adopted it first.
     pub async fn adopt(self: &Arc<Self>, run_id: Uuid) -> bool {
-        let plan = match self.store.adopt_run(run_id, self.incarnation).await {
+        let plan = match self.deps.store.adopt_run(run_id, self.incarnation).await {
             Ok(Some(plan)) => plan,
             Ok(None) => return false,
             Err(e) => {
@@ -527,7 +608,7 @@ impl Engine {
         outcome: Result<Summary, Ended>,
     ) -> Result<RunReport, RunError> {
         let fail = |failure: RunFailure, message: String| {
-            self.metrics.run_finished("failed", clock.elapsed());
+            self.deps.metrics.run_finished("failed", clock.elapsed());
             RunError::Failed {
                 run_id,
                 started_at,
@@ -551,7 +632,7 @@ impl Engine {
                 };
                 match self
                     .persist("recording the run's outcome", || {
-                        self.store.finish_run(&end)
+                        self.deps.store.finish_run(&end)
                     })
                     .await
                 {
@@ -564,7 +645,7 @@ impl Engine {
                         tracing::error!(%run_id, error = %e, "could not record the run's outcome")
                     }
                 }
-                self.metrics.run_finished("completed", clock.elapsed());
+                self.deps.metrics.run_finished("completed", clock.elapsed());
                 self.spawn_background();
                 Ok(RunReport {
                     run_id,
@@ -593,11 +674,14 @@ impl Engine {
                     notification: Some(&payload),
                 };
                 if let Err(e) = self
-                    .persist("recording the failed run", || self.store.finish_run(&end))
+                    .persist("recording the failed run", || {
+                        self.deps.store.finish_run(&end)
+                    })
                     .await
                 {
                     tracing::error!(%run_id, error = %e, "could not record the failed run; telling IQube directly");
                     let _ = self
+                        .deps
                         .iqube
                         .notify(&payload, &format!("run_failed:{run_id}"))
                         .await;
@@ -665,7 +749,7 @@ impl Engine {
                     summary: &body,
                     error: None,
                 };
-                if let Err(e) = self.store.record_dry_run(&row).await {
+                if let Err(e) = self.deps.store.record_dry_run(&row).await {
                     tracing::error!(%run_id, error = %e, "could not record the dry run");
                 }
                 tracing::info!(%run_id, would_process = summary.would_process, "dry run completed");
@@ -689,7 +773,7 @@ impl Engine {
                     summary: &json!({}),
                     error: Some((failure.code(), &message)),
                 };
-                if let Err(e) = self.store.record_dry_run(&row).await {
+                if let Err(e) = self.deps.store.record_dry_run(&row).await {
                     tracing::error!(%run_id, error = %e, "could not record the failed dry run");
                 }
                 Err(RunError::Failed {
@@ -710,7 +794,7 @@ impl Engine {
         let s = &self.settings;
         let db_error = |e: crate::store::StoreError| (RunFailure::DatabaseError, e.to_string());
         let scan = scan::scan(
-            self.source.as_ref(),
+            self.deps.source.as_ref(),
             &s.source_dir,
             &s.archive_dir,
             &s.ignore,
@@ -737,9 +821,19 @@ impl Engine {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let known = self.store.group_versions(&keys).await.map_err(db_error)?;
-        let remembered = self.store.pending_superseded().await.map_err(db_error)?;
-        let now = match self.source.server_now().await {
+        let known = self
+            .deps
+            .store
+            .group_versions(&keys)
+            .await
+            .map_err(db_error)?;
+        let remembered = self
+            .deps
+            .store
+            .pending_superseded()
+            .await
+            .map_err(db_error)?;
+        let now = match self.deps.source.server_now().await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "server clock unavailable; using the local clock for Policy A");
@@ -757,7 +851,7 @@ impl Engine {
         let mut second = HashMap::new();
         let folders = draft.folders_to_recheck();
         if !folders.is_empty() {
-            let warm = self.store.warm_up(s.max_concurrent_files);
+            let warm = self.deps.store.warm_up(s.max_concurrent_files);
             let _ = tokio::join!(
                 tokio::time::sleep_until(second_look_at),
                 tokio::time::timeout_at(second_look_at, warm)
@@ -766,6 +860,7 @@ impl Engine {
         let mut listings = futures::stream::iter(folders)
             .map(|remitter| async move {
                 let listing = self
+                    .deps
                     .source
                     .list(&crate::source::join(&[&s.source_dir, &remitter]))
                     .await
@@ -796,7 +891,7 @@ impl Engine {
             },
             _,
         ) = self.look().await.map_err(Ended::from)?;
-        if let Err(e) = self.store.rearchive(&d.rearchive).await {
+        if let Err(e) = self.deps.store.rearchive(&d.rearchive).await {
             tracing::error!(error = %e, "could not queue re-uploaded files for the archive; the next run tries again");
         }
         if !work.is_empty() {
@@ -821,7 +916,7 @@ impl Engine {
             )
         })?;
         self.persist("storing the run's work", || {
-            self.store.add_work(run_id, &stored, &work)
+            self.deps.store.add_work(run_id, &stored, &work)
         })
         .await
         .map_err(|e| Ended::Failed(RunFailure::DatabaseError, e.to_string()))?;
@@ -841,7 +936,7 @@ impl Engine {
             self.take_candidates(run_id).await;
             let open = self
                 .persist("counting the run's open candidates", || {
-                    self.store.open_work(run_id)
+                    self.deps.store.open_work(run_id)
                 })
                 .await
                 .map_err(db)?;
@@ -851,14 +946,14 @@ impl Engine {
             if self.stop.is_cancelled() {
                 let others = self
                     .persist("looking for other instances", || {
-                        self.store.others_alive(self.incarnation)
+                        self.deps.store.others_alive(self.incarnation)
                     })
                     .await
                     .map_err(db)?;
                 if others
                     && self
                         .persist("handing the run over", || {
-                            self.store.hand_over(run_id, self.incarnation)
+                            self.deps.store.hand_over(run_id, self.incarnation)
                         })
                         .await
                         .map_err(db)?
@@ -876,7 +971,7 @@ impl Engine {
         }
         let results = self
             .persist("reading the run's reports", || {
-                self.store.run_results(run_id)
+                self.deps.store.run_results(run_id)
             })
             .await
             .map_err(db)?;
@@ -900,7 +995,7 @@ impl Engine {
             errors = summary.errors,
             "run completed"
         );
-        if let Err(e) = self.store.record_superseded(run_id, &to_archive).await {
+        if let Err(e) = self.deps.store.record_superseded(run_id, &to_archive).await {
             // Not fatal: nothing was moved, and the next run decides again.
             tracing::error!(error = %e, "could not record superseded versions; they wait for the next run");
         }
@@ -912,13 +1007,15 @@ impl Engine {
     /// untouched, for the next run.
     async fn close_as_deferred(&self, run_id: Uuid) -> Result<(), crate::store::StoreError> {
         for t in self
+            .deps
             .store
             .take_work(run_id, self.incarnation, i64::MAX)
             .await?
         {
             let mut report = crate::process::deferred(&t.group.newest);
             report.instance = Some(self.instance.clone());
-            self.store
+            self.deps
+                .store
                 .complete_work(run_id, t.seq, self.incarnation, &self.instance, &report)
                 .await?;
         }
@@ -963,20 +1060,12 @@ impl Engine {
             tracing::error!(error = %e, dir = %s.spool_dir.display(), "no spool folder; taking no candidates");
             return;
         }
-        let processor = Processor {
-            source: self.source.clone(),
-            store: self.store.clone(),
-            foi: self.foi.clone(),
-            itm: self.itm.clone(),
-            source_dir: s.source_dir.clone(),
-            spool_dir: s.spool_dir.clone(),
-            holder: self.incarnation,
-            read_failure_notify_after: s.read_failure_notify_after,
-            work_lost: Default::default(),
-            metrics: self.metrics.clone(),
-            stop: self.stop.clone(),
-            kept: self.kept.clone(),
-        };
+        let processor = Processor::new(
+            self.deps.clone(),
+            self.settings.clone(),
+            self.incarnation,
+            self.stop.clone(),
+        );
         let places = Arc::new(tokio::sync::Semaphore::new(
             s.max_concurrent_files + claimed_ahead(s.max_concurrent_files),
         ));
@@ -984,13 +1073,10 @@ impl Engine {
         let mut held = futures::stream::FuturesUnordered::new();
         loop {
             let free = places.available_permits();
-            let taking = free > 0
-                && !self.stop.is_cancelled()
-                && !processor
-                    .work_lost
-                    .load(std::sync::atomic::Ordering::Relaxed);
+            let taking = free > 0 && !self.stop.is_cancelled() && !processor.work_lost();
             if taking {
                 match self
+                    .deps
                     .store
                     .take_work(run_id, self.incarnation, free as i64)
                     .await
@@ -1021,6 +1107,7 @@ impl Engine {
         // Every candidate taken is reported or given back by now; one whose
         // report could not be written is given back too, so the run can end.
         if let Err(e) = self
+            .deps
             .store
             .release_work(run_id, self.incarnation, None)
             .await
@@ -1052,6 +1139,7 @@ impl Engine {
             }
             Claimed::Stopping => {
                 if let Err(e) = self
+                    .deps
                     .store
                     .release_work(run_id, self.incarnation, Some(t.seq))
                     .await
@@ -1063,13 +1151,18 @@ impl Engine {
             Claimed::Lost => return,
         };
         if let (Decision::Processed, Some(status)) = (report.decision, &report.status) {
-            self.metrics.file_recorded(status.as_str());
+            self.deps.metrics.file_recorded(status.as_str());
         }
         report.instance = Some(self.instance.clone());
         let written = self
             .persist("recording a candidate's report", || {
-                self.store
-                    .complete_work(run_id, t.seq, self.incarnation, &self.instance, &report)
+                self.deps.store.complete_work(
+                    run_id,
+                    t.seq,
+                    self.incarnation,
+                    &self.instance,
+                    &report,
+                )
             })
             .await;
         match written {

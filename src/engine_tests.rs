@@ -1,54 +1,180 @@
-//! Engine unit tests over the in-memory share, store and downstream fakes.
+//! Engine unit tests over the in-memory share and downstream fakes, on a
+//! Postgres database of their own (`testing::TestDb`).
 
 use super::*;
 use crate::archive::PassReport;
 use crate::domain::FileStatus;
 use crate::downstream::{DownstreamError, FoiOutcome};
 use crate::process::idempotency_key;
-use crate::store::RunStore;
-use crate::testing::{self, FakeFoi, FakeIqube, FakeItm, MemSource, MemStore, RunRow, md5_hex, t0};
+use crate::store::{InstanceInfo, InstanceStore, Joined, RunStore};
+use crate::testing::{
+    self, FakeFoi, FakeIqube, FakeItm, FaultyStore, MemSource, TestDb, md5_hex, t0,
+};
 
 fn err_status(f: RunFailure) -> u16 {
     f.http_status().as_u16()
 }
 
-/// The stand-ins and an engine over them.
+/// A row of the `files` table.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+struct FileRow {
+    id: i64,
+    remitter: String,
+    file_name: String,
+    base_name: String,
+    md5: String,
+    size: i64,
+    mtime: DateTime<Utc>,
+    ctime: Option<DateTime<Utc>>,
+    status: FileStatus,
+    run_id: Option<Uuid>,
+    archive_path: Option<String>,
+    archived_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+    claim_token: Option<Uuid>,
+    claimed_by: Option<Uuid>,
+}
+
+impl FileRow {
+    /// True once the archive move is recorded.
+    fn archived(&self) -> bool {
+        self.archived_at.is_some()
+    }
+}
+
+/// A row of `file_events`.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+struct EventRow {
+    /// Status (or `archive_succeeded`).
+    status: String,
+    /// Step details.
+    detail: serde_json::Value,
+}
+
+/// A row of the notification outbox.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+struct NotificationRow {
+    id: i64,
+    dedupe_key: String,
+    payload: serde_json::Value,
+    attempts: i32,
+    last_error: Option<String>,
+    /// True once IQube accepted it.
+    delivered: bool,
+    next_attempt_at: DateTime<Utc>,
+}
+
+/// A row of `runs`.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+struct RunRow {
+    id: Uuid,
+    status: String,
+    trigger: String,
+    instance: String,
+    /// The summary (`null` until the run ends).
+    summary: serde_json::Value,
+    /// The error code of a failed run.
+    error: Option<String>,
+    message: Option<String>,
+    dry_run: bool,
+    owner: Option<Uuid>,
+    finished_by: Option<String>,
+    plan: Option<serde_json::Value>,
+}
+
+/// The stand-ins, a database of the test's own and an engine over them.
 struct Harness {
     src: Arc<MemSource>,
-    store: Arc<MemStore>,
+    /// The engines' store: the test's database, or an outage.
+    store: Arc<FaultyStore>,
     foi: Arc<FakeFoi>,
     itm: Arc<FakeItm>,
     iqube: Arc<FakeIqube>,
     engine: Arc<Engine>,
+    db: TestDb,
     /// The spool folder, removed when the harness goes.
-    spool: Arc<tempfile::TempDir>,
+    _spool: tempfile::TempDir,
 }
 
 impl Harness {
-    fn new() -> Self {
+    async fn new() -> Self {
+        Self::with(|s| s).await
+    }
+
+    /// A harness whose engine `test` has the test settings changed by `settings`.
+    async fn with(settings: impl FnOnce(RunSettings) -> RunSettings) -> Self {
+        let db = TestDb::new().await;
+        let spool = tempfile::tempdir().expect("a spool folder");
         let src = Arc::new(MemSource::new());
-        let store = Arc::new(MemStore::new());
+        let store = Arc::new(FaultyStore::new(db.store().clone()));
         let foi = Arc::new(FakeFoi::new());
         let itm = Arc::new(FakeItm::new());
         let iqube = Arc::new(FakeIqube::new());
-        let spool = Arc::new(tempfile::tempdir().expect("a spool folder"));
-        let engine = testing::engine(
-            spool.path().to_path_buf(),
-            src.clone(),
-            store.clone(),
-            foi.clone(),
-            itm.clone(),
-            iqube.clone(),
-        );
-        Self {
+        let deps = Deps {
+            source: src.clone(),
+            store: store.clone(),
+            foi: foi.clone(),
+            itm: itm.clone(),
+            iqube: iqube.clone(),
+            metrics: Default::default(),
+            kept: Default::default(),
+        };
+        let settings = settings(testing::settings(spool.path().to_path_buf()));
+        let h = Self {
             src,
             store,
             foi,
             itm,
             iqube,
-            engine,
-            spool,
-        }
+            engine: Engine::new(deps, settings, identity("test")),
+            db,
+            _spool: spool,
+        };
+        h.join(h.engine.incarnation()).await;
+        h
+    }
+
+    /// Another process named `instance` over the same share, database,
+    /// downstreams and settings, with outcomes kept of its own; it is alive.
+    async fn another(&self, instance: &str) -> Arc<Engine> {
+        let e = &self.engine;
+        let deps = Deps {
+            kept: Default::default(),
+            ..e.deps().clone()
+        };
+        let engine = Engine::new(deps, e.settings().clone(), identity(instance));
+        self.join(engine.incarnation()).await;
+        engine
+    }
+
+    /// Registers `incarnation` as a live instance for the rest of the test
+    /// (one heartbeat an hour, never missed): claims, candidates and runs
+    /// of a process without a live `instances` row are taken over.
+    async fn join(&self, incarnation: Uuid) {
+        let me = InstanceInfo {
+            // Unique: a test may start a process again under the same name.
+            instance_id: incarnation.to_string(),
+            incarnation,
+            version: "test".into(),
+            heartbeat: Duration::from_secs(3600),
+            max_concurrent_files: 2,
+        };
+        let joined = self.db.store().join(&me).await;
+        assert_eq!(joined.expect("joining the instances"), Joined::Yes);
+    }
+
+    /// Declares an instance dead, as three missed heartbeats would: its
+    /// claims, candidates and runs are taken over.
+    async fn mark_dead(&self, incarnation: Uuid) {
+        sqlx::query("UPDATE instances SET stopped_at = now() WHERE incarnation = $1")
+            .bind(incarnation)
+            .execute(self.pool())
+            .await
+            .expect("marking the instance dead");
+    }
+
+    fn pool(&self) -> &sqlx::PgPool {
+        self.db.store().pool()
     }
 
     /// One run, then its background pass; panics unless the run completes.
@@ -66,8 +192,8 @@ impl Harness {
 
     /// Waits for every background task spawned so far.
     async fn settle(&self) {
-        self.engine.tracker.close();
-        self.engine.tracker.wait().await;
+        self.engine.tracker().close();
+        self.engine.tracker().wait().await;
     }
 
     /// One more background pass (archive retries, outbox, housekeeping).
@@ -75,17 +201,94 @@ impl Harness {
         self.engine.background_pass().await
     }
 
+    /// Every `files` row, by id.
+    async fn files(&self) -> Vec<FileRow> {
+        sqlx::query_as(
+            "SELECT id, remitter, file_name, base_name, md5, size, mtime, ctime, status, run_id, \
+               archive_path, archived_at, updated_at, claim_token, claimed_by FROM files ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .expect("reading the files")
+    }
+
     /// The only `files` row; panics unless there is exactly one.
-    fn only_row(&self) -> testing::FileRow {
-        let rows = self.store.files();
+    async fn only_row(&self) -> FileRow {
+        let rows = self.files().await;
         assert_eq!(rows.len(), 1, "rows: {rows:?}");
         rows[0].clone()
     }
 
+    /// The event statuses of a file, oldest first.
+    async fn events(&self, file_id: i64) -> Vec<String> {
+        self.event_rows(file_id)
+            .await
+            .into_iter()
+            .map(|e| e.status)
+            .collect()
+    }
+
+    /// The events of a file with their details, oldest first.
+    async fn event_rows(&self, file_id: i64) -> Vec<EventRow> {
+        sqlx::query_as("SELECT status, detail FROM file_events WHERE file_id = $1 ORDER BY id")
+            .bind(file_id)
+            .fetch_all(self.pool())
+            .await
+            .expect("reading the file's events")
+    }
+
+    /// The notification outbox, by id.
+    async fn notifications(&self) -> Vec<NotificationRow> {
+        sqlx::query_as(
+            "SELECT id, dedupe_key, payload, attempts, last_error, \
+               delivered_at IS NOT NULL AS delivered, next_attempt_at FROM notifications ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .expect("reading the outbox")
+    }
+
+    /// Makes every undelivered notification due now, as if its backoff had passed.
+    async fn make_notifications_due(&self) {
+        sqlx::query("UPDATE notifications SET next_attempt_at = now() WHERE delivered_at IS NULL")
+            .execute(self.pool())
+            .await
+            .expect("making the notifications due");
+    }
+
+    /// Every run, oldest first.
+    async fn runs(&self) -> Vec<RunRow> {
+        sqlx::query_as(
+            "SELECT id, status, trigger, instance, coalesce(summary, 'null') AS summary, error, \
+               message, dry_run, owner, finished_by, plan FROM runs ORDER BY started_at, id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .expect("reading the runs")
+    }
+
+    /// Sets a status without an event, as an operator's SQL would (`ops_done`).
+    async fn set_status_raw(&self, file_id: i64, status: &str) {
+        sqlx::query("UPDATE files SET status = $2 WHERE id = $1")
+            .bind(file_id)
+            .bind(status)
+            .execute(self.pool())
+            .await
+            .expect("setting the status");
+    }
+
     fn spool_is_empty(&self) -> bool {
-        std::fs::read_dir(&self.engine.settings.spool_dir)
+        std::fs::read_dir(&self.engine.settings().spool_dir)
             .map(|mut d| d.next().is_none())
             .unwrap_or(true)
+    }
+}
+
+/// A process named `instance`, new at each start.
+fn identity(instance: &str) -> Identity {
+    Identity {
+        instance: instance.into(),
+        incarnation: Uuid::new_v4(),
     }
 }
 
@@ -112,7 +315,7 @@ fn password_failure() -> FoiOutcome {
 
 #[tokio::test]
 async fn happy_path_processes_submits_and_archives() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit_20240101.xlsx", b"hello", old());
 
     let r = h.run().await;
@@ -124,7 +327,7 @@ async fn happy_path_processes_submits_and_archives() {
     assert_eq!(f.decision, Decision::Processed);
     assert_eq!(f.status.as_ref().map(FileStatus::as_str), Some("success"));
 
-    let row = h.only_row();
+    let row = h.only_row().await;
     assert_eq!(
         (row.remitter.as_str(), row.file_name.as_str()),
         ("acme", "remit_20240101.xlsx")
@@ -138,7 +341,7 @@ async fn happy_path_processes_submits_and_archives() {
         Some("archive/acme/remit_20240101.xlsx")
     );
     assert_eq!(
-        h.store.events(row.id),
+        h.events(row.id).await,
         ["processing", "success", "archive_succeeded"]
     );
 
@@ -167,25 +370,25 @@ async fn happy_path_processes_submits_and_archives() {
         *key,
         idempotency_key("acme", "remit_20240101.xlsx", &md5_hex(b"hello"))
     );
-    let success = &h.store.event_rows(row.id)[1];
+    let success = &h.event_rows(row.id).await[1];
     assert_eq!(success.detail["idempotency_key"], json!(key));
 
-    let runs: Vec<RunRow> = h.store.runs();
+    let runs: Vec<RunRow> = h.runs().await;
     assert_eq!(runs.len(), 1);
     assert_eq!(
         (runs[0].id, runs[0].status.as_str()),
         (r.run_id, "completed")
     );
     assert_eq!(runs[0].summary["processed"], json!(1));
-    assert!(h.store.notifications().is_empty());
+    assert!(h.notifications().await.is_empty());
     assert!(h.iqube.calls().is_empty());
     assert!(h.spool_is_empty(), "spool files are removed");
-    assert_eq!(*h.engine.passes_done.borrow(), 1);
+    assert_eq!(*h.engine.passes_done().borrow(), 1);
 }
 
 #[tokio::test]
 async fn superseded_versions_are_archived_without_a_row() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit_20240101.xlsx", b"v1", old());
     h.src.put("in/acme/remit_20240101093000.xlsx", b"v2", old());
     h.src.put("in/acme/remit_20240102.xlsx", b"v3", old());
@@ -196,7 +399,7 @@ async fn superseded_versions_are_archived_without_a_row() {
     for old_name in ["remit_20240101.xlsx", "remit_20240101093000.xlsx"] {
         assert_eq!(report_of(&r, old_name).decision, Decision::Superseded);
     }
-    let row = h.only_row();
+    let row = h.only_row().await;
     assert_eq!(row.file_name, "remit_20240102.xlsx");
     assert_eq!(h.foi.calls().len(), 1);
     assert_eq!(h.src.fetches(), ["in/acme/remit_20240102.xlsx"]);
@@ -213,7 +416,7 @@ async fn superseded_versions_are_archived_without_a_row() {
 
 #[tokio::test]
 async fn archive_name_collision_gets_a_suffix_and_overwrites_nothing() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src
         .put("archive/acme/remit_20240101.xlsx", b"earlier", old());
     h.src
@@ -232,7 +435,7 @@ async fn archive_name_collision_gets_a_suffix_and_overwrites_nothing() {
     assert_eq!(read("archive/acme/remit_20240102 (1).xlsx"), b"and again");
     assert_eq!(read("archive/acme/remit_20240102 (2).xlsx"), b"v2");
     assert_eq!(
-        h.only_row().archive_path.as_deref(),
+        h.only_row().await.archive_path.as_deref(),
         Some("archive/acme/remit_20240102 (2).xlsx")
     );
     assert!(h.src.files_under("in").is_empty());
@@ -240,7 +443,7 @@ async fn archive_name_collision_gets_a_suffix_and_overwrites_nothing() {
 
 #[tokio::test]
 async fn a_group_with_a_young_newest_waits_whole() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit_20240101.xlsx", b"v1", old());
     let young = t0() - chrono::Duration::seconds(10);
     h.src.put("in/acme/remit_20240102.xlsx", b"v2", young);
@@ -263,7 +466,7 @@ async fn a_group_with_a_young_newest_waits_whole() {
             .as_deref()
             .is_some_and(|w| w.contains("archive waits")),
     );
-    assert!(h.store.files().is_empty());
+    assert!(h.files().await.is_empty());
     assert!(h.src.fetches().is_empty());
     assert!(h.foi.calls().is_empty());
     assert_eq!(
@@ -275,25 +478,18 @@ async fn a_group_with_a_young_newest_waits_whole() {
     // Once old enough, the group is processed and its older version archived.
     h.src.set_now(t0() + chrono::Duration::minutes(2));
     let h2 = Harness {
-        engine: testing::engine(
-            h.spool.path().to_path_buf(),
-            h.src.clone(),
-            h.store.clone(),
-            h.foi.clone(),
-            h.itm.clone(),
-            h.iqube.clone(),
-        ),
+        engine: h.another("test").await,
         ..h
     };
     let r = h2.run().await;
     assert_eq!((r.summary.processed, r.summary.superseded), (1, 1));
-    assert_eq!(h2.only_row().file_name, "remit_20240102.xlsx");
+    assert_eq!(h2.only_row().await.file_name, "remit_20240102.xlsx");
     assert!(h2.src.files_under("in").is_empty());
 }
 
 #[tokio::test]
 async fn a_file_open_for_writing_is_unstable() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/a.csv", b"half", old());
     h.src.mark_open_for_write("in/acme/a.csv");
     h.src.put("in/acme/b.csv", b"whole", old());
@@ -307,7 +503,7 @@ async fn a_file_open_for_writing_is_unstable() {
         Some("open for writing by another client")
     );
     assert_eq!(report_of(&r, "b.csv").decision, Decision::Processed);
-    assert_eq!(h.only_row().file_name, "b.csv");
+    assert_eq!(h.only_row().await.file_name, "b.csv");
     // The deny-write open of a.csv was refused: nothing claimed or sent.
     let sent: Vec<String> = h.foi.calls().into_iter().map(|c| c.file_name).collect();
     assert_eq!(sent, ["b.csv"]);
@@ -317,7 +513,7 @@ async fn a_file_open_for_writing_is_unstable() {
 #[tokio::test]
 async fn a_recent_change_time_makes_an_old_file_unstable() {
     // A Windows copy keeps the source's last-write time; the change time is new.
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/copied.csv", b"half", old());
     h.src
         .set_ctime("in/acme/copied.csv", t0() - chrono::Duration::seconds(5));
@@ -330,14 +526,14 @@ async fn a_recent_change_time_makes_an_old_file_unstable() {
         f.reason.as_deref(),
         Some("last written 5s ago (server clock)")
     );
-    assert!(h.store.files().is_empty());
+    assert!(h.files().await.is_empty());
     assert!(h.src.fetches().is_empty());
     assert!(h.src.exists("in/acme/copied.csv"));
 }
 
 #[tokio::test]
 async fn temp_names_are_ignored_and_counted() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     for name in ["~$remit.xlsx", "remit.xlsx.part", "Thumbs.db", ".hidden"] {
         h.src.put(&format!("in/acme/{name}"), b"x", old());
     }
@@ -349,7 +545,7 @@ async fn temp_names_are_ignored_and_counted() {
     assert_eq!(r.summary.ignored, 4);
     assert_eq!(r.summary.processed, 1);
     assert_eq!(report_of(&r, "Thumbs.db").decision, Decision::Ignored);
-    assert_eq!(h.only_row().file_name, "remit.xlsx");
+    assert_eq!(h.only_row().await.file_name, "remit.xlsx");
     assert_eq!(h.src.fetches(), ["in/acme/remit.xlsx"]);
     assert_eq!(
         h.src.files_under("in"),
@@ -364,11 +560,11 @@ async fn temp_names_are_ignored_and_counted() {
 
 #[tokio::test]
 async fn a_known_name_size_and_mtime_is_skipped_without_download() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.foi.set(password_failure());
     h.src.put("in/acme/remit.xlsx", b"locked", old());
     h.run().await;
-    let row = h.only_row();
+    let row = h.only_row().await;
     assert_eq!(row.status, "extraction_file_password_failed");
 
     // A download now would fail: the run must not try one.
@@ -384,14 +580,14 @@ async fn a_known_name_size_and_mtime_is_skipped_without_download() {
     assert_eq!((r.summary.already_processed, r.summary.errors), (1, 0));
     assert_eq!(h.src.fetches().len(), 1, "only the first run downloaded");
     assert_eq!(h.foi.calls().len(), 1);
-    assert_eq!(h.store.files(), [row]);
-    assert_eq!(h.store.notifications().len(), 1);
+    assert_eq!(h.files().await, [row]);
+    assert_eq!(h.notifications().await.len(), 1);
     assert_eq!(h.iqube.delivered().len(), 1);
 }
 
 #[tokio::test]
 async fn same_content_with_a_new_mtime_is_already_processed_by_the_claim() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.foi.set(password_failure());
     h.src.put("in/acme/remit.xlsx", b"locked", old());
     h.run().await;
@@ -413,13 +609,13 @@ async fn same_content_with_a_new_mtime_is_already_processed_by_the_claim() {
         "the changed mtime needs a download"
     );
     assert_eq!(h.foi.calls().len(), 1);
-    let row = h.only_row();
+    let row = h.only_row().await;
     assert_eq!(
         row.mtime, touched,
         "the claim refreshes the last-write time"
     );
     assert_eq!(
-        h.store.events(row.id),
+        h.events(row.id).await,
         ["processing", "extraction_file_password_failed"]
     );
 
@@ -434,7 +630,7 @@ async fn same_content_with_a_new_mtime_is_already_processed_by_the_claim() {
 
 #[tokio::test]
 async fn new_content_under_an_old_name_gets_a_new_row() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit.xlsx", b"first", old());
     h.run().await;
     assert!(!h.src.exists("in/acme/remit.xlsx"));
@@ -447,7 +643,7 @@ async fn new_content_under_an_old_name_gets_a_new_row() {
     let r = h.run().await;
 
     assert_eq!(report_of(&r, "remit.xlsx").decision, Decision::Processed);
-    let rows = h.store.files();
+    let rows = h.files().await;
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].md5, md5_hex(b"first"));
     assert_eq!(rows[1].md5, md5_hex(b"second, longer"));
@@ -467,7 +663,7 @@ async fn new_content_under_an_old_name_gets_a_new_row() {
 
 #[tokio::test]
 async fn a_fetch_failure_is_an_error_and_other_files_proceed() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/a.csv", b"a", old());
     h.src.put("in/acme/b.csv", b"b", old());
     h.src.put("in/beta/c.csv", b"c", old());
@@ -483,13 +679,13 @@ async fn a_fetch_failure_is_an_error_and_other_files_proceed() {
             .is_some_and(|w| w.contains("download failed"))
     );
     assert_eq!((r.summary.errors, r.summary.succeeded), (1, 2));
-    let names: Vec<String> = h.store.files().into_iter().map(|f| f.file_name).collect();
+    let names: Vec<String> = h.files().await.into_iter().map(|f| f.file_name).collect();
     assert_eq!(names.len(), 2);
     assert!(names.contains(&"b.csv".into()) && names.contains(&"c.csv".into()));
     let sent: Vec<String> = h.foi.calls().into_iter().map(|c| c.file_name).collect();
     assert!(!sent.contains(&"a.csv".to_string()) && sent.len() == 2);
     assert_eq!(h.itm.calls().len(), 2);
-    assert!(h.store.notifications().is_empty());
+    assert!(h.notifications().await.is_empty());
     assert_eq!(h.src.files_under("in"), ["in/acme/a.csv"]);
     assert!(h.spool_is_empty());
 }
@@ -502,7 +698,7 @@ async fn extraction_failures_notify_once_and_skip_itm() {
         FileStatus::ExtractionServiceFailed,
     ];
     for status in cases {
-        let h = Harness::new();
+        let h = Harness::new().await;
         h.foi.set(FoiOutcome::Failure {
             status: status.clone(),
             reason: "no matched template".into(),
@@ -516,15 +712,15 @@ async fn extraction_failures_notify_once_and_skip_itm() {
             (1, 1),
             "{status:?}"
         );
-        let row = h.only_row();
+        let row = h.only_row().await;
         assert_eq!(row.status, status.as_str());
-        assert_eq!(h.store.events(row.id), ["processing", status.as_str()]);
-        assert_eq!(h.store.event_rows(row.id)[1].detail["step"], json!("foi"));
+        assert_eq!(h.events(row.id).await, ["processing", status.as_str()]);
+        assert_eq!(h.event_rows(row.id).await[1].detail["step"], json!("foi"));
         assert!(h.itm.calls().is_empty(), "{status:?}");
         assert!(h.src.exists("in/acme/remit.xlsx"), "failed files stay");
         assert!(!row.archived());
 
-        let outbox = h.store.notifications();
+        let outbox = h.notifications().await;
         assert_eq!(outbox.len(), 1);
         assert_eq!(outbox[0].dedupe_key, format!("file_failed:{}", row.id));
         assert!(outbox[0].delivered);
@@ -553,7 +749,7 @@ async fn extraction_failures_notify_once_and_skip_itm() {
 
 #[tokio::test]
 async fn an_undelivered_notification_is_kept_backed_off_and_delivered_once() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.iqube.set_up(false);
     h.foi.set(password_failure());
     h.src.put("in/acme/remit.xlsx", b"x", old());
@@ -562,10 +758,10 @@ async fn an_undelivered_notification_is_kept_backed_off_and_delivered_once() {
     // Refused once; the next pass does not hammer IQube before the backoff.
     h.pass().await;
     assert_eq!(h.iqube.calls().len(), 1);
-    h.store.make_notifications_due();
+    h.make_notifications_due().await;
     h.pass().await;
 
-    let outbox = h.store.notifications();
+    let outbox = h.notifications().await;
     assert_eq!(outbox.len(), 1);
     assert!(!outbox[0].delivered);
     assert_eq!(outbox[0].attempts, 2);
@@ -573,13 +769,13 @@ async fn an_undelivered_notification_is_kept_backed_off_and_delivered_once() {
     assert!(h.iqube.delivered().is_empty());
 
     h.iqube.set_up(true);
-    h.store.make_notifications_due();
+    h.make_notifications_due().await;
     let report = h.pass().await;
     assert_eq!(report.notified, 1);
-    h.store.make_notifications_due();
+    h.make_notifications_due().await;
     h.pass().await;
 
-    let outbox = h.store.notifications();
+    let outbox = h.notifications().await;
     assert!(outbox[0].delivered);
     assert_eq!(outbox[0].last_error, None);
     assert_eq!(h.iqube.delivered().len(), 1);
@@ -588,7 +784,7 @@ async fn an_undelivered_notification_is_kept_backed_off_and_delivered_once() {
 
 #[tokio::test]
 async fn an_itm_failure_is_itm_failed_and_notified() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.itm.set(Err(DownstreamError::Status {
         service: "ITM",
         status: 500,
@@ -604,10 +800,10 @@ async fn an_itm_failure_is_itm_failed_and_notified() {
         Some("itm_failed")
     );
     assert_eq!(f.reason.as_deref(), Some("ITM answered HTTP 500: boom"));
-    let row = h.only_row();
+    let row = h.only_row().await;
     assert_eq!(row.status, "itm_failed");
-    assert_eq!(h.store.events(row.id), ["processing", "itm_failed"]);
-    let detail = &h.store.event_rows(row.id)[1].detail;
+    assert_eq!(h.events(row.id).await, ["processing", "itm_failed"]);
+    let detail = &h.event_rows(row.id).await[1].detail;
     assert_eq!(detail["reason"], json!("ITM answered HTTP 500: boom"));
     assert_eq!(
         detail["idempotency_key"],
@@ -638,7 +834,7 @@ async fn a_failed_listing_fails_the_run_and_notifies_once() {
         ),
     ];
     for (setup, label) in cases {
-        let h = Harness::new();
+        let h = Harness::new().await;
         setup(&h.src);
 
         let err = h.try_run().await.expect_err(label);
@@ -651,14 +847,11 @@ async fn a_failed_listing_fails_the_run_and_notifies_once() {
         };
         assert_eq!(failure, RunFailure::ScanFailed, "{label}");
         assert_eq!(err_status(failure), 502);
-        let runs = h.store.runs();
+        let runs = h.runs().await;
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].status, "failed");
-        assert_eq!(
-            runs[0].error.as_ref().map(|e| e.0.as_str()),
-            Some("scan_failed")
-        );
-        let outbox = h.store.notifications();
+        assert_eq!(runs[0].error.as_deref(), Some("scan_failed"));
+        let outbox = h.notifications().await;
         assert_eq!(outbox.len(), 1, "{label}");
         assert_eq!(outbox[0].dedupe_key, format!("run_failed:{run_id}"));
         let sent = h.iqube.delivered();
@@ -666,7 +859,7 @@ async fn a_failed_listing_fails_the_run_and_notifies_once() {
         assert_eq!(sent[0].payload["event"], json!("run_failed"));
         assert_eq!(sent[0].payload["file_name"], serde_json::Value::Null);
         assert_eq!(sent[0].payload["run_id"], json!(run_id));
-        assert!(h.store.files().is_empty());
+        assert!(h.files().await.is_empty());
         assert!(h.foi.calls().is_empty());
 
         h.pass().await;
@@ -676,7 +869,7 @@ async fn a_failed_listing_fails_the_run_and_notifies_once() {
 
 #[tokio::test]
 async fn an_unavailable_database_fails_the_run_and_tells_iqube_directly() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit.xlsx", b"x", old());
     h.store.set_unavailable(true);
 
@@ -703,9 +896,10 @@ async fn an_unavailable_database_fails_the_run_and_tells_iqube_directly() {
 /// run (unplanned: it plans it itself), finishes it, then runs its own.
 #[tokio::test]
 async fn a_second_run_is_busy_while_its_owner_lives_and_adopts_it_once_dead() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit.xlsx", b"x", old());
     let (holder, other) = (Uuid::new_v4(), Uuid::new_v4());
+    h.join(other).await;
     let started = h.store.begin_run(holder, "manual", "other", other).await;
     assert_eq!(started.unwrap(), RunStart::Started);
 
@@ -715,19 +909,19 @@ async fn a_second_run_is_busy_while_its_owner_lives_and_adopts_it_once_dead() {
         matches!(err, RunError::Busy { running: Some(id) } if id == holder),
         "{err:?}"
     );
-    assert_eq!(h.store.runs().len(), 1);
+    assert_eq!(h.runs().await.len(), 1);
     assert!(h.src.fetches().is_empty());
-    assert!(h.store.files().is_empty());
+    assert!(h.files().await.is_empty());
 
     // Its instance died before it planned anything: the next starter
     // finishes that run first (the file is processed by it), then its own.
-    h.store.mark_dead(other);
+    h.mark_dead(other).await;
     let r = h.run().await;
     assert_eq!(
         report_of(&r, "remit.xlsx").decision,
         Decision::AlreadyProcessed
     );
-    let runs = h.store.runs();
+    let runs = h.runs().await;
     assert_eq!(runs.len(), 2);
     assert_eq!(
         (runs[0].status.as_str(), runs[0].finished_by.as_deref()),
@@ -745,23 +939,23 @@ async fn a_second_run_is_busy_while_its_owner_lives_and_adopts_it_once_dead() {
 
 #[tokio::test]
 async fn housekeeping_archives_an_ops_file() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.foi.set(password_failure());
     h.src.put("in/acme/remit.xlsx", b"x", old());
     h.run().await;
-    let id = h.only_row().id;
+    let id = h.only_row().await.id;
     assert!(h.src.exists("in/acme/remit.xlsx"), "failed files stay");
 
-    h.store.set_status_raw(id, "ops_done");
+    h.set_status_raw(id, "ops_done").await;
     let report = h.pass().await;
 
     assert_eq!(report.moved, 1);
     assert!(!h.src.exists("in/acme/remit.xlsx"));
     assert!(h.src.exists("archive/acme/remit.xlsx"));
-    let row = h.only_row();
+    let row = h.only_row().await;
     assert_eq!(row.archive_path.as_deref(), Some("archive/acme/remit.xlsx"));
     assert_eq!(
-        h.store.events(id),
+        h.events(id).await,
         [
             "processing",
             "extraction_file_password_failed",
@@ -772,11 +966,11 @@ async fn housekeeping_archives_an_ops_file() {
 
 #[tokio::test]
 async fn housekeeping_leaves_a_replaced_success_file_alone() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit.xlsx", b"first", old());
     h.src.fail_rename("in/acme/remit.xlsx");
     h.run().await;
-    let row = h.only_row();
+    let row = h.only_row().await;
     assert_eq!((row.status.as_str(), row.archived()), ("success", false));
 
     // A new version lands under the same name before the archive retries.
@@ -786,18 +980,18 @@ async fn housekeeping_leaves_a_replaced_success_file_alone() {
     let report = h.pass().await;
 
     assert_eq!(report.moved, 0);
-    assert!(!h.only_row().archived());
+    assert!(!h.only_row().await.archived());
     assert_eq!(
         h.src.read("in/acme/remit.xlsx").as_deref(),
         Some(&b"second"[..])
     );
     assert!(h.src.files_under("archive").is_empty());
-    assert_eq!(h.store.events(row.id), ["processing", "success"]);
+    assert_eq!(h.events(row.id).await, ["processing", "success"]);
 
     // The next run processes the new version and archives it.
     let r = h.run().await;
     assert_eq!(report_of(&r, "remit.xlsx").decision, Decision::Processed);
-    let rows = h.store.files();
+    let rows = h.files().await;
     assert_eq!(rows.len(), 2);
     assert!(!rows[0].archived());
     assert!(rows[1].archived());
@@ -805,7 +999,7 @@ async fn housekeeping_leaves_a_replaced_success_file_alone() {
 
 #[tokio::test]
 async fn a_failed_archive_move_is_retried_and_recorded_once() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit.xlsx", b"x", old());
     h.src.fail_rename("in/acme/remit.xlsx");
 
@@ -818,18 +1012,18 @@ async fn a_failed_archive_move_is_retried_and_recorded_once() {
             .map(FileStatus::as_str),
         Some("success")
     );
-    let id = h.only_row().id;
-    assert_eq!(h.store.events(id), ["processing", "success"]);
+    let id = h.only_row().await.id;
+    assert_eq!(h.events(id).await, ["processing", "success"]);
     assert!(h.src.exists("in/acme/remit.xlsx"));
     assert_eq!(h.pass().await.failed, 1);
-    assert!(!h.only_row().archived());
+    assert!(!h.only_row().await.archived());
 
     h.src.clear_faults();
     let report = h.pass().await;
     assert_eq!((report.moved, report.failed), (1, 0));
     assert_eq!(h.pass().await, PassReport::default());
     assert_eq!(
-        h.store.events(id),
+        h.events(id).await,
         ["processing", "success", "archive_succeeded"]
     );
     assert!(h.src.exists("archive/acme/remit.xlsx"));
@@ -840,21 +1034,12 @@ async fn a_failed_archive_move_is_retried_and_recorded_once() {
 
 #[tokio::test]
 async fn archive_folders_outside_remitter_folders_are_not_scanned() {
-    let h = Harness::new();
-    let mut e = testing::engine(
-        h.spool.path().to_path_buf(),
-        h.src.clone(),
-        h.store.clone(),
-        h.foi.clone(),
-        h.itm.clone(),
-        h.iqube.clone(),
-    );
     // The archive inside the source folder is never a remitter.
-    Arc::get_mut(&mut e)
-        .expect("a new engine has one owner")
-        .settings
-        .archive_dir = "in/archive".into();
-    let h = Harness { engine: e, ..h };
+    let h = Harness::with(|s| RunSettings {
+        archive_dir: "in/archive".into(),
+        ..s
+    })
+    .await;
     h.src.put("in/archive/acme/old.csv", b"archived", old());
     h.src.put("in/root.csv", b"at the root", old());
     h.src.put("in/acme/deeper/x.csv", b"too deep", old());
@@ -863,7 +1048,7 @@ async fn archive_folders_outside_remitter_folders_are_not_scanned() {
     let r = h.run().await;
 
     assert_eq!(r.summary.scanned, 1);
-    assert_eq!(h.only_row().file_name, "remit.xlsx");
+    assert_eq!(h.only_row().await.file_name, "remit.xlsx");
     assert_eq!(h.src.fetches(), ["in/acme/remit.xlsx"]);
     assert!(h.src.exists("in/archive/acme/remit.xlsx"));
     assert!(h.src.exists("in/root.csv"));
@@ -872,7 +1057,7 @@ async fn archive_folders_outside_remitter_folders_are_not_scanned() {
 
 #[tokio::test]
 async fn a_superseded_version_whose_move_failed_is_never_processed() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit_20240101.xlsx", b"old", old());
     h.src.put("in/acme/remit_20240102.xlsx", b"new", old());
     h.src.fail_rename("in/acme/remit_20240101.xlsx");
@@ -892,7 +1077,7 @@ async fn a_superseded_version_whose_move_failed_is_never_processed() {
     let again = report_of(&r, "remit_20240101.xlsx");
     assert_eq!(again.decision, Decision::Superseded, "{again:?}");
     assert_eq!(h.foi.calls().len(), 1);
-    assert_eq!(h.store.files().len(), 1);
+    assert_eq!(h.files().await.len(), 1);
 
     h.src.clear_faults();
     h.pass().await;
@@ -907,38 +1092,15 @@ async fn a_superseded_version_whose_move_failed_is_never_processed() {
     assert_eq!(h.foi.calls().len(), 1);
 }
 
-/// A second instance on `h`'s store, share and downstreams.
-fn another_instance(h: &Harness) -> Arc<Engine> {
-    let e = &h.engine;
-    Arc::new(Engine {
-        source: e.source.clone(),
-        store: e.store.clone(),
-        foi: e.foi.clone(),
-        itm: e.itm.clone(),
-        iqube: e.iqube.clone(),
-        settings: e.settings.clone(),
-        tracker: TaskTracker::new(),
-        instance: "test-2".into(),
-        incarnation: Uuid::new_v4(),
-        taking: Default::default(),
-        work_added: Default::default(),
-        passes_done: tokio::sync::watch::channel(0).0,
-        stop: Default::default(),
-        metrics: e.metrics.clone(),
-        kept: Default::default(),
-        kept_writer: Default::default(),
-    })
-}
-
 /// An instance killed while ITM holds its file: its run stays `running`
 /// and its claim `processing` while it lives; once it is dead, the next
 /// starter adopts the run, takes the claim over (a second `processing`
 /// event, the same ITM key) and finishes the run as `finished_by` itself.
 #[tokio::test]
 async fn a_dead_instances_claim_and_run_are_taken_over_with_the_same_itm_key() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit.csv", b"bytes", old());
-    let b = another_instance(&h);
+    let b = h.another("test-2").await;
     h.itm.set_hang(true);
     let killed = tokio::spawn({
         let b = b.clone();
@@ -952,7 +1114,7 @@ async fn a_dead_instances_claim_and_run_are_taken_over_with_the_same_itm_key() {
     killed.abort();
     let _ = killed.await;
     h.itm.set_hang(false);
-    let id = h.only_row().id;
+    let id = h.only_row().await.id;
 
     // Alive: its run is in progress, its claim untouched.
     let busy = h
@@ -961,10 +1123,10 @@ async fn a_dead_instances_claim_and_run_are_taken_over_with_the_same_itm_key() {
         .await
         .expect_err("b's run is in progress");
     assert!(matches!(busy, RunError::Busy { .. }), "{busy:?}");
-    assert_eq!(h.store.events(id), ["processing"]);
+    assert_eq!(h.events(id).await, ["processing"]);
 
     // Dead: adopted and finished, the claim taken over once.
-    h.store.mark_dead(b.incarnation);
+    h.mark_dead(b.incarnation()).await;
     let r = h.run().await;
     assert_eq!(
         report_of(&r, "remit.csv").decision,
@@ -972,13 +1134,13 @@ async fn a_dead_instances_claim_and_run_are_taken_over_with_the_same_itm_key() {
         "the adopted run processed it"
     );
     assert_eq!(
-        h.store.events(id),
+        h.events(id).await,
         ["processing", "processing", "success", "archive_succeeded"]
     );
     let itm = h.itm.calls();
     assert_eq!(itm.len(), 2);
     assert_eq!(itm[0].1, itm[1].1, "the same Idempotency-Key");
-    let runs = h.store.runs();
+    let runs = h.runs().await;
     assert_eq!(
         (runs[0].status.as_str(), runs[0].finished_by.as_deref()),
         ("completed", Some("test"))
@@ -991,7 +1153,7 @@ async fn a_dead_instances_claim_and_run_are_taken_over_with_the_same_itm_key() {
     );
     assert_eq!(
         h.engine
-            .metrics
+            .metrics()
             .render()
             .unwrap()
             .lines()
@@ -1005,11 +1167,11 @@ async fn a_dead_instances_claim_and_run_are_taken_over_with_the_same_itm_key() {
 
 #[tokio::test]
 async fn a_move_whose_answer_was_lost_is_recorded_from_the_archive() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit.xlsx", b"x", old());
     h.src.fail_rename("in/acme/remit.xlsx");
     h.run().await;
-    let row = h.only_row();
+    let row = h.only_row().await;
     assert!(!row.archived());
 
     // The server did move it, but the answer never arrived.
@@ -1018,10 +1180,10 @@ async fn a_move_whose_answer_was_lost_is_recorded_from_the_archive() {
     h.src.mv("in/acme/remit.xlsx", "archive/acme/remit.xlsx");
     h.pass().await;
 
-    let row = h.only_row();
+    let row = h.only_row().await;
     assert_eq!(row.archive_path.as_deref(), Some("archive/acme/remit.xlsx"));
     assert_eq!(
-        h.store.events(row.id),
+        h.events(row.id).await,
         ["processing", "success", "archive_succeeded"]
     );
     assert_eq!(h.src.files_under("archive"), ["archive/acme/remit.xlsx"]);
@@ -1029,7 +1191,7 @@ async fn a_move_whose_answer_was_lost_is_recorded_from_the_archive() {
 
 #[tokio::test]
 async fn the_lost_answer_recovery_never_takes_another_file_for_the_moved_one() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit.xlsx", b"bytes", old());
     h.src.fail_rename("in/acme/remit.xlsx");
     h.run().await;
@@ -1044,7 +1206,7 @@ async fn the_lost_answer_recovery_never_takes_another_file_for_the_moved_one() {
         .mv("in/acme/remit.xlsx", "archive/acme/remit (1).xlsx");
     h.pass().await;
 
-    let row = h.only_row();
+    let row = h.only_row().await;
     assert_eq!(
         row.archive_path.as_deref(),
         Some("archive/acme/remit (1).xlsx")
@@ -1057,7 +1219,7 @@ async fn the_lost_answer_recovery_never_takes_another_file_for_the_moved_one() {
 
 #[tokio::test]
 async fn a_taken_name_is_never_replaced_and_a_move_takes_the_next_name() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit.xlsx", b"new", old());
     h.src.fail_rename("in/acme/remit.xlsx");
     h.run().await;
@@ -1068,7 +1230,7 @@ async fn a_taken_name_is_never_replaced_and_a_move_takes_the_next_name() {
     h.pass().await;
 
     assert_eq!(
-        h.only_row().archive_path.as_deref(),
+        h.only_row().await.archive_path.as_deref(),
         Some("archive/acme/remit (2).xlsx")
     );
     assert_eq!(
@@ -1087,19 +1249,19 @@ async fn a_taken_name_is_never_replaced_and_a_move_takes_the_next_name() {
 
 #[tokio::test]
 async fn a_file_held_open_for_writing_is_not_archived_until_released() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit.xlsx", b"x", old());
     h.src.fail_rename("in/acme/remit.xlsx");
     h.run().await;
     h.src.clear_faults();
     h.src.mark_open_for_write("in/acme/remit.xlsx");
     h.pass().await;
-    assert!(!h.only_row().archived(), "a writer holds it");
+    assert!(!h.only_row().await.archived(), "a writer holds it");
     assert_eq!(h.src.files_under("archive"), Vec::<String>::new());
 
     h.src.clear_faults();
     h.pass().await;
-    assert!(h.only_row().archived());
+    assert!(h.only_row().await.archived());
     assert_eq!(h.src.files_under("archive"), ["archive/acme/remit.xlsx"]);
 }
 
@@ -1108,23 +1270,23 @@ async fn a_file_held_open_for_writing_is_not_archived_until_released() {
 /// a key of its own.
 #[tokio::test]
 async fn a_retry_requested_file_is_claimed_and_sent_again() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.itm.set(Err(DownstreamError::Connect("ITM down".into())));
     h.src.put("in/acme/remit.csv", b"x", old());
     h.run().await;
-    let id = h.only_row().id;
-    h.store.set_status_raw(id, "retry_requested");
+    let id = h.only_row().await.id;
+    h.set_status_raw(id, "retry_requested").await;
 
     let r = h.run().await;
 
     assert_eq!((r.summary.processed, r.summary.failed), (1, 1));
     assert_eq!(
-        h.store.events(id),
+        h.events(id).await,
         ["processing", "itm_failed", "processing", "itm_failed"]
     );
     let keys: Vec<String> = h
-        .store
         .notifications()
+        .await
         .into_iter()
         .map(|n| n.dedupe_key)
         .collect();
@@ -1142,12 +1304,13 @@ async fn a_retry_requested_file_is_claimed_and_sent_again() {
 
 #[tokio::test]
 async fn a_dry_run_decides_like_a_run_and_does_nothing() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/remit_20240101.csv", b"old", old());
     h.src.put("in/acme/remit_20240202.csv", b"new", old());
     h.src.put("in/acme/fresh.csv", b"fresh", t0());
     // A real run holds the lock meanwhile: the dry run neither waits nor fails.
     let (held, owner) = (Uuid::new_v4(), Uuid::new_v4());
+    h.join(owner).await;
     let started = h.store.begin_run(held, "api", "x", owner).await.unwrap();
     assert_eq!(started, RunStart::Started, "no run in progress");
     let r = h.engine.dry_run("test").await.expect("dry run completes");
@@ -1182,16 +1345,16 @@ async fn a_dry_run_decides_like_a_run_and_does_nothing() {
         (1, 0, 0)
     );
     assert!(h.foi.calls().is_empty() && h.itm.calls().is_empty());
-    assert!(h.store.files().is_empty());
+    assert!(h.files().await.is_empty());
     assert_eq!(h.src.files_under("archive/acme").len(), 0);
-    let runs = h.store.runs();
+    let runs = h.runs().await;
     let dry: Vec<&RunRow> = runs.iter().filter(|r| r.dry_run).collect();
     assert_eq!(dry.len(), 1);
     assert_eq!(
         (dry[0].status.as_str(), dry[0].trigger.as_str()),
         ("completed", "test")
     );
-    assert_eq!(*h.engine.passes_done.borrow(), 0, "no background pass");
+    assert_eq!(*h.engine.passes_done().borrow(), 0, "no background pass");
     assert!(h.spool_is_empty());
 }
 
@@ -1201,11 +1364,11 @@ async fn a_dry_run_decides_like_a_run_and_does_nothing() {
 #[tokio::test]
 async fn a_delivery_cut_by_the_budget_or_shutdown_is_awaited_not_sent_again() {
     for stop in [false, true] {
-        let mut h = Harness::new();
-        Arc::get_mut(&mut h.engine)
-            .expect("the harness holds the only engine")
-            .settings
-            .delivery_budget = Duration::from_millis(50);
+        let h = Harness::with(|s| RunSettings {
+            delivery_budget: Duration::from_millis(50),
+            ..s
+        })
+        .await;
         h.iqube.set_delay(Duration::from_millis(400));
         h.foi.set(password_failure());
         h.src.put("in/acme/remit.xlsx", b"x", old());
@@ -1217,13 +1380,13 @@ async fn a_delivery_cut_by_the_budget_or_shutdown_is_awaited_not_sent_again() {
                 assert!(tokio::time::Instant::now() < deadline, "IQube never called");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            h.engine.stop.cancel();
+            h.engine.stop().cancel();
         }
         h.settle().await;
-        let outbox = h.store.notifications();
+        let outbox = h.notifications().await;
         assert_eq!(outbox.len(), 1);
         assert!(outbox[0].delivered, "stop={stop}: {outbox:?}");
-        h.store.make_notifications_due();
+        h.make_notifications_due().await;
         h.pass().await;
         assert_eq!(h.iqube.calls().len(), 1, "stop={stop}: sent once");
     }
@@ -1235,7 +1398,7 @@ async fn a_delivery_cut_by_the_budget_or_shutdown_is_awaited_not_sent_again() {
 /// downloads it and sends the new content as a new version.
 #[tokio::test]
 async fn a_file_whose_change_time_moved_is_not_archived_and_is_sent_again() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let path = "in/acme/remit.csv";
     h.src.put(path, b"first", old());
     h.src.fail_rename(path);
@@ -1252,14 +1415,14 @@ async fn a_file_whose_change_time_moved_is_not_archived_and_is_sent_again() {
         Some(&b"other"[..]),
         "not archived"
     );
-    assert!(!h.only_row().archived());
+    assert!(!h.only_row().await.archived());
 
     let r = h.run().await;
     let f = report_of(&r, "remit.csv");
     assert_eq!(f.decision, Decision::Processed, "{f:?}");
     let sent: Vec<Vec<u8>> = h.foi.calls().into_iter().map(|c| c.bytes).collect();
     assert_eq!(sent, [b"first".to_vec(), b"other".to_vec()]);
-    let rows = h.store.files();
+    let rows = h.files().await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows[1].archived() && !rows[0].archived(), "{rows:?}");
     assert_eq!(
@@ -1273,7 +1436,7 @@ async fn a_file_whose_change_time_moved_is_not_archived_and_is_sent_again() {
 /// times, so the pass moves it (it is not left in the source for good).
 #[tokio::test]
 async fn a_file_whose_change_time_alone_moved_is_refreshed_and_archived() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let path = "in/acme/remit.csv";
     h.src.put(path, b"first", old());
     h.src.fail_rename(path);
@@ -1292,12 +1455,12 @@ async fn a_file_whose_change_time_alone_moved_is_refreshed_and_archived() {
     assert_eq!(f.decision, Decision::AlreadyProcessed, "{f:?}");
     assert_eq!(h.foi.calls().len(), 1, "not sent again");
     assert_eq!(h.src.fetches().len(), 2, "downloaded once more");
-    let row = h.only_row();
+    let row = h.only_row().await;
     assert_eq!(row.ctime, Some(moved));
     assert!(row.archived(), "{row:?}");
     assert!(!h.src.exists(path));
     assert_eq!(
-        h.store.events(row.id),
+        h.events(row.id).await,
         ["processing", "success", "archive_succeeded"]
     );
 }
@@ -1307,7 +1470,7 @@ async fn a_file_whose_change_time_alone_moved_is_refreshed_and_archived() {
 /// row: a second `archive_succeeded`, as every move writes one.
 #[tokio::test]
 async fn a_processed_old_version_copied_back_is_archived_again_with_its_row() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.src.put("in/acme/r_20240101.csv", b"old", old());
     h.run().await;
     h.src.put("in/acme/r_20240102.csv", b"new", old());
@@ -1323,14 +1486,14 @@ async fn a_processed_old_version_copied_back_is_archived_again_with_its_row() {
         h.src.read("archive/acme/r_20240101 (1).csv").as_deref(),
         Some(&b"old"[..])
     );
-    let row = h.store.files()[0].clone();
+    let row = h.files().await[0].clone();
     assert_eq!(row.file_name, "r_20240101.csv");
     assert_eq!(
         row.archive_path.as_deref(),
         Some("archive/acme/r_20240101 (1).csv")
     );
     assert_eq!(
-        h.store.events(row.id),
+        h.events(row.id).await,
         [
             "processing",
             "success",

@@ -6,9 +6,9 @@
 //! check and the rename are one step on the share. Moves overlap, across
 //! folders and within one; a failed move stays in place for the next pass.
 
-use crate::downstream::Notifier;
-use crate::source::{Entry, Expected, FileSource, Moved, SourceError, join};
-use crate::store::{ArchiveCandidate, Store, SupersededFile};
+use crate::engine::{Deps, RunSettings};
+use crate::source::{Entry, Expected, Moved, SourceError, join};
+use crate::store::{ArchiveCandidate, SupersededFile};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -102,22 +102,14 @@ impl From<ArchiveCandidate> for Due {
 
 /// Moves files into the archive and delivers queued notifications.
 pub struct Archiver {
-    /// The share.
-    pub source: Arc<dyn FileSource>,
-    /// Postgres.
-    pub store: Arc<dyn Store>,
-    /// IQube.
-    pub iqube: Arc<dyn Notifier>,
-    /// Share-relative source folder.
-    pub source_dir: String,
-    /// Share-relative archive folder.
-    pub archive_dir: String,
+    /// The share, the database and IQube.
+    deps: Arc<Deps>,
+    /// The source and archive folders, and the delivery budget of a pass.
+    settings: Arc<RunSettings>,
     /// Archive folders known to exist during this pass.
-    pub made_dirs: std::sync::Mutex<std::collections::HashSet<String>>,
+    made_dirs: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Cancelled on shutdown: no new move or delivery starts after it.
-    pub stop: CancellationToken,
-    /// Most time one pass spends delivering notifications.
-    pub delivery_budget: Duration,
+    stop: CancellationToken,
 }
 
 /// Remitter folders whose moves run at once.
@@ -141,6 +133,17 @@ pub struct PassReport {
 }
 
 impl Archiver {
+    /// An archiver over `deps` with `settings`; it starts nothing new once
+    /// `stop` is cancelled.
+    pub fn new(deps: Arc<Deps>, settings: Arc<RunSettings>, stop: CancellationToken) -> Self {
+        Self {
+            deps,
+            settings,
+            made_dirs: Default::default(),
+            stop,
+        }
+    }
+
     /// Moves `remitter/name` into the archive under the first free name
     /// (` (n)` suffixes), provided the source still holds the `expected`
     /// version; `Ok(None)` when it holds another one (nothing moved). The
@@ -151,8 +154,8 @@ impl Archiver {
         name: &str,
         expected: &Expected,
     ) -> Result<Option<String>, SourceError> {
-        let from = join(&[&self.source_dir, remitter, name]);
-        let dir = join(&[&self.archive_dir, remitter]);
+        let from = join(&[&self.settings.source_dir, remitter, name]);
+        let dir = join(&[&self.settings.archive_dir, remitter]);
         // One mkdir per remitter and pass, not one per file.
         let known = self
             .made_dirs
@@ -160,14 +163,14 @@ impl Archiver {
             .map(|d| d.contains(&dir))
             .unwrap_or(false);
         if !known {
-            self.source.mkdir_all(&dir).await?;
+            self.deps.source.mkdir_all(&dir).await?;
             if let Ok(mut d) = self.made_dirs.lock() {
                 d.insert(dir.clone());
             }
         }
         for n in 0..1000 {
             let to = join(&[&dir, &suffixed(name, n)]);
-            match self.source.move_file(&from, &to, expected).await {
+            match self.deps.source.move_file(&from, &to, expected).await {
                 Ok(Moved::Done) => return Ok(Some(to)),
                 Ok(Moved::Changed(_)) => return Ok(None),
                 Err(SourceError::AlreadyExists(_)) => continue,
@@ -200,8 +203,8 @@ impl Archiver {
         let Ok(tmp) = tempfile::NamedTempFile::new() else {
             return false;
         };
-        let path = join(&[&self.archive_dir, &d.remitter, name]);
-        match self.source.fetch(&path, tmp.path()).await {
+        let path = join(&[&self.settings.archive_dir, &d.remitter, name]);
+        match self.deps.source.fetch(&path, tmp.path()).await {
             Ok(f) => f.md5 == *md5,
             Err(e) => {
                 tracing::warn!(path = %path, error = %e, "archived file could not be read to compare");
@@ -215,7 +218,7 @@ impl Archiver {
     /// resolved without a move. A version with a `files` row (claimed
     /// before) is archived with it: `archived_at` and `archive_succeeded`.
     pub async fn archive_superseded(&self, report: &mut PassReport) {
-        match self.store.pending_superseded().await {
+        match self.deps.store.pending_superseded().await {
             Ok(due) => {
                 self.move_due(due.into_iter().map(Due::from).collect(), report)
                     .await
@@ -227,7 +230,7 @@ impl Archiver {
     /// Housekeeping: archive every `success`/`ops_*` file still in the source,
     /// provided the file there is still the version that was processed.
     pub async fn housekeeping(&self, report: &mut PassReport) {
-        match self.store.archive_candidates().await {
+        match self.deps.store.archive_candidates().await {
             Ok(due) => {
                 self.move_due(due.into_iter().map(Due::from).collect(), report)
                     .await
@@ -259,8 +262,9 @@ impl Archiver {
     async fn move_folder(&self, remitter: String, files: Vec<Due>) -> PassReport {
         let mut report = PassReport::default();
         let listing: HashMap<String, Entry> = match self
+            .deps
             .source
-            .list(&join(&[&self.source_dir, &remitter]))
+            .list(&join(&[&self.settings.source_dir, &remitter]))
             .await
         {
             Ok(entries) => entries.into_iter().map(|e| (e.name.clone(), e)).collect(),
@@ -279,8 +283,9 @@ impl Archiver {
             .any(|d| d.md5.is_some() && !listing.contains_key(&d.file_name))
         {
             match self
+                .deps
                 .source
-                .list(&join(&[&self.archive_dir, &remitter]))
+                .list(&join(&[&self.settings.archive_dir, &remitter]))
                 .await
             {
                 Ok(entries) => entries.into_iter().map(|e| (e.name.clone(), e)).collect(),
@@ -359,7 +364,7 @@ impl Archiver {
                 match found {
                     Some(name) => {
                         tracing::info!(remitter = %d.remitter, file = %d.file_name, "already in the archive (an earlier move's answer was lost)");
-                        Some(join(&[&self.archive_dir, &d.remitter, &name]))
+                        Some(join(&[&self.settings.archive_dir, &d.remitter, &name]))
                     }
                     None => {
                         tracing::warn!(remitter = %d.remitter, file = %d.file_name, "file to archive is not in the source folder");
@@ -369,8 +374,10 @@ impl Archiver {
             }
         };
         let recorded = match (&d.record, &moved_to) {
-            (Record::Superseded(id), to) => self.store.resolve_superseded(*id, to.as_deref()).await,
-            (Record::Processed(id), Some(to)) => self.store.mark_archived(*id, to).await,
+            (Record::Superseded(id), to) => {
+                self.deps.store.resolve_superseded(*id, to.as_deref()).await
+            }
+            (Record::Processed(id), Some(to)) => self.deps.store.mark_archived(*id, to).await,
             // A processed file that is gone or replaced stays listed: an operator decides.
             (Record::Processed(_), None) => return None,
         };
@@ -397,13 +404,14 @@ impl Archiver {
     /// answer is on its way would send it again on the next pass, and IQube
     /// would be told twice.
     pub async fn deliver_notifications(&self, report: &mut PassReport) {
-        let deadline = tokio::time::Instant::now() + self.delivery_budget;
+        let deadline = tokio::time::Instant::now() + self.settings.delivery_budget;
         let mut taken = 0;
         while taken < DELIVERY_MAX_PER_PASS
             && !self.stop.is_cancelled()
             && tokio::time::Instant::now() < deadline
         {
             let batch = match self
+                .deps
                 .store
                 .take_due_notifications(DELIVERY_CONCURRENCY as i64)
                 .await
@@ -417,7 +425,7 @@ impl Archiver {
             };
             taken += batch.len();
             let sends = futures::future::join_all(batch.iter().map(|n| async move {
-                let result = self.iqube.notify(&n.payload, &n.key).await;
+                let result = self.deps.iqube.notify(&n.payload, &n.key).await;
                 if let Err(e) = &result {
                     tracing::warn!(key = %n.key, error = %e, "IQube notification not delivered; kept for later");
                 }
@@ -430,7 +438,7 @@ impl Archiver {
     }
 
     async fn record_attempt(&self, id: i64, key: &str, error: Option<&str>) {
-        if let Err(e) = self.store.notification_attempted(id, error).await {
+        if let Err(e) = self.deps.store.notification_attempted(id, error).await {
             tracing::error!(key = %key, error = %e, "could not record a notification attempt");
         }
     }
@@ -443,7 +451,7 @@ impl Archiver {
         let mut report = PassReport::default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         let lease = loop {
-            match self.store.try_housekeeping_lock().await {
+            match self.deps.store.try_housekeeping_lock().await {
                 Ok(Some(l)) => break Some(l),
                 Ok(None) if tokio::time::Instant::now() < deadline => {
                     tokio::select! {

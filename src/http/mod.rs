@@ -311,7 +311,7 @@ async fn create_run(
     // The run is its own task: a client that hangs up must not cancel it half-way.
     let engine = state.engine.clone();
     let dry_run = options.dry_run;
-    let handle = state.engine.tracker.spawn(async move {
+    let handle = state.engine.tracker().spawn(async move {
         if dry_run {
             engine.dry_run("api").await
         } else {
@@ -335,8 +335,8 @@ async fn create_run(
 /// the backlog gauges counted now (one query; on a database error the last
 /// counts stay and the scrape still answers).
 async fn metrics(State(state): State<AppState>) -> Response {
-    let m = &state.engine.metrics;
-    match state.engine.store.backlog().await {
+    let m = &state.engine.metrics();
+    match state.engine.store().backlog().await {
         Ok(b) => m.set_backlog(b),
         Err(e) => tracing::warn!(error = %e, "metrics: the backlog could not be counted"),
     }
@@ -417,10 +417,13 @@ impl From<Result<(), String>> for Check {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    let db = state.engine.store.ping().await.map_err(|e| e.to_string());
+    let db = state.engine.store().ping().await.map_err(|e| e.to_string());
     let share = tokio::time::timeout(
         Duration::from_secs(10),
-        state.engine.source.list(&state.engine.settings.source_dir),
+        state
+            .engine
+            .source()
+            .list(&state.engine.settings().source_dir),
     )
     .await
     .map_err(|_| "timed out".to_string())

@@ -5,18 +5,20 @@
 pub mod kept;
 
 use crate::domain::{Decision, FileStatus};
-use crate::downstream::{Extractor, FoiOutcome, ItmSubmission, Notification, Submitter};
+use crate::downstream::{FoiOutcome, ItmSubmission, Notification};
+use crate::engine::{Deps, RunSettings};
 use crate::plan::Unstable;
 use crate::scan::Candidate;
-use crate::source::{Content, FileSource, SourceError};
-use crate::store::{Claim, ClaimRequest, Store, StoreError};
+use crate::source::{Content, SourceError};
+use crate::store::{Claim, ClaimRequest, StoreError};
 use backon::{ExponentialBuilder, Retryable};
-use kept::{KeptOutcome, KeptOutcomes, Outcome};
+use kept::{KeptOutcome, Outcome};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use crate::domain::FileReport;
@@ -58,32 +60,18 @@ pub struct ClaimedFile {
 
 /// Everything processing needs, shared by the files of one run.
 pub struct Processor {
-    /// The share.
-    pub source: Arc<dyn FileSource>,
-    /// Postgres.
-    pub store: Arc<dyn Store>,
-    /// FOI.
-    pub foi: Arc<dyn Extractor>,
-    /// ITM.
-    pub itm: Arc<dyn Submitter>,
-    /// Share-relative source folder.
-    pub source_dir: String,
-    /// Local spool folder.
-    pub spool_dir: PathBuf,
+    /// The share, the database, FOI, ITM, metrics and kept outcomes.
+    deps: Arc<Deps>,
+    /// The source and spool folders, and when IQube hears of failed reads.
+    settings: Arc<RunSettings>,
     /// This process (its incarnation): the holder of its claims.
-    pub holder: Uuid,
-    /// Failed reads of one version before IQube is told.
-    pub read_failure_notify_after: u32,
-    /// Set once a candidate was found taken over: this instance was
-    /// presumed dead, and takes nothing more in this run.
-    pub work_lost: AtomicBool,
-    /// Where the bytes read are counted.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    holder: Uuid,
     /// Cancelled on shutdown: no file is claimed after it; files already
     /// claimed go on to their outcome.
-    pub stop: tokio_util::sync::CancellationToken,
-    /// Outcomes whose write failed, shared by the runs of this process.
-    pub kept: Arc<KeptOutcomes>,
+    stop: CancellationToken,
+    /// Set once a candidate was found taken over: this instance was
+    /// presumed dead, and takes nothing more in this run.
+    work_lost: AtomicBool,
 }
 
 /// Attempts at a claim through a database blip: about 30 s in all, then
@@ -150,11 +138,32 @@ impl Drop for Spool {
 }
 
 impl Processor {
+    /// A processor of `holder`'s claims; it stops claiming once `stop` is cancelled.
+    pub fn new(
+        deps: Arc<Deps>,
+        settings: Arc<RunSettings>,
+        holder: Uuid,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            deps,
+            settings,
+            holder,
+            stop,
+            work_lost: AtomicBool::new(false),
+        }
+    }
+
+    /// True once a candidate was found taken over: take nothing more.
+    pub fn work_lost(&self) -> bool {
+        self.work_lost.load(Ordering::Relaxed)
+    }
+
     /// A download failed: nothing was claimed or sent. Counts the failure and
     /// tells IQube once when the same version keeps failing.
     async fn read_failed(&self, run_id: Uuid, c: &Candidate, error: &str) -> FileReport {
         tracing::warn!(error, "download failed; nothing sent");
-        let n = self.read_failure_notify_after;
+        let n = self.settings.read_failure_notify_after;
         let payload = Notification::ReadFailed {
             run_id,
             remitter: &c.remitter,
@@ -164,6 +173,7 @@ impl Processor {
         }
         .payload();
         let counted = self
+            .deps
             .store
             .record_read_failure(
                 &c.remitter,
@@ -197,7 +207,7 @@ impl Processor {
             return Claimed::Lost;
         }
         let mut spool = Spool {
-            path: self.spool_dir.join(format!(
+            path: self.settings.spool_dir.join(format!(
                 "{}{}.spool",
                 spool_prefix(std::process::id()),
                 Uuid::new_v4().simple()
@@ -205,8 +215,9 @@ impl Processor {
             used: true,
         };
         let fetched = match self
+            .deps
             .source
-            .fetch(&c.path(&self.source_dir), &spool.path)
+            .fetch(&c.path(&self.settings.source_dir), &spool.path)
             .await
         {
             Ok(f) => {
@@ -224,7 +235,7 @@ impl Processor {
             }
             Err(e) => return Claimed::Done(self.read_failed(run_id, c, &e.to_string()).await),
         };
-        self.metrics.bytes_read(fetched.size);
+        self.deps.metrics.bytes_read(fetched.size);
         // The bytes read must be the version that passed Policy A (CONTRACT §1.4).
         let (e, a) = (&c.entry, &fetched.after);
         if fetched.size != e.size || a.size != e.size || a.mtime != e.mtime || a.ctime != e.ctime {
@@ -258,7 +269,7 @@ impl Processor {
         };
         // Tried again through a database blip with the same token: a claim
         // whose answer was lost is found as this process's own.
-        let claim = (|| self.store.claim(&req))
+        let claim = (|| self.deps.store.claim(&req))
             .retry(CLAIM_BACKOFF)
             .when(|e: &StoreError| e.is_transient() && !self.stop.is_cancelled())
             .notify(
@@ -272,7 +283,7 @@ impl Processor {
                 recovered,
             }) => {
                 if recovered {
-                    self.metrics.claim_taken_over();
+                    self.deps.metrics.claim_taken_over();
                 }
                 (id, token)
             }
@@ -309,7 +320,7 @@ impl Processor {
             token,
             fetched,
             _spool: spool,
-            _in_flight: self.metrics.file_in_flight(),
+            _in_flight: self.deps.metrics.file_in_flight(),
         })
     }
 
@@ -326,7 +337,11 @@ impl Processor {
             ..
         } = file;
         // No renewal: a live instance's claim is never taken over.
-        let outcome = match self.kept.take(&c.remitter, &c.entry.name, &fetched.md5) {
+        let outcome = match self
+            .deps
+            .kept
+            .take(&c.remitter, &c.entry.name, &fetched.md5)
+        {
             Some(kept) => {
                 tracing::info!(
                     file_id,
@@ -358,7 +373,7 @@ impl Processor {
     async fn record(&self, c: &Candidate, kept: KeptOutcome) -> FileReport {
         let o = &kept.outcome;
         let write = || {
-            self.store.set_status(
+            self.deps.store.set_status(
                 kept.file_id,
                 kept.token,
                 o.status.clone(),
@@ -369,7 +384,7 @@ impl Processor {
         let status = o.status.clone();
         let mut written = write().await;
         if written.as_ref().is_err_and(StoreError::is_transient) {
-            self.kept.keep_retrying(kept.clone());
+            self.deps.kept.keep_retrying(kept.clone());
             written = write
                 .retry(OUTCOME_WRITE_BACKOFF.without_max_times())
                 .when(|e: &StoreError| e.is_transient() && !self.stop.is_cancelled())
@@ -378,7 +393,7 @@ impl Processor {
                 })
                 .await;
             // Written, or refused for good: nothing left to keep.
-            self.kept.retried(
+            self.deps.kept.retried(
                 &kept,
                 !written.as_ref().is_err_and(StoreError::is_transient),
             );
@@ -428,35 +443,39 @@ impl Processor {
         md5: &str,
         content: &Content,
     ) -> Outcome {
-        let (status, detail, failure) =
-            match self.foi.extract(&c.remitter, &c.entry.name, content).await {
-                FoiOutcome::Failure { status, reason } => (
-                    status,
-                    json!({"step": "foi", "reason": reason}),
-                    Some(reason),
-                ),
-                FoiOutcome::Success(result) => {
-                    let sub = ItmSubmission {
-                        remitter: c.remitter.clone(),
-                        file_name: c.entry.name.clone(),
-                        md5: md5.to_string(),
-                        result,
-                    };
-                    let key = idempotency_key(&c.remitter, &c.entry.name, md5);
-                    match self.itm.submit(&sub, &key).await {
-                        Ok(()) => (
-                            FileStatus::Success,
-                            json!({"step": "itm", "idempotency_key": key}),
-                            None,
-                        ),
-                        Err(e) => (
-                            FileStatus::ItmFailed,
-                            json!({"step": "itm", "idempotency_key": key, "reason": e.to_string()}),
-                            Some(e.to_string()),
-                        ),
-                    }
+        let (status, detail, failure) = match self
+            .deps
+            .foi
+            .extract(&c.remitter, &c.entry.name, content)
+            .await
+        {
+            FoiOutcome::Failure { status, reason } => (
+                status,
+                json!({"step": "foi", "reason": reason}),
+                Some(reason),
+            ),
+            FoiOutcome::Success(result) => {
+                let sub = ItmSubmission {
+                    remitter: c.remitter.clone(),
+                    file_name: c.entry.name.clone(),
+                    md5: md5.to_string(),
+                    result,
+                };
+                let key = idempotency_key(&c.remitter, &c.entry.name, md5);
+                match self.deps.itm.submit(&sub, &key).await {
+                    Ok(()) => (
+                        FileStatus::Success,
+                        json!({"step": "itm", "idempotency_key": key}),
+                        None,
+                    ),
+                    Err(e) => (
+                        FileStatus::ItmFailed,
+                        json!({"step": "itm", "idempotency_key": key, "reason": e.to_string()}),
+                        Some(e.to_string()),
+                    ),
                 }
-            };
+            }
+        };
         let notification = failure.as_deref().map(|reason| {
             Notification::FileFailed {
                 run_id,

@@ -499,11 +499,6 @@ pub trait WorkStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Candidates not done yet.
     async fn open_work(&self, run_id: Uuid) -> Result<i64, StoreError>;
-    /// The groups still pending (never taken, or given back).
-    async fn pending_work(
-        &self,
-        run_id: Uuid,
-    ) -> Result<Vec<(i32, crate::plan::Group)>, StoreError>;
     /// Every candidate's group and report, in order (reports of done ones).
     async fn run_results(
         &self,

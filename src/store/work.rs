@@ -204,19 +204,6 @@ impl WorkStore for PgStore {
             .step("counting the run's open candidates")
     }
 
-    async fn pending_work(&self, run_id: Uuid) -> Result<Vec<(i32, Group)>, StoreError> {
-        let rows: Vec<(i32, Value)> = sqlx::query_as(
-            "SELECT seq, item FROM run_work WHERE run_id = $1 AND state = 'pending' ORDER BY seq",
-        )
-        .bind(run_id)
-        .fetch_all(self.pool())
-        .await
-        .step("reading the run's pending candidates")?;
-        rows.into_iter()
-            .map(|(seq, item)| Ok((seq, decode(item, "candidate")?)))
-            .collect()
-    }
-
     async fn run_results(
         &self,
         run_id: Uuid,

@@ -7,6 +7,7 @@
 use crate::gate::{Gate, Point};
 use crate::helpers::{Opts, TestApp, TestEnv, decision_of, spawn_app};
 use coordinator::archive::Archiver;
+use coordinator::engine::{Deps, RunSettings};
 use coordinator::source::smb::SmbShare;
 use coordinator::source::{Expected, FileSource};
 use coordinator::store::PgStore;
@@ -25,16 +26,23 @@ async fn archiver(app: &TestApp, source: Arc<dyn FileSource>) -> Arc<Archiver> {
         .connect(&url)
         .await
         .unwrap();
-    Arc::new(Archiver {
+    let engine = &app.server.engine;
+    let deps = Deps {
         source,
         store: Arc::new(PgStore::from_pool(pool)),
-        iqube: app.server.engine.iqube.clone(),
+        ..engine.deps().clone()
+    };
+    let settings = RunSettings {
         source_dir: app.source_dir.clone(),
         archive_dir: app.archive_dir.clone(),
-        made_dirs: Default::default(),
-        stop: Default::default(),
         delivery_budget: Duration::from_secs(5),
-    })
+        ..engine.settings().clone()
+    };
+    Arc::new(Archiver::new(
+        Arc::new(deps),
+        Arc::new(settings),
+        Default::default(),
+    ))
 }
 
 /// Every file of a folder on the share's disk: name → content.
@@ -110,7 +118,7 @@ async fn colliding_names_are_all_archived_with_their_own_bytes() {
         app.put("acme", &name, c.as_bytes()).await;
         want.push(c);
     }
-    let mut passes = other.engine.passes_done.subscribe();
+    let mut passes = other.engine.passes_done();
     let resp = app
         .http
         .post(format!("http://{}/api/v1/coordinator/runs", other.addr))

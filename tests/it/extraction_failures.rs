@@ -273,8 +273,8 @@ async fn the_periodic_pass_delivers_kept_notifications() {
     let runs = app.count("runs").await;
     assert_eq!(runs, 1, "no other run was triggered");
     // Later passes do not deliver it again.
-    let passes = *app.server.engine.passes_done.borrow();
-    let mut rx = app.server.engine.passes_done.subscribe();
+    let passes = *app.server.engine.passes_done().borrow();
+    let mut rx = app.server.engine.passes_done();
     tokio::time::timeout(
         std::time::Duration::from_secs(30),
         rx.wait_for(|n| *n >= passes + 2),

@@ -298,7 +298,7 @@ async fn a_folder_listing_that_times_out_is_that_folders_error() {
     app.put("slow", "a.csv", b"a").await;
     app.put("fine", "b.csv", b"b").await;
     let slow = format!("{}/slow", app.source_dir);
-    let share = crate::gate::Gate::failing_list(app.server.engine.source.clone(), &slow, 1);
+    let share = crate::gate::Gate::failing_list(app.server.engine.source().clone(), &slow, 1);
     let engine = app.server.engine.over(share);
 
     let report = engine.run("test").await.expect("the run completes");

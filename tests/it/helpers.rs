@@ -229,7 +229,7 @@ pub async fn spawn_app(opts: Opts) -> TestApp {
     let p = prepare(opts).await;
     let cfg = Config::from_args(p.args.clone()).expect("valid test configuration");
     let server = start(&cfg).await.expect("start the coordinator");
-    let passes = server.engine.passes_done.subscribe();
+    let passes = server.engine.passes_done();
     let db = PgPoolOptions::new()
         .max_connections(2)
         .connect(&p.db_url)
@@ -429,7 +429,7 @@ impl TestApp {
             // Dry runs schedule no pass.
             "SELECT count(*) FROM runs WHERE status <> 'running' AND NOT dry_run AND instance = $1",
         )
-        .bind(&self.server.engine.instance)
+        .bind(self.server.engine.instance())
         .fetch_one(&self.db)
         .await
         .unwrap();

@@ -125,7 +125,11 @@ async fn a_file_rewritten_after_the_second_look_is_not_claimed() {
     let mut app = spawn_app(Opts::default()).await;
     app.put("acme", "remit.csv", b"as listed").await;
     let path = format!("{}/acme/remit.csv", app.source_dir);
-    let gate = Gate::new(app.server.engine.source.clone(), Point::BeforeFetch, &path);
+    let gate = Gate::new(
+        app.server.engine.source().clone(),
+        Point::BeforeFetch,
+        &path,
+    );
     let engine = app.server.engine.over(gate.clone());
     let run = tokio::spawn(async move { engine.run("test").await });
     gate.wait_reached().await;
@@ -176,7 +180,7 @@ async fn a_folder_gone_at_the_second_look_is_only_that_folders_error() {
     let gone_dir = format!("{}/gone", app.source_dir);
     // The first listing of the folder is the scan; the second, the second look.
     let gate = Gate::nth(
-        app.server.engine.source.clone(),
+        app.server.engine.source().clone(),
         Point::BeforeList,
         &gone_dir,
         1,

@@ -103,7 +103,7 @@ async fn a_dry_run_reports_every_decision_and_changes_nothing() {
         app.fakes.itm_calls().len(),
         app.fakes.iqube_attempts(),
     );
-    let passes_before = *app.server.engine.passes_done.borrow();
+    let passes_before = *app.server.engine.passes_done().borrow();
 
     let (status, body) = post_run(&app, r#"{"dry_run": true}"#).await;
     assert_eq!(status, 200, "{body}");
@@ -172,7 +172,7 @@ async fn a_dry_run_reports_every_decision_and_changes_nothing() {
         calls_before
     );
     assert_eq!(
-        *app.server.engine.passes_done.borrow(),
+        *app.server.engine.passes_done().borrow(),
         passes_before,
         "a dry run schedules no background pass"
     );

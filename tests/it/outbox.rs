@@ -70,8 +70,8 @@ async fn a_rejected_notification_backs_off_and_is_delivered_once() {
     .await;
 
     // Three more passes inside the first backoff (5 s): no new attempt.
-    let passes = *app.server.engine.passes_done.borrow();
-    let mut rx = app.server.engine.passes_done.subscribe();
+    let passes = *app.server.engine.passes_done().borrow();
+    let mut rx = app.server.engine.passes_done();
     tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|n| *n >= passes + 3))
         .await
         .unwrap()
@@ -91,7 +91,7 @@ async fn a_rejected_notification_backs_off_and_is_delivered_once() {
         !app.fakes.iqube_calls().is_empty()
     })
     .await;
-    let passes = *app.server.engine.passes_done.borrow();
+    let passes = *app.server.engine.passes_done().borrow();
     tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|n| *n >= passes + 2))
         .await
         .unwrap()

@@ -229,7 +229,12 @@ async fn an_older_version_written_to_between_the_looks_is_not_archived() {
     app.put("acme", new, b"new").await;
     let dir = format!("{}/acme", app.source_dir);
     // The first listing of the folder is the scan; the second, the second look.
-    let gate = Gate::nth(app.server.engine.source.clone(), Point::BeforeList, &dir, 1);
+    let gate = Gate::nth(
+        app.server.engine.source().clone(),
+        Point::BeforeList,
+        &dir,
+        1,
+    );
     let engine = app.server.engine.over(gate.clone());
     let runner = engine.clone();
     let run = tokio::spawn(async move { runner.run("test").await });
@@ -240,8 +245,8 @@ async fn an_older_version_written_to_between_the_looks_is_not_archived() {
     std::fs::write(&path, &bytes).unwrap();
     gate.go.notify_one();
     let report = run.await.unwrap().expect("the run completes");
-    engine.tracker.close();
-    engine.tracker.wait().await;
+    engine.tracker().close();
+    engine.tracker().wait().await;
     let of = |name: &str| {
         report
             .summary
@@ -337,7 +342,12 @@ async fn an_older_version_in_the_other_case_folder_gets_its_second_look() {
         }
     }
     let dir = format!("{}/acme", app.source_dir);
-    let gate = Gate::nth(app.server.engine.source.clone(), Point::BeforeList, &dir, 1);
+    let gate = Gate::nth(
+        app.server.engine.source().clone(),
+        Point::BeforeList,
+        &dir,
+        1,
+    );
     let engine = app.server.engine.over(gate.clone());
     let runner = engine.clone();
     let run = tokio::spawn(async move { runner.run("test").await });
@@ -345,8 +355,8 @@ async fn an_older_version_in_the_other_case_folder_gets_its_second_look() {
     std::fs::write(app.local(&format!("{dir}/{old}")), b"old, and more").unwrap();
     gate.go.notify_one();
     let report = run.await.unwrap().expect("the run completes");
-    engine.tracker.close();
-    engine.tracker.wait().await;
+    engine.tracker().close();
+    engine.tracker().wait().await;
     let o = report
         .summary
         .files
@@ -444,7 +454,7 @@ async fn a_file_whose_change_time_moved_before_its_move_is_not_archived() {
     app.put("acme", "remit.csv", b"first").await;
     let path = format!("{}/acme/remit.csv", app.source_dir);
     let share: Arc<dyn FileSource> = Arc::new(DiskChangeTime {
-        inner: app.server.engine.source.clone(),
+        inner: app.server.engine.source().clone(),
         disk: app.share_path.clone(),
     });
     let gate = Gate::new(share, Point::BeforeMove, &path);
@@ -459,13 +469,13 @@ async fn a_file_whose_change_time_moved_before_its_move_is_not_archived() {
     gate.go.notify_one();
     let report = run.await.unwrap().expect("the run completes");
     assert_eq!(report.summary.processed, 1, "{:?}", report.summary.files);
-    engine.tracker.close();
-    engine.tracker.wait().await;
+    engine.tracker().close();
+    engine.tracker().wait().await;
     assert_eq!(std::fs::read(&local).unwrap(), b"other", "not archived");
     assert!(app.archive_names("acme").is_empty());
     assert!(!app.files().await[0].archived);
 
-    let again = app.server.engine.over(engine.source.clone());
+    let again = app.server.engine.over(engine.source().clone());
     let report = again.run("test").await.expect("the run completes");
     let f = report
         .summary
@@ -478,8 +488,8 @@ async fn a_file_whose_change_time_moved_before_its_move_is_not_archived() {
         "processed",
         "{f:?}"
     );
-    again.tracker.close();
-    again.tracker.wait().await;
+    again.tracker().close();
+    again.tracker().wait().await;
     let sent: Vec<String> = app.fakes.foi_calls().into_iter().map(|c| c.md5).collect();
     assert_eq!(sent, [md5_hex(b"first"), md5_hex(b"other")]);
     let rows = app.files().await;
@@ -505,9 +515,9 @@ async fn a_claimed_older_versions_lost_move_is_recorded_with_its_row() {
     app.retry(old_id).await;
 
     let from = format!("{}/acme/{old}", app.source_dir);
-    let gate = Gate::new(app.server.engine.source.clone(), Point::BeforeMove, &from);
+    let gate = Gate::new(app.server.engine.source().clone(), Point::BeforeMove, &from);
     let engine = app.server.engine.over(gate.clone());
-    let mut passes = engine.passes_done.subscribe();
+    let mut passes = engine.passes_done();
     let run = tokio::spawn({
         let engine = engine.clone();
         async move { engine.run("test").await }
