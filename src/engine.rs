@@ -1071,17 +1071,29 @@ impl Engine {
         ));
         let sending = tokio::sync::Semaphore::new(s.max_concurrent_files);
         let mut held = futures::stream::FuturesUnordered::new();
+        // Once a take finds fewer candidates than it asked for, the rest are
+        // held by others: this call takes no more (the owner looks again).
+        let mut exhausted = false;
         loop {
             let free = places.available_permits();
-            let taking = free > 0 && !self.stop.is_cancelled() && !processor.work_lost();
+            let taking =
+                free > 0 && !exhausted && !self.stop.is_cancelled() && !processor.work_lost();
             if taking {
-                match self
+                let take = self
                     .deps
                     .store
-                    .take_work(run_id, self.incarnation, free as i64)
-                    .await
-                {
+                    .take_work(run_id, self.incarnation, free as i64);
+                tokio::pin!(take);
+                // The files held go on while the take waits for Postgres.
+                let taken = loop {
+                    tokio::select! {
+                        taken = &mut take => break taken,
+                        Some(()) = held.next(), if !held.is_empty() => {}
+                    }
+                };
+                match taken {
                     Ok(taken) => {
+                        exhausted = taken.len() < free;
                         for t in taken {
                             let Ok(place) = places.clone().try_acquire_owned() else {
                                 break;
@@ -1090,6 +1102,7 @@ impl Engine {
                                 self.process_candidate(&processor, &sending, run_id, t, place),
                             );
                         }
+                        continue;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "could not take candidates; trying again");
