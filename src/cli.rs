@@ -1,7 +1,7 @@
 //! The command line (CONTRACT §2).
 
 use crate::config::{ConfigArgs, DbArgs};
-use clap::{Args, Parser, Subcommand};
+use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Takes remittance files from an SMB share into the finance back office:
 /// every file goes through once or is explained.
@@ -15,6 +15,31 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line and the environment, as `Cli::try_parse`
+    /// does, except that a variable set to blanks counts as unset, so that
+    /// its default applies (a deployment template often writes `VAR=` for
+    /// "not set"; this is how the variables were always read).
+    pub fn from_env_and_args() -> Result<Self, clap::Error> {
+        let mut cmd = Self::command().mut_subcommands(|c| c.mut_args(blank_env_is_unset));
+        let mut matches = cmd.try_get_matches_from_mut(std::env::args_os())?;
+        Self::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut cmd))
+    }
+}
+
+/// `arg` without its variable when that variable is set to blanks only.
+fn blank_env_is_unset(arg: Arg) -> Arg {
+    let blank = arg
+        .get_env()
+        .and_then(std::env::var_os)
+        .is_some_and(|v| v.to_str().is_some_and(|s| s.trim().is_empty()));
+    if blank {
+        arg.env(None::<&'static str>)
+    } else {
+        arg
+    }
 }
 
 /// `coordinator run`: the configuration and the run's options.

@@ -1,13 +1,16 @@
 //! One configuration struct, read from the environment (CONTRACT §3) with a
-//! command-line flag able to override each variable. Secrets may come from
-//! `<VAR>_FILE`; they are kept out of `Debug` output and logs.
+//! command-line flag able to override each variable. Each variable is
+//! declared once, in `ConfigArgs`: its name, type, default, range and help.
+//! Secrets may come from `<VAR>_FILE`; they are kept out of `Debug` output
+//! and logs.
 
 use crate::scan::names::{DEFAULT_PATTERNS, TempNameFilter};
 use crate::source::smb::SmbConfig;
-use clap::Args;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, Command, FromArgMatches, ValueEnum};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 /// A configuration problem, naming the variable at fault.
@@ -15,20 +18,71 @@ use std::time::Duration;
 #[error("configuration error: {var}: {message}")]
 pub struct ConfigError {
     /// The environment variable (or its `_FILE` twin) at fault.
-    pub var: &'static str,
+    pub var: String,
     /// What is wrong with it.
     pub message: String,
 }
 
-fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+fn err(var: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
-        var,
+        var: var.to_string(),
         message: message.into(),
     }
 }
 
+/// A value of a variable (or of its flag) that clap refused, told as
+/// `VAR: message` like every other configuration error; any other clap error
+/// (help, version, an unknown flag) is handed back for clap to report.
+impl TryFrom<clap::Error> for ConfigError {
+    type Error = clap::Error;
+
+    fn try_from(e: clap::Error) -> Result<Self, clap::Error> {
+        if !matches!(
+            e.kind(),
+            ErrorKind::ValueValidation | ErrorKind::InvalidValue
+        ) {
+            return Err(e);
+        }
+        // clap names the argument as it shows it, `--smb-port <SMB_PORT>`;
+        // its long flag finds the argument, and the argument its variable.
+        let long = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(shown)) => shown
+                .split_whitespace()
+                .next()
+                .and_then(|flag| flag.strip_prefix("--"))
+                .map(str::to_string),
+            _ => None,
+        };
+        let cmd = ConfigArgs::augment_args(Command::new("coordinator"));
+        let Some(arg) = long.and_then(|long| {
+            cmd.get_arguments()
+                .find(|a| a.get_long() == Some(long.as_str()))
+        }) else {
+            return Err(e);
+        };
+        let Some(var) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
+            return Err(e);
+        };
+        let value = match e.get(ContextKind::InvalidValue) {
+            // A secret's value is never repeated.
+            Some(ContextValue::String(v)) if !arg.is_hide_env_values_set() => format!(" {v:?}"),
+            _ => String::new(),
+        };
+        let why = match (e.kind(), e.get(ContextKind::ValidValue)) {
+            (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
+                format!("not one of {}", valid.join(", "))
+            }
+            _ => std::error::Error::source(&e).map_or_else(String::new, |why| why.to_string()),
+        };
+        Ok(ConfigError {
+            var,
+            message: format!("invalid value{value}: {why}"),
+        })
+    }
+}
+
 /// Deployment environment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Env {
     /// A developer's machine: the API token may be absent.
     Local,
@@ -38,7 +92,8 @@ pub enum Env {
     Prod,
 }
 
-/// The database connection string; shown as `<redacted>` in `Debug`.
+/// A secret (database URL, API token, SMB password); shown as `<redacted>`
+/// in `Debug`, so neither `ConfigArgs` nor `Config` can leak it into a log.
 #[derive(Clone)]
 pub struct Secret(String);
 
@@ -53,46 +108,119 @@ impl Secret {
     }
 }
 
+/// How clap takes a secret from a flag or variable.
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
     }
 }
 
+/// One year, the longest duration any variable takes.
+const YEAR_SECS: f64 = 31_536_000.0;
+
+/// A value parser of seconds from `min` to `max`, fractions allowed
+/// (`"0.5"`): every duration variable is parsed by it, with its own range.
+fn secs(
+    min: f64,
+    max: f64,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        s.parse::<f64>()
+            .ok()
+            .filter(|f| (min..=max).contains(f))
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("not a number of seconds from {min} to {max}"))
+    }
+}
+
+/// The smallest timeout: a timeout of 0 would fail every call.
+const MIN_TIMEOUT_SECS: f64 = 0.001;
+
+/// An `http` or `https` URL.
+fn http_url(s: &str) -> Result<String, String> {
+    let u = reqwest::Url::parse(s).map_err(|e| format!("invalid URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err("URL must be http or https".into());
+    }
+    Ok(s.to_string())
+}
+
+/// An `http` or `https` URL in which `{remitter}` may stand anywhere (it is
+/// replaced by the remitter before each call).
+fn url_template(s: &str) -> Result<String, String> {
+    http_url(&s.replace("{remitter}", "r"))?;
+    Ok(s.to_string())
+}
+
+/// A share-relative folder: `\` taken as `/`, empty segments dropped (`/` is
+/// the share root, `""`).
+fn share_dir(s: &str) -> Result<String, std::convert::Infallible> {
+    Ok(crate::source::join(&[&s.replace('\\', "/")]))
+}
+
+/// An `INSTANCE_ID`: trimmed, 1 to 200 characters, no control characters.
+fn instance_id(s: &str) -> Result<String, &'static str> {
+    let id = s.trim();
+    if id.is_empty() || id.chars().count() > 200 || id.chars().any(char::is_control) {
+        return Err("must be 1 to 200 characters, without control characters");
+    }
+    Ok(id.to_string())
+}
+
+/// The default `INSTANCE_ID`: host name and process id (CONTRACT §10),
+/// computed when the arguments are parsed.
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "coordinator".into());
+    format!("{host}:{}", std::process::id())
+}
+
 /// The database part of the environment (all `migrate` needs).
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone)]
 pub struct DbArgs {
-    /// Postgres connection string [env: DATABASE_URL] (secret; or DATABASE_URL_FILE)
+    /// Postgres connection string (secret; or DATABASE_URL_FILE)
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// File holding DATABASE_URL [env: DATABASE_URL_FILE]
+    pub database_url: Option<Secret>,
+    /// File holding DATABASE_URL
     #[arg(long, env = "DATABASE_URL_FILE")]
     pub database_url_file: Option<PathBuf>,
 }
 
-/// Every variable of CONTRACT §3, as flags with environment fallbacks.
-#[derive(Debug, Args, Clone, Default)]
+/// Every variable of CONTRACT §3, as flags with environment fallbacks. The
+/// values are parsed and range-checked here; what needs more than one
+/// variable, or a file, is checked by `Config::from_args`.
+#[derive(Debug, Args, Clone)]
 pub struct ConfigArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    /// local, dev or prod [default: prod]
-    #[arg(long, env = "ENV")]
-    pub env: Option<String>,
-    /// HTTP listen address [default: 0.0.0.0:8080]
-    #[arg(long, env = "BIND_ADDR")]
-    pub bind_addr: Option<String>,
+    /// Deployment environment
+    #[arg(long, env = "ENV", value_enum, default_value_t = Env::Prod)]
+    pub env: Env,
+    /// HTTP listen address
+    #[arg(long, env = "BIND_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], 8080)))]
+    pub bind_addr: SocketAddr,
     /// Bearer token for every /api/ route; required unless ENV=local (secret)
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    pub api_token: Option<Secret>,
     /// File holding API_TOKEN
     #[arg(long, env = "API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
     /// SMB server host (required)
     #[arg(long, env = "SMB_HOST")]
     pub smb_host: Option<String>,
-    /// SMB server port [default: 445]
-    #[arg(long, env = "SMB_PORT")]
-    pub smb_port: Option<String>,
+    /// SMB server port
+    #[arg(long, env = "SMB_PORT", default_value_t = 445, value_parser = clap::value_parser!(u16).range(1..))]
+    pub smb_port: u16,
     /// Share name (required)
     #[arg(long, env = "SMB_SHARE")]
     pub smb_share: Option<String>,
@@ -101,82 +229,104 @@ pub struct ConfigArgs {
     pub smb_username: Option<String>,
     /// NTLM password (secret; required, or SMB_PASSWORD_FILE)
     #[arg(long, env = "SMB_PASSWORD", hide_env_values = true)]
-    pub smb_password: Option<String>,
+    pub smb_password: Option<Secret>,
     /// File holding SMB_PASSWORD
     #[arg(long, env = "SMB_PASSWORD_FILE")]
     pub smb_password_file: Option<PathBuf>,
-    /// NTLM domain [default: empty]
-    #[arg(long, env = "SMB_DOMAIN")]
-    pub smb_domain: Option<String>,
-    /// Folder of remitter folders, relative to the share root [default: share root]
-    #[arg(long, env = "SMB_SOURCE_DIR")]
-    pub smb_source_dir: Option<String>,
-    /// Archive folder, relative to the share root [default: archive]
-    #[arg(long, env = "SMB_ARCHIVE_DIR")]
-    pub smb_archive_dir: Option<String>,
-    /// Bound on each SMB metadata call and each transfer request, seconds [default: 30]
-    #[arg(long, env = "SMB_TIMEOUT_SECS")]
-    pub smb_timeout_secs: Option<String>,
-    /// FOI extraction endpoint; {remitter} is replaced (required)
-    #[arg(long, env = "FOI_API_URL")]
+    /// NTLM domain (empty by default)
+    #[arg(
+        long,
+        env = "SMB_DOMAIN",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub smb_domain: String,
+    /// Folder of remitter folders, relative to the share root
+    #[arg(long, env = "SMB_SOURCE_DIR", default_value = "/", value_parser = share_dir)]
+    pub smb_source_dir: String,
+    /// Archive folder, relative to the share root (never the root, never SMB_SOURCE_DIR)
+    #[arg(long, env = "SMB_ARCHIVE_DIR", default_value = "archive", value_parser = share_dir)]
+    pub smb_archive_dir: String,
+    /// Bound on each SMB metadata call and each transfer request, seconds
+    #[arg(long, env = "SMB_TIMEOUT_SECS", default_value = "30", value_parser = secs(MIN_TIMEOUT_SECS, YEAR_SECS))]
+    pub smb_timeout_secs: Duration,
+    /// FOI extraction endpoint, http or https; {remitter} is replaced (required)
+    #[arg(long, env = "FOI_API_URL", value_parser = url_template)]
     pub foi_api_url: Option<String>,
-    /// ITM submission endpoint (required)
-    #[arg(long, env = "ITM_API_URL")]
+    /// ITM submission endpoint, http or https (required)
+    #[arg(long, env = "ITM_API_URL", value_parser = http_url)]
     pub itm_api_url: Option<String>,
-    /// IQube notification endpoint (required)
-    #[arg(long, env = "IQUBE_API_URL")]
+    /// IQube notification endpoint, http or https (required)
+    #[arg(long, env = "IQUBE_API_URL", value_parser = http_url)]
     pub iqube_api_url: Option<String>,
-    /// Whole-request timeout of a FOI call, seconds [default: 120]
-    #[arg(long, env = "FOI_TIMEOUT_SECS")]
-    pub foi_timeout_secs: Option<String>,
-    /// Retries of a FOI call after a timeout, refused or reset connection [default: 2]
-    #[arg(long, env = "FOI_RETRIES")]
-    pub foi_retries: Option<String>,
-    /// Whole-request timeout of an ITM call, seconds [default: 30]
-    #[arg(long, env = "ITM_TIMEOUT_SECS")]
-    pub itm_timeout_secs: Option<String>,
-    /// PEM file of CA certificates trusted for https downstream URLs, in addition to the system's [default: none]
+    /// Whole-request timeout of a FOI call, seconds
+    #[arg(long, env = "FOI_TIMEOUT_SECS", default_value = "120", value_parser = secs(MIN_TIMEOUT_SECS, YEAR_SECS))]
+    pub foi_timeout_secs: Duration,
+    /// Retries of a FOI call after a timeout, refused or reset connection (at most 10)
+    #[arg(long, env = "FOI_RETRIES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub foi_retries: u32,
+    /// Whole-request timeout of an ITM call, seconds
+    #[arg(long, env = "ITM_TIMEOUT_SECS", default_value = "30", value_parser = secs(MIN_TIMEOUT_SECS, YEAR_SECS))]
+    pub itm_timeout_secs: Duration,
+    /// PEM file of CA certificates trusted for https downstream URLs, in addition to the system's
     #[arg(long, env = "EXTRA_CA_CERTS_FILE")]
     pub extra_ca_certs_file: Option<PathBuf>,
-    /// Whole-request timeout of an IQube call, seconds [default: 10]
-    #[arg(long, env = "IQUBE_TIMEOUT_SECS")]
-    pub iqube_timeout_secs: Option<String>,
-    /// Minimum age of a file's newest timestamp by the server's clock, seconds [default: 60]
-    #[arg(long, env = "STABLE_MIN_AGE_SECS")]
-    pub stable_min_age_secs: Option<String>,
-    /// Gap between the two looks of the stability check, seconds [default: 5]
-    #[arg(long, env = "STABLE_CHECK_INTERVAL_SECS")]
-    pub stable_check_interval_secs: Option<String>,
-    /// Files with FOI and ITM at once in one run (a quarter more are downloaded and claimed ahead) [default: 4]
-    #[arg(long, env = "MAX_CONCURRENT_FILES")]
-    pub max_concurrent_files: Option<String>,
-    /// Comma-separated temp-name patterns (prefix*, *suffix, exact) [default: CONTRACT §5 list]
-    #[arg(long, env = "IGNORE_NAME_PATTERNS")]
-    pub ignore_name_patterns: Option<String>,
+    /// Whole-request timeout of an IQube call, seconds
+    #[arg(long, env = "IQUBE_TIMEOUT_SECS", default_value = "10", value_parser = secs(MIN_TIMEOUT_SECS, YEAR_SECS))]
+    pub iqube_timeout_secs: Duration,
+    /// Minimum age of a file's newest timestamp by the server's clock, seconds
+    #[arg(long, env = "STABLE_MIN_AGE_SECS", default_value = "60", value_parser = secs(0.0, YEAR_SECS))]
+    pub stable_min_age_secs: Duration,
+    /// Gap between the two looks of the stability check, seconds (fractions allowed)
+    #[arg(long, env = "STABLE_CHECK_INTERVAL_SECS", default_value = "5", value_parser = secs(0.0, YEAR_SECS))]
+    pub stable_check_interval_secs: Duration,
+    /// Files with FOI and ITM at once in one run, 1 to 256 (a quarter more are downloaded and claimed ahead)
+    #[arg(long, env = "MAX_CONCURRENT_FILES", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_concurrent_files: u16,
+    /// Comma-separated temp-name patterns (prefix*, *suffix, exact); replaces the CONTRACT §5 list
+    #[arg(long, env = "IGNORE_NAME_PATTERNS", default_value = DEFAULT_PATTERNS, value_parser = TempNameFilter::parse)]
+    pub ignore_name_patterns: TempNameFilter,
     /// Retired: claims are taken over when their instance is dead (three missed heartbeats), never by age. Accepted and ignored, with a warning
     #[arg(long, env = "CLAIM_LEASE_SECS", hide = true)]
     pub claim_lease_secs: Option<String>,
-    /// Failed reads of one file version before IQube is told, once [default: 3]
-    #[arg(long, env = "READ_FAILURE_NOTIFY_AFTER")]
-    pub read_failure_notify_after: Option<String>,
-    /// Local folder for spooling downloads [default: the system temp folder]
-    #[arg(long, env = "SPOOL_DIR")]
-    pub spool_dir: Option<PathBuf>,
-    /// Seconds between background housekeeping passes in `serve`; 0 = only after runs [default: 300]
-    #[arg(long, env = "HOUSEKEEPING_INTERVAL_SECS")]
-    pub housekeeping_interval_secs: Option<String>,
-    /// Seconds between runs `serve` starts by itself (trigger `schedule`); 0 = only on request [default: 0]
-    #[arg(long, env = "RUN_INTERVAL_SECS")]
-    pub run_interval_secs: Option<String>,
-    /// Days a finished run keeps its per-file list (its counts are kept for good); 0 = forever [default: 30]
-    #[arg(long, env = "RUN_DETAIL_RETENTION_DAYS")]
-    pub run_detail_retention_days: Option<String>,
+    /// Failed reads of one file version before IQube is told, once (at least 1)
+    #[arg(long, env = "READ_FAILURE_NOTIFY_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_failure_notify_after: u32,
+    /// Local folder for spooling downloads
+    #[arg(long, env = "SPOOL_DIR", default_value_os_t = std::env::temp_dir())]
+    pub spool_dir: PathBuf,
+    /// Seconds between background housekeeping passes in `serve`; 0 = only after runs
+    #[arg(long, env = "HOUSEKEEPING_INTERVAL_SECS", default_value = "300", value_parser = secs(0.0, YEAR_SECS))]
+    pub housekeeping_interval_secs: Duration,
+    /// Seconds between runs `serve` starts by itself (trigger `schedule`); 0 = only on request
+    #[arg(long, env = "RUN_INTERVAL_SECS", default_value = "0", value_parser = secs(0.0, YEAR_SECS))]
+    pub run_interval_secs: Duration,
+    /// Days a finished run keeps its per-file list (its counts are kept for good); 0 = forever
+    #[arg(long, env = "RUN_DETAIL_RETENTION_DAYS", default_value_t = 30)]
+    pub run_detail_retention_days: u32,
     /// This process's name among the instances on one database; two live processes may not share one [default: <host name>:<process id>]
-    #[arg(long, env = "INSTANCE_ID")]
-    pub instance_id: Option<String>,
-    /// Seconds between heartbeats; an instance not heard from for three is dead and its claims are taken over [default: 5]
-    #[arg(long, env = "INSTANCE_HEARTBEAT_SECS")]
-    pub instance_heartbeat_secs: Option<String>,
+    #[arg(long, env = "INSTANCE_ID", default_value_t = default_instance_id(), hide_default_value = true, value_parser = instance_id)]
+    pub instance_id: String,
+    /// Seconds between heartbeats, 0.1 to 300 (fractions allowed); an instance not heard from for three is dead and its claims are taken over
+    #[arg(long, env = "INSTANCE_HEARTBEAT_SECS", default_value = "5", value_parser = secs(0.1, 300.0))]
+    pub instance_heartbeat_secs: Duration,
+}
+
+impl ConfigArgs {
+    /// The arguments `flags` give (`["--smb-host", "h", …]`, no program
+    /// name), every other variable at its default and the environment
+    /// ignored: for tests, and for a program that embeds the coordinator.
+    pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut matches = Self::augment_args(Command::new("coordinator"))
+            .no_binary_name(true)
+            .mut_args(|a| a.env(None::<&'static str>))
+            .try_get_matches_from(flags)?;
+        Self::from_arg_matches_mut(&mut matches)
+    }
 }
 
 /// The validated configuration of a coordinator process.
@@ -238,40 +388,17 @@ pub struct Config {
     retired: Vec<String>,
 }
 
-/// The default `INSTANCE_ID`: host name and process id (CONTRACT §10).
-fn default_instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "coordinator".into());
-    format!("{host}:{}", std::process::id())
-}
-
-fn instance_id(v: Option<String>) -> Result<String, ConfigError> {
-    const VAR: &str = "INSTANCE_ID";
-    let Some(id) = v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) else {
-        return Ok(default_instance_id());
-    };
-    if id.chars().count() > 200 || id.chars().any(char::is_control) {
-        return Err(err(
-            VAR,
-            "must be at most 200 characters, without control characters",
-        ));
-    }
-    Ok(id)
-}
-
+/// A secret from its variable or from the file its `_FILE` twin names (one
+/// trailing newline dropped); setting both is an error.
 fn secret(
-    value: Option<String>,
+    value: Option<Secret>,
     file: Option<PathBuf>,
     var: &'static str,
     file_var: &'static str,
 ) -> Result<Option<Secret>, ConfigError> {
-    match (value.filter(|v| !v.is_empty()), file) {
+    match (value.filter(|v| !v.0.is_empty()), file) {
         (Some(_), Some(_)) => Err(err(var, format!("set {var} or {file_var}, not both"))),
-        (Some(v), None) => Ok(Some(Secret(v))),
+        (Some(v), None) => Ok(Some(v)),
         (None, Some(path)) => {
             let raw = std::fs::read_to_string(&path)
                 .map_err(|e| err(file_var, format!("cannot read {}: {e}", path.display())))?;
@@ -288,43 +415,11 @@ fn secret(
     }
 }
 
+/// A variable with no default that must be set (clap's own `required`
+/// would report it before the variables checked here, in its own format).
 fn required(v: Option<String>, var: &'static str) -> Result<String, ConfigError> {
     v.filter(|s| !s.trim().is_empty())
         .ok_or_else(|| err(var, "required but not set"))
-}
-
-fn parsed<T: FromStr>(v: Option<String>, var: &'static str, default: T) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    match v.filter(|s| !s.trim().is_empty()) {
-        None => Ok(default),
-        Some(s) => s
-            .trim()
-            .parse()
-            .map_err(|e| err(var, format!("invalid value {s:?}: {e}"))),
-    }
-}
-
-fn secs(v: Option<String>, var: &'static str, default: f64) -> Result<Duration, ConfigError> {
-    let f: f64 = parsed(v, var, default)?;
-    if !(0.0..=31_536_000.0).contains(&f) {
-        return Err(err(
-            var,
-            format!("{f} is not a number of seconds from 0 to one year"),
-        ));
-    }
-    Ok(Duration::from_secs_f64(f))
-}
-
-fn url(v: Option<String>, var: &'static str) -> Result<String, ConfigError> {
-    let s = required(v, var)?;
-    let probe = s.replace("{remitter}", "r");
-    let u = reqwest::Url::parse(&probe).map_err(|e| err(var, format!("invalid URL: {e}")))?;
-    if !matches!(u.scheme(), "http" | "https") {
-        return Err(err(var, "URL must be http or https"));
-    }
-    Ok(s)
 }
 
 /// The certificates of `EXTRA_CA_CERTS_FILE`: at least one, or an error.
@@ -346,11 +441,6 @@ fn ca_certs(path: Option<PathBuf>) -> Result<Vec<reqwest::Certificate>, ConfigEr
     Ok(certs)
 }
 
-fn rel_dir(v: Option<String>, default: &str) -> String {
-    let s = v.unwrap_or_else(|| default.to_string()).replace('\\', "/");
-    crate::source::join(&[&s])
-}
-
 impl DbArgs {
     /// The database URL, from the variable or its `_FILE`.
     pub fn database_url(self) -> Result<Secret, ConfigError> {
@@ -365,21 +455,12 @@ impl DbArgs {
 }
 
 impl Config {
-    /// Validates the arguments; the first problem found is returned.
+    /// Checks what the parsed arguments cannot check one by one: required
+    /// variables, secrets and their files, the two folders together, the CA
+    /// file. The first problem found is returned.
     pub fn from_args(a: ConfigArgs) -> Result<Self, ConfigError> {
-        let env = match a.env.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-            None | Some("prod") => Env::Prod,
-            Some("dev") => Env::Dev,
-            Some("local") => Env::Local,
-            Some(other) => return Err(err("ENV", format!("{other:?} is not local, dev or prod"))),
-        };
-        let bind_addr = parsed(
-            a.bind_addr,
-            "BIND_ADDR",
-            SocketAddr::from(([0, 0, 0, 0], 8080)),
-        )?;
         let api_token = secret(a.api_token, a.api_token_file, "API_TOKEN", "API_TOKEN_FILE")?;
-        if api_token.is_none() && env != Env::Local {
+        if api_token.is_none() && a.env != Env::Local {
             return Err(err(
                 "API_TOKEN",
                 "required unless ENV=local (or set API_TOKEN_FILE)",
@@ -395,88 +476,49 @@ impl Config {
         .ok_or_else(|| err("SMB_PASSWORD", "required but not set"))?;
         let smb = SmbConfig {
             host: required(a.smb_host, "SMB_HOST")?,
-            port: parsed(a.smb_port, "SMB_PORT", 445u16)?,
+            port: a.smb_port,
             share: required(a.smb_share, "SMB_SHARE")?,
             username: required(a.smb_username, "SMB_USERNAME")?,
             password: smb_password.0,
-            domain: a.smb_domain.unwrap_or_default(),
-            timeout: secs(a.smb_timeout_secs, "SMB_TIMEOUT_SECS", 30.0)?,
+            domain: a.smb_domain,
+            timeout: a.smb_timeout_secs,
         };
-        if smb.timeout.is_zero() {
-            return Err(err("SMB_TIMEOUT_SECS", "must be more than 0"));
-        }
-        let max_concurrent_files = parsed(a.max_concurrent_files, "MAX_CONCURRENT_FILES", 4usize)?;
-        if !(1..=256).contains(&max_concurrent_files) {
-            return Err(err("MAX_CONCURRENT_FILES", "must be from 1 to 256"));
-        }
-        let ignore = TempNameFilter::parse(
-            a.ignore_name_patterns
-                .as_deref()
-                .unwrap_or(DEFAULT_PATTERNS),
-        )
-        .map_err(|e| err("IGNORE_NAME_PATTERNS", e.to_string()))?;
-        let housekeeping = secs(
-            a.housekeeping_interval_secs,
-            "HOUSEKEEPING_INTERVAL_SECS",
-            300.0,
-        )?;
-        let run_interval = secs(a.run_interval_secs, "RUN_INTERVAL_SECS", 0.0)?;
-        let source_dir = rel_dir(a.smb_source_dir, "");
-        let archive_dir = rel_dir(a.smb_archive_dir, "archive");
-        if archive_dir.is_empty() {
+        if a.smb_archive_dir.is_empty() {
             return Err(err("SMB_ARCHIVE_DIR", "must not be the share root"));
         }
-        if archive_dir == source_dir {
+        if a.smb_archive_dir == a.smb_source_dir {
             return Err(err("SMB_ARCHIVE_DIR", "must differ from SMB_SOURCE_DIR"));
         }
-        let timeout = |v, var, d| {
-            let t = secs(v, var, d)?;
-            if t.is_zero() {
-                return Err(err(var, "must be more than 0"));
-            }
-            Ok(t)
-        };
-        let cfg = Self {
-            env,
-            bind_addr,
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        Ok(Self {
+            env: a.env,
+            bind_addr: a.bind_addr,
             api_token,
             database_url,
             smb,
-            source_dir,
-            archive_dir,
-            foi_url: url(a.foi_api_url, "FOI_API_URL")?,
-            itm_url: url(a.itm_api_url, "ITM_API_URL")?,
-            iqube_url: url(a.iqube_api_url, "IQUBE_API_URL")?,
-            foi_timeout: timeout(a.foi_timeout_secs, "FOI_TIMEOUT_SECS", 120.0)?,
-            foi_retries: parsed(a.foi_retries, "FOI_RETRIES", 2u32)?.min(10),
-            itm_timeout: timeout(a.itm_timeout_secs, "ITM_TIMEOUT_SECS", 30.0)?,
-            iqube_timeout: timeout(a.iqube_timeout_secs, "IQUBE_TIMEOUT_SECS", 10.0)?,
+            source_dir: a.smb_source_dir,
+            archive_dir: a.smb_archive_dir,
+            foi_url: required(a.foi_api_url, "FOI_API_URL")?,
+            itm_url: required(a.itm_api_url, "ITM_API_URL")?,
+            iqube_url: required(a.iqube_api_url, "IQUBE_API_URL")?,
+            foi_timeout: a.foi_timeout_secs,
+            foi_retries: a.foi_retries,
+            itm_timeout: a.itm_timeout_secs,
+            iqube_timeout: a.iqube_timeout_secs,
             extra_ca_certs: ca_certs(a.extra_ca_certs_file)?,
-            stable_min_age: secs(a.stable_min_age_secs, "STABLE_MIN_AGE_SECS", 60.0)?,
-            stable_check_interval: secs(
-                a.stable_check_interval_secs,
-                "STABLE_CHECK_INTERVAL_SECS",
-                5.0,
-            )?,
-            max_concurrent_files,
-            ignore,
-            spool_dir: a.spool_dir.unwrap_or_else(std::env::temp_dir),
-            read_failure_notify_after: parsed(
-                a.read_failure_notify_after,
-                "READ_FAILURE_NOTIFY_AFTER",
-                3u32,
-            )?
-            .max(1),
-            housekeeping_interval: (!housekeeping.is_zero()).then_some(housekeeping),
-            run_interval: (!run_interval.is_zero()).then_some(run_interval),
-            run_detail_retention: {
-                let days = parsed(
-                    a.run_detail_retention_days,
-                    "RUN_DETAIL_RETENTION_DAYS",
-                    30u32,
-                )?;
-                (days > 0).then(|| Duration::from_secs(u64::from(days) * 86_400))
-            },
+            stable_min_age: a.stable_min_age_secs,
+            stable_check_interval: a.stable_check_interval_secs,
+            max_concurrent_files: usize::from(a.max_concurrent_files),
+            ignore: a.ignore_name_patterns,
+            spool_dir: a.spool_dir,
+            read_failure_notify_after: a.read_failure_notify_after,
+            housekeeping_interval: nonzero(a.housekeeping_interval_secs),
+            run_interval: nonzero(a.run_interval_secs),
+            run_detail_retention: nonzero(Duration::from_secs(
+                u64::from(a.run_detail_retention_days) * 86_400,
+            )),
+            instance_id: a.instance_id,
+            instance_heartbeat: a.instance_heartbeat_secs,
             retired: a
                 .claim_lease_secs
                 .filter(|v| !v.trim().is_empty())
@@ -489,19 +531,7 @@ impl Config {
                 })
                 .into_iter()
                 .collect(),
-            instance_id: instance_id(a.instance_id)?,
-            instance_heartbeat: {
-                let beat = secs(a.instance_heartbeat_secs, "INSTANCE_HEARTBEAT_SECS", 5.0)?;
-                if !(0.1..=300.0).contains(&beat.as_secs_f64()) {
-                    return Err(err(
-                        "INSTANCE_HEARTBEAT_SECS",
-                        "must be from 0.1 to 300 seconds",
-                    ));
-                }
-                beat
-            },
-        };
-        Ok(cfg)
+        })
     }
 
     /// Warnings for settings that are accepted but no longer mean anything.
@@ -514,29 +544,44 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn full() -> ConfigArgs {
-        ConfigArgs {
-            db: DbArgs {
-                database_url: Some("postgres://u:dbpw@h/db".into()),
-                database_url_file: None,
-            },
-            api_token: Some("tok".into()),
-            smb_host: Some("127.0.0.1".into()),
-            smb_share: Some("s".into()),
-            smb_username: Some("u".into()),
-            smb_password: Some("pw".into()),
-            foi_api_url: Some("http://foi/extract/{remitter}".into()),
-            itm_api_url: Some("http://itm/submit".into()),
-            iqube_api_url: Some("http://iqube/notify".into()),
-            ..Default::default()
+    /// The flags of a complete configuration.
+    const FULL: &[(&str, &str)] = &[
+        ("--database-url", "postgres://u:dbpw@h/db"),
+        ("--api-token", "tok"),
+        ("--smb-host", "127.0.0.1"),
+        ("--smb-share", "s"),
+        ("--smb-username", "u"),
+        ("--smb-password", "pw"),
+        ("--foi-api-url", "http://foi/extract/{remitter}"),
+        ("--itm-api-url", "http://itm/submit"),
+        ("--iqube-api-url", "http://iqube/notify"),
+    ];
+
+    /// `FULL` with `edits` (a flag and `Some` value sets or replaces it, a
+    /// flag and `None` removes it), parsed as the binary parses it.
+    fn args(edits: &[(&str, Option<&str>)]) -> Result<ConfigArgs, ConfigError> {
+        let mut flags = FULL.to_vec();
+        for (flag, value) in edits {
+            flags.retain(|(f, _)| f != flag);
+            if let Some(v) = value {
+                flags.push((flag, v));
+            }
         }
+        ConfigArgs::from_flags(flags.iter().map(|(f, v)| format!("{f}={v}"))).map_err(|e| {
+            ConfigError::try_from(e).unwrap_or_else(|e| panic!("not a variable's error: {e}"))
+        })
+    }
+
+    fn config(edits: &[(&str, Option<&str>)]) -> Result<Config, ConfigError> {
+        Config::from_args(args(edits)?)
     }
 
     #[test]
     fn defaults_apply() {
-        let c = Config::from_args(full()).unwrap();
+        let c = config(&[]).unwrap();
         assert_eq!(c.env, Env::Prod);
         assert_eq!(c.smb.port, 445);
+        assert_eq!(c.smb.domain, "");
         assert_eq!(c.source_dir, "");
         assert_eq!(c.archive_dir, "archive");
         assert_eq!(c.bind_addr.to_string(), "0.0.0.0:8080");
@@ -548,6 +593,7 @@ mod tests {
         assert_eq!(c.iqube_timeout, Duration::from_secs(10));
         assert_eq!(c.stable_min_age, Duration::from_secs(60));
         assert_eq!(c.stable_check_interval, Duration::from_secs(5));
+        assert_eq!(c.ignore, TempNameFilter::default());
         assert!(c.warnings().is_empty());
         assert_eq!(c.read_failure_notify_after, 3);
         assert_eq!(c.housekeeping_interval, Some(Duration::from_secs(300)));
@@ -568,74 +614,126 @@ mod tests {
     }
 
     #[test]
-    fn an_instance_id_and_a_fractional_heartbeat_are_taken_as_given() {
-        let mut a = full();
-        a.instance_id = Some(" node-a ".into());
-        a.instance_heartbeat_secs = Some("0.5".into());
-        let c = Config::from_args(a).unwrap();
+    fn values_are_taken_as_given() {
+        let c = config(&[
+            ("--instance-id", Some(" node-a ")),
+            ("--instance-heartbeat-secs", Some("0.5")),
+            ("--smb-source-dir", Some("\\in\\")),
+            ("--smb-archive-dir", Some("/out//done/")),
+            ("--run-interval-secs", Some("1.5")),
+            ("--housekeeping-interval-secs", Some("0")),
+            ("--run-detail-retention-days", Some("0")),
+            ("--max-concurrent-files", Some("256")),
+            ("--foi-retries", Some("10")),
+            ("--env", Some("dev")),
+        ])
+        .unwrap();
         assert_eq!(c.instance_id, "node-a");
         assert_eq!(c.instance_heartbeat, Duration::from_millis(500));
+        assert_eq!(
+            (c.source_dir.as_str(), c.archive_dir.as_str()),
+            ("in", "out/done")
+        );
+        assert_eq!(c.run_interval, Some(Duration::from_millis(1500)));
+        assert_eq!(c.housekeeping_interval, None, "0: only after runs");
+        assert_eq!(c.run_detail_retention, None, "0: forever");
+        assert_eq!((c.max_concurrent_files, c.foi_retries), (256, 10));
+        assert_eq!(c.env, Env::Dev);
     }
 
     #[test]
     fn each_bad_variable_is_named() {
-        type Edit = fn(&mut ConfigArgs);
-        let cases: &[(Edit, &str)] = &[
-            (|a| a.smb_share = None, "SMB_SHARE"),
-            (|a| a.smb_host = None, "SMB_HOST"),
-            (|a| a.smb_password = None, "SMB_PASSWORD"),
-            (|a| a.db.database_url = None, "DATABASE_URL"),
-            (|a| a.api_token = None, "API_TOKEN"),
-            (|a| a.foi_api_url = Some("not a url".into()), "FOI_API_URL"),
-            (|a| a.itm_api_url = None, "ITM_API_URL"),
-            (|a| a.smb_port = Some("70000".into()), "SMB_PORT"),
-            (|a| a.env = Some("staging".into()), "ENV"),
+        let cases: &[(&str, Option<&str>, &str)] = &[
+            ("--smb-share", None, "SMB_SHARE"),
+            ("--smb-host", None, "SMB_HOST"),
+            ("--smb-password", None, "SMB_PASSWORD"),
+            ("--database-url", None, "DATABASE_URL"),
+            ("--api-token", None, "API_TOKEN"),
+            ("--foi-api-url", Some("not a url"), "FOI_API_URL"),
+            ("--foi-api-url", Some("ftp://foi/{remitter}"), "FOI_API_URL"),
+            ("--itm-api-url", None, "ITM_API_URL"),
             (
-                |a| a.stable_min_age_secs = Some("-1".into()),
-                "STABLE_MIN_AGE_SECS",
+                "--iqube-api-url",
+                Some("mailto:iqube@example.org"),
+                "IQUBE_API_URL",
             ),
+            ("--smb-port", Some("70000"), "SMB_PORT"),
+            ("--env", Some("staging"), "ENV"),
+            ("--stable-min-age-secs", Some("-1"), "STABLE_MIN_AGE_SECS"),
+            ("--max-concurrent-files", Some("0"), "MAX_CONCURRENT_FILES"),
             (
-                |a| a.max_concurrent_files = Some("0".into()),
+                "--max-concurrent-files",
+                Some("257"),
                 "MAX_CONCURRENT_FILES",
             ),
+            ("--foi-timeout-secs", Some("0"), "FOI_TIMEOUT_SECS"),
+            ("--foi-retries", Some("11"), "FOI_RETRIES"),
             (
-                |a| a.foi_timeout_secs = Some("0".into()),
-                "FOI_TIMEOUT_SECS",
-            ),
-            (
-                |a| a.ignore_name_patterns = Some("a*b*".into()),
+                "--ignore-name-patterns",
+                Some("a*b*"),
                 "IGNORE_NAME_PATTERNS",
             ),
-            (|a| a.bind_addr = Some("nowhere".into()), "BIND_ADDR"),
+            ("--bind-addr", Some("nowhere"), "BIND_ADDR"),
+            ("--run-interval-secs", Some("soon"), "RUN_INTERVAL_SECS"),
+            ("--smb-archive-dir", Some("/"), "SMB_ARCHIVE_DIR"),
+            ("--smb-archive-dir", Some(""), "SMB_ARCHIVE_DIR"),
             (
-                |a| a.run_interval_secs = Some("soon".into()),
-                "RUN_INTERVAL_SECS",
+                "--read-failure-notify-after",
+                Some("0"),
+                "READ_FAILURE_NOTIFY_AFTER",
             ),
-            (|a| a.smb_archive_dir = Some("/".into()), "SMB_ARCHIVE_DIR"),
-            (|a| a.instance_id = Some("a\tb".into()), "INSTANCE_ID"),
+            ("--instance-id", Some("a\tb"), "INSTANCE_ID"),
             (
-                |a| a.instance_heartbeat_secs = Some("0.05".into()),
+                "--instance-heartbeat-secs",
+                Some("0.05"),
                 "INSTANCE_HEARTBEAT_SECS",
             ),
             (
-                |a| a.instance_heartbeat_secs = Some("301".into()),
+                "--instance-heartbeat-secs",
+                Some("301"),
                 "INSTANCE_HEARTBEAT_SECS",
             ),
         ];
-        for (edit, var) in cases {
-            let mut a = full();
-            edit(&mut a);
-            let e = Config::from_args(a).unwrap_err();
-            assert_eq!(e.var, *var, "{e}");
-            assert!(e.to_string().contains(var), "{e}");
+        for (flag, value, var) in cases {
+            let e = config(&[(flag, *value)]).unwrap_err();
+            assert_eq!(e.var, *var, "{flag}={value:?}: {e}");
+            let shown = e.to_string();
+            assert!(
+                shown.starts_with(&format!("configuration error: {var}: "))
+                    && shown.lines().count() == 1,
+                "{shown}"
+            );
         }
+        let e = config(&[
+            ("--smb-archive-dir", Some("in")),
+            ("--smb-source-dir", Some("/in/")),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "SMB_ARCHIVE_DIR", "{e}");
+    }
+
+    #[test]
+    fn a_refused_value_is_shown_with_what_was_expected() {
+        let e = config(&[("--env", Some("staging"))]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration error: ENV: invalid value \"staging\": not one of local, dev, prod"
+        );
+        let e = config(&[("--smb-port", Some("abc"))]).unwrap_err();
+        assert!(e.message.starts_with("invalid value \"abc\": "), "{e}");
+        let e = config(&[("--instance-heartbeat-secs", Some("0.05"))]).unwrap_err();
+        assert!(e.message.ends_with("from 0.1 to 300"), "{e}");
+    }
+
+    #[test]
+    fn other_command_line_errors_are_left_to_clap() {
+        let e = ConfigArgs::from_flags(["--no-such-flag"]).unwrap_err();
+        assert!(ConfigError::try_from(e).is_err());
     }
 
     #[test]
     fn a_claim_lease_from_an_old_configuration_is_ignored_with_a_warning() {
-        let mut a = full();
-        a.claim_lease_secs = Some("2".into());
-        let c = Config::from_args(a).unwrap();
+        let c = config(&[("--claim-lease-secs", Some("2"))]).unwrap();
         let [w] = c.warnings() else {
             panic!("one warning: {:?}", c.warnings())
         };
@@ -647,10 +745,8 @@ mod tests {
 
     #[test]
     fn local_env_needs_no_token() {
-        let mut a = full();
-        a.api_token = None;
-        a.env = Some("local".into());
-        assert!(Config::from_args(a).unwrap().api_token.is_none());
+        let c = config(&[("--api-token", None), ("--env", Some("local"))]).unwrap();
+        assert!(c.api_token.is_none());
     }
 
     #[test]
@@ -658,20 +754,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
         std::fs::write(&p, "s3cret\n").unwrap();
-        let mut a = full();
-        a.smb_password = None;
-        a.smb_password_file = Some(p.clone());
-        assert_eq!(Config::from_args(a).unwrap().smb.password, "s3cret");
-        let mut both = full();
-        both.smb_password_file = Some(p);
-        assert_eq!(Config::from_args(both).unwrap_err().var, "SMB_PASSWORD");
-        let mut missing = full();
-        missing.api_token = None;
-        missing.api_token_file = Some(dir.path().join("nope"));
-        assert_eq!(
-            Config::from_args(missing).unwrap_err().var,
-            "API_TOKEN_FILE"
-        );
+        let p = p.to_str().unwrap();
+        let c = config(&[("--smb-password", None), ("--smb-password-file", Some(p))]).unwrap();
+        assert_eq!(c.smb.password, "s3cret");
+        let both = config(&[("--smb-password-file", Some(p))]).unwrap_err();
+        assert_eq!(both.var, "SMB_PASSWORD");
+        let nope = dir.path().join("nope");
+        let missing =
+            config(&[("--api-token", None), ("--api-token-file", nope.to_str())]).unwrap_err();
+        assert_eq!(missing.var, "API_TOKEN_FILE");
     }
 
     #[test]
@@ -682,10 +773,9 @@ mod tests {
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
-        let mut a = full();
-        a.extra_ca_certs_file = Some(ca);
-        assert_eq!(Config::from_args(a).unwrap().extra_ca_certs.len(), 1);
-        assert!(Config::from_args(full()).unwrap().extra_ca_certs.is_empty());
+        let c = config(&[("--extra-ca-certs-file", ca.to_str())]).unwrap();
+        assert_eq!(c.extra_ca_certs.len(), 1);
+        assert!(config(&[]).unwrap().extra_ca_certs.is_empty());
 
         let not_pem = dir.path().join("not.pem");
         std::fs::write(&not_pem, "hello\n").unwrap();
@@ -693,9 +783,7 @@ mod tests {
             (dir.path().join("missing.pem"), "cannot read"),
             (not_pem, "holds no PEM certificate"),
         ] {
-            let mut a = full();
-            a.extra_ca_certs_file = Some(path);
-            let e = Config::from_args(a).unwrap_err();
+            let e = config(&[("--extra-ca-certs-file", path.to_str())]).unwrap_err();
             assert_eq!(e.var, "EXTRA_CA_CERTS_FILE");
             assert!(
                 e.to_string()
@@ -708,10 +796,12 @@ mod tests {
 
     #[test]
     fn debug_output_has_no_secrets() {
-        let c = Config::from_args(full()).unwrap();
-        let shown = format!("{c:?}");
-        for s in ["dbpw", "\"tok\"", "\"pw\""] {
-            assert!(!shown.contains(s), "{s} leaked in {shown}");
+        let a = args(&[]).unwrap();
+        let c = Config::from_args(a.clone()).unwrap();
+        for shown in [format!("{a:?}"), format!("{c:?}")] {
+            for s in ["dbpw", "\"tok\"", "\"pw\""] {
+                assert!(!shown.contains(s), "{s} leaked in {shown}");
+            }
         }
     }
 }

@@ -1,13 +1,23 @@
 //! The `coordinator` binary: parse, configure, hand over to the library.
 
-use clap::Parser;
 use coordinator::cli::{Cli, Command};
-use coordinator::config::Config;
+use coordinator::config::{Config, ConfigError};
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_env_and_args() {
+        Ok(cli) => cli,
+        // A bad value is one line naming its variable, as every other
+        // configuration error; help, version and flag mistakes are clap's.
+        Err(e) => match ConfigError::try_from(e) {
+            Ok(bad) => {
+                eprintln!("coordinator: {bad}");
+                return ExitCode::from(2);
+            }
+            Err(e) => e.exit(),
+        },
+    };
     coordinator::telemetry::init();
     let result = match cli.command {
         Command::Migrate(db) => match db.database_url() {

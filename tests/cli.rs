@@ -85,6 +85,19 @@ fn missing_or_bad_configuration_stops_with_one_message_naming_the_variable() {
             ],
             "SMB_PORT",
         ),
+        // A variable set to blanks counts as unset: its default applies.
+        (
+            &[
+                ("ENV", "local"),
+                ("DATABASE_URL", "postgres://x/y"),
+                ("SMB_PASSWORD", "pw"),
+                ("SMB_HOST", "h"),
+                ("SMB_PORT", ""),
+                ("MAX_CONCURRENT_FILES", " "),
+                ("INSTANCE_HEARTBEAT_SECS", ""),
+            ],
+            "SMB_SHARE",
+        ),
         (
             &[
                 ("ENV", "local"),

@@ -4,7 +4,7 @@
 
 use crate::fakes::Fakes;
 use coordinator::app::{Server, start};
-use coordinator::config::{Config, ConfigArgs, DbArgs};
+use coordinator::config::{Config, ConfigArgs};
 use coordinator::source::FileSource;
 use coordinator::source::smb::{SmbConfig, SmbShare};
 use serde_json::Value;
@@ -159,7 +159,7 @@ impl Prepared {
         vec![
             ("DATABASE_URL", self.db_url.clone()),
             ("SMB_HOST", a.smb_host.clone().unwrap()),
-            ("SMB_PORT", a.smb_port.clone().unwrap()),
+            ("SMB_PORT", a.smb_port.to_string()),
             ("SMB_SHARE", a.smb_share.clone().unwrap()),
             ("SMB_USERNAME", a.smb_username.clone().unwrap()),
             ("SMB_SOURCE_DIR", self.source_dir.clone()),
@@ -171,12 +171,9 @@ impl Prepared {
             ("STABLE_CHECK_INTERVAL_SECS", "0".into()),
             (
                 "INSTANCE_HEARTBEAT_SECS",
-                a.instance_heartbeat_secs.clone().unwrap(),
+                a.instance_heartbeat_secs.as_secs_f64().to_string(),
             ),
-            (
-                "SPOOL_DIR",
-                a.spool_dir.clone().unwrap().display().to_string(),
-            ),
+            ("SPOOL_DIR", a.spool_dir.display().to_string()),
         ]
     }
 
@@ -281,12 +278,13 @@ pub async fn prepare(opts: Opts) -> Prepared {
         .expect("create the test folder on the share over SMB");
 
     let fakes = Fakes::start(opts.fakes_tls.clone()).await;
-    let args = ConfigArgs {
-        db: DbArgs {
-            database_url: Some(db_url.clone()),
-            database_url_file: None,
-        },
-        env: Some(
+    // Parsed from flags as the binary parses its variables (the
+    // environment of the test process is not read).
+    let spool_dir = std::env::temp_dir().join(format!("coordinator-spool-{id}"));
+    let mut flags = vec![
+        ("--database-url", db_url.clone()),
+        (
+            "--env",
             if opts.api_token.is_some() {
                 "dev"
             } else {
@@ -294,37 +292,61 @@ pub async fn prepare(opts: Opts) -> Prepared {
             }
             .into(),
         ),
-        bind_addr: Some("127.0.0.1:0".into()),
-        api_token: opts.api_token.clone(),
-        smb_host: Some(env.smb.host.clone()),
-        smb_port: Some(opts.smb_port.unwrap_or(env.smb.port).to_string()),
-        smb_share: Some(env.smb.share.clone()),
-        smb_username: Some(env.smb.username.clone()),
-        smb_password: Some(
+        ("--bind-addr", "127.0.0.1:0".into()),
+        ("--smb-host", env.smb.host.clone()),
+        (
+            "--smb-port",
+            opts.smb_port.unwrap_or(env.smb.port).to_string(),
+        ),
+        ("--smb-share", env.smb.share.clone()),
+        ("--smb-username", env.smb.username.clone()),
+        (
+            "--smb-password",
             opts.smb_password
                 .clone()
                 .unwrap_or_else(|| env.smb.password.clone()),
         ),
-        smb_source_dir: Some(source_dir.clone()),
-        smb_archive_dir: Some(archive_dir.clone()),
-        foi_api_url: Some(opts.foi_url.clone().unwrap_or_else(|| fakes.foi_url())),
-        itm_api_url: Some(fakes.itm_url()),
-        iqube_api_url: Some(fakes.iqube_url()),
-        foi_timeout_secs: Some(opts.foi_timeout_secs.to_string()),
-        foi_retries: Some(opts.foi_retries.to_string()),
-        itm_timeout_secs: Some(opts.itm_timeout_secs.to_string()),
-        iqube_timeout_secs: Some("5".into()),
-        extra_ca_certs_file: opts.extra_ca_file.clone(),
-        stable_min_age_secs: Some(opts.min_age_secs.to_string()),
-        stable_check_interval_secs: Some(opts.interval_secs.to_string()),
-        max_concurrent_files: Some(opts.max_concurrent_files.to_string()),
-        housekeeping_interval_secs: Some(opts.housekeeping_interval_secs.to_string()),
-        run_interval_secs: Some(opts.run_interval_secs.to_string()),
-        spool_dir: Some(std::env::temp_dir().join(format!("coordinator-spool-{id}"))),
-        read_failure_notify_after: Some(opts.read_failure_notify_after.to_string()),
-        instance_heartbeat_secs: Some(opts.heartbeat_secs.to_string()),
-        ..Default::default()
-    };
+        ("--smb-source-dir", source_dir.clone()),
+        ("--smb-archive-dir", archive_dir.clone()),
+        (
+            "--foi-api-url",
+            opts.foi_url.clone().unwrap_or_else(|| fakes.foi_url()),
+        ),
+        ("--itm-api-url", fakes.itm_url()),
+        ("--iqube-api-url", fakes.iqube_url()),
+        ("--foi-timeout-secs", opts.foi_timeout_secs.to_string()),
+        ("--foi-retries", opts.foi_retries.to_string()),
+        ("--itm-timeout-secs", opts.itm_timeout_secs.to_string()),
+        ("--iqube-timeout-secs", "5".into()),
+        ("--stable-min-age-secs", opts.min_age_secs.to_string()),
+        (
+            "--stable-check-interval-secs",
+            opts.interval_secs.to_string(),
+        ),
+        (
+            "--max-concurrent-files",
+            opts.max_concurrent_files.to_string(),
+        ),
+        (
+            "--housekeeping-interval-secs",
+            opts.housekeeping_interval_secs.to_string(),
+        ),
+        ("--run-interval-secs", opts.run_interval_secs.to_string()),
+        ("--spool-dir", spool_dir.display().to_string()),
+        (
+            "--read-failure-notify-after",
+            opts.read_failure_notify_after.to_string(),
+        ),
+        ("--instance-heartbeat-secs", opts.heartbeat_secs.to_string()),
+    ];
+    if let Some(token) = &opts.api_token {
+        flags.push(("--api-token", token.clone()));
+    }
+    if let Some(ca) = &opts.extra_ca_file {
+        flags.push(("--extra-ca-certs-file", ca.display().to_string()));
+    }
+    let args = ConfigArgs::from_flags(flags.iter().map(|(f, v)| format!("{f}={v}")))
+        .expect("valid test configuration flags");
     Prepared {
         args,
         db_url,
@@ -529,7 +551,7 @@ impl TestApp {
     pub async fn start_another(&self) -> Server {
         let mut args = self.args.clone();
         // Its own INSTANCE_ID: two live processes may not share one.
-        args.instance_id = Some(format!("another-{}", uuid::Uuid::new_v4().simple()));
+        args.instance_id = format!("another-{}", uuid::Uuid::new_v4().simple());
         let cfg = Config::from_args(args).expect("valid test configuration");
         start(&cfg).await.expect("start another coordinator")
     }
@@ -549,9 +571,7 @@ impl TestApp {
             return;
         }
         let _ = std::fs::remove_dir_all(self.share_path.join(&self.root));
-        if let Some(spool) = &self.args.spool_dir {
-            let _ = std::fs::remove_dir_all(spool);
-        }
+        let _ = std::fs::remove_dir_all(&self.args.spool_dir);
         drop_database(&self.admin_url, &self.db_name).await;
     }
 }

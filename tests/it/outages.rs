@@ -329,12 +329,7 @@ async fn an_outcome_kept_through_an_outage_is_written_without_a_second_call() {
     let run = app.trigger_until_itm_called().await;
     tokio::task::block_in_place(|| servers.stop_postgres());
     release.add_permits(1);
-    let journal = app
-        .args
-        .spool_dir
-        .clone()
-        .unwrap()
-        .join(coordinator::process::kept::JOURNAL);
+    let journal = app.args.spool_dir.join(coordinator::process::kept::JOURNAL);
     app.eventually(30, "the answer kept in the journal", || async {
         std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("remit.csv"))
     })
@@ -383,7 +378,7 @@ async fn smbd_killed_mid_read() {
     let mut app = servers.app(Opts::default()).await;
     let big = vec![7u8; 128 << 20];
     app.put("acme", "big.bin", &big).await;
-    let spool = app.args.spool_dir.clone().unwrap();
+    let spool = app.args.spool_dir.clone();
 
     let url = format!("{}/api/v1/coordinator/runs", app.base_url);
     let run = tokio::spawn(

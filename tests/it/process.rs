@@ -58,7 +58,7 @@ impl Serve {
         std::fs::write(dir.path().join("token"), format!("{token}\n")).unwrap();
         std::fs::write(
             dir.path().join("smbpw"),
-            format!("{}\n", a.smb_password.clone().unwrap()),
+            format!("{}\n", a.smb_password.as_ref().unwrap().expose()),
         )
         .unwrap();
         let log = dir.path().join("coordinator.log");
@@ -85,7 +85,7 @@ impl Serve {
             _dir: dir,
             http: reqwest::Client::new(),
             token,
-            spool: p.args.spool_dir.clone().unwrap(),
+            spool: p.args.spool_dir.clone(),
         }
     }
 
@@ -172,7 +172,10 @@ fn cli_run(p: &Prepared, extra: &[(&str, &str)]) -> (Child, tempfile::NamedTempF
         .env("RUST_LOG", "info")
         .env("ENV", "local")
         .envs(p.binary_env())
-        .env("SMB_PASSWORD", p.args.smb_password.clone().unwrap())
+        .env(
+            "SMB_PASSWORD",
+            p.args.smb_password.as_ref().unwrap().expose(),
+        )
         .envs(extra.iter().copied())
         .stdout(out.reopen().unwrap())
         .stderr(Stdio::null())
@@ -341,7 +344,7 @@ async fn serve_binary_runs_over_http_and_stops_gracefully() {
     assert!(log.contains("coordinator listening"), "{log}");
     for secret in [
         serve.token.as_str(),
-        p.args.smb_password.as_deref().unwrap(),
+        p.args.smb_password.as_ref().unwrap().expose(),
     ] {
         assert!(!log.contains(secret), "a secret reached the log");
     }
@@ -416,7 +419,7 @@ async fn sigterm_stops_the_schedule_after_its_run_in_flight() {
 /// An instance `id` with fast heartbeats and its own spool folder (each
 /// instance keeps its own kept-outcome journal there).
 fn node(p: &Prepared, id: &'static str) -> Vec<(&'static str, String)> {
-    let spool = p.args.spool_dir.clone().unwrap().join(id);
+    let spool = p.args.spool_dir.join(id);
     vec![
         ("INSTANCE_ID", id.to_string()),
         (FAST_BEATS.0, FAST_BEATS.1.to_string()),

@@ -107,7 +107,7 @@ async fn a_file_rewritten_on_the_server_while_it_is_streamed_is_unstable() {
     let servers = PrivateServers::start(false);
     let mut app = servers.app(Opts::default()).await;
     let conf = servers.vars["IT_SMB_CONF"].clone();
-    let spool = app.args.spool_dir.clone().unwrap();
+    let spool = app.args.spool_dir.clone();
     let url = format!("{}/api/v1/coordinator/runs", app.base_url);
 
     let mut caught = None;
