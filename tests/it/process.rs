@@ -1075,8 +1075,11 @@ async fn sigterm_drains_readyz_503_healthz_200_until_the_file_held_is_done() {
         (503, Some("draining")),
         "{refused}"
     );
-    let me = &serve.instances().await["drainer"];
-    assert_eq!(me["draining"], true, "{me}");
+    // The heartbeat that says so is sent at once, and lands a moment later.
+    poll(5, "draining in the instance list", || async {
+        (serve.instances().await["drainer"]["draining"] == true).then_some(())
+    })
+    .await;
     assert!(
         serve.child.try_wait().unwrap().is_none(),
         "still finishing its file"
