@@ -1006,19 +1006,22 @@ impl Engine {
     /// started (and those of dead instances) are reported `deferred`,
     /// untouched, for the next run.
     async fn close_as_deferred(&self, run_id: Uuid) -> Result<(), crate::store::StoreError> {
-        for t in self
+        let reports: Vec<(i32, FileReport)> = self
             .deps
             .store
             .take_work(run_id, self.incarnation, i64::MAX)
             .await?
-        {
-            let mut report = crate::process::deferred(&t.group.newest);
-            report.instance = Some(self.instance.clone());
-            self.deps
-                .store
-                .complete_work(run_id, t.seq, self.incarnation, &self.instance, &report)
-                .await?;
-        }
+            .into_iter()
+            .map(|t| {
+                let mut report = crate::process::deferred(&t.group.newest);
+                report.instance = Some(self.instance.clone());
+                (t.seq, report)
+            })
+            .collect();
+        self.deps
+            .store
+            .complete_work(run_id, self.incarnation, &self.instance, &reports)
+            .await?;
         Ok(())
     }
 
@@ -1071,50 +1074,71 @@ impl Engine {
         ));
         let sending = tokio::sync::Semaphore::new(s.max_concurrent_files);
         let mut held = futures::stream::FuturesUnordered::new();
+        // Reports are written in batches, one statement for all that are
+        // ready while the previous batch was being written.
+        let mut reports: Vec<(i32, FileReport)> = Vec::new();
+        let mut writing: Option<futures::future::BoxFuture<'_, ()>> = None;
+        let mut taking: Option<futures::future::BoxFuture<'_, _>> = None;
+        let mut asked = 0;
+        // Taken ahead of a free place (at most `claimed_ahead` more), so a
+        // file that ends is followed at once, not after a take's round trip.
+        let mut queue = std::collections::VecDeque::new();
+        let ahead = claimed_ahead(s.max_concurrent_files);
         // Once a take finds fewer candidates than it asked for, the rest are
         // held by others: this call takes no more (the owner looks again).
         let mut exhausted = false;
         loop {
-            let free = places.available_permits();
-            let taking =
-                free > 0 && !exhausted && !self.stop.is_cancelled() && !processor.work_lost();
-            if taking {
-                let take = self
-                    .deps
-                    .store
-                    .take_work(run_id, self.incarnation, free as i64);
-                tokio::pin!(take);
-                // The files held go on while the take waits for Postgres.
-                let taken = loop {
-                    tokio::select! {
-                        taken = &mut take => break taken,
-                        Some(()) = held.next(), if !held.is_empty() => {}
-                    }
+            if self.stop.is_cancelled() || processor.work_lost() {
+                // Given back below, with any other candidate not reported.
+                queue.clear();
+            }
+            while !queue.is_empty() {
+                let Ok(place) = places.clone().try_acquire_owned() else {
+                    break;
                 };
-                match taken {
-                    Ok(taken) => {
-                        exhausted = taken.len() < free;
-                        for t in taken {
-                            let Ok(place) = places.clone().try_acquire_owned() else {
-                                break;
-                            };
-                            held.push(
-                                self.process_candidate(&processor, &sending, run_id, t, place),
-                            );
+                if let Some(t) = queue.pop_front() {
+                    held.push(self.process_candidate(&processor, &sending, run_id, t, place));
+                }
+            }
+            let want = (places.available_permits() + ahead).saturating_sub(queue.len());
+            if taking.is_none()
+                && want > 0
+                && !exhausted
+                && !self.stop.is_cancelled()
+                && !processor.work_lost()
+            {
+                asked = want;
+                taking = Some(Box::pin(self.deps.store.take_work(
+                    run_id,
+                    self.incarnation,
+                    want as i64,
+                )));
+            }
+            if writing.is_none() && !reports.is_empty() {
+                let batch = std::mem::take(&mut reports);
+                writing = Some(Box::pin(self.record_reports(run_id, batch)));
+            }
+            if taking.is_none() && writing.is_none() && held.is_empty() && queue.is_empty() {
+                break;
+            }
+            // The files held go on while a take or a write waits for Postgres.
+            tokio::select! {
+                taken = in_flight(&mut taking) => {
+                    taking = None;
+                    match taken {
+                        Ok(taken) => {
+                            exhausted = taken.len() < asked;
+                            queue.extend(taken);
                         }
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not take candidates; trying again");
-                        if held.is_empty() {
-                            tokio::time::sleep(WORK_POLL).await;
-                            continue;
+                        Err(e) => {
+                            // The owner looks again after its pause.
+                            tracing::warn!(error = %e, "could not take candidates; trying again later");
+                            exhausted = true;
                         }
                     }
                 }
-            }
-            if held.next().await.is_none() {
-                break;
+                Some(done) = held.next(), if !held.is_empty() => reports.extend(done),
+                () = in_flight(&mut writing) => writing = None,
             }
         }
         // Every candidate taken is reported or given back by now; one whose
@@ -1129,9 +1153,8 @@ impl Engine {
         }
     }
 
-    /// One candidate: claim, then FOI and ITM with a sending place; the
-    /// report goes to the run's work, refused if the candidate was taken
-    /// over meanwhile.
+    /// One candidate: claim, then FOI and ITM with a sending place; its
+    /// report, for the run's work (`None`: given back, or taken over).
     async fn process_candidate(
         &self,
         processor: &Processor,
@@ -1139,7 +1162,7 @@ impl Engine {
         run_id: Uuid,
         t: crate::store::TakenWork,
         _place: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    ) -> Option<(i32, FileReport)> {
         let c = &t.group.newest;
         if t.taken_over {
             tracing::info!(remitter = %c.remitter, file = %c.entry.name, "candidate taken over from a dead instance");
@@ -1159,34 +1182,46 @@ impl Engine {
                 {
                     tracing::warn!(error = %e, "could not give the candidate back");
                 }
-                return;
+                return None;
             }
-            Claimed::Lost => return,
+            Claimed::Lost => return None,
         };
         if let (Decision::Processed, Some(status)) = (report.decision, &report.status) {
             self.deps.metrics.file_recorded(status.as_str());
         }
         report.instance = Some(self.instance.clone());
+        Some((t.seq, report))
+    }
+
+    /// Writes a batch of reports; a report refused (its candidate taken
+    /// over meanwhile) is the new holder's to give.
+    async fn record_reports(&self, run_id: Uuid, batch: Vec<(i32, FileReport)>) {
         let written = self
-            .persist("recording a candidate's report", || {
-                self.deps.store.complete_work(
-                    run_id,
-                    t.seq,
-                    self.incarnation,
-                    &self.instance,
-                    &report,
-                )
+            .persist("recording candidates' reports", || {
+                self.deps
+                    .store
+                    .complete_work(run_id, self.incarnation, &self.instance, &batch)
             })
             .await;
         match written {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(remitter = %c.remitter, file = %c.entry.name, "the candidate was taken over meanwhile; its report is the new holder's")
+            Ok(recorded) => {
+                for (seq, r) in batch.iter().filter(|(seq, _)| !recorded.contains(seq)) {
+                    tracing::warn!(seq, remitter = %r.remitter, file = %r.file_name, "the candidate was taken over meanwhile; its report is the new holder's");
+                }
             }
             Err(e) => {
-                tracing::error!(remitter = %c.remitter, file = %c.entry.name, error = %e, "the report could not be recorded; the candidate is given back")
+                tracing::error!(error = %e, reports = batch.len(), "reports could not be recorded; their candidates are given back")
             }
         }
+    }
+}
+
+/// Awaits the future in `slot`, or never when there is none (a `select!`
+/// branch with nothing to wait for).
+async fn in_flight<T>(slot: &mut Option<futures::future::BoxFuture<'_, T>>) -> T {
+    match slot {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }
 

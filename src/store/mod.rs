@@ -480,15 +480,15 @@ pub trait WorkStore: Send + Sync {
         holder: Uuid,
         limit: i64,
     ) -> Result<Vec<TakenWork>, StoreError>;
-    /// Records a candidate's report, provided `holder` still holds it.
+    /// Records candidates' reports (by `seq`), each provided `holder` still
+    /// holds it; returns the `seq`s recorded (the others were taken over).
     async fn complete_work(
         &self,
         run_id: Uuid,
-        seq: i32,
         holder: Uuid,
         instance: &str,
-        report: &crate::domain::FileReport,
-    ) -> Result<bool, StoreError>;
+        reports: &[(i32, crate::domain::FileReport)],
+    ) -> Result<Vec<i32>, StoreError>;
     /// Gives candidate `seq` back unprocessed (a draining instance), or
     /// (`None`) every candidate `holder` still holds.
     async fn release_work(

@@ -156,25 +156,29 @@ impl WorkStore for PgStore {
     async fn complete_work(
         &self,
         run_id: Uuid,
-        seq: i32,
         holder: Uuid,
         instance: &str,
-        report: &FileReport,
-    ) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "UPDATE run_work SET state = 'done', report = $5, instance = $4 \
-             WHERE run_id = $1 AND seq = $2 AND taken_by = $3 AND state = 'taken'",
+        reports: &[(i32, FileReport)],
+    ) -> Result<Vec<i32>, StoreError> {
+        let seqs: Vec<i32> = reports.iter().map(|(s, _)| *s).collect();
+        let bodies = reports
+            .iter()
+            .map(|(_, r)| encode(r))
+            .collect::<Result<Vec<Value>, StoreError>>()?;
+        sqlx::query_scalar(
+            "UPDATE run_work w SET state = 'done', report = r.report, instance = $3 \
+             FROM unnest($4::int[], $5::jsonb[]) AS r(seq, report) \
+             WHERE w.run_id = $1 AND w.seq = r.seq AND w.taken_by = $2 AND w.state = 'taken' \
+             RETURNING w.seq",
         )
         .bind(run_id)
-        .bind(seq)
         .bind(holder)
         .bind(instance)
-        .bind(encode(report)?)
-        .execute(self.pool())
+        .bind(&seqs)
+        .bind(&bodies)
+        .fetch_all(self.pool())
         .await
-        .step("recording a candidate's report")?
-        .rows_affected();
-        Ok(n == 1)
+        .step("recording candidates' reports")
     }
 
     async fn release_work(

@@ -129,11 +129,10 @@ forward!(WorkStore {
     fn complete_work(
         &self,
         run_id: Uuid,
-        seq: i32,
         holder: Uuid,
         instance: &str,
-        report: &FileReport
-    ) -> bool;
+        reports: &[(i32, FileReport)]
+    ) -> Vec<i32>;
     fn release_work(&self, run_id: Uuid, holder: Uuid, seq: Option<i32>) -> ();
     fn open_work(&self, run_id: Uuid) -> i64;
     fn run_results(&self, run_id: Uuid) -> Vec<(Group, Option<FileReport>)>;

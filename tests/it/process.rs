@@ -763,7 +763,8 @@ async fn a_killed_helpers_files_are_taken_over_and_nothing_else_is_sent_twice() 
 }
 
 /// Issue 13 item 6 with two instances: SIGTERM to the instance that owns a
-/// run while it holds a file: it finishes that file, hands the run over
+/// run while it holds a file: `/readyz` turns 503 at once while `/healthz`
+/// stays 200, it finishes that file, hands the run over
 /// (its POST answers `503 run_handed_over` naming the run) and exits 0;
 /// the other instance finishes the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -783,6 +784,12 @@ async fn a_draining_owner_hands_its_run_to_the_other_instance() {
     // node-b joins while node-a holds its first file.
     let b = Serve::start(&p, &env_of(&b_env)).await;
     a.signal("-TERM");
+    // Not ready at once (while ITM still holds its file), alive all along.
+    poll(10, "node-a's /readyz 503", || async {
+        (a.get("/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    assert_eq!(a.get("/healthz").await.0, 200);
     release.add_permits(100);
     let resp = run.await.unwrap().expect("the POST is answered");
     let code = resp.status().as_u16();
