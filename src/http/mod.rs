@@ -106,7 +106,7 @@ pub struct ErrorBody {
     /// Stable machine code: `invalid_request`, `unauthorized`, `not_found`,
     /// `method_not_allowed`, `not_retryable`, `not_resolvable`,
     /// `run_in_progress`, `payload_too_large`, `uri_too_long`,
-    /// `database_error`, `draining`, or a failed run's code (`scan_failed`,
+    /// `database_error`, `draining`, `run_handed_over`, or a failed run's code (`scan_failed`,
     /// `database_unavailable`, `spool_unavailable`, `internal_error`).
     #[schema(example = "not_found")]
     pub error: String,
@@ -297,7 +297,7 @@ fn parse_run_request(body: Result<Bytes, BytesRejection>) -> Result<RunRequest, 
         (status = 414, description = "`uri_too_long`", body = ErrorBody),
         (status = 500, description = "`internal_error`: the run task failed", body = ErrorBody),
         (status = 502, description = "`scan_failed`: the share could not be listed; the run is recorded as failed", body = ErrorBody),
-        (status = 503, description = "`database_unavailable`, `database_error` or `spool_unavailable`; `draining`: this instance got SIGTERM and starts no run", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`, `database_error` or `spool_unavailable`; `draining`: this instance got SIGTERM and starts no run; `run_handed_over`: it got SIGTERM during the run and another instance finishes it (`run_id`)", body = ErrorBody),
     )
 )]
 async fn create_run(

@@ -606,3 +606,35 @@ pub fn md5_hex(bytes: &[u8]) -> String {
     use md5::Digest;
     hex::encode(md5::Md5::digest(bytes))
 }
+
+/// Joins the instances as `id` (a fresh incarnation, a heartbeat of a
+/// minute: alive for the test) and returns its incarnation.
+pub async fn join_instance(db: &PgPool, id: &str) -> Uuid {
+    use coordinator::store::{InstanceInfo, InstanceStore, Joined, PgStore};
+    let me = InstanceInfo {
+        instance_id: id.into(),
+        incarnation: Uuid::new_v4(),
+        version: "test".into(),
+        heartbeat: Duration::from_secs(60),
+        max_concurrent_files: 4,
+    };
+    let joined = PgStore::from_pool(db.clone()).join(&me).await.unwrap();
+    assert_eq!(joined, Joined::Yes);
+    me.incarnation
+}
+
+/// A real run `running`, owned by `owner` (instance `instance`), as its
+/// starter records it; returns its id.
+pub async fn running_run(db: &PgPool, owner: Uuid, instance: &str) -> Uuid {
+    let run_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO runs (id, status, trigger, instance, owner) VALUES ($1, 'running', 'test', $2, $3)",
+    )
+    .bind(run_id)
+    .bind(instance)
+    .bind(owner)
+    .execute(db)
+    .await
+    .unwrap();
+    run_id
+}

@@ -5,12 +5,10 @@
 
 use crate::fakes::FoiBehavior;
 use crate::gate::{Gate, Point};
-use crate::helpers::{Opts, decision_of, md5_hex, spawn_app};
+use crate::helpers::{Opts, decision_of, join_instance, md5_hex, running_run, spawn_app};
 use chrono::Utc;
 use coordinator::domain::FileStatus;
-use coordinator::store::{
-    Claim, ClaimRequest, ClaimStore, InstanceInfo, InstanceStore, Joined, PgStore, StoreError,
-};
+use coordinator::store::{Claim, ClaimRequest, ClaimStore, InstanceStore, PgStore, StoreError};
 use serde_json::json;
 use std::io::Write;
 use std::time::Duration;
@@ -210,31 +208,12 @@ async fn a_folder_gone_at_the_second_look_is_only_that_folders_error() {
 async fn only_a_live_claims_holder_writes_its_outcome() {
     let app = spawn_app(Opts::default()).await;
     let store = PgStore::from_pool(app.db.clone());
-    let join = |id: &'static str| {
-        let store = store.clone();
-        async move {
-            let me = InstanceInfo {
-                instance_id: id.into(),
-                incarnation: Uuid::new_v4(),
-                version: "test".into(),
-                heartbeat: Duration::from_secs(60),
-                max_concurrent_files: 1,
-            };
-            assert_eq!(store.join(&me).await.unwrap(), Joined::Yes);
-            me.incarnation
-        }
-    };
-    let (a, b) = (join("a").await, join("b").await);
-    let run_id = Uuid::new_v4();
+    let (a, b) = (
+        join_instance(&app.db, "a").await,
+        join_instance(&app.db, "b").await,
+    );
     // The candidate, as `take_work` leaves it: held by `a`.
-    sqlx::query(
-        "INSERT INTO runs (id, status, trigger, instance, owner) VALUES ($1, 'running', 'test', 'a', $2)",
-    )
-    .bind(run_id)
-    .bind(a)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    let run_id = running_run(&app.db, a, "a").await;
     let hold = |holder: Uuid| {
         let db = app.db.clone();
         async move {

@@ -418,13 +418,22 @@ async fn sigterm_stops_the_schedule_after_its_run_in_flight() {
 
 /// An instance `id` with fast heartbeats and its own spool folder (each
 /// instance keeps its own kept-outcome journal there).
-fn node(p: &Prepared, id: &'static str) -> Vec<(&'static str, String)> {
+fn node(p: &Prepared, id: &'static str, max_concurrent: usize) -> Vec<(&'static str, String)> {
     let spool = p.args.spool_dir.join(id);
     vec![
         ("INSTANCE_ID", id.to_string()),
         (FAST_BEATS.0, FAST_BEATS.1.to_string()),
         ("SPOOL_DIR", spool.display().to_string()),
+        ("MAX_CONCURRENT_FILES", max_concurrent.to_string()),
     ]
+}
+
+/// `n` files `<prefix>NN.csv` in `remitter`'s folder, each its own content.
+async fn put_numbered(p: &Prepared, remitter: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let name = format!("{prefix}{i:02}.csv");
+        put(p, remitter, &name, name.as_bytes()).await;
+    }
 }
 
 fn env_of<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
@@ -441,7 +450,7 @@ fn env_of<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
 async fn a_killed_instances_file_and_run_are_finished_by_another() {
     let p = prepare(Opts::default()).await;
     p.fakes.set_itm(ItmBehavior::Hang);
-    let (a_env, b_env) = (node(&p, "node-a"), node(&p, "node-b"));
+    let (a_env, b_env) = (node(&p, "node-a", 4), node(&p, "node-b", 4));
     let mut a = Serve::start(&p, &env_of(&a_env)).await;
     let b = Serve::start(&p, &env_of(&b_env)).await;
     put(&p, "acme", "remit.csv", b"remittance").await;
@@ -567,23 +576,12 @@ async fn three_instances_share_one_run_and_send_each_file_once() {
     let p = prepare(Opts::default()).await;
     p.fakes
         .set_foi(crate::fakes::FoiBehavior::Slow(Duration::from_millis(100)));
-    let envs = [node(&p, "node-a"), node(&p, "node-b"), node(&p, "node-c")];
     let mut nodes = Vec::new();
-    for e in &envs {
-        let mut e = env_of(e);
-        e.push(("MAX_CONCURRENT_FILES", "2"));
-        nodes.push(Serve::start(&p, &e).await);
+    for id in ["node-a", "node-b", "node-c"] {
+        nodes.push(Serve::start(&p, &env_of(&node(&p, id, 2))).await);
     }
     for r in ["acme", "globex", "initech"] {
-        for i in 0..FILES / 3 {
-            put(
-                &p,
-                r,
-                &format!("{r}-{i:02}.csv"),
-                format!("{r} {i}").as_bytes(),
-            )
-            .await;
-        }
+        put_numbered(&p, r, &format!("{r}-"), FILES / 3).await;
     }
     let resp = nodes[0].trigger().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -642,23 +640,9 @@ async fn a_cli_run_is_shared_with_a_serve_instance() {
     let p = prepare(Opts::default()).await;
     p.fakes
         .set_foi(crate::fakes::FoiBehavior::Slow(Duration::from_millis(100)));
-    let b_env = node(&p, "node-b");
-    let mut b_env = env_of(&b_env);
-    b_env.push(("MAX_CONCURRENT_FILES", "2"));
-    let _b = Serve::start(&p, &b_env).await;
-    for i in 0..FILES {
-        put(
-            &p,
-            "acme",
-            &format!("f{i:02}.csv"),
-            format!("f{i}").as_bytes(),
-        )
-        .await;
-    }
-    let cli_env = node(&p, "the-cli");
-    let mut cli_env = env_of(&cli_env);
-    cli_env.push(("MAX_CONCURRENT_FILES", "2"));
-    let (mut child, out) = cli_run(&p, &cli_env);
+    let _b = Serve::start(&p, &env_of(&node(&p, "node-b", 2))).await;
+    put_numbered(&p, "acme", "f", FILES).await;
+    let (mut child, out) = cli_run(&p, &env_of(&node(&p, "the-cli", 2)));
     let code = poll(60, "coordinator run exited", || {
         let done = child.try_wait().unwrap().map(|s| s.code());
         async move { done }
@@ -690,22 +674,9 @@ async fn a_killed_helpers_files_are_taken_over_and_nothing_else_is_sent_twice() 
     let p = prepare(Opts::default()).await;
     let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     p.fakes.set_itm(ItmBehavior::Held(release.clone()));
-    let (a_env, b_env) = (node(&p, "node-a"), node(&p, "node-b"));
-    let mut a_env = env_of(&a_env);
-    a_env.push(("MAX_CONCURRENT_FILES", "1"));
-    let mut b_env = env_of(&b_env);
-    b_env.push(("MAX_CONCURRENT_FILES", "3"));
-    let a = Serve::start(&p, &a_env).await;
-    let mut b = Serve::start(&p, &b_env).await;
-    for i in 0..FILES {
-        put(
-            &p,
-            "acme",
-            &format!("f{i:02}.csv"),
-            format!("f{i}").as_bytes(),
-        )
-        .await;
-    }
+    let a = Serve::start(&p, &env_of(&node(&p, "node-a", 1))).await;
+    let mut b = Serve::start(&p, &env_of(&node(&p, "node-b", 3))).await;
+    put_numbered(&p, "acme", "f", FILES).await;
     let run = tokio::spawn(a.trigger());
     let db = p.db().await;
     let b_inc: uuid::Uuid =
@@ -772,17 +743,12 @@ async fn a_draining_owner_hands_its_run_to_the_other_instance() {
     let p = prepare(Opts::default()).await;
     let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     p.fakes.set_itm(ItmBehavior::Held(release.clone()));
-    let (a_env, b_env) = (node(&p, "node-a"), node(&p, "node-b"));
-    let mut a_env = env_of(&a_env);
-    a_env.push(("MAX_CONCURRENT_FILES", "1"));
-    let mut a = Serve::start(&p, &a_env).await;
-    for i in 0..4 {
-        put(&p, "acme", &format!("f{i}.csv"), format!("f{i}").as_bytes()).await;
-    }
+    let mut a = Serve::start(&p, &env_of(&node(&p, "node-a", 1))).await;
+    put_numbered(&p, "acme", "f", 4).await;
     let run = tokio::spawn(a.trigger());
     until(30, "ITM reached", || !p.fakes.itm_calls().is_empty()).await;
     // node-b joins while node-a holds its first file.
-    let b = Serve::start(&p, &env_of(&b_env)).await;
+    let b = Serve::start(&p, &env_of(&node(&p, "node-b", 4))).await;
     a.signal("-TERM");
     // Not ready at once (while ITM still holds its file), alive all along.
     poll(10, "node-a's /readyz 503", || async {

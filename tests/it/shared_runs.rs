@@ -4,15 +4,13 @@
 //! passes at once.
 
 use crate::fakes::FoiBehavior;
-use crate::helpers::{Opts, spawn_app};
+use crate::helpers::{Opts, join_instance, running_run, spawn_app};
 use chrono::{Duration as Age, Utc};
 use coordinator::plan::{self, Group};
 use coordinator::scan::Candidate;
 use coordinator::source::Entry;
-use coordinator::store::{InstanceInfo, InstanceStore, Joined, PgStore, WorkStore};
+use coordinator::store::{PgStore, WorkStore};
 use std::collections::BTreeMap;
-use std::time::Duration;
-use uuid::Uuid;
 
 fn group(remitter: &str, name: &str, age_secs: i64) -> Group {
     let t = Utc::now() - Age::seconds(age_secs);
@@ -32,18 +30,6 @@ fn group(remitter: &str, name: &str, age_secs: i64) -> Group {
     }
 }
 
-async fn joined(store: &PgStore, id: &str) -> Uuid {
-    let me = InstanceInfo {
-        instance_id: id.into(),
-        incarnation: Uuid::new_v4(),
-        version: "test".into(),
-        heartbeat: Duration::from_secs(60),
-        max_concurrent_files: 4,
-    };
-    assert_eq!(store.join(&me).await.unwrap(), Joined::Yes);
-    me.incarnation
-}
-
 /// Issue 13 item 5, deterministically: remitter A has 500 files, B one
 /// (its newest of all). Two instances taking 4 + 1 candidates each (their
 /// capacity) take B's file within the first `instances × MAX_CONCURRENT_FILES
@@ -53,16 +39,11 @@ async fn joined(store: &PgStore, id: &str) -> Uuid {
 async fn candidates_are_taken_round_robin_across_remitters_oldest_first() {
     let app = spawn_app(Opts::default()).await;
     let store = PgStore::from_pool(app.db.clone());
-    let (one, two) = (joined(&store, "one").await, joined(&store, "two").await);
-    let run_id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO runs (id, status, trigger, instance, owner) VALUES ($1, 'running', 'test', 'one', $2)",
-    )
-    .bind(run_id)
-    .bind(one)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    let (one, two) = (
+        join_instance(&app.db, "one").await,
+        join_instance(&app.db, "two").await,
+    );
+    let run_id = running_run(&app.db, one, "one").await;
     let mut work: Vec<Group> = (0..500)
         .map(|i| group("A", &format!("a{i:03}.csv"), 10_000 - i))
         .collect();
