@@ -1038,7 +1038,7 @@ impl Engine {
         Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
     {
         let after_stop = std::sync::atomic::AtomicU32::new(0);
-        f.retry(BOOKKEEPING_BACKOFF.without_max_times())
+        f.retry(crate::store::TRANSIENT_RETRY.without_max_times())
             .when(|e: &crate::store::StoreError| {
                 e.is_transient()
                     && (!self.stop.is_cancelled()
@@ -1242,11 +1242,6 @@ impl From<(RunFailure, String)> for Ended {
 /// How often an owner looks at the progress of the others, and an idle
 /// instance for a run to take part in.
 pub const WORK_POLL: Duration = Duration::from_millis(200);
-
-/// Pauses between attempts at a run's bookkeeping through a database outage.
-const BOOKKEEPING_BACKOFF: backon::ExponentialBuilder = backon::ExponentialBuilder::new()
-    .with_min_delay(Duration::from_millis(100))
-    .with_max_delay(Duration::from_secs(5));
 
 /// Attempts at a run's bookkeeping once the instance is stopping.
 const ATTEMPTS_AFTER_STOP: u32 = 3;

@@ -10,8 +10,8 @@ use crate::engine::{Deps, RunSettings};
 use crate::plan::Unstable;
 use crate::scan::Candidate;
 use crate::source::{Content, SourceError};
-use crate::store::{Claim, ClaimRequest, StoreError};
-use backon::{ExponentialBuilder, Retryable};
+use crate::store::{Claim, ClaimRequest, StoreError, TRANSIENT_RETRY};
+use backon::Retryable;
 use kept::{KeptOutcome, Outcome};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -74,18 +74,9 @@ pub struct Processor {
     work_lost: AtomicBool,
 }
 
-/// Attempts at a claim through a database blip: about 30 s in all, then
+/// Attempts at a claim through a database blip (about 30 s in all); then
 /// the file is an error for this run (nothing sent) and the next run takes it.
-const CLAIM_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
-    .with_min_delay(std::time::Duration::from_millis(100))
-    .with_max_delay(std::time::Duration::from_secs(5))
-    .with_max_times(10);
-
-/// Pauses between attempts at writing an outcome: 100 ms doubling up to 5 s.
-const OUTCOME_WRITE_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
-    .with_min_delay(std::time::Duration::from_millis(100))
-    .with_factor(2.0)
-    .with_max_delay(std::time::Duration::from_secs(5));
+const CLAIM_ATTEMPTS: usize = 10;
 
 /// Deletes the spool file however processing ends (a killed process leaves
 /// it behind; [`sweep_stale_spools`] removes those).
@@ -270,7 +261,7 @@ impl Processor {
         // Tried again through a database blip with the same token: a claim
         // whose answer was lost is found as this process's own.
         let claim = (|| self.deps.store.claim(&req))
-            .retry(CLAIM_BACKOFF)
+            .retry(TRANSIENT_RETRY.with_max_times(CLAIM_ATTEMPTS))
             .when(|e: &StoreError| e.is_transient() && !self.stop.is_cancelled())
             .notify(
                 |e, pause| tracing::warn!(error = %e, ?pause, "claim not made yet; trying again"),
@@ -386,7 +377,7 @@ impl Processor {
         if written.as_ref().is_err_and(StoreError::is_transient) {
             self.deps.kept.keep_retrying(kept.clone());
             written = write
-                .retry(OUTCOME_WRITE_BACKOFF.without_max_times())
+                .retry(TRANSIENT_RETRY.without_max_times())
                 .when(|e: &StoreError| e.is_transient() && !self.stop.is_cancelled())
                 .notify(|e, pause| {
                     tracing::warn!(error = %e, ?pause, status = status.as_str(), "outcome not recorded yet; trying again")

@@ -144,6 +144,13 @@ pub struct ClaimRequest<'a> {
     pub ctime: DateTime<Utc>,
 }
 
+/// Pauses between attempts at a statement after a transient database error
+/// (claims, outcomes, a run's bookkeeping): 100 ms doubling up to 5 s.
+pub const TRANSIENT_RETRY: backon::ExponentialBuilder = backon::ExponentialBuilder::new()
+    .with_min_delay(std::time::Duration::from_millis(100))
+    .with_factor(2.0)
+    .with_max_delay(std::time::Duration::from_secs(5));
+
 /// How long a claim made before instances existed (`claimed_by` NULL) may
 /// stay `processing` before it is taken over: the old default lease.
 pub const LEGACY_CLAIM_LEASE: std::time::Duration = std::time::Duration::from_secs(900);

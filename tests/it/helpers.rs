@@ -638,3 +638,34 @@ pub async fn running_run(db: &PgPool, owner: Uuid, instance: &str) -> Uuid {
     .unwrap();
     run_id
 }
+
+/// A migrated test database with no coordinator running against it, for
+/// tests that drive the store alone (no instance's taker or adopter acts
+/// behind their back). Dropped by [`StoreDb::finish`].
+pub struct StoreDb {
+    pub store: coordinator::store::PgStore,
+    pub db: PgPool,
+    admin_url: String,
+    db_name: String,
+}
+
+impl StoreDb {
+    pub async fn new() -> Self {
+        let p = prepare(Opts::default()).await;
+        let store = coordinator::app::migrated_store(&p.db_url)
+            .await
+            .expect("migrate the test database");
+        let db = store.pool().clone();
+        StoreDb {
+            store,
+            db,
+            admin_url: p.admin_url,
+            db_name: p.db_name,
+        }
+    }
+
+    pub async fn finish(self) {
+        self.db.close().await;
+        drop_database(&self.admin_url, &self.db_name).await;
+    }
+}

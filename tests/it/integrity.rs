@@ -5,10 +5,10 @@
 
 use crate::fakes::FoiBehavior;
 use crate::gate::{Gate, Point};
-use crate::helpers::{Opts, decision_of, join_instance, md5_hex, running_run, spawn_app};
+use crate::helpers::{Opts, StoreDb, decision_of, join_instance, md5_hex, running_run, spawn_app};
 use chrono::Utc;
 use coordinator::domain::FileStatus;
-use coordinator::store::{Claim, ClaimRequest, ClaimStore, InstanceStore, PgStore, StoreError};
+use coordinator::store::{Claim, ClaimRequest, ClaimStore, InstanceStore, StoreError};
 use serde_json::json;
 use std::io::Write;
 use std::time::Duration;
@@ -206,16 +206,17 @@ async fn a_folder_gone_at_the_second_look_is_only_that_folders_error() {
 /// claim again, and nobody overwrites an operator's verdict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_live_claims_holder_writes_its_outcome() {
-    let app = spawn_app(Opts::default()).await;
-    let store = PgStore::from_pool(app.db.clone());
+    // The store alone: no instance's taker or adopter acts meanwhile.
+    let t = StoreDb::new().await;
+    let store = t.store.clone();
     let (a, b) = (
-        join_instance(&app.db, "a").await,
-        join_instance(&app.db, "b").await,
+        join_instance(&t.db, "a").await,
+        join_instance(&t.db, "b").await,
     );
     // The candidate, as `take_work` leaves it: held by `a`.
-    let run_id = running_run(&app.db, a, "a").await;
+    let run_id = running_run(&t.db, a, "a").await;
     let hold = |holder: Uuid| {
-        let db = app.db.clone();
+        let db = t.db.clone();
         async move {
             sqlx::query(
                 "INSERT INTO run_work (run_id, seq, remitter, rank, item, state, taken_by) \
@@ -301,7 +302,7 @@ async fn only_a_live_claims_holder_writes_its_outcome() {
     // An operator's verdict is never overwritten by a late writer.
     sqlx::query("UPDATE files SET status = 'ops_resent_by_hand' WHERE id = $1")
         .bind(id)
-        .execute(&app.db)
+        .execute(&t.db)
         .await
         .unwrap();
     assert!(matches!(
@@ -310,18 +311,20 @@ async fn only_a_live_claims_holder_writes_its_outcome() {
             .await,
         Err(StoreError::ClaimLost(_))
     ));
-    let rows = app.files().await;
-    assert_eq!(rows[0].status, "ops_resent_by_hand");
-    assert_eq!(
-        app.events(id).await,
-        ["processing", "processing", "itm_failed"]
-    );
-    sqlx::query("UPDATE runs SET status = 'completed' WHERE id = $1")
-        .bind(run_id)
-        .execute(&app.db)
+    let status: String = sqlx::query_scalar("SELECT status FROM files WHERE id = $1")
+        .bind(id)
+        .fetch_one(&t.db)
         .await
         .unwrap();
-    app.finish().await;
+    assert_eq!(status, "ops_resent_by_hand");
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM file_events WHERE file_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(&t.db)
+            .await
+            .unwrap();
+    assert_eq!(events, ["processing", "processing", "itm_failed"]);
+    t.finish().await;
 }
 
 /// A FOI call far slower than three heartbeats, with a second instance

@@ -4,12 +4,12 @@
 //! passes at once.
 
 use crate::fakes::FoiBehavior;
-use crate::helpers::{Opts, join_instance, running_run, spawn_app};
+use crate::helpers::{Opts, StoreDb, join_instance, running_run, spawn_app};
 use chrono::{Duration as Age, Utc};
 use coordinator::plan::{self, Group};
 use coordinator::scan::Candidate;
 use coordinator::source::Entry;
-use coordinator::store::{PgStore, WorkStore};
+use coordinator::store::WorkStore;
 use std::collections::BTreeMap;
 
 fn group(remitter: &str, name: &str, age_secs: i64) -> Group {
@@ -37,13 +37,14 @@ fn group(remitter: &str, name: &str, age_secs: i64) -> Group {
 /// candidate another holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn candidates_are_taken_round_robin_across_remitters_oldest_first() {
-    let app = spawn_app(Opts::default()).await;
-    let store = PgStore::from_pool(app.db.clone());
+    // The store alone: no coordinator's own taker takes candidates meanwhile.
+    let t = StoreDb::new().await;
+    let store = &t.store;
     let (one, two) = (
-        join_instance(&app.db, "one").await,
-        join_instance(&app.db, "two").await,
+        join_instance(&t.db, "one").await,
+        join_instance(&t.db, "two").await,
     );
-    let run_id = running_run(&app.db, one, "one").await;
+    let run_id = running_run(&t.db, one, "one").await;
     let mut work: Vec<Group> = (0..500)
         .map(|i| group("A", &format!("a{i:03}.csv"), 10_000 - i))
         .collect();
@@ -75,12 +76,7 @@ async fn candidates_are_taken_round_robin_across_remitters_oldest_first() {
         ["a004.csv", "a005.csv", "a006.csv", "a007.csv", "a008.csv"]
     );
     assert!(first.iter().all(|t| !t.taken_over) && second.iter().all(|t| !t.taken_over));
-    sqlx::query("UPDATE runs SET status = 'completed' WHERE id = $1")
-        .bind(run_id)
-        .execute(&app.db)
-        .await
-        .unwrap();
-    app.finish().await;
+    t.finish().await;
 }
 
 /// Issue 13 item 7: two instances' background passes at once over 200
