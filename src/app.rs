@@ -1,6 +1,7 @@
 //! Wiring: builds the engine from a [`Config`] and runs the programs of
 //! CONTRACT §2 (`serve`, `run`, `migrate`).
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::downstream::{FoiClient, IqubeClient, ItmClient, http_client};
 use crate::engine::{Deps, Engine, Identity, RunError, RunSettings};
@@ -143,9 +144,16 @@ pub async fn build_router(
     let store = migrated_store(cfg.database_url.expose()).await?;
     let engine = build_engine(cfg, store.clone())?;
     let membership = join(cfg, &store, &engine).await?;
+    let auth = Authenticator::new(
+        cfg.api_token.clone(),
+        cfg.env == crate::config::Env::Local && cfg.api_token.is_none(),
+        Arc::new(store.clone()),
+    );
     let app = router(AppState {
         engine: engine.clone(),
-        api_token: cfg.api_token.clone(),
+        auth: Arc::new(auth),
+        audit: Arc::new(store.clone()),
+        tokens: Arc::new(store.clone()),
         ops: Arc::new(store.clone()),
         instances: Arc::new(store),
         membership: membership.clone(),
@@ -193,6 +201,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         let http_stop = CancellationToken::new();
         let stopped = http_stop.clone();
         let mut http = tokio::spawn(async move {
+            // The peer's address reaches the handlers (the audit trail's `remote_addr`).
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stopped.cancelled().await })
                 .await;

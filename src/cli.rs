@@ -65,4 +65,65 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
+    /// Named tokens (CONTRACT §11): create, list, revoke. Needs only
+    /// DATABASE_URL; each creation and revocation is in the audit trail,
+    /// with the actor `cli:<login name>`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The audit trail (CONTRACT §11).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `coordinator token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Creates a token and prints its secret once, on standard output (only
+    /// its hash is stored: a lost secret is revoked and replaced).
+    Create {
+        /// Its name: the actor of what it does (1 to 64 of A-Z a-z 0-9 . _ @ -).
+        #[arg(long)]
+        name: String,
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: crate::auth::Role,
+        /// Days until it expires (1 to 3650); without it, never.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+        /// The database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Lists every token: name, role, created, expires, last used, revoked (never a secret).
+    List {
+        /// The database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revokes a token: every instance refuses it within 5 seconds.
+    Revoke {
+        /// The token's name.
+        name: String,
+        /// The database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// `coordinator audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Writes the audit trail from --since until --until (dates or RFC 3339
+    /// times; a date is midnight UTC) as JSON lines on standard output, oldest first.
+    Export {
+        /// First time included (e.g. 2026-12-01 or 2026-12-01T08:00:00Z).
+        #[arg(long, value_parser = crate::commands::parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// First time excluded.
+        #[arg(long, value_parser = crate::commands::parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// The database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }

@@ -5,6 +5,7 @@ pub mod app;
 pub mod archive;
 pub mod auth;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod downstream;

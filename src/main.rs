@@ -32,6 +32,8 @@ async fn main() -> ExitCode {
             Ok(cfg) => coordinator::app::run_once(cfg, args.dry_run).await,
             Err(e) => Err(e.into()),
         },
+        Command::Token(cmd) => coordinator::commands::token(cmd).await,
+        Command::Audit(cmd) => coordinator::commands::audit(cmd).await,
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

@@ -51,6 +51,7 @@ pub struct Metrics {
     last_run: Family<Labels, Gauge<f64, AtomicU64>>,
     files_in_flight: Gauge,
     claims_taken_over: Counter,
+    auth_failures: Family<Labels, Counter>,
 }
 
 /// One file this instance holds (claimed, not yet recorded): counted in
@@ -108,6 +109,7 @@ impl Metrics {
             (Gauge::default(), Gauge::default(), Gauge::default());
         let last_run = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let (files_in_flight, claims_taken_over) = (Gauge::default(), Counter::default());
+        let auth_failures = Family::<Labels, Counter>::default();
         // prometheus-client appends `_total` to counter names.
         registry.register(
             "coordinator_runs",
@@ -169,6 +171,11 @@ impl Metrics {
             "Claims this instance took over from a dead instance (or a lapsed claim from before instances)",
             claims_taken_over.clone(),
         );
+        registry.register(
+            "coordinator_auth_failures",
+            "Requests refused with 401, by reason (missing, unknown, expired, revoked, invalid_jwt, unavailable)",
+            auth_failures.clone(),
+        );
         for s in ["completed", "failed"] {
             drop(runs.get_or_create(&status(s)));
         }
@@ -192,7 +199,15 @@ impl Metrics {
             last_run,
             files_in_flight,
             claims_taken_over,
+            auth_failures,
         }
+    }
+
+    /// A bearer was refused with `401` for `reason`.
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
     }
 
     /// A file was claimed by this instance: in flight until the guard drops.

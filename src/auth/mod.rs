@@ -3,6 +3,11 @@
 //! identity provider; each becomes a [`Principal`] with a [`Role`], and each
 //! route declares the least role it needs.
 
+pub mod authn;
+pub mod tokens;
+
+pub use authn::Authenticator;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -67,6 +72,8 @@ pub enum Via {
     Token,
     /// A JWT of the identity provider.
     Jwt,
+    /// No bearer, on a local deployment without `API_TOKEN`.
+    Open,
 }
 
 /// A caller whose bearer verified.

@@ -8,14 +8,20 @@
 //! are the same line, and the document is what `GET /api/v1/openapi.json`
 //! answers.
 
+mod access;
+mod admin;
 mod openapi;
 mod operator;
 mod page;
 
-use crate::config::Secret;
+use crate::auth::{Authenticator, Role};
 use crate::engine::{Engine, RunError, RunFailure, RunReport};
 use crate::instance::Membership;
-use crate::store::{InstanceStore, OperatorError, OperatorStore};
+use crate::store::{
+    AuditStore, InstanceStore, OperatorError, OperatorStore, Outcome, TokenError, TokenStore,
+};
+use access::{Caller, needs};
+pub use admin::new_token_secret;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
@@ -27,7 +33,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::ToSchema;
@@ -40,8 +45,12 @@ use uuid::Uuid;
 pub struct AppState {
     /// The run engine.
     pub engine: Arc<Engine>,
-    /// Required bearer token, if any.
-    pub api_token: Option<Secret>,
+    /// Who is calling: `API_TOKEN`, named tokens, JWTs.
+    pub auth: Arc<Authenticator>,
+    /// The audit trail (CONTRACT §11).
+    pub audit: Arc<dyn AuditStore>,
+    /// Named tokens, for the admin's routes.
+    pub tokens: Arc<dyn TokenStore>,
     /// The operator's queries and actions (Postgres).
     pub ops: Arc<dyn OperatorStore>,
     /// The instances table, for their list.
@@ -53,8 +62,10 @@ pub struct AppState {
 /// Every error the API answers with.
 #[derive(Debug)]
 pub enum AppError {
-    /// Missing or wrong bearer token.
+    /// Missing, unknown, expired or revoked bearer, or a JWT that does not verify.
     Unauthorized,
+    /// The caller's role may not do this.
+    Forbidden(String),
     /// The run could not be performed, or another run holds the lock.
     RunFailed(RunError),
     /// No such route.
@@ -103,7 +114,7 @@ pub struct RunRequest {
 #[derive(Debug, Serialize, ToSchema)]
 #[cfg_attr(test, derive(serde::Deserialize), serde(deny_unknown_fields))]
 pub struct ErrorBody {
-    /// Stable machine code: `invalid_request`, `unauthorized`, `not_found`,
+    /// Stable machine code: `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
     /// `method_not_allowed`, `not_retryable`, `not_resolvable`,
     /// `run_in_progress`, `payload_too_large`, `uri_too_long`,
     /// `database_error`, `draining`, `run_handed_over`, or a failed run's code (`scan_failed`,
@@ -147,6 +158,9 @@ impl IntoResponse for AppError {
                 StatusCode::UNAUTHORIZED,
                 ErrorBody::new("unauthorized", "missing or wrong bearer token"),
             ),
+            AppError::Forbidden(message) => {
+                (StatusCode::FORBIDDEN, ErrorBody::new("forbidden", message))
+            }
             AppError::RunFailed(e) => {
                 let status = e.http_status();
                 return (status, Json(e.body())).into_response();
@@ -218,6 +232,23 @@ impl From<OperatorError> for AppError {
     }
 }
 
+impl From<TokenError> for AppError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::NotFound(_) => AppError::NoSuchItem(e.to_string()),
+            TokenError::NameTaken(_) => AppError::Conflict {
+                code: "token_exists",
+                message: e.to_string(),
+            },
+            TokenError::AlreadyRevoked(_) => AppError::Conflict {
+                code: "already_revoked",
+                message: e.to_string(),
+            },
+            TokenError::Store(e) => OperatorError::Store(e).into(),
+        }
+    }
+}
+
 /// Reads a JSON object body into `T` (its unknown fields refused by `T`);
 /// `None` for an empty body.
 fn parse_body<T: serde::de::DeserializeOwned>(
@@ -247,25 +278,6 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     }
 }
 
-async fn require_token(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, AppError> {
-    if let Some(token) = &state.api_token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
-            return Err(AppError::Unauthorized);
-        }
-    }
-    Ok(next.run(req).await)
-}
-
 /// Refuses over-long query strings before anything else looks at them.
 async fn limit_query(req: Request, next: Next) -> Result<Response, AppError> {
     if req.uri().query().is_some_and(|q| q.len() > MAX_QUERY_BYTES) {
@@ -292,6 +304,7 @@ fn parse_run_request(body: Result<Bytes, BytesRejection>) -> Result<RunRequest, 
         (status = 200, description = "The run completed (files may have failed); with `dry_run`, every decision and nothing done", body = RunReport),
         (status = 400, description = "`invalid_request`: a malformed body or an unknown field", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller's role is below `operator`", body = ErrorBody),
         (status = 409, description = "`run_in_progress`; `run_id` names the running run (never for a dry run)", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 414, description = "`uri_too_long`", body = ErrorBody),
@@ -302,10 +315,22 @@ fn parse_run_request(body: Result<Bytes, BytesRejection>) -> Result<RunRequest, 
 )]
 async fn create_run(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
     let options = parse_run_request(body)?;
+    let action = if options.dry_run {
+        "run.dry_run"
+    } else {
+        "run.start"
+    };
     if state.membership.is_draining() {
+        caller
+            .record(
+                &state,
+                caller.audit(action, None, Outcome::Failed, Some("draining".into())),
+            )
+            .await;
         return Err(AppError::Draining);
     }
     // The run is its own task: a client that hangs up must not cancel it half-way.
@@ -318,16 +343,47 @@ async fn create_run(
             engine.run("api").await
         }
     });
-    match handle.await {
-        Ok(Ok(report)) => Ok((StatusCode::OK, Json(report)).into_response()),
-        Ok(Err(e)) => Err(AppError::RunFailed(e)),
-        Err(join) => Err(AppError::RunFailed(RunError::Failed {
+    let result = match handle.await {
+        Ok(r) => r,
+        Err(join) => Err(RunError::Failed {
             run_id: uuid::Uuid::nil(),
             started_at: chrono::Utc::now(),
             failure: RunFailure::Internal,
             message: format!("the run task failed: {join}"),
             dry_run,
-        })),
+        }),
+    };
+    // Recorded once the run is known (its id, how it ended).
+    let entry = match &result {
+        Ok(report) => caller.audit(action, Some(report.run_id.to_string()), Outcome::Ok, None),
+        Err(RunError::HandedOver { run_id }) => caller.audit(
+            action,
+            Some(run_id.to_string()),
+            Outcome::Ok,
+            Some("handed over to another instance (this one got SIGTERM)".into()),
+        ),
+        Err(e) => {
+            let body = e.body();
+            let text = |k: &str| {
+                body.get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            caller.audit(
+                action,
+                body.get("run_id")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+                Outcome::Failed,
+                Some(format!("{}: {}", text("error"), text("message"))),
+            )
+        }
+    };
+    caller.record(&state, entry).await;
+    match result {
+        Ok(report) => Ok((StatusCode::OK, Json(report)).into_response()),
+        Err(e) => Err(AppError::RunFailed(e)),
     }
 }
 
@@ -464,29 +520,63 @@ async fn openapi_json(Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>) 
     Json(&*doc).into_response()
 }
 
-/// Every documented route: the bearer token's behind [`require_token`]
-/// (and marked so in the document), the rest open. API routes are added
-/// here, with `routes!`; `tests/it/openapi.rs` fails on a path the router
-/// serves that the document lacks (the status page's aside).
+/// Every documented route: those under `/api/v1/coordinator` each with
+/// the least role it needs ([`needs`], which also documents it), the rest
+/// open. API routes are added here, with `routes!`; `tests/it/openapi.rs`
+/// fails on a path the router serves that the document lacks (the status
+/// page's aside).
 fn documented(state: &AppState) -> OpenApiRouter<AppState> {
-    let mut protected = OpenApiRouter::new()
-        .routes(routes!(create_run, operator::list_runs))
-        .routes(routes!(operator::get_run))
-        .routes(routes!(operator::list_files))
-        .routes(routes!(operator::get_file))
-        .routes(routes!(operator::retry_file))
-        .routes(routes!(operator::resolve_file))
-        .routes(routes!(operator::list_instances));
-    // An empty body is a run with no options, which `#[utoipa::path]` cannot say.
-    openapi::optional_body(protected.get_openapi_mut(), "/api/v1/coordinator/runs");
-    openapi::require_bearer(protected.get_openapi_mut());
-    let protected =
-        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    OpenApiRouter::with_openapi(openapi::base())
+    use Role::{Admin, Operator, Viewer};
+    let s = state;
+    let mut api = OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(openapi_json))
-        .merge(protected)
+        .routes(needs(s, Operator, "run.start", routes!(create_run)))
+        .routes(needs(s, Viewer, "runs.list", routes!(operator::list_runs)))
+        .routes(needs(s, Viewer, "run.get", routes!(operator::get_run)))
+        .routes(needs(
+            s,
+            Viewer,
+            "files.list",
+            routes!(operator::list_files),
+        ))
+        .routes(needs(s, Viewer, "file.get", routes!(operator::get_file)))
+        .routes(needs(
+            s,
+            Operator,
+            "file.retry",
+            routes!(operator::retry_file),
+        ))
+        .routes(needs(
+            s,
+            Operator,
+            "file.resolve",
+            routes!(operator::resolve_file),
+        ))
+        .routes(needs(
+            s,
+            Viewer,
+            "instances.list",
+            routes!(operator::list_instances),
+        ))
+        .routes(needs(s, Admin, "tokens.list", routes!(admin::list_tokens)))
+        .routes(needs(
+            s,
+            Admin,
+            "token.create",
+            routes!(admin::create_token),
+        ))
+        .routes(needs(
+            s,
+            Admin,
+            "token.revoke",
+            routes!(admin::revoke_token),
+        ))
+        .routes(needs(s, Admin, "audit.list", routes!(admin::list_audit)));
+    // An empty body is a run with no options, which `#[utoipa::path]` cannot say.
+    openapi::optional_body(api.get_openapi_mut(), "/api/v1/coordinator/runs");
+    api
 }
 
 /// The router with its middleware: the documented routes, the status page,
@@ -551,6 +641,7 @@ mod tests {
         };
         let errors = [
             AppError::Unauthorized,
+            AppError::Forbidden("role viewer may not".into()),
             AppError::RunFailed(RunError::Busy { running: None }),
             AppError::RunFailed(RunError::Busy {
                 running: Some(Uuid::new_v4()),

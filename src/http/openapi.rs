@@ -4,7 +4,7 @@
 
 use super::ErrorBody;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 /// The name of the security scheme in the document.
 pub(super) const BEARER: &str = "bearer";
@@ -15,7 +15,8 @@ pub(super) const BEARER: &str = "bearer";
     info(
         title = "coordinator",
         description = "Takes remittance files from an SMB share into the finance back office, \
-                       exactly once. Every `/api/` route but this document needs the bearer token."
+                       exactly once. Every `/api/` route but this document needs a bearer token \
+                       whose role is at least the one the operation names."
     ),
     paths(metrics),
     components(schemas(ErrorBody)),
@@ -23,6 +24,7 @@ pub(super) const BEARER: &str = "bearer";
     tags(
         (name = "runs", description = "Performing a run (CONTRACT §4)"),
         (name = "operator", description = "Run and file history, retry and resolve (CONTRACT §9)"),
+        (name = "admin", description = "Named tokens and the audit trail (CONTRACT §11)"),
         (name = "probes", description = "Liveness, readiness and metrics, without a token"),
         (name = "meta", description = "This document"),
     )
@@ -45,34 +47,14 @@ impl utoipa::Modify for BearerScheme {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("API_TOKEN, when one is configured"))
+                    .description(Some(
+                        "API_TOKEN (the `bootstrap` admin), a named token (`coordinator token create`), \
+                         or a JWT of the identity provider (OIDC_ISSUER); each operation lists the least \
+                         role it needs: `viewer` < `operator` < `admin`",
+                    ))
                     .build(),
             ),
         );
-    }
-}
-
-/// Marks every operation of `doc` as needing the bearer token: called on
-/// the routes that [`require_token`](super::require_token) guards, so the
-/// document says so exactly where the server asks for it.
-pub(super) fn require_bearer(doc: &mut utoipa::openapi::OpenApi) {
-    let bearer = SecurityRequirement::new(BEARER, Vec::<String>::new());
-    for item in doc.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.options,
-            &mut item.head,
-            &mut item.patch,
-            &mut item.trace,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            op.security = Some(vec![bearer.clone()]);
-        }
     }
 }
 

@@ -2,13 +2,15 @@
 //! resolve. Parameters are checked here; the queries are
 //! [`OperatorStore`](crate::store::OperatorStore)'s.
 
+use super::access::Caller;
 use super::{AppError, AppState, ErrorBody, parse_body};
 use crate::domain::{FileStatus, OpsVerdict};
+use crate::store::Outcome;
 use crate::store::{FileDetail, FileFilter, FileView, InstanceView, RunView, StatusFilter};
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -90,20 +92,20 @@ pub struct FilesPage {
     next: Option<String>,
 }
 
-fn bad(message: impl Into<String>) -> AppError {
+pub(super) fn bad(message: impl Into<String>) -> AppError {
     AppError::BadRequest(message.into())
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
     q.map(|Query(t)| t).map_err(|e| bad(e.body_text()))
 }
 
-fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, AppError> {
+pub(super) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, AppError> {
     p.map(|Path(t)| t).map_err(|e| bad(e.body_text()))
 }
 
 /// `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent.
-fn limit(given: Option<&str>) -> Result<i64, AppError> {
+pub(super) fn limit(given: Option<&str>) -> Result<i64, AppError> {
     match given {
         None => Ok(DEFAULT_LIMIT),
         Some(s) => s
@@ -115,7 +117,7 @@ fn limit(given: Option<&str>) -> Result<i64, AppError> {
 }
 
 /// A non-empty reason, trimmed.
-fn reason(r: &str) -> Result<String, AppError> {
+pub(super) fn reason(r: &str) -> Result<String, AppError> {
     let r = r.trim();
     if r.is_empty() {
         Err(bad("reason must not be empty"))
@@ -125,7 +127,10 @@ fn reason(r: &str) -> Result<String, AppError> {
 }
 
 /// `?before=`: the `next` of a previous page, an id of `what` kind.
-fn cursor<T: std::str::FromStr>(before: Option<String>, what: &str) -> Result<Option<T>, AppError> {
+pub(super) fn cursor<T: std::str::FromStr>(
+    before: Option<String>,
+    what: &str,
+) -> Result<Option<T>, AppError> {
     before
         .map(|b| {
             b.parse::<T>()
@@ -268,15 +273,51 @@ pub async fn get_file(
 )]
 pub async fn retry_file(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<i64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<FileView>, AppError> {
     let id = path(id)?;
     let req: RetryRequest =
         parse_body(body)?.ok_or_else(|| bad("a body with reason is required"))?;
-    let file = state.ops.retry(id, &reason(&req.reason)?).await?;
-    tracing::info!(file_id = id, "retry requested by an operator");
+    let why = reason(&req.reason)?;
+    let entry = caller.audit(
+        "file.retry",
+        Some(id.to_string()),
+        Outcome::Ok,
+        Some(why.clone()),
+    );
+    let file = acted(
+        &state,
+        &caller,
+        entry.clone(),
+        state.ops.retry(id, &why, &entry).await,
+    )
+    .await?;
+    tracing::info!(file_id = id, actor = %caller.principal.actor, "retry requested by an operator");
     Ok(Json(file))
+}
+
+/// The result of an action that records its own `ok` row; a failed one is
+/// recorded here, on its own, with the error as its reason.
+async fn acted<T>(
+    state: &AppState,
+    caller: &Caller,
+    mut entry: crate::store::AuditEntry,
+    result: Result<T, crate::store::OperatorError>,
+) -> Result<T, AppError> {
+    match result {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            entry.outcome = Outcome::Failed;
+            entry.reason = Some(format!(
+                "{e} (reason given: {})",
+                entry.reason.unwrap_or_default()
+            ));
+            caller.record(state, entry).await;
+            Err(e.into())
+        }
+    }
 }
 
 /// An operator's verdict on a file that is not being processed; the next
@@ -300,6 +341,7 @@ pub async fn retry_file(
 )]
 pub async fn resolve_file(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<i64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<FileView>, AppError> {
@@ -307,11 +349,16 @@ pub async fn resolve_file(
     let req: ResolveRequest =
         parse_body(body)?.ok_or_else(|| bad("a body with status and reason is required"))?;
     let verdict = OpsVerdict::try_from(req.status.as_str()).map_err(|e| bad(e.to_string()))?;
-    let file = state
-        .ops
-        .resolve(id, verdict, &reason(&req.reason)?)
-        .await?;
-    tracing::info!(file_id = id, status = %file.status, "resolved by an operator");
+    let why = reason(&req.reason)?;
+    let entry = caller.audit(
+        "file.resolve",
+        Some(id.to_string()),
+        Outcome::Ok,
+        Some(format!("{}: {why}", verdict.as_str())),
+    );
+    let result = state.ops.resolve(id, verdict, &why, &entry).await;
+    let file = acted(&state, &caller, entry, result).await?;
+    tracing::info!(file_id = id, status = %file.status, actor = %caller.principal.actor, "resolved by an operator");
     Ok(Json(file))
 }
 

@@ -3,11 +3,14 @@
 //! concern ([`RunStore`], [`ClaimStore`], [`OutboxStore`], [`ArchiveStore`]);
 //! the operator's queries ([`OperatorStore`], CONTRACT §9) are Postgres only.
 
+mod audit;
 mod instances;
 mod operator;
 mod postgres;
+mod tokens;
 mod work;
 
+pub use audit::{AuditEntry, AuditFilter, AuditStore, AuditView, Outcome};
 pub use instances::{InstanceInfo, InstanceStore, InstanceView, Joined};
 
 pub use operator::{
@@ -15,6 +18,7 @@ pub use operator::{
     Page, RunView, StatusFilter,
 };
 pub use postgres::{MIGRATOR, PgStore};
+pub use tokens::{NewToken, TokenError, TokenRecord, TokenStore, TokenView};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use super::audit::{AuditEntry, insert_audit};
 use super::postgres::{Step, insert_event};
 use super::{PgStore, StoreError};
 use crate::domain::{FileStatus, OpsVerdict};
@@ -175,14 +176,22 @@ pub trait OperatorStore: Send + Sync {
     ) -> Result<Page<FileView>, OperatorError>;
     /// One file with its events and notifications.
     async fn file(&self, id: i64) -> Result<FileDetail, OperatorError>;
-    /// Sends a failed file back: `retry_requested`, with the reason in its event.
-    async fn retry(&self, id: i64, reason: &str) -> Result<FileView, OperatorError>;
-    /// An operator's verdict on a file that is not being processed.
+    /// Sends a failed file back: `retry_requested`, with the reason and the
+    /// actor in its event, and `audit` recorded in the same transaction.
+    async fn retry(
+        &self,
+        id: i64,
+        reason: &str,
+        audit: &AuditEntry,
+    ) -> Result<FileView, OperatorError>;
+    /// An operator's verdict on a file that is not being processed (event
+    /// and audit row as for a retry).
     async fn resolve(
         &self,
         id: i64,
         verdict: OpsVerdict,
         reason: &str,
+        audit: &AuditEntry,
     ) -> Result<FileView, OperatorError>;
 }
 
@@ -216,7 +225,7 @@ fn contains_pattern(q: &str) -> String {
 }
 
 /// Splits `limit + 1` rows into a page and its cursor.
-fn page<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T> {
+pub(super) fn page<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T> {
     let more = rows.len() as i64 > limit;
     rows.truncate(limit.max(0) as usize);
     let next = if more { rows.last().map(key) } else { None };
@@ -257,6 +266,7 @@ impl PgStore {
         id: i64,
         status: FileStatus,
         reason: &str,
+        audit: &AuditEntry,
     ) -> Result<FileView, OperatorError> {
         sqlx::query("UPDATE files SET status = $2, updated_at = now() WHERE id = $1")
             .bind(id)
@@ -268,9 +278,10 @@ impl PgStore {
             &mut tx,
             id,
             status.as_str(),
-            &json!({"reason": reason, "by": "operator"}),
+            &json!({"reason": reason, "by": "operator", "actor": audit.actor}),
         )
         .await?;
+        insert_audit(&mut tx, audit).await?;
         let file = self.file_view(&mut tx, id).await?;
         tx.commit().await.step("committing an operator's status")?;
         Ok(file)
@@ -380,7 +391,12 @@ impl OperatorStore for PgStore {
         })
     }
 
-    async fn retry(&self, id: i64, reason: &str) -> Result<FileView, OperatorError> {
+    async fn retry(
+        &self,
+        id: i64,
+        reason: &str,
+        audit: &AuditEntry,
+    ) -> Result<FileView, OperatorError> {
         let mut tx = self.pool().begin().await.step("starting a transaction")?;
         let status = Self::lock_file(&mut tx, id).await?;
         if !status.is_failure() {
@@ -391,7 +407,7 @@ impl OperatorStore for PgStore {
                 ),
             });
         }
-        self.operator_status(tx, id, FileStatus::RetryRequested, reason)
+        self.operator_status(tx, id, FileStatus::RetryRequested, reason, audit)
             .await
     }
 
@@ -400,6 +416,7 @@ impl OperatorStore for PgStore {
         id: i64,
         verdict: OpsVerdict,
         reason: &str,
+        audit: &AuditEntry,
     ) -> Result<FileView, OperatorError> {
         let mut tx = self.pool().begin().await.step("starting a transaction")?;
         if Self::lock_file(&mut tx, id).await? == FileStatus::Processing {
@@ -410,7 +427,7 @@ impl OperatorStore for PgStore {
                 ),
             });
         }
-        self.operator_status(tx, id, FileStatus::Ops(verdict), reason)
+        self.operator_status(tx, id, FileStatus::Ops(verdict), reason, audit)
             .await
     }
 }

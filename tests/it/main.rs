@@ -7,6 +7,7 @@ mod gate;
 mod helpers;
 mod remitter;
 
+mod access;
 mod api;
 mod archive_races;
 mod extraction_failures;

@@ -20,7 +20,8 @@ use uuid::Uuid;
 pub(crate) struct Api {
     pub(crate) router: Router,
     pub(crate) token: String,
-    db: PgPool,
+    pub(crate) db: PgPool,
+    pub(crate) db_url: String,
     db_name: String,
     admin_url: String,
 }
@@ -41,6 +42,7 @@ impl Api {
             router,
             token: p.token.expect("a token"),
             db,
+            db_url: p.db_url.clone(),
             db_name: p.db_name,
             admin_url: p.admin_url,
         }
@@ -77,7 +79,7 @@ impl Api {
     }
 
     /// Sends one request with `token` (if any), answers status and JSON.
-    async fn call_as(
+    pub(crate) async fn call_as(
         &self,
         method: &str,
         uri: &str,
@@ -91,18 +93,18 @@ impl Api {
         (status, json)
     }
 
-    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+    pub(crate) async fn get(&self, uri: &str) -> (StatusCode, Value) {
         self.call_as("GET", uri, None, Some(&self.token.clone()))
             .await
     }
 
-    async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
         self.call_as("POST", uri, Some(body), Some(&self.token.clone()))
             .await
     }
 
     /// Inserts a file row with a `processing` event; returns its id.
-    async fn file(&self, remitter: &str, name: &str, status: &str) -> i64 {
+    pub(crate) async fn file(&self, remitter: &str, name: &str, status: &str) -> i64 {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, group_key) \
              VALUES ($1, $2, $2, md5($1 || $2), 10, now(), $3, lower($1 || '/' || $2)) RETURNING id",

@@ -1,0 +1,202 @@
+//! The administrative programs (CONTRACT §11): `coordinator token ...` and
+//! `coordinator audit export`. They need only the database.
+
+use crate::app::migrated_store;
+use crate::cli::{AuditCommand, TokenCommand};
+use crate::config::DbArgs;
+use crate::http::new_token_secret;
+use crate::store::{AuditEntry, AuditFilter, AuditStore, NewToken, Outcome, TokenStore};
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use std::io::Write;
+
+/// Rows read per query by the export.
+const EXPORT_BATCH: i64 = 10_000;
+
+/// A date (midnight UTC) or an RFC 3339 time.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| "not a date (2026-12-01) or an RFC 3339 time (2026-12-01T08:00:00Z)".into())
+}
+
+/// Who runs the CLI, for the audit trail: `cli:` and the login name.
+fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+fn cli_entry(action: &str, target: &str, outcome: Outcome, reason: Option<String>) -> AuditEntry {
+    AuditEntry {
+        actor: cli_actor(),
+        role: Some("admin".into()),
+        action: action.into(),
+        target: Some(target.into()),
+        outcome,
+        reason,
+        remote_addr: None,
+        request_id: None,
+    }
+}
+
+async fn store(db: DbArgs) -> anyhow::Result<crate::store::PgStore> {
+    let url = db.database_url()?;
+    migrated_store(url.expose()).await
+}
+
+/// `coordinator token ...`; the exit code.
+pub async fn token(cmd: TokenCommand) -> anyhow::Result<i32> {
+    match cmd {
+        TokenCommand::Create {
+            name,
+            role,
+            expires_in_days,
+            db,
+        } => {
+            let secret = match new_token_secret(&name, expires_in_days) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("coordinator: {e}");
+                    return Ok(1);
+                }
+            };
+            let store = store(db).await?;
+            let hash = crate::auth::tokens::hash(&secret);
+            let actor = cli_actor();
+            let result = store
+                .create_token(&NewToken {
+                    name: &name,
+                    role,
+                    secret_sha256: &hash,
+                    created_by: &actor,
+                    expires_in_days,
+                })
+                .await;
+            let (outcome, reason) = match &result {
+                Ok(_) => (Outcome::Ok, Some(format!("role {role}"))),
+                Err(e) => (Outcome::Failed, Some(e.to_string())),
+            };
+            store
+                .record(&cli_entry("token.create", &name, outcome, reason))
+                .await
+                .context("recording the creation in the audit trail")?;
+            match result {
+                Ok(t) => {
+                    eprintln!(
+                        "created token {:?} ({}, expires {}); its secret, shown once:",
+                        t.name,
+                        t.role,
+                        t.expires_at.map_or("never".into(), |e| e.to_rfc3339())
+                    );
+                    println!("{secret}");
+                    Ok(0)
+                }
+                Err(crate::store::TokenError::Store(e)) => Err(e.into()),
+                Err(e) => {
+                    eprintln!("coordinator: {e}");
+                    Ok(1)
+                }
+            }
+        }
+        TokenCommand::List { db } => {
+            let store = store(db).await?;
+            let tokens = store.list_tokens().await?;
+            let when = |t: Option<DateTime<Utc>>| {
+                t.map_or("-".to_string(), |t| {
+                    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                })
+            };
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:<24} {:<8} {:<20} {:<20} {:<20} REVOKED",
+                "NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED"
+            )?;
+            for t in tokens {
+                let revoked = match (t.revoked_at, &t.revoked_by) {
+                    (Some(at), Some(by)) => format!("{} by {by}", when(Some(at))),
+                    (at, _) => when(at),
+                };
+                writeln!(
+                    out,
+                    "{:<24} {:<8} {:<20} {:<20} {:<20} {revoked}",
+                    t.name,
+                    t.role,
+                    when(Some(t.created_at)),
+                    when(t.expires_at),
+                    when(t.last_used_at),
+                )?;
+            }
+            Ok(0)
+        }
+        TokenCommand::Revoke { name, db } => {
+            let store = store(db).await?;
+            let result = store.revoke_token(&name, &cli_actor()).await;
+            let (outcome, reason) = match &result {
+                Ok(_) => (Outcome::Ok, None),
+                Err(e) => (Outcome::Failed, Some(e.to_string())),
+            };
+            store
+                .record(&cli_entry("token.revoke", &name, outcome, reason))
+                .await
+                .context("recording the revocation in the audit trail")?;
+            match result {
+                Ok(_) => {
+                    eprintln!("revoked token {name:?}: every instance refuses it within 5 seconds");
+                    Ok(0)
+                }
+                Err(crate::store::TokenError::Store(e)) => Err(e.into()),
+                Err(e) => {
+                    eprintln!("coordinator: {e}");
+                    Ok(1)
+                }
+            }
+        }
+    }
+}
+
+/// `coordinator audit ...`; the exit code.
+pub async fn audit(cmd: AuditCommand) -> anyhow::Result<i32> {
+    match cmd {
+        AuditCommand::Export { since, until, db } => {
+            let store = store(db).await?;
+            let filter = AuditFilter {
+                since,
+                until,
+                ..AuditFilter::default()
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut after = 0;
+            loop {
+                let rows = store.audit_batch(&filter, after, EXPORT_BATCH).await?;
+                let Some(last) = rows.last() else { break };
+                after = last.id;
+                for r in &rows {
+                    serde_json::to_writer(&mut out, r)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            out.flush()?;
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times() {
+        let t = super::parse_time("2026-12-01").expect("a date");
+        assert_eq!(t.to_rfc3339(), "2026-12-01T00:00:00+00:00");
+        let t = super::parse_time("2026-12-01T08:30:00+01:00").expect("a time");
+        assert_eq!(t.to_rfc3339(), "2026-12-01T07:30:00+00:00");
+        assert!(super::parse_time("yesterday").is_err());
+    }
+}
