@@ -231,7 +231,9 @@ async function confirmAction(event) {
   if (status !== 200) {
     // Stays open with the coordinator's own words, so nothing typed is lost.
     const why = answer && answer.message ? answer.message : JSON.stringify(answer);
-    dialogError(WHAT[mode].confirm + " was refused" + (status ? " (" + status + ")" : "") + ": " + why);
+    // The code says what kind of refusal (403 `forbidden`: the token's role may not).
+    const code = answer && answer.error ? " " + answer.error : "";
+    dialogError(WHAT[mode].confirm + " was refused" + (status ? " (" + status + code + ")" : "") + ": " + why);
     return;
   }
   pending = null;

@@ -621,3 +621,92 @@ async fn the_token_and_audit_commands() {
     assert_eq!(code, 2, "{err}");
     api.finish().await;
 }
+
+/// Starting a run and a dry run are recorded with the run's id, the actor
+/// and `ok`; a run refused as `409` (another one in progress) as `failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_recorded_with_who_started_them() {
+    let mut app = crate::helpers::spawn_app(crate::helpers::Opts::default()).await;
+    let resp = app
+        .http
+        .post(format!("{}/api/v1/coordinator/tokens", app.base_url))
+        .bearer_auth(app.token.clone().unwrap())
+        .json(&json!({"name": "olga", "role": "operator"}))
+        .send()
+        .await
+        .unwrap();
+    let olga: Value = resp.json().await.unwrap();
+    let olga = olga["secret"].as_str().unwrap().to_string();
+    app.put("acme", "remit.csv", b"remittance").await;
+    let (http, base) = (app.http.clone(), app.base_url.clone());
+    let post = |body: Value| {
+        http.post(format!("{base}/api/v1/coordinator/runs"))
+            .bearer_auth(&olga)
+            .json(&body)
+            .send()
+    };
+    let dry: Value = post(json!({"dry_run": true}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let real: Value = post(json!({})).await.unwrap().json().await.unwrap();
+    assert_eq!(real["status"], "completed", "{real}");
+    app.wait_background().await;
+    let other = crate::helpers::join_instance(&app.db, "elsewhere").await;
+    let busy = crate::helpers::running_run(&app.db, other, "elsewhere").await;
+    let refused = post(json!({})).await.unwrap();
+    assert_eq!(refused.status(), 409);
+
+    let rows: Vec<(String, String, Option<String>, String, Option<String>)> = sqlx::query_as(
+        "SELECT actor, action, target, outcome, reason FROM audit_events WHERE action LIKE 'run.%' ORDER BY id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let id = |v: &Value| v["run_id"].as_str().map(str::to_string);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(
+        rows[0],
+        (
+            "olga".into(),
+            "run.dry_run".into(),
+            id(&dry),
+            "ok".into(),
+            None
+        )
+    );
+    assert_eq!(
+        rows[1],
+        (
+            "olga".into(),
+            "run.start".into(),
+            id(&real),
+            "ok".into(),
+            None
+        )
+    );
+    assert_eq!(
+        (&rows[2].1, rows[2].2.as_deref(), rows[2].3.as_str()),
+        (
+            &"run.start".to_string(),
+            Some(busy.to_string().as_str()),
+            "failed"
+        ),
+        "{rows:?}"
+    );
+    assert!(
+        rows[2]
+            .4
+            .as_deref()
+            .is_some_and(|r| r.starts_with("run_in_progress")),
+        "{rows:?}"
+    );
+    sqlx::query("UPDATE runs SET status = 'abandoned', finished_at = now() WHERE id = $1")
+        .bind(busy)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    app.finish().await;
+}

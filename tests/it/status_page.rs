@@ -381,3 +381,121 @@ async fn an_operator_retries_and_resolves_failed_files_from_the_status_page() {
     b.close().await.unwrap();
     app.finish().await;
 }
+
+/// A named token with `role`, made through the API with the bootstrap token.
+async fn named_token(app: &TestApp, name: &str, role: &str) -> String {
+    let resp = app
+        .http
+        .post(format!("{}/api/v1/coordinator/tokens", app.base_url))
+        .bearer_auth(app.token.clone().unwrap())
+        .json(&serde_json::json!({"name": name, "role": role}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let body: Value = resp.json().await.unwrap();
+    body["secret"].as_str().unwrap().to_string()
+}
+
+/// Types `token` into the field labelled "API token" and uses it.
+async fn sign_in(b: &Client, token: &str) {
+    let body = b.find(Locator::Css("body")).await.unwrap();
+    if let Ok(forget) = body
+        .find(Locator::XPath(".//button[normalize-space()='Forget']"))
+        .await
+        && forget.is_displayed().await.unwrap_or(false)
+    {
+        forget.click().await.unwrap();
+    }
+    let field = visible_fields(b, &body)
+        .await
+        .into_iter()
+        .find(|(_, label)| label == "API token")
+        .expect("a field labelled API token")
+        .0;
+    field.send_keys(token).await.unwrap();
+    button(&body, "Use token").await.click().await.unwrap();
+}
+
+/// Opens the retry dialog of `name`, gives a reason and confirms.
+async fn retry_from_page(b: &Client, name: &str, reason: &str) -> Element {
+    let tr = b
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::XPath(&awaiting_row(name)))
+        .await
+        .unwrap_or_else(|_| panic!("{name} is listed as awaiting"));
+    button(&tr, "Retry").await.click().await.unwrap();
+    let dialog = open_dialog(b).await;
+    let fields = visible_fields(b, &dialog).await;
+    fields[0].0.send_keys(reason).await.unwrap();
+    button(&dialog, "Retry").await.click().await.unwrap();
+    dialog
+}
+
+/// Issue 14: with a `viewer` token the page shows the runs and the files,
+/// and its retry is refused on screen as `forbidden` (nothing changes, the
+/// refusal is in the audit trail); with an `operator` token the same retry
+/// goes through, in her name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_sees_the_page_and_is_forbidden_to_retry_an_operator_is_not() {
+    let mut app = spawn_app(Opts::default()).await;
+    let id = failed_files(&mut app, &["rejected.csv"]).await[0];
+    let viewer = named_token(&app, "vera", "viewer").await;
+    let operator = named_token(&app, "otto", "operator").await;
+    let driver = Driver::start().await;
+    let b = driver.browser().await;
+    b.goto(&app.base_url).await.unwrap();
+    b.wait()
+        .for_element(Locator::Css("#ready.ok"))
+        .await
+        .expect("readiness shown");
+
+    sign_in(&b, &viewer).await;
+    let run = b
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#runs tbody tr"))
+        .await
+        .expect("the viewer sees the runs");
+    assert!(run.text().await.unwrap().contains("completed"));
+    let dialog = retry_from_page(&b, "rejected.csv", "viewer tries").await;
+    app.eventually(20, "the refusal shown in the dialog", || async {
+        dialog_alert(&dialog).await.contains("forbidden")
+    })
+    .await;
+    let alert = dialog_alert(&dialog).await;
+    assert!(alert.contains("403"), "{alert:?}");
+    assert_eq!(file(&app, id).await["status"], "extraction_file_failed");
+    let refused: (String, String) =
+        sqlx::query_as("SELECT actor, outcome FROM audit_events WHERE action = 'file.retry'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(refused, ("vera".into(), "refused".into()));
+    button(&dialog, "Cancel").await.click().await.unwrap();
+
+    sign_in(&b, &operator).await;
+    retry_from_page(&b, "rejected.csv", "operator sends it again").await;
+    app.eventually(
+        20,
+        "retry_requested through the operator's token",
+        || async {
+            recorded(
+                &file(&app, id).await,
+                "retry_requested",
+                "operator sends it again",
+            )
+        },
+    )
+    .await;
+    let detail = file(&app, id).await["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["detail"]
+        .clone();
+    assert_eq!(detail["actor"], "otto", "{detail}");
+    b.close().await.unwrap();
+    app.finish().await;
+}
