@@ -3,6 +3,8 @@
 //! identity provider; each becomes a [`Principal`] with a [`Role`], and each
 //! route declares the least role it needs.
 
+pub mod oidc;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

@@ -5,6 +5,7 @@
 mod fakes;
 mod gate;
 mod helpers;
+mod idp;
 mod remitter;
 
 mod api;
