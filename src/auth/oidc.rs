@@ -166,7 +166,6 @@ impl OidcVerifier {
     /// is for the log); a JWKS that could never be fetched is
     /// [`AuthFailure::Unavailable`].
     pub async fn verify(&self, bearer: &str) -> Result<Principal, AuthFailure> {
-        let invalid = |why: String| AuthFailure::InvalidJwt(why);
         if bearer.len() > MAX_TOKEN_BYTES {
             return Err(invalid(format!("longer than {MAX_TOKEN_BYTES} bytes")));
         }
@@ -219,7 +218,7 @@ impl OidcVerifier {
             }
         };
         let Some(candidates) = keys.get(kid) else {
-            return Err(AuthFailure::InvalidJwt(format!("unknown kid {kid:?}")));
+            return Err(invalid(format!("unknown kid {kid:?}")));
         };
         candidates
             .iter()
@@ -227,7 +226,7 @@ impl OidcVerifier {
             .cloned()
             .ok_or_else(|| {
                 let algs: Vec<_> = candidates.iter().map(|k| format!("{:?}", k.alg)).collect();
-                AuthFailure::InvalidJwt(format!(
+                invalid(format!(
                     "key {kid:?} is for {}, the token says {alg:?}",
                     algs.join(", ")
                 ))
@@ -364,6 +363,21 @@ fn highest_role(claim: Option<&Value>) -> Option<Role> {
             .max(),
         _ => None,
     }
+}
+
+/// The longest reason kept for the log.
+const MAX_REASON_CHARS: usize = 300;
+
+/// An [`AuthFailure::InvalidJwt`] for `why`. The reason may quote the token
+/// (a kid, a bad header's text), so control characters are replaced and its
+/// length is bounded: it goes to the log as it is.
+fn invalid(why: String) -> AuthFailure {
+    AuthFailure::InvalidJwt(
+        why.chars()
+            .take(MAX_REASON_CHARS)
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect(),
+    )
 }
 
 /// Why `jsonwebtoken` refused a token, in words for the log.
@@ -619,6 +633,32 @@ mod tests {
             );
         }
         assert_eq!(idp.jwks_hits(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reason_quoting_the_token_cannot_forge_log_lines() {
+        let idp = FakeIdp::start().await;
+        let v = verifier(&idp);
+        let kid = format!("evil\nlevel=INFO msg=forged{}", "x".repeat(1000));
+        let token = idp.token_unknown_kid(Alg::Rs256, &kid, idp.claims("m", &[]));
+        let Err(AuthFailure::InvalidJwt(why)) = v.verify(&token).await else {
+            panic!("an unknown kid")
+        };
+        assert!(why.starts_with("unknown kid \"evil\\nlevel"), "{why}");
+        assert!(!why.chars().any(char::is_control), "{why}");
+        assert_eq!(why.chars().count(), MAX_REASON_CHARS);
+
+        let header = format!("{{\"alg\":\"none\\n{}\"}}", "y".repeat(1000));
+        let b64 = |s: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+        };
+        let bearer = format!("{}.{}.", b64(&header), b64("{}"));
+        let Err(AuthFailure::InvalidJwt(why)) = v.verify(&bearer).await else {
+            panic!("an unreadable header")
+        };
+        assert!(!why.chars().any(char::is_control), "{why}");
+        assert!(why.chars().count() <= MAX_REASON_CHARS, "{why}");
     }
 
     #[test]

@@ -8,9 +8,6 @@
 //! so it uses nothing of the coordinator crate, and the integration tests
 //! get a fake that those unit tests already exercise.
 
-// Each of the two test binaries that include this file uses a part of it.
-#![allow(dead_code)]
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
