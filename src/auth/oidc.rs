@@ -36,6 +36,11 @@ pub const LEEWAY_SECS: u64 = 30;
 /// At most one JWKS fetch per this interval (CONTRACT §11: once a minute).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
+/// A whole-request timeout for the client given to [`OidcVerifier::new`]: a
+/// fetch holds up the requests whose kid is not cached (the others go on),
+/// so it should be short.
+pub const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// While no JWKS was ever fetched (the provider was unreachable at the first
 /// token), a fetch is tried again after at most this long: every JWT is
 /// refused until one succeeds, so a minute would be a long outage.
@@ -724,6 +729,15 @@ mod tests {
             1,
             "the first fetch, shared; no refresh within the minute"
         );
+
+        // With no least interval at all, callers that arrive during a fetch
+        // still wait for it rather than start their own.
+        let eager = verifier(&idp).with_refresh_interval(Duration::ZERO);
+        let outcomes = futures::future::join_all(tokens.iter().map(|t| eager.verify(t))).await;
+        for got in outcomes {
+            assert_invalid(got, "unknown kid");
+        }
+        assert_eq!(idp.jwks_hits(), 2, "one more fetch for the 20");
     }
 
     #[tokio::test]

@@ -4,6 +4,19 @@
 //! made when the provider starts, as well as the forgeries the coordinator
 //! must refuse.
 //!
+//! ```text
+//! let idp = FakeIdp::start().await;
+//! // OIDC_ISSUER = idp.issuer(), OIDC_AUDIENCE = idp.audience(),
+//! // OIDC_JWKS_URL = idp.jwks_url()
+//! let admin = idp.token(Alg::Rs256, idp.claims("alice", &["admin"]));
+//! let forged = idp.token_hs256_with_public_key(idp.claims("mallory", &["admin"]));
+//! let mut claims = idp.claims("bob", &["viewer"]);
+//! claims["exp"] = json!(now() - 3600);
+//! let expired = idp.token(Alg::Es256, claims);
+//! // ... after the coordinator has seen them:
+//! assert_eq!(idp.jwks_hits(), 1);
+//! ```
+//!
 //! The unit tests of `src/auth/oidc.rs` include this file too (`#[path]`),
 //! so it uses nothing of the coordinator crate, and the integration tests
 //! get a fake that those unit tests already exercise.
