@@ -2,6 +2,7 @@
 //! CONTRACT §2 (`serve`, `run`, `migrate`).
 
 use crate::auth::Authenticator;
+use crate::auth::oidc::{JWKS_TIMEOUT, OidcVerifier};
 use crate::config::Config;
 use crate::downstream::{FoiClient, IqubeClient, ItmClient, http_client};
 use crate::engine::{Deps, Engine, Identity, RunError, RunSettings};
@@ -144,10 +145,18 @@ pub async fn build_router(
     let store = migrated_store(cfg.database_url.expose()).await?;
     let engine = build_engine(cfg, store.clone())?;
     let membership = join(cfg, &store, &engine).await?;
+    let oidc = match &cfg.oidc {
+        Some(o) => Some(OidcVerifier::new(
+            o.clone(),
+            http_client(JWKS_TIMEOUT, &cfg.extra_ca_certs).context("building the JWKS client")?,
+        )),
+        None => None,
+    };
     let auth = Authenticator::new(
         cfg.api_token.clone(),
         cfg.env == crate::config::Env::Local && cfg.api_token.is_none(),
         Arc::new(store.clone()),
+        oidc,
     );
     let app = router(AppState {
         engine: engine.clone(),

@@ -4,6 +4,7 @@
 //! Secrets may come from `<VAR>_FILE`; they are kept out of `Debug` output
 //! and logs.
 
+use crate::auth::oidc::OidcConfig;
 use crate::scan::names::{DEFAULT_PATTERNS, TempNameFilter};
 use crate::source::smb::SmbConfig;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
@@ -271,6 +272,21 @@ pub struct ConfigArgs {
     /// PEM file of CA certificates trusted for https downstream URLs, in addition to the system's
     #[arg(long, env = "EXTRA_CA_CERTS_FILE")]
     pub extra_ca_certs_file: Option<PathBuf>,
+    /// Issuer of the identity provider's JWTs, exactly as in their `iss`; with OIDC_AUDIENCE and OIDC_JWKS_URL, JWT bearers are accepted
+    #[arg(long, env = "OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// Audience a JWT's `aud` must hold (with OIDC_ISSUER)
+    #[arg(long, env = "OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// The identity provider's JWKS, http or https (with OIDC_ISSUER)
+    #[arg(long, env = "OIDC_JWKS_URL", value_parser = http_url)]
+    pub oidc_jwks_url: Option<String>,
+    /// JWT claim holding the roles (viewer, operator, admin; an array or a space-separated string)
+    #[arg(long, env = "OIDC_ROLES_CLAIM", default_value = "roles")]
+    pub oidc_roles_claim: String,
+    /// JWT claim naming the actor in the audit trail
+    #[arg(long, env = "OIDC_NAME_CLAIM", default_value = "sub")]
+    pub oidc_name_claim: String,
     /// Whole-request timeout of an IQube call, seconds
     #[arg(long, env = "IQUBE_TIMEOUT_SECS", default_value = "10", value_parser = secs(MIN_TIMEOUT_SECS, YEAR_SECS))]
     pub iqube_timeout_secs: Duration,
@@ -362,6 +378,8 @@ pub struct Config {
     pub iqube_timeout: Duration,
     /// CA certificates trusted for HTTPS downstreams besides the system's.
     pub extra_ca_certs: Vec<reqwest::Certificate>,
+    /// The identity provider whose JWTs are accepted (`OIDC_*`), if any.
+    pub oidc: Option<OidcConfig>,
     /// Policy A minimum age.
     pub stable_min_age: Duration,
     /// Policy A gap between looks.
@@ -441,6 +459,46 @@ fn ca_certs(path: Option<PathBuf>) -> Result<Vec<reqwest::Certificate>, ConfigEr
     Ok(certs)
 }
 
+/// The identity provider: issuer, audience and JWKS URL all set, or none
+/// (JWTs are then not accepted); a partial set names the first one missing.
+fn oidc(
+    issuer: Option<String>,
+    audience: Option<String>,
+    jwks_url: Option<String>,
+    roles_claim: String,
+    name_claim: String,
+) -> Result<Option<OidcConfig>, ConfigError> {
+    let set = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    let (issuer, audience, jwks_url) = (set(issuer), set(audience), set(jwks_url));
+    if issuer.is_none() && audience.is_none() && jwks_url.is_none() {
+        return Ok(None);
+    }
+    let together = |var: &str| {
+        err(
+            var,
+            "required when any of OIDC_ISSUER, OIDC_AUDIENCE, OIDC_JWKS_URL is set (all three, or none)",
+        )
+    };
+    let issuer = issuer.ok_or_else(|| together("OIDC_ISSUER"))?;
+    let audience = audience.ok_or_else(|| together("OIDC_AUDIENCE"))?;
+    let jwks_url = jwks_url.ok_or_else(|| together("OIDC_JWKS_URL"))?;
+    for (claim, var) in [
+        (&roles_claim, "OIDC_ROLES_CLAIM"),
+        (&name_claim, "OIDC_NAME_CLAIM"),
+    ] {
+        if claim.trim().is_empty() {
+            return Err(err(var, "must name a claim"));
+        }
+    }
+    Ok(Some(OidcConfig {
+        issuer,
+        audience,
+        jwks_url,
+        roles_claim,
+        name_claim,
+    }))
+}
+
 impl DbArgs {
     /// The database URL, from the variable or its `_FILE`.
     pub fn database_url(self) -> Result<Secret, ConfigError> {
@@ -506,6 +564,13 @@ impl Config {
             itm_timeout: a.itm_timeout_secs,
             iqube_timeout: a.iqube_timeout_secs,
             extra_ca_certs: ca_certs(a.extra_ca_certs_file)?,
+            oidc: oidc(
+                a.oidc_issuer,
+                a.oidc_audience,
+                a.oidc_jwks_url,
+                a.oidc_roles_claim,
+                a.oidc_name_claim,
+            )?,
             stable_min_age: a.stable_min_age_secs,
             stable_check_interval: a.stable_check_interval_secs,
             max_concurrent_files: usize::from(a.max_concurrent_files),
@@ -604,6 +669,7 @@ mod tests {
         );
         assert_eq!(c.spool_dir, std::env::temp_dir());
         assert!(c.extra_ca_certs.is_empty());
+        assert_eq!(c.oidc, None, "JWTs only when configured");
         assert_eq!(c.instance_heartbeat, Duration::from_secs(5));
         let pid = format!(":{}", std::process::id());
         assert!(
@@ -791,6 +857,84 @@ mod tests {
                     && e.to_string().contains(says),
                 "{e}"
             );
+        }
+    }
+
+    /// The three OIDC variables that go together.
+    const OIDC: &[(&str, Option<&str>)] = &[
+        (
+            "--oidc-issuer",
+            Some("https://idp.example.com/realms/finance"),
+        ),
+        ("--oidc-audience", Some("coordinator")),
+        (
+            "--oidc-jwks-url",
+            Some("https://idp.example.com/realms/finance/certs"),
+        ),
+    ];
+
+    #[test]
+    fn oidc_is_configured_by_three_variables_together() {
+        let c = config(OIDC).unwrap();
+        assert_eq!(
+            c.oidc,
+            Some(OidcConfig {
+                issuer: "https://idp.example.com/realms/finance".into(),
+                audience: "coordinator".into(),
+                jwks_url: "https://idp.example.com/realms/finance/certs".into(),
+                roles_claim: "roles".into(),
+                name_claim: "sub".into(),
+            })
+        );
+        let mut custom = OIDC.to_vec();
+        custom.extend([
+            ("--oidc-roles-claim", Some("https://example.com/groups")),
+            ("--oidc-name-claim", Some("email")),
+        ]);
+        let oidc = config(&custom).unwrap().oidc.unwrap();
+        assert_eq!(
+            (oidc.roles_claim.as_str(), oidc.name_claim.as_str()),
+            ("https://example.com/groups", "email")
+        );
+        assert_eq!(
+            config(&[("--oidc-roles-claim", Some("groups"))])
+                .unwrap()
+                .oidc,
+            None,
+            "a claim name alone turns nothing on"
+        );
+    }
+
+    #[test]
+    fn a_partial_oidc_configuration_names_the_first_missing_variable() {
+        let without = |flags: &[&str]| {
+            let mut edits = OIDC.to_vec();
+            edits.retain(|(f, _)| !flags.contains(f));
+            config(&edits).unwrap_err()
+        };
+        for (missing, var) in [
+            (&["--oidc-issuer"][..], "OIDC_ISSUER"),
+            (&["--oidc-audience"], "OIDC_AUDIENCE"),
+            (&["--oidc-jwks-url"], "OIDC_JWKS_URL"),
+            (&["--oidc-issuer", "--oidc-audience"], "OIDC_ISSUER"),
+            (&["--oidc-audience", "--oidc-jwks-url"], "OIDC_AUDIENCE"),
+        ] {
+            let e = without(missing);
+            assert_eq!(e.var, var, "without {missing:?}: {e}");
+            assert!(e.message.contains("all three, or none"), "{e}");
+        }
+        for (flag, value, var) in [
+            ("--oidc-audience", " ", "OIDC_AUDIENCE"),
+            ("--oidc-jwks-url", "ftp://idp/certs", "OIDC_JWKS_URL"),
+            ("--oidc-jwks-url", "not a url", "OIDC_JWKS_URL"),
+            ("--oidc-roles-claim", "", "OIDC_ROLES_CLAIM"),
+            ("--oidc-name-claim", " ", "OIDC_NAME_CLAIM"),
+        ] {
+            let mut edits = OIDC.to_vec();
+            edits.retain(|(f, _)| *f != flag);
+            edits.push((flag, Some(value)));
+            let e = config(&edits).unwrap_err();
+            assert_eq!(e.var, var, "{flag}={value:?}: {e}");
         }
     }
 

@@ -5,6 +5,7 @@
 //! revocation reaches every instance within that time and a request costs
 //! no query while its token is cached.
 
+use super::oidc::{OidcVerifier, looks_like_jwt};
 use super::{AuthFailure, Principal, Role, Via, tokens};
 use crate::config::Secret;
 use crate::store::{TokenRecord, TokenStore};
@@ -35,6 +36,7 @@ pub struct Authenticator {
     /// `anonymous` admin (a bearer given is still checked).
     open: bool,
     tokens: Arc<dyn TokenStore>,
+    oidc: Option<OidcVerifier>,
     cache: Mutex<HashMap<String, Cached>>,
     last_used: Mutex<HashMap<String, Instant>>,
 }
@@ -48,12 +50,19 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// `bootstrap` is `API_TOKEN`; without it the API is open only when `open`.
-    pub fn new(bootstrap: Option<Secret>, open: bool, tokens: Arc<dyn TokenStore>) -> Self {
+    /// `bootstrap` is `API_TOKEN`; without it the API is open only when
+    /// `open`. JWTs are accepted when `oidc` is given.
+    pub fn new(
+        bootstrap: Option<Secret>,
+        open: bool,
+        tokens: Arc<dyn TokenStore>,
+        oidc: Option<OidcVerifier>,
+    ) -> Self {
         Self {
             bootstrap,
             open,
             tokens,
+            oidc,
             cache: Mutex::new(HashMap::new()),
             last_used: Mutex::new(HashMap::new()),
         }
@@ -80,7 +89,10 @@ impl Authenticator {
         if let Some(name) = tokens::name_of(bearer) {
             return self.named(name, bearer).await;
         }
-        Err(AuthFailure::Unknown)
+        match &self.oidc {
+            Some(oidc) if looks_like_jwt(bearer) => oidc.verify(bearer).await,
+            _ => Err(AuthFailure::Unknown),
+        }
     }
 
     async fn named(&self, name: &str, bearer: &str) -> Result<Principal, AuthFailure> {

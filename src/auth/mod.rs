@@ -4,6 +4,7 @@
 //! route declares the least role it needs.
 
 pub mod authn;
+pub mod oidc;
 pub mod tokens;
 
 pub use authn::Authenticator;

@@ -659,7 +659,8 @@ async fn runs_are_recorded_with_who_started_them() {
     let refused = post(json!({})).await.unwrap();
     assert_eq!(refused.status(), 409);
 
-    let rows: Vec<(String, String, Option<String>, String, Option<String>)> = sqlx::query_as(
+    type Row = (String, String, Option<String>, String, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT actor, action, target, outcome, reason FROM audit_events WHERE action LIKE 'run.%' ORDER BY id",
     )
     .fetch_all(&app.db)
@@ -709,4 +710,146 @@ async fn runs_are_recorded_with_who_started_them() {
         .await
         .unwrap();
     app.finish().await;
+}
+
+/// JWTs of the company's identity provider (a fake JWKS server here):
+/// RS256 and ES256 accepted with the role their `roles` claim names and the
+/// actor their `sub`; every forgery and every wrong claim `401`, with the
+/// reason in the log only; a `viewer` JWT `403` on retry, recorded; an
+/// unknown `kid` fetches the JWKS again at most once a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwts_of_the_identity_provider() {
+    use crate::idp::{Alg, FakeIdp, now};
+    let idp = FakeIdp::start().await;
+    let api = Api::with_args(|a| {
+        a.oidc_issuer = Some(idp.issuer().to_string());
+        a.oidc_audience = Some(idp.audience().to_string());
+        a.oidc_jwks_url = Some(idp.jwks_url().to_string());
+    })
+    .await;
+    let id = api.file("acme", "a.csv", "itm_failed").await;
+    let retry = format!("/api/v1/coordinator/files/{id}/retry");
+    let reason = json!({"reason": "from the IdP"});
+
+    let viewer = idp.token(Alg::Rs256, idp.claims("vic@example.com", &["viewer"]));
+    let (status, body) = api
+        .call_as("GET", "/api/v1/coordinator/runs", None, Some(&viewer))
+        .await;
+    assert_eq!(status, StatusCode::OK, "RS256 viewer: {body}");
+    let (status, body) = api
+        .call_as("POST", &retry, Some(reason.clone()), Some(&viewer))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden")),
+        "{body}"
+    );
+    let (status, _) = api
+        .call_as("GET", "/api/v1/coordinator/audit", None, Some(&viewer))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let hits = idp.jwks_hits();
+    assert_eq!(hits, 1, "the JWKS fetched once, then cached");
+
+    let mut claims = idp.claims("ops-a", &["viewer", "operator"]);
+    let operator = idp.token(Alg::Es256, claims.clone());
+    let (status, body) = api
+        .call_as("POST", &retry, Some(reason.clone()), Some(&operator))
+        .await;
+    assert_eq!(status, StatusCode::OK, "ES256 operator: {body}");
+
+    let forged: Vec<(&str, String)> = vec![
+        ("wrong issuer", {
+            let mut c = idp.claims("x", &["admin"]);
+            c["iss"] = json!("https://evil.example/");
+            idp.token(Alg::Rs256, c)
+        }),
+        ("wrong audience", {
+            let mut c = idp.claims("x", &["admin"]);
+            c["aud"] = json!("someone-else");
+            idp.token(Alg::Rs256, c)
+        }),
+        ("expired", {
+            let mut c = idp.claims("x", &["admin"]);
+            c["exp"] = json!(now() - 3600);
+            idp.token(Alg::Es256, c)
+        }),
+        (
+            "unknown kid",
+            idp.token_unknown_kid(Alg::Rs256, "nobody", idp.claims("x", &["admin"])),
+        ),
+        ("alg none", idp.token_alg_none(idp.claims("x", &["admin"]))),
+        (
+            "HS256 with the public key",
+            idp.token_hs256_with_public_key(idp.claims("x", &["admin"])),
+        ),
+        ("tampered", {
+            claims["roles"] = json!(["admin"]);
+            FakeIdp::tampered(&operator, claims.clone())
+        }),
+        (
+            "another key",
+            idp.token_other_key(Alg::Rs256, idp.claims("x", &["admin"])),
+        ),
+    ];
+    for (what, token) in &forged {
+        let (status, body) = api
+            .call_as("GET", "/api/v1/coordinator/runs", None, Some(token))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
+        assert_eq!(
+            body["message"], "missing or wrong bearer token",
+            "no reason in the answer: {body}"
+        );
+    }
+    let again = idp.token_unknown_kid(Alg::Es256, "nobody-else", idp.claims("x", &["admin"]));
+    let (status, _) = api
+        .call_as("GET", "/api/v1/coordinator/runs", None, Some(&again))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        idp.jwks_hits(),
+        hits,
+        "unknown kids within a minute of the last fetch fetch nothing (at most once a minute)"
+    );
+
+    let rows: Vec<(String, Option<String>, String, String)> =
+        sqlx::query_as("SELECT actor, role, action, outcome FROM audit_events ORDER BY id")
+            .fetch_all(&api.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (
+                "vic@example.com".to_string(),
+                Some("viewer".to_string()),
+                "file.retry".to_string(),
+                "refused".to_string()
+            ),
+            (
+                "vic@example.com".to_string(),
+                Some("viewer".to_string()),
+                "audit.list".to_string(),
+                "refused".to_string()
+            ),
+            (
+                "ops-a".to_string(),
+                Some("operator".to_string()),
+                "file.retry".to_string(),
+                "ok".to_string()
+            ),
+        ],
+        "no row for a 401"
+    );
+    let (_, metrics) = api.send("GET", "/metrics", None, None).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(&format!(
+            "coordinator_auth_failures_total{{reason=\"invalid_jwt\"}} {}",
+            forged.len() + 1
+        )),
+        "{metrics}"
+    );
+    api.finish().await;
 }

@@ -5,6 +5,10 @@
 mod fakes;
 mod gate;
 mod helpers;
+// Parts are used only by the unit tests of src/auth/oidc.rs (which
+// include this file too).
+#[allow(dead_code)]
+mod idp;
 mod remitter;
 
 mod access;

@@ -28,8 +28,17 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) async fn new() -> Api {
+        Self::with_args(|_| {}).await
+    }
+
+    /// A router whose configuration `change` altered first.
+    pub(crate) async fn with_args(
+        change: impl FnOnce(&mut coordinator::config::ConfigArgs),
+    ) -> Api {
         let p = prepare(Opts::default()).await;
-        let cfg = Config::from_args(p.args.clone()).expect("valid test configuration");
+        let mut args = p.args.clone();
+        change(&mut args);
+        let cfg = Config::from_args(args).expect("valid test configuration");
         let (router, _engine, _membership) = coordinator::app::build_router(&cfg)
             .await
             .expect("build the router");
