@@ -80,6 +80,8 @@ pub struct Opts {
     pub fakes_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// `EXTRA_CA_CERTS_FILE` of the coordinator.
     pub extra_ca_file: Option<PathBuf>,
+    /// More configuration flags (`--oidc-issuer`, ...).
+    pub flags: Vec<(&'static str, String)>,
 }
 
 impl Default for Opts {
@@ -102,6 +104,7 @@ impl Default for Opts {
             run_interval_secs: 0.0,
             fakes_tls: None,
             extra_ca_file: None,
+            flags: Vec::new(),
         }
     }
 }
@@ -345,6 +348,7 @@ pub async fn prepare(opts: Opts) -> Prepared {
     if let Some(ca) = &opts.extra_ca_file {
         flags.push(("--extra-ca-certs-file", ca.display().to_string()));
     }
+    flags.extend(opts.flags.iter().cloned());
     let args = ConfigArgs::from_flags(flags.iter().map(|(f, v)| format!("{f}={v}")))
         .expect("valid test configuration flags");
     Prepared {

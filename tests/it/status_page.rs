@@ -433,16 +433,27 @@ async fn retry_from_page(b: &Client, name: &str, reason: &str) -> Element {
     dialog
 }
 
-/// Issue 14: with a `viewer` token the page shows the runs and the files,
-/// and its retry is refused on screen as `forbidden` (nothing changes, the
-/// refusal is in the audit trail); with an `operator` token the same retry
-/// goes through, in her name.
+/// Issue 14: with a `viewer` token (a named one) the page shows the runs
+/// and the files, and its retry is refused on screen as `forbidden`
+/// (nothing changes, the refusal is in the audit trail); with an
+/// `operator` token (a JWT of the identity provider) the same retry goes
+/// through, in his name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_sees_the_page_and_is_forbidden_to_retry_an_operator_is_not() {
-    let mut app = spawn_app(Opts::default()).await;
+    use crate::idp::{Alg, FakeIdp};
+    let idp = FakeIdp::start().await;
+    let mut app = spawn_app(Opts {
+        flags: vec![
+            ("--oidc-issuer", idp.issuer().to_string()),
+            ("--oidc-audience", idp.audience().to_string()),
+            ("--oidc-jwks-url", idp.jwks_url().to_string()),
+        ],
+        ..Opts::default()
+    })
+    .await;
     let id = failed_files(&mut app, &["rejected.csv"]).await[0];
     let viewer = named_token(&app, "vera", "viewer").await;
-    let operator = named_token(&app, "otto", "operator").await;
+    let operator = idp.token(Alg::Es256, idp.claims("otto", &["operator"]));
     let driver = Driver::start().await;
     let b = driver.browser().await;
     b.goto(&app.base_url).await.unwrap();
