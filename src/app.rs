@@ -140,7 +140,9 @@ fn spawn_taker(engine: &Arc<Engine>) {
 pub async fn build_router(
     cfg: &Config,
 ) -> anyhow::Result<(axum::Router, Arc<Engine>, Arc<Membership>)> {
-    let store = migrated_store(cfg.database_url.expose()).await?;
+    let store = migrated_store(cfg.database_url.expose())
+        .await?
+        .with_audit_key(cfg.audit_key.clone());
     let engine = build_engine(cfg, store.clone())?;
     let membership = join(cfg, &store, &engine).await?;
     let app = router(AppState {
@@ -188,6 +190,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         spawn_schedule(&engine, every, engine.stop().clone());
     }
     spawn_taker(&engine);
+    spawn_sealer(&engine);
     let (e, m, drain) = (engine.clone(), membership.clone(), shutdown.clone());
     let done = tokio::spawn(async move {
         let http_stop = CancellationToken::new();
@@ -227,6 +230,28 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         engine,
         membership,
     })
+}
+
+/// How often `serve` seals the audit chain: rows wait about this long
+/// before a seal orders them (and longer behind a long transaction).
+const SEAL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Seals the audit chain every [`SEAL_EVERY`] until the engine stops (one
+/// instance at a time seals; the others find the lock taken and only read
+/// the head for their metric).
+fn spawn_sealer(engine: &Arc<Engine>) {
+    let (e, stop) = (engine.clone(), engine.stop().clone());
+    engine.tracker().spawn(async move {
+        let mut tick = tokio::time::interval(SEAL_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => e.seal_audit_chain(false).await,
+            }
+        }
+    });
 }
 
 /// Starts a run every `every` (RUN_INTERVAL_SECS) until `stop`; a run in
@@ -297,8 +322,9 @@ async fn shutdown_signal() {
 /// `coordinator run`: one run, summary on stdout, background pass awaited
 /// (a dry run has none). Returns the process exit code.
 pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
-    let store =
-        PgStore::connect_lazy(cfg.database_url.expose()).context("setting up the database pool")?;
+    let store = PgStore::connect_lazy(cfg.database_url.expose())
+        .context("setting up the database pool")?
+        .with_audit_key(cfg.audit_key.clone());
     let engine = build_engine(&cfg, store.clone())?;
     // The share is connected while the migrations run, as `serve` keeps its
     // connection from one run to the next; a failure here is the run's to report.
@@ -343,6 +369,45 @@ pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
     };
     println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(code)
+}
+
+/// `coordinator audit verify`: 0 and the rows checked on an intact chain,
+/// 1 naming the first row (or seal) at fault; reads only.
+pub async fn audit_verify(args: crate::cli::VerifyArgs) -> anyhow::Result<i32> {
+    let url = args.db.database_url()?;
+    let key = args.audit.resolve(args.env)?;
+    if key.is_development() {
+        eprintln!(
+            "coordinator: warning: {}",
+            crate::config::DEVELOPMENT_AUDIT_KEY_WARNING
+        );
+    }
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url.expose())
+        .await
+        .context("connecting to the database")?;
+    let verified = crate::store::audit_chain::verify(&pool, &key).await;
+    pool.close().await;
+    match verified {
+        Ok(v) => {
+            println!(
+                "ok: {} rows checked ({} seals; {} newer than the last seal, checked by their MAC only)",
+                v.rows, v.seals, v.unsealed
+            );
+            if let Some(head) = v.head {
+                println!("head: seal {} link {}", head.seal_id, head.link_hex());
+            }
+            Ok(0)
+        }
+        Err(crate::store::audit_chain::VerifyError::Broken(why)) => {
+            println!("chain broken: {why}");
+            Ok(1)
+        }
+        Err(crate::store::audit_chain::VerifyError::Store(e)) => {
+            Err(anyhow::Error::new(e).context("reading the audit chain"))
+        }
+    }
 }
 
 /// `coordinator migrate`.

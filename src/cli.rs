@@ -1,6 +1,6 @@
 //! The command line (CONTRACT §2).
 
-use crate::config::{ConfigArgs, DbArgs};
+use crate::config::{AuditKeyArgs, ConfigArgs, DbArgs, Env};
 use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Takes remittance files from an SMB share into the finance back office:
@@ -23,10 +23,16 @@ impl Cli {
     /// its default applies (a deployment template often writes `VAR=` for
     /// "not set"; this is how the variables were always read).
     pub fn from_env_and_args() -> Result<Self, clap::Error> {
-        let mut cmd = Self::command().mut_subcommands(|c| c.mut_args(blank_env_is_unset));
+        let mut cmd = Self::command().mut_subcommands(blanks_are_unset);
         let mut matches = cmd.try_get_matches_from_mut(std::env::args_os())?;
         Self::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut cmd))
     }
+}
+
+/// `cmd` and its subcommands with [`blank_env_is_unset`] on every argument.
+fn blanks_are_unset(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(blank_env_is_unset)
+        .mut_subcommands(blanks_are_unset)
 }
 
 /// `arg` without its variable when that variable is set to blanks only.
@@ -65,4 +71,31 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
+    /// The audit trail (CONTRACT §11).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `coordinator audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the audit chain, reading only: exit 0 printing the number of rows
+    /// checked, 1 naming the first row that was changed, inserted behind the
+    /// coordinator's back, or whose successor was deleted, 2 on a
+    /// configuration or database error.
+    Verify(VerifyArgs),
+}
+
+/// `coordinator audit verify`: the database and the key.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The key the coordinator writes with.
+    #[command(flatten)]
+    pub audit: AuditKeyArgs,
+    /// Deployment environment (local: without AUDIT_KEY, the development key)
+    #[arg(long, env = "ENV", value_enum, default_value_t = Env::Prod)]
+    pub env: Env,
 }

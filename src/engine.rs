@@ -471,8 +471,37 @@ impl Engine {
                 Err(e) => tracing::warn!(error = %e, "could not prune old runs' per-file lists"),
             }
         }
+        self.seal_audit_chain(false).await;
         self.passes_done.send_modify(|n| *n += 1);
         report
+    }
+
+    /// Seals the audit chain (CONTRACT §11) and publishes its head in
+    /// `coordinator_audit_chain_head_info`; best effort: a failed seal is a
+    /// warning (`after_run`) or a debug line, the next pass seals what it
+    /// left. After a run the head is also logged (`audit chain head`), and
+    /// so is any new seal.
+    pub async fn seal_audit_chain(&self, after_run: bool) {
+        match self.deps.store.seal_audit_chain().await {
+            Ok(sealed) => {
+                let Some(head) = &sealed.head else { return };
+                let link = head.link_hex();
+                self.deps.metrics.set_audit_chain_head(head.seal_id, &link);
+                if after_run || sealed.seals_written > 0 {
+                    tracing::info!(
+                        seal_id = head.seal_id,
+                        link = %link,
+                        seals_written = sealed.seals_written,
+                        rows_sealed = sealed.rows_sealed,
+                        "audit chain head"
+                    );
+                }
+            }
+            Err(e) if after_run => {
+                tracing::warn!(error = %e, "the audit chain could not be sealed; the next pass seals it")
+            }
+            Err(e) => tracing::debug!(error = %e, "the audit chain could not be sealed"),
+        }
     }
 
     /// Schedules a background pass on the tracker.
@@ -646,6 +675,7 @@ impl Engine {
                     }
                 }
                 self.deps.metrics.run_finished("completed", clock.elapsed());
+                self.seal_audit_chain(true).await;
                 self.spawn_background();
                 Ok(RunReport {
                     run_id,
@@ -686,6 +716,7 @@ impl Engine {
                         .notify(&payload, &format!("run_failed:{run_id}"))
                         .await;
                 }
+                self.seal_audit_chain(true).await;
                 self.spawn_background();
                 Err(fail(failure, message))
             }

@@ -1,6 +1,6 @@
 //! The `coordinator` binary: parse, configure, hand over to the library.
 
-use coordinator::cli::{Cli, Command};
+use coordinator::cli::{AuditCommand, Cli, Command};
 use coordinator::config::{Config, ConfigError};
 use std::process::ExitCode;
 
@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
             Ok(cfg) => coordinator::app::run_once(cfg, args.dry_run).await,
             Err(e) => Err(e.into()),
         },
+        Command::Audit(AuditCommand::Verify(args)) => coordinator::app::audit_verify(args).await,
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

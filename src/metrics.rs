@@ -51,6 +51,7 @@ pub struct Metrics {
     last_run: Family<Labels, Gauge<f64, AtomicU64>>,
     files_in_flight: Gauge,
     claims_taken_over: Counter,
+    audit_chain_head: Family<Labels, Gauge>,
 }
 
 /// One file this instance holds (claimed, not yet recorded): counted in
@@ -108,6 +109,7 @@ impl Metrics {
             (Gauge::default(), Gauge::default(), Gauge::default());
         let last_run = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let (files_in_flight, claims_taken_over) = (Gauge::default(), Counter::default());
+        let audit_chain_head = Family::<Labels, Gauge>::default();
         // prometheus-client appends `_total` to counter names.
         registry.register(
             "coordinator_runs",
@@ -169,6 +171,12 @@ impl Metrics {
             "Claims this instance took over from a dead instance (or a lapsed claim from before instances)",
             claims_taken_over.clone(),
         );
+        registry.register(
+            "coordinator_audit_chain_head_info",
+            "The newest seal of the audit chain (CONTRACT §11): 1 for its id and link, so that a copy \
+             outside the database shows whether the chain's tail was cut",
+            audit_chain_head.clone(),
+        );
         for s in ["completed", "failed"] {
             drop(runs.get_or_create(&status(s)));
         }
@@ -192,7 +200,22 @@ impl Metrics {
             last_run,
             files_in_flight,
             claims_taken_over,
+            audit_chain_head,
         }
+    }
+
+    /// The audit chain's newest seal: the one series of
+    /// `coordinator_audit_chain_head_info`.
+    pub fn set_audit_chain_head(&self, seal_id: i64, link_hex: &str) {
+        let labels = vec![
+            ("seal_id", seal_id.to_string()),
+            ("link", link_hex.to_string()),
+        ];
+        if self.audit_chain_head.get(&labels).is_some() {
+            return;
+        }
+        self.audit_chain_head.clear();
+        self.audit_chain_head.get_or_create(&labels).set(1);
     }
 
     /// A file was claimed by this instance: in flight until the guard drops.

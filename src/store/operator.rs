@@ -266,6 +266,7 @@ impl PgStore {
             .step("writing an operator's status")?;
         insert_event(
             &mut tx,
+            self.audit_key(),
             id,
             status.as_str(),
             &json!({"reason": reason, "by": "operator"}),

@@ -9,6 +9,7 @@ mod remitter;
 
 mod api;
 mod archive_races;
+mod audit_chain;
 mod extraction_failures;
 mod faults;
 mod happy_path;
