@@ -484,6 +484,14 @@ impl Engine {
     pub async fn seal_audit_chain(&self, after_run: bool) {
         match self.deps.store.seal_audit_chain().await {
             Ok(sealed) => {
+                if let Some((table, row)) = sealed.suspect {
+                    tracing::error!(
+                        table = table.as_str(),
+                        row,
+                        "audit chain: a row just sealed has no valid MAC: written behind the \
+                         coordinator's back, or with another AUDIT_KEY (coordinator audit verify names it)"
+                    );
+                }
                 let Some(head) = &sealed.head else { return };
                 let link = head.link_hex();
                 self.deps.metrics.set_audit_chain_head(head.seal_id, &link);

@@ -662,6 +662,10 @@ pub struct Sealed {
     pub seals_written: usize,
     /// Rows they cover.
     pub rows_sealed: i64,
+    /// The first row this pass sealed whose MAC is missing or wrong
+    /// (written behind the coordinator's back, or by another key): sealed
+    /// all the same, as it is, for `verify` to name; said at once in the log.
+    pub suspect: Option<(Table, i64)>,
 }
 
 /// Seals every row written by a finished transaction since the last seal
@@ -682,6 +686,7 @@ pub async fn seal(pool: &PgPool, key: &AuditKey) -> Result<Sealed, StoreError> {
             head: chain_head(pool).await?,
             seals_written: 0,
             rows_sealed: 0,
+            suspect: None,
         });
     }
     // Read committed: each statement below sees every seal committed
@@ -703,20 +708,25 @@ pub async fn seal(pool: &PgPool, key: &AuditKey) -> Result<Sealed, StoreError> {
     .step("reading the audit horizon")?;
     let mut written = 0;
     let mut rows_sealed = 0;
+    let mut suspect = None;
     for table in Table::ALL {
         let last = sealed_to
             .iter()
             .find(|(t, _)| t == table.as_str())
             .map(|(_, to)| *to);
         for range in plan_ranges(last, origin, h) {
-            let digests = match table {
+            let (digests, bad) = match table {
                 Table::FileEvents => {
-                    pack::<FileEventRecord>(&mut tx, table, FILE_EVENT_COLUMNS, range).await?
+                    pack::<FileEventRecord>(&mut tx, key, table, FILE_EVENT_COLUMNS, range).await?
                 }
                 Table::AuditEvents => {
-                    pack::<AuditEventRecord>(&mut tx, table, AUDIT_EVENT_COLUMNS, range).await?
+                    pack::<AuditEventRecord>(&mut tx, key, table, AUDIT_EVENT_COLUMNS, range)
+                        .await?
                 }
             };
+            if suspect.is_none() {
+                suspect = bad.map(|id| (table, id));
+            }
             if digests.is_empty() && !range.legacy {
                 continue;
             }
@@ -773,16 +783,20 @@ pub async fn seal(pool: &PgPool, key: &AuditKey) -> Result<Sealed, StoreError> {
         head,
         seals_written: written,
         rows_sealed,
+        suspect,
     })
 }
 
-/// The (id, digest) entries of a table's rows in an xid range, in id order.
+/// The (id, digest) entries of a table's rows in an xid range, in id
+/// order, and the first of them whose MAC is missing (outside the legacy
+/// range) or wrong.
 async fn pack<R>(
     tx: &mut sqlx::Transaction<'_, Postgres>,
+    key: &AuditKey,
     table: Table,
     columns: &str,
     range: SealRange,
-) -> Result<Vec<u8>, StoreError>
+) -> Result<(Vec<u8>, Option<i64>), StoreError>
 where
     R: Record + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
 {
@@ -800,11 +814,19 @@ where
         .bind(range.xid_to)
         .fetch(&mut **tx);
     let mut out = Vec::new();
+    let mut bad = None;
     while let Some(r) = rows.try_next().await.step("reading rows to seal")? {
         out.extend_from_slice(&r.id().to_be_bytes());
         out.extend_from_slice(&r.digest());
+        let ok = match r.mac() {
+            Some(mac) => r.mac_ok(key, mac),
+            None => range.legacy,
+        };
+        if !ok && bad.is_none() {
+            bad = Some(r.id());
+        }
     }
-    Ok(out)
+    Ok((out, bad))
 }
 
 /// What `verify` found on an intact chain.

@@ -352,6 +352,7 @@ pub trait RunStore: Send + Sync {
             head: None,
             seals_written: 0,
             rows_sealed: 0,
+            suspect: None,
         })
     }
 }
