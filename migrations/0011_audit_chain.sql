@@ -74,3 +74,5 @@ CREATE TRIGGER audit_seals_no_truncate BEFORE TRUNCATE ON audit_seals
     FOR EACH STATEMENT EXECUTE FUNCTION coordinator_append_only();
 CREATE TRIGGER audit_chain_origin_append_only BEFORE UPDATE OR DELETE ON audit_chain_origin
     FOR EACH ROW EXECUTE FUNCTION coordinator_append_only();
+CREATE TRIGGER audit_chain_origin_no_truncate BEFORE TRUNCATE ON audit_chain_origin
+    FOR EACH STATEMENT EXECUTE FUNCTION coordinator_append_only();

@@ -692,11 +692,12 @@ pub async fn seal(pool: &PgPool, key: &AuditKey) -> Result<Sealed, StoreError> {
     // Read committed: each statement below sees every seal committed
     // before the lock was taken, so two passes never start from one head.
     let mut head = chain_head(&mut *tx).await?;
-    let sealed_to: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT DISTINCT ON (table_name) table_name, xid_to FROM audit_seals \
-         ORDER BY table_name, id DESC",
+    // One index probe per table (a DISTINCT ON would read every seal).
+    let (files_to, audit_to): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT xid_to FROM audit_seals WHERE table_name = 'file_events' ORDER BY id DESC LIMIT 1), \
+                (SELECT xid_to FROM audit_seals WHERE table_name = 'audit_events' ORDER BY id DESC LIMIT 1)",
     )
-    .fetch_all(&mut *tx)
+    .fetch_one(&mut *tx)
     .await
     .step("reading the last seal of each table")?;
     let (origin, h): (i64, i64) = sqlx::query_as(
@@ -710,10 +711,10 @@ pub async fn seal(pool: &PgPool, key: &AuditKey) -> Result<Sealed, StoreError> {
     let mut rows_sealed = 0;
     let mut suspect = None;
     for table in Table::ALL {
-        let last = sealed_to
-            .iter()
-            .find(|(t, _)| t == table.as_str())
-            .map(|(_, to)| *to);
+        let last = match table {
+            Table::FileEvents => files_to,
+            Table::AuditEvents => audit_to,
+        };
         for range in plan_ranges(last, origin, h) {
             let (digests, bad) = match table {
                 Table::FileEvents => {

@@ -354,3 +354,109 @@ async fn a_detail_encodes_alike_before_and_after_a_jsonb_round_trip() {
     }
     db.close().await;
 }
+
+/// "Rows written before this migration are sealed into the chain once, on
+/// upgrade": a database migrated up to 0010 with history in it, then
+/// upgraded: the old rows (no MAC) go into one legacy seal per table and
+/// verify; a row without a MAC written after the upgrade does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_from_before_the_chain_are_sealed_once_as_legacy() {
+    use coordinator::store::MIGRATOR;
+    use coordinator::store::audit_chain::{VerifyError, seal, verify};
+    use std::borrow::Cow;
+
+    let env = TestEnv::from_env();
+    let name = format!("it_legacy_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&env.database_url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut url = reqwest::Url::parse(&env.database_url).unwrap();
+    url.set_path(&format!("/{name}"));
+    let db = sqlx::PgPool::connect(url.as_str()).await.unwrap();
+
+    // The schema of the version before the chain, with its history.
+    let before = sqlx::migrate::Migrator {
+        migrations: Cow::Owned(
+            MIGRATOR
+                .iter()
+                .filter(|m| m.version < 11)
+                .cloned()
+                .collect(),
+        ),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    };
+    before.run(&db).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, group_key) \
+           VALUES ('acme', 'a.csv', 'a.csv', 'd41d8', 1, now(), 'success', 'acme/a.csv'); \
+         INSERT INTO file_events (file_id, status, detail) VALUES \
+           (1, 'processing', '{\"run_id\": \"old\"}'), (1, 'success', '{}'); \
+         INSERT INTO audit_events (actor, action, outcome) VALUES ('bootstrap', 'run.start', 'ok');",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+
+    MIGRATOR.run(&db).await.unwrap();
+    let key = AuditKey::new(b"the upgrade test's key").unwrap();
+    let row = AuditEventRow {
+        actor: "alice".into(),
+        role: Some("admin".into()),
+        action: "token.create".into(),
+        target: Some("ops".into()),
+        outcome: "ok".into(),
+        reason: None,
+        remote_addr: None,
+        request_id: None,
+    };
+    insert_audit_event(&db, &key, &row).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        seal(&db, &key).await.unwrap();
+        let legacy: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT table_name, row_count FROM audit_seals WHERE legacy ORDER BY table_name",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        let ok = verify(&db, &key).await.unwrap();
+        if ok.unsealed == 0 {
+            assert_eq!(
+                legacy,
+                [
+                    ("audit_events".to_string(), 1),
+                    ("file_events".to_string(), 2)
+                ]
+            );
+            assert_eq!(ok.rows, 4, "{ok:?}");
+            break;
+        }
+        // Another test's transaction still holds the horizon back.
+        assert!(tokio::time::Instant::now() < deadline, "not sealed: {ok:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // After the upgrade, a row without a MAC was not written by the coordinator.
+    let late: i64 = sqlx::query_scalar(
+        "INSERT INTO file_events (file_id, status, detail) VALUES (1, 'success', '{}') RETURNING id",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    match verify(&db, &key).await {
+        Err(VerifyError::Broken(why)) => assert_eq!(
+            why,
+            format!("file_events row {late}: has no MAC: inserted behind the coordinator's back")
+        ),
+        other => panic!("not found: {other:?}"),
+    }
+    db.close().await;
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+    admin.close().await;
+}
