@@ -683,8 +683,10 @@ impl Engine {
                     }
                 }
                 self.deps.metrics.run_finished("completed", clock.elapsed());
-                self.seal_audit_chain(true).await;
+                // The pass first: sealing must not delay the archive (a
+                // run starting meanwhile would find the files still there).
                 self.spawn_background();
+                self.seal_audit_chain(true).await;
                 Ok(RunReport {
                     run_id,
                     status: "completed",
@@ -724,8 +726,8 @@ impl Engine {
                         .notify(&payload, &format!("run_failed:{run_id}"))
                         .await;
                 }
-                self.seal_audit_chain(true).await;
                 self.spawn_background();
+                self.seal_audit_chain(true).await;
                 Err(fail(failure, message))
             }
         }
