@@ -170,6 +170,12 @@ const ROWS: &[Row] = &[
         floor: "1 instance, same run",
         goal: Goal::TimeAtMost(0.30),
     },
+    Row {
+        key: "verify",
+        scenario: "coordinator audit verify",
+        floor: "CONTRACT §11 budget: 60 s",
+        goal: Goal::TimeAtMost(1.0),
+    },
 ];
 
 fn median(v: &[f64]) -> f64 {

@@ -21,6 +21,9 @@
 #   BENCH_TWO_FILES [2000]                               2 instances vs 1
 #   BENCH_SHARED_FILES [600]                             one run shared by 1, 2 and 4
 #                             `serve` instances, FOI 200 ms + ITM 10 ms, 4 at once each
+#   BENCH_VERIFY_EVENTS [1000000]  `coordinator audit verify` over that many file_events
+#                             (MACed and sealed as the coordinator does, by examples/audit_fill),
+#                             against the 60 s budget of CONTRACT §11
 #   BENCH_OUT [target/bench]  where samples.tsv, bench.json and logs go
 #   BENCH_PROFILE [unset]     1: run the coordinator under `perf record` (cpu-clock,
 #                             DWARF call graphs) and write logs/<n>-<tag>.perf.txt (self
@@ -50,7 +53,8 @@ ARCHIVE_FILES=${BENCH_ARCHIVE_FILES:-10000}
 ARCHIVE_DIRS=${BENCH_ARCHIVE_DIRS:-100}
 TWO_FILES=${BENCH_TWO_FILES:-2000}
 SHARED_FILES=${BENCH_SHARED_FILES:-600}
-SCENARIOS=${BENCH_SCENARIOS:-rescan small mib big delay archive two shared}
+VERIFY_EVENTS=${BENCH_VERIFY_EVENTS:-1000000}
+SCENARIOS=${BENCH_SCENARIOS:-rescan small mib big delay archive two shared verify}
 OUT=${BENCH_OUT:-target/bench}
 TARGET=${CARGO_TARGET_DIR:-target}
 
@@ -66,6 +70,7 @@ cargo build --quiet --release --bin coordinator --examples
 COORD="$TARGET/release/coordinator"
 BENCH="$TARGET/release/examples/bench"
 FAKES="$TARGET/release/examples/fake_downstream"
+AUDIT_FILL="$TARGET/release/examples/audit_fill"
 
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -415,6 +420,29 @@ bench_shared() {
     done
 }
 
+# `coordinator audit verify` over VERIFY_EVENTS sealed file_events (the
+# fill and the sealing are not timed, only verify, as an auditor runs it).
+bench_verify() {
+    sample verify desc "$VERIFY_EVENTS file_events, sealed"
+    local key="bench-audit-key-$RANDOM$RANDOM$RANDOM" filled rep out
+    new_db
+    DATABASE_URL="$DB" "$COORD" migrate >"$LOGS/verify-migrate.log" 2>&1
+    filled=$(AUDIT_KEY="$key" "$AUDIT_FILL" "$DB" "$VERIFY_EVENTS")
+    log "verify: filled $VERIFY_EVENTS events: $filled"
+    sample verify fill "$filled"
+    for rep in $(seq 1 "$REPS"); do
+        RC=0
+        env DATABASE_URL="$DB" AUDIT_KEY="$key" /usr/bin/time -f '%e %U %S %M' -o "$LOGS/verify-$rep.time" \
+            "$COORD" audit verify >"$LOGS/verify-$rep.out" 2>&1 || RC=$?
+        read -r WALL_S u s RSS_KIB < <(tail -n1 "$LOGS/verify-$rep.time")
+        CPU_S=$(calc "$u + $s")
+        out=$(head -n1 "$LOGS/verify-$rep.out")
+        log "verify-$rep: exit $RC, ${WALL_S}s, cpu ${CPU_S}s, peak RSS $((RSS_KIB / 1024)) MiB: $out"
+        ((RC == 0)) || log "WARNING: verify did not pass (see $LOGS/verify-$rep.out)"
+        record verify "$WALL_S" 60
+    done
+}
+
 # A scenario's databases are dropped when it ends, so the next one does not
 # share the server with their autovacuum (the rescan and archive scenarios
 # write tens of thousands of rows).
@@ -427,7 +455,7 @@ drop_dbs() {
 }
 
 for s in $SCENARIOS; do
-    declare -F "bench_$s" >/dev/null || die "unknown scenario '$s' (rescan small mib big delay archive two shared)"
+    declare -F "bench_$s" >/dev/null || die "unknown scenario '$s' (rescan small mib big delay archive two shared verify)"
     log "== $s"
     "bench_$s"
     drop_dbs

@@ -142,7 +142,9 @@ fn spawn_taker(engine: &Arc<Engine>) {
 pub async fn build_router(
     cfg: &Config,
 ) -> anyhow::Result<(axum::Router, Arc<Engine>, Arc<Membership>)> {
-    let store = migrated_store(cfg.database_url.expose()).await?;
+    let store = migrated_store(cfg.database_url.expose())
+        .await?
+        .with_audit_key(cfg.audit_key.clone());
     let engine = build_engine(cfg, store.clone())?;
     let membership = join(cfg, &store, &engine).await?;
     let oidc = match &cfg.oidc {
@@ -205,6 +207,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         spawn_schedule(&engine, every, engine.stop().clone());
     }
     spawn_taker(&engine);
+    spawn_sealer(&engine);
     let (e, m, drain) = (engine.clone(), membership.clone(), shutdown.clone());
     let done = tokio::spawn(async move {
         let http_stop = CancellationToken::new();
@@ -246,6 +249,28 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         engine,
         membership,
     })
+}
+
+/// How often `serve` seals the audit chain: rows wait about this long
+/// before a seal orders them (and longer behind a long transaction).
+const SEAL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Seals the audit chain every [`SEAL_EVERY`] until the engine stops (one
+/// instance at a time seals; the others find the lock taken and only read
+/// the head for their metric).
+fn spawn_sealer(engine: &Arc<Engine>) {
+    let (e, stop) = (engine.clone(), engine.stop().clone());
+    engine.tracker().spawn(async move {
+        let mut tick = tokio::time::interval(SEAL_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => e.seal_audit_chain(false).await,
+            }
+        }
+    });
 }
 
 /// Starts a run every `every` (RUN_INTERVAL_SECS) until `stop`; a run in
@@ -316,8 +341,9 @@ async fn shutdown_signal() {
 /// `coordinator run`: one run, summary on stdout, background pass awaited
 /// (a dry run has none). Returns the process exit code.
 pub async fn run_once(cfg: Config, dry_run: bool) -> anyhow::Result<i32> {
-    let store =
-        PgStore::connect_lazy(cfg.database_url.expose()).context("setting up the database pool")?;
+    let store = PgStore::connect_lazy(cfg.database_url.expose())
+        .context("setting up the database pool")?
+        .with_audit_key(cfg.audit_key.clone());
     let engine = build_engine(&cfg, store.clone())?;
     // The share is connected while the migrations run, as `serve` keeps its
     // connection from one run to the next; a failure here is the run's to report.

@@ -1,6 +1,6 @@
 //! The command line (CONTRACT §2).
 
-use crate::config::{ConfigArgs, DbArgs};
+use crate::config::{AuditKeyArgs, ConfigArgs, DbArgs, Env};
 use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Takes remittance files from an SMB share into the finance back office:
@@ -23,10 +23,16 @@ impl Cli {
     /// its default applies (a deployment template often writes `VAR=` for
     /// "not set"; this is how the variables were always read).
     pub fn from_env_and_args() -> Result<Self, clap::Error> {
-        let mut cmd = Self::command().mut_subcommands(|c| c.mut_args(blank_env_is_unset));
+        let mut cmd = Self::command().mut_subcommands(blanks_are_unset);
         let mut matches = cmd.try_get_matches_from_mut(std::env::args_os())?;
         Self::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut cmd))
     }
+}
+
+/// `cmd` and its subcommands with [`blank_env_is_unset`] on every argument.
+fn blanks_are_unset(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(blank_env_is_unset)
+        .mut_subcommands(blanks_are_unset)
 }
 
 /// `arg` without its variable when that variable is set to blanks only.
@@ -65,9 +71,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
-    /// Named tokens (CONTRACT §11): create, list, revoke. Needs only
-    /// DATABASE_URL; each creation and revocation is in the audit trail,
-    /// with the actor `cli:<login name>`.
+    /// Named tokens (CONTRACT §11): create, list, revoke. Need DATABASE_URL,
+    /// and AUDIT_KEY to create or revoke: each creation and revocation is in
+    /// the audit trail, with the actor `cli:<login name>`.
     #[command(subcommand)]
     Token(TokenCommand),
     /// The audit trail (CONTRACT §11).
@@ -90,9 +96,9 @@ pub enum TokenCommand {
         /// Days until it expires (1 to 3650); without it, never.
         #[arg(long)]
         expires_in_days: Option<u32>,
-        /// The database.
+        /// The database and the audit key.
         #[command(flatten)]
-        db: DbArgs,
+        admin: AdminArgs,
     },
     /// Lists every token: name, role, created, expires, last used, revoked (never a secret).
     List {
@@ -104,15 +110,35 @@ pub enum TokenCommand {
     Revoke {
         /// The token's name.
         name: String,
-        /// The database.
+        /// The database and the audit key.
         #[command(flatten)]
-        db: DbArgs,
+        admin: AdminArgs,
     },
+}
+
+/// The database and the audit key: what `audit verify` and the commands
+/// that write audit rows (`token create`, `token revoke`) need.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The key the coordinator writes with.
+    #[command(flatten)]
+    pub audit: AuditKeyArgs,
+    /// Deployment environment (local: without AUDIT_KEY, the development key)
+    #[arg(long, env = "ENV", value_enum, default_value_t = Env::Prod)]
+    pub env: Env,
 }
 
 /// `coordinator audit ...`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
+    /// Walk the audit chain, reading only: exit 0 printing the number of rows
+    /// checked, 1 naming the first row that was changed, inserted behind the
+    /// coordinator's back, or whose successor was deleted, 2 on a
+    /// configuration or database error.
+    Verify(AdminArgs),
     /// Writes the audit trail from --since until --until (dates or RFC 3339
     /// times; a date is midnight UTC) as JSON lines on standard output, oldest first.
     Export {

@@ -1,11 +1,12 @@
-//! The administrative programs (CONTRACT §11): `coordinator token ...` and
-//! `coordinator audit export`. They need only the database.
+//! The administrative programs (CONTRACT §11): `coordinator token ...`,
+//! `coordinator audit export` and `coordinator audit verify`. They need the
+//! database, and those that write or check the chain `AUDIT_KEY`.
 
 use crate::app::migrated_store;
-use crate::cli::{AuditCommand, TokenCommand};
+use crate::cli::{AdminArgs, AuditCommand, TokenCommand};
 use crate::config::DbArgs;
 use crate::http::new_token_secret;
-use crate::store::{AuditEntry, AuditFilter, AuditStore, NewToken, Outcome, TokenStore};
+use crate::store::{AuditEntry, AuditFilter, AuditKey, AuditStore, NewToken, Outcome, TokenStore};
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use std::io::Write;
@@ -51,6 +52,23 @@ async fn store(db: DbArgs) -> anyhow::Result<crate::store::PgStore> {
     migrated_store(url.expose()).await
 }
 
+/// A store that writes audit rows with `AUDIT_KEY` (the development key only
+/// with `ENV=local`, said on standard error).
+async fn keyed_store(admin: AdminArgs) -> anyhow::Result<crate::store::PgStore> {
+    let key = dev_key_warned(admin.audit.resolve(admin.env)?);
+    Ok(store(admin.db).await?.with_audit_key(key))
+}
+
+fn dev_key_warned(key: AuditKey) -> AuditKey {
+    if key.is_development() {
+        eprintln!(
+            "coordinator: warning: {}",
+            crate::config::DEVELOPMENT_AUDIT_KEY_WARNING
+        );
+    }
+    key
+}
+
 /// `coordinator token ...`; the exit code.
 pub async fn token(cmd: TokenCommand) -> anyhow::Result<i32> {
     match cmd {
@@ -58,7 +76,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<i32> {
             name,
             role,
             expires_in_days,
-            db,
+            admin,
         } => {
             let secret = match new_token_secret(&name, expires_in_days) {
                 Ok(s) => s,
@@ -67,7 +85,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<i32> {
                     return Ok(1);
                 }
             };
-            let store = store(db).await?;
+            let store = keyed_store(admin).await?;
             let hash = crate::auth::tokens::hash(&secret);
             let actor = cli_actor();
             let result = store
@@ -136,8 +154,8 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        TokenCommand::Revoke { name, db } => {
-            let store = store(db).await?;
+        TokenCommand::Revoke { name, admin } => {
+            let store = keyed_store(admin).await?;
             let result = store.revoke_token(&name, &cli_actor()).await;
             let (outcome, reason) = match &result {
                 Ok(_) => (Outcome::Ok, None),
@@ -165,6 +183,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<i32> {
 /// `coordinator audit ...`; the exit code.
 pub async fn audit(cmd: AuditCommand) -> anyhow::Result<i32> {
     match cmd {
+        AuditCommand::Verify(args) => verify(args).await,
         AuditCommand::Export { since, until, db } => {
             let store = store(db).await?;
             let filter = AuditFilter {
@@ -185,6 +204,43 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<i32> {
             }
             out.flush()?;
             Ok(0)
+        }
+    }
+}
+
+/// `coordinator audit verify`: 0 and the rows checked on an intact chain,
+/// 1 naming the first row (or seal) at fault; reads only.
+async fn verify(args: AdminArgs) -> anyhow::Result<i32> {
+    let url = args.db.database_url()?;
+    let key = dev_key_warned(args.audit.resolve(args.env)?);
+    // The walk is one long statement by design: no "slow statement" line.
+    let options: sqlx::postgres::PgConnectOptions =
+        url.expose().parse().context("parsing DATABASE_URL")?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(sqlx::ConnectOptions::disable_statement_logging(options))
+        .await
+        .context("connecting to the database")?;
+    let verified = crate::store::audit_chain::verify(&pool, &key).await;
+    pool.close().await;
+    match verified {
+        Ok(v) => {
+            println!(
+                "ok: {} rows checked ({} seals; {} newer than the last seal, checked by their MAC only)",
+                v.rows, v.seals, v.unsealed
+            );
+            if let Some(head) = v.head {
+                println!("head: seal {} link {}", head.seal_id, head.link_hex());
+            }
+            Ok(0)
+        }
+        Err(crate::store::audit_chain::VerifyError::Broken(why)) => {
+            println!("chain broken: {why}");
+            Ok(1)
+        }
+        // The error's text already carries its cause.
+        Err(crate::store::audit_chain::VerifyError::Store(e)) => {
+            Err(anyhow::anyhow!("reading the audit chain: {e}"))
         }
     }
 }

@@ -7,6 +7,7 @@
 use crate::auth::oidc::OidcConfig;
 use crate::scan::names::{DEFAULT_PATTERNS, TempNameFilter};
 use crate::source::smb::SmbConfig;
+use crate::store::AuditKey;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Command, FromArgMatches, ValueEnum};
 use std::ffi::OsString;
@@ -197,6 +198,43 @@ pub struct DbArgs {
     pub database_url_file: Option<PathBuf>,
 }
 
+/// `AUDIT_KEY` and its `_FILE` twin: `serve`, `run` and `audit verify`.
+#[derive(Debug, Args, Clone)]
+pub struct AuditKeyArgs {
+    /// Key of the audit trail's HMAC chain; the same on every instance, never stored in the database; required unless ENV=local (secret)
+    #[arg(long, env = "AUDIT_KEY", hide_env_values = true)]
+    pub audit_key: Option<Secret>,
+    /// File holding AUDIT_KEY
+    #[arg(long, env = "AUDIT_KEY_FILE")]
+    pub audit_key_file: Option<PathBuf>,
+}
+
+impl AuditKeyArgs {
+    /// The key, from the variable or its `_FILE`; without either, the
+    /// public development key when `env` is local, else an error.
+    pub fn resolve(self, env: Env) -> Result<AuditKey, ConfigError> {
+        match secret(
+            self.audit_key,
+            self.audit_key_file,
+            "AUDIT_KEY",
+            "AUDIT_KEY_FILE",
+        )? {
+            Some(key) => {
+                AuditKey::new(key.expose().as_bytes()).map_err(|e| err("AUDIT_KEY", e.to_string()))
+            }
+            None if env == Env::Local => Ok(AuditKey::development()),
+            None => Err(err(
+                "AUDIT_KEY",
+                "required unless ENV=local (or set AUDIT_KEY_FILE)",
+            )),
+        }
+    }
+}
+
+/// What start-up and `audit verify` say when the development key is used.
+pub const DEVELOPMENT_AUDIT_KEY_WARNING: &str = "AUDIT_KEY is not set: the audit chain is keyed \
+     with the public development key (ENV=local), so it proves nothing; set AUDIT_KEY outside development";
+
 /// Every variable of CONTRACT §3, as flags with environment fallbacks. The
 /// values are parsed and range-checked here; what needs more than one
 /// variable, or a file, is checked by `Config::from_args`.
@@ -204,6 +242,8 @@ pub struct DbArgs {
 pub struct ConfigArgs {
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub audit: AuditKeyArgs,
     /// Deployment environment
     #[arg(long, env = "ENV", value_enum, default_value_t = Env::Prod)]
     pub env: Env,
@@ -356,6 +396,8 @@ pub struct Config {
     pub api_token: Option<Secret>,
     /// Postgres connection string.
     pub database_url: Secret,
+    /// `AUDIT_KEY` (the development key when `ENV=local` left it unset).
+    pub audit_key: AuditKey,
     /// The share.
     pub smb: SmbConfig,
     /// Folder of remitter folders (share-relative, may be empty).
@@ -547,12 +589,18 @@ impl Config {
         if a.smb_archive_dir == a.smb_source_dir {
             return Err(err("SMB_ARCHIVE_DIR", "must differ from SMB_SOURCE_DIR"));
         }
+        let audit_key = a.audit.resolve(a.env)?;
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        let mut warnings: Vec<String> = Vec::new();
+        if audit_key.is_development() {
+            warnings.push(DEVELOPMENT_AUDIT_KEY_WARNING.into());
+        }
         Ok(Self {
             env: a.env,
             bind_addr: a.bind_addr,
             api_token,
             database_url,
+            audit_key,
             smb,
             source_dir: a.smb_source_dir,
             archive_dir: a.smb_archive_dir,
@@ -595,11 +643,13 @@ impl Config {
                     )
                 })
                 .into_iter()
+                .chain(warnings)
                 .collect(),
         })
     }
 
-    /// Warnings for settings that are accepted but no longer mean anything.
+    /// Warnings for settings that are accepted but no longer mean
+    /// anything, and for the development audit key.
     pub fn warnings(&self) -> &[String] {
         &self.retired
     }
@@ -613,6 +663,7 @@ mod tests {
     const FULL: &[(&str, &str)] = &[
         ("--database-url", "postgres://u:dbpw@h/db"),
         ("--api-token", "tok"),
+        ("--audit-key", "auditkey-0123456789"),
         ("--smb-host", "127.0.0.1"),
         ("--smb-share", "s"),
         ("--smb-username", "u"),
@@ -715,6 +766,8 @@ mod tests {
             ("--smb-password", None, "SMB_PASSWORD"),
             ("--database-url", None, "DATABASE_URL"),
             ("--api-token", None, "API_TOKEN"),
+            ("--audit-key", None, "AUDIT_KEY"),
+            ("--audit-key", Some("short"), "AUDIT_KEY"),
             ("--foi-api-url", Some("not a url"), "FOI_API_URL"),
             ("--foi-api-url", Some("ftp://foi/{remitter}"), "FOI_API_URL"),
             ("--itm-api-url", None, "ITM_API_URL"),
@@ -813,6 +866,22 @@ mod tests {
     fn local_env_needs_no_token() {
         let c = config(&[("--api-token", None), ("--env", Some("local"))]).unwrap();
         assert!(c.api_token.is_none());
+    }
+
+    #[test]
+    fn local_env_without_an_audit_key_uses_the_development_key_and_says_so() {
+        let c = config(&[("--audit-key", None), ("--env", Some("local"))]).unwrap();
+        assert!(c.audit_key.is_development());
+        assert_eq!(c.warnings(), [DEVELOPMENT_AUDIT_KEY_WARNING]);
+        let c = config(&[("--env", Some("local"))]).unwrap();
+        assert!(!c.audit_key.is_development() && c.warnings().is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key");
+        std::fs::write(&p, "from-a-file-0123456789\n").unwrap();
+        let c = config(&[("--audit-key", None), ("--audit-key-file", p.to_str())]).unwrap();
+        assert!(!c.audit_key.is_development());
+        let both = config(&[("--audit-key-file", p.to_str())]).unwrap_err();
+        assert_eq!(both.var, "AUDIT_KEY");
     }
 
     #[test]
@@ -943,7 +1012,7 @@ mod tests {
         let a = args(&[]).unwrap();
         let c = Config::from_args(a.clone()).unwrap();
         for shown in [format!("{a:?}"), format!("{c:?}")] {
-            for s in ["dbpw", "\"tok\"", "\"pw\""] {
+            for s in ["dbpw", "\"tok\"", "\"pw\"", "auditkey"] {
                 assert!(!shown.contains(s), "{s} leaked in {shown}");
             }
         }

@@ -471,8 +471,45 @@ impl Engine {
                 Err(e) => tracing::warn!(error = %e, "could not prune old runs' per-file lists"),
             }
         }
+        self.seal_audit_chain(false).await;
         self.passes_done.send_modify(|n| *n += 1);
         report
+    }
+
+    /// Seals the audit chain (CONTRACT §11) and publishes its head in
+    /// `coordinator_audit_chain_head_info`; best effort: a failed seal is a
+    /// warning (`after_run`) or a debug line, the next pass seals what it
+    /// left. After a run the head is also logged (`audit chain head`), and
+    /// so is any new seal.
+    pub async fn seal_audit_chain(&self, after_run: bool) {
+        match self.deps.store.seal_audit_chain().await {
+            Ok(sealed) => {
+                if let Some((table, row)) = sealed.suspect {
+                    tracing::error!(
+                        table = table.as_str(),
+                        row,
+                        "audit chain: a row just sealed has no valid MAC: written behind the \
+                         coordinator's back, or with another AUDIT_KEY (coordinator audit verify names it)"
+                    );
+                }
+                let Some(head) = &sealed.head else { return };
+                let link = head.link_hex();
+                self.deps.metrics.set_audit_chain_head(head.seal_id, &link);
+                if after_run || sealed.seals_written > 0 {
+                    tracing::info!(
+                        seal_id = head.seal_id,
+                        link = %link,
+                        seals_written = sealed.seals_written,
+                        rows_sealed = sealed.rows_sealed,
+                        "audit chain head"
+                    );
+                }
+            }
+            Err(e) if after_run => {
+                tracing::warn!(error = %e, "the audit chain could not be sealed; the next pass seals it")
+            }
+            Err(e) => tracing::debug!(error = %e, "the audit chain could not be sealed"),
+        }
     }
 
     /// Schedules a background pass on the tracker.
@@ -646,7 +683,10 @@ impl Engine {
                     }
                 }
                 self.deps.metrics.run_finished("completed", clock.elapsed());
+                // The pass first: sealing must not delay the archive (a
+                // run starting meanwhile would find the files still there).
                 self.spawn_background();
+                self.seal_audit_chain(true).await;
                 Ok(RunReport {
                     run_id,
                     status: "completed",
@@ -687,6 +727,7 @@ impl Engine {
                         .await;
                 }
                 self.spawn_background();
+                self.seal_audit_chain(true).await;
                 Err(fail(failure, message))
             }
         }
@@ -891,7 +932,7 @@ impl Engine {
             },
             _,
         ) = self.look().await.map_err(Ended::from)?;
-        if let Err(e) = self.deps.store.rearchive(&d.rearchive).await {
+        if let Err(e) = self.deps.store.rearchive(run_id, &d.rearchive).await {
             tracing::error!(error = %e, "could not queue re-uploaded files for the archive; the next run tries again");
         }
         if !work.is_empty() {

@@ -52,6 +52,7 @@ pub struct Metrics {
     files_in_flight: Gauge,
     claims_taken_over: Counter,
     auth_failures: Family<Labels, Counter>,
+    audit_chain_head: Family<Labels, Gauge>,
 }
 
 /// One file this instance holds (claimed, not yet recorded): counted in
@@ -110,6 +111,7 @@ impl Metrics {
         let last_run = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let (files_in_flight, claims_taken_over) = (Gauge::default(), Counter::default());
         let auth_failures = Family::<Labels, Counter>::default();
+        let audit_chain_head = Family::<Labels, Gauge>::default();
         // prometheus-client appends `_total` to counter names.
         registry.register(
             "coordinator_runs",
@@ -176,6 +178,12 @@ impl Metrics {
             "Requests refused with 401, by reason (missing, unknown, expired, revoked, invalid_jwt, unavailable)",
             auth_failures.clone(),
         );
+        registry.register(
+            "coordinator_audit_chain_head_info",
+            "The newest seal of the audit chain (CONTRACT §11): 1 for its id and link, so that a copy \
+             outside the database shows whether the chain's tail was cut",
+            audit_chain_head.clone(),
+        );
         for s in ["completed", "failed"] {
             drop(runs.get_or_create(&status(s)));
         }
@@ -200,6 +208,7 @@ impl Metrics {
             files_in_flight,
             claims_taken_over,
             auth_failures,
+            audit_chain_head,
         }
     }
 
@@ -208,6 +217,20 @@ impl Metrics {
         self.auth_failures
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
+    }
+
+    /// The audit chain's newest seal: the one series of
+    /// `coordinator_audit_chain_head_info`.
+    pub fn set_audit_chain_head(&self, seal_id: i64, link_hex: &str) {
+        let labels = vec![
+            ("seal_id", seal_id.to_string()),
+            ("link", link_hex.to_string()),
+        ];
+        if self.audit_chain_head.get(&labels).is_some() {
+            return;
+        }
+        self.audit_chain_head.clear();
+        self.audit_chain_head.get_or_create(&labels).set(1);
     }
 
     /// A file was claimed by this instance: in flight until the guard drops.

@@ -56,7 +56,7 @@ fn help_and_readme_document_the_same_variables() {
     assert_eq!(in_help, in_readme, "--help and the README's table differ");
     let (code, out, _) = coordinator(&["--help"], &[]);
     assert_eq!(code, Some(0));
-    for cmd in ["serve", "run", "migrate"] {
+    for cmd in ["serve", "run", "migrate", "audit"] {
         assert!(out.contains(cmd), "{out}");
     }
 }
@@ -133,6 +133,7 @@ fn with_secrets(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'
     let mut env = vec![
         ("ENV", "prod"),
         ("API_TOKEN", "tokensecret"),
+        ("AUDIT_KEY", "auditsecret-0123456789"),
         ("DATABASE_URL", "postgres://u:dbsecret@127.0.0.1:1/y"),
         ("SMB_PASSWORD", "smbsecret"),
         ("SMB_HOST", "127.0.0.1"),
@@ -156,12 +157,14 @@ fn secrets_are_not_echoed_in_errors() {
         (&[("API_TOKEN_FILE", "/nonexistent")], "API_TOKEN"),
         (&[("DATABASE_URL", "dbsecret-not-a-url")], "DATABASE_URL"),
         (&[("SMB_PASSWORD_FILE", "/etc/hostname")], "SMB_PASSWORD"),
+        (&[("AUDIT_KEY", "")], "AUDIT_KEY"),
+        (&[("AUDIT_KEY_FILE", "/nonexistent")], "AUDIT_KEY"),
     ];
     for (extra, var) in cases {
         let (code, _, err) = coordinator(&["run"], &with_secrets(extra));
         assert_eq!(code, Some(2), "{var}: {err}");
         assert!(err.contains(var), "{var}: {err}");
-        for secret in ["tokensecret", "dbsecret", "smbsecret"] {
+        for secret in ["tokensecret", "dbsecret", "smbsecret", "auditsecret"] {
             assert!(!err.contains(secret), "{secret} echoed: {err}");
         }
     }

@@ -42,8 +42,8 @@ struct Due {
 
 /// Where a move is recorded.
 enum Record {
-    /// `superseded_files.id`.
-    Superseded(i64),
+    /// `superseded_files.id`, and its `files` row when it has one.
+    Superseded(i64, Option<i64>),
     /// `files.id`.
     Processed(i64),
 }
@@ -81,7 +81,7 @@ impl From<SupersededFile> for Due {
             ctime: f.ctime,
             // A claimed version's content; versions never read have none.
             md5: f.md5,
-            record: Record::Superseded(f.id),
+            record: Record::Superseded(f.id, f.file_id),
         }
     }
 }
@@ -374,8 +374,11 @@ impl Archiver {
             }
         };
         let recorded = match (&d.record, &moved_to) {
-            (Record::Superseded(id), to) => {
-                self.deps.store.resolve_superseded(*id, to.as_deref()).await
+            (Record::Superseded(id, file_id), to) => {
+                self.deps
+                    .store
+                    .resolve_superseded(*id, *file_id, to.as_deref())
+                    .await
             }
             (Record::Processed(id), Some(to)) => self.deps.store.mark_archived(*id, to).await,
             // A processed file that is gone or replaced stays listed: an operator decides.

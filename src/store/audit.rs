@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder};
 
+use super::audit_chain::{AuditEventRow, AuditKey, insert_audit_event};
 use super::operator::{OperatorError, Page, page};
 use super::postgres::Step;
 use super::{PgStore, StoreError};
@@ -118,26 +119,29 @@ pub trait AuditStore: Send + Sync {
     ) -> Result<Vec<AuditView>, StoreError>;
 }
 
-/// Inserts one row inside `tx` (an action and its record commit together).
+impl From<&AuditEntry> for AuditEventRow {
+    fn from(e: &AuditEntry) -> Self {
+        AuditEventRow {
+            actor: e.actor.clone(),
+            role: e.role.clone(),
+            action: e.action.clone(),
+            target: e.target.clone(),
+            outcome: e.outcome.as_str().to_string(),
+            reason: e.reason.clone(),
+            remote_addr: e.remote_addr.clone(),
+            request_id: e.request_id.clone(),
+        }
+    }
+}
+
+/// Inserts one row, with its MAC, through `conn` (inside an action's
+/// transaction, the action and its record commit together).
 pub(crate) async fn insert_audit(
-    tx: &mut sqlx::PgConnection,
+    conn: &mut sqlx::PgConnection,
+    key: &AuditKey,
     e: &AuditEntry,
 ) -> Result<i64, StoreError> {
-    sqlx::query_scalar(
-        "INSERT INTO audit_events (actor, role, action, target, outcome, reason, remote_addr, request_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-    )
-    .bind(&e.actor)
-    .bind(&e.role)
-    .bind(&e.action)
-    .bind(&e.target)
-    .bind(e.outcome.as_str())
-    .bind(&e.reason)
-    .bind(&e.remote_addr)
-    .bind(&e.request_id)
-    .fetch_one(tx)
-    .await
-    .step("recording an audit event")
+    insert_audit_event(conn, key, &AuditEventRow::from(e)).await
 }
 
 const AUDIT_COLUMNS: &str =
@@ -170,7 +174,7 @@ impl AuditStore for PgStore {
             .acquire()
             .await
             .step("acquiring a connection for the audit trail")?;
-        insert_audit(&mut conn, entry).await
+        insert_audit(&mut conn, self.audit_key(), entry).await
     }
 
     async fn audit_page(

@@ -4,6 +4,7 @@
 //! the operator's queries ([`OperatorStore`], CONTRACT §9) are Postgres only.
 
 mod audit;
+pub mod audit_chain;
 mod instances;
 mod operator;
 mod postgres;
@@ -13,6 +14,7 @@ mod work;
 pub use audit::{AuditEntry, AuditFilter, AuditStore, AuditView, Outcome};
 pub use instances::{InstanceInfo, InstanceStore, InstanceView, Joined};
 
+pub use audit_chain::{AuditEventRow, AuditKey, ChainHead, insert_audit_event};
 pub use operator::{
     EventView, FileDetail, FileFilter, FileView, NotificationView, OperatorError, OperatorStore,
     Page, RunView, StatusFilter,
@@ -347,6 +349,16 @@ pub trait RunStore: Send + Sync {
     /// The backlog gauges of `/metrics` (outbox, archive, files awaiting an
     /// operator), in one query.
     async fn backlog(&self) -> Result<crate::metrics::Backlog, StoreError>;
+    /// Seals the audit chain up to the transactions finished now (CONTRACT
+    /// §11) and answers its head; a store without a chain has none.
+    async fn seal_audit_chain(&self) -> Result<audit_chain::Sealed, StoreError> {
+        Ok(audit_chain::Sealed {
+            head: None,
+            seals_written: 0,
+            rows_sealed: 0,
+            suspect: None,
+        })
+    }
 }
 
 /// Claims: what a scan knows about versions, claims and their outcomes.
@@ -377,8 +389,10 @@ pub trait ClaimStore: Send + Sync {
         detail: &Value,
         notification: Option<&Value>,
     ) -> Result<(), StoreError>;
-    /// Archived rows whose content is in the source again: due for the archive again.
-    async fn rearchive(&self, file_ids: &[i64]) -> Result<(), StoreError>;
+    /// Archived rows whose content is in the source again: due for the
+    /// archive again, unless their move was recorded after run `run_id`
+    /// started (its listing may have seen the file before that move).
+    async fn rearchive(&self, run_id: Uuid, file_ids: &[i64]) -> Result<(), StoreError>;
     /// Counts a failed read of a file version; once it has failed
     /// `notify_after` times, queues `notification` (once per version) in the
     /// same transaction. Returns the failure count.
@@ -428,9 +442,12 @@ pub trait ArchiveStore: Send + Sync {
     /// Resolves a superseded version: moved to `archive_path`, or (`None`)
     /// gone from the source. A move of a version with a `files` row records
     /// that row's `archived_at` and its one `archive_succeeded` event with it.
+    /// `file_id` is the version's `files` row, as `pending_superseded` read
+    /// it (its event's MAC is bound to it).
     async fn resolve_superseded(
         &self,
         id: i64,
+        file_id: Option<i64>,
         archive_path: Option<&str>,
     ) -> Result<(), StoreError>;
     /// The housekeeping lock, or `None` while another pass holds it.

@@ -276,12 +276,13 @@ impl PgStore {
             .step("writing an operator's status")?;
         insert_event(
             &mut tx,
+            self.audit_key(),
             id,
             status.as_str(),
             &json!({"reason": reason, "by": "operator", "actor": audit.actor}),
         )
         .await?;
-        insert_audit(&mut tx, audit).await?;
+        insert_audit(&mut tx, self.audit_key(), audit).await?;
         let file = self.file_view(&mut tx, id).await?;
         tx.commit().await.step("committing an operator's status")?;
         Ok(file)

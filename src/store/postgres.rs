@@ -11,6 +11,7 @@ use sqlx::{Postgres, Row};
 use std::time::Duration;
 use uuid::Uuid;
 
+use super::audit_chain::{self, AuditKey, FileBinding, file_event_mac};
 use super::{
     ArchiveCandidate, ArchiveStore, Claim, ClaimRequest, ClaimStore, DryRunRow, Guard,
     KnownVersion, LEGACY_CLAIM_LEASE, OutboxStore, PendingNotification, RunEnd, RunStart, RunStore,
@@ -32,6 +33,8 @@ fn holds_work_sql(holder: &str) -> String {
 }
 
 const HOUSEKEEPING_LOCK_KEY: i64 = 0x636f_6f72_6402;
+/// One audit sealer at a time, across every instance (a transaction lock).
+pub(crate) const AUDIT_SEAL_LOCK_KEY: i64 = 0x636f_6f72_6403;
 
 pub(crate) trait Step<T> {
     fn step(self, step: &'static str) -> Result<T, StoreError>;
@@ -47,6 +50,8 @@ impl<T> Step<T> for Result<T, sqlx::Error> {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// MACs every history row it writes (CONTRACT §11).
+    audit_key: AuditKey,
 }
 
 impl PgStore {
@@ -58,12 +63,29 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy(url)
             .step("parsing DATABASE_URL")?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
-    /// Wraps an existing pool.
+    /// Wraps an existing pool. Its history rows are MACed with the
+    /// development key until [`Self::with_audit_key`] (tests only).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            audit_key: AuditKey::development(),
+        }
+    }
+
+    /// The same store, writing its history rows with `key` (`AUDIT_KEY`).
+    pub fn with_audit_key(self, key: AuditKey) -> Self {
+        Self {
+            audit_key: key,
+            ..self
+        }
+    }
+
+    /// The key its history rows are written with.
+    pub fn audit_key(&self) -> &AuditKey {
+        &self.audit_key
     }
 
     /// The pool, for tests and tools.
@@ -263,6 +285,10 @@ impl RunStore for PgStore {
             awaiting_operator,
         })
     }
+
+    async fn seal_audit_chain(&self) -> Result<audit_chain::Sealed, StoreError> {
+        audit_chain::seal(&self.pool, &self.audit_key).await
+    }
 }
 
 #[async_trait]
@@ -300,13 +326,25 @@ impl ClaimStore for PgStore {
         } = *req;
         // The usual case in one statement (one round trip): this process
         // still holds the candidate, the version is new, and its
-        // `processing` event.
+        // `processing` event, whose MAC binds it to the version (its id is
+        // not known before the statement).
+        let detail = json!({"run_id": run_id});
+        let mac = file_event_mac(
+            &self.audit_key,
+            FileStatus::Processing.as_str(),
+            &detail,
+            FileBinding::Version {
+                remitter,
+                file_name,
+                md5,
+            },
+        );
         let (holds_work, id): (bool, Option<i64>) = sqlx::query_as(&format!(
             "WITH lock AS (SELECT EXISTS ({}) AS held), \
              ins AS (INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, run_id, claim_token, group_key, ctime, claimed_by) \
                SELECT $3, $4, $5, $6, $7, $8, 'processing', $2, $9, $10, $12, $13 FROM lock WHERE lock.held \
                ON CONFLICT ON CONSTRAINT files_version_key DO NOTHING RETURNING id), \
-             ev AS (INSERT INTO file_events (file_id, status, detail) SELECT id, 'processing', $11 FROM ins) \
+             ev AS (INSERT INTO file_events (file_id, status, detail, mac) SELECT id, 'processing', $11, $14 FROM ins) \
              SELECT (SELECT held FROM lock), (SELECT id FROM ins)",
             holds_work_sql("$13")
         ))
@@ -320,9 +358,10 @@ impl ClaimStore for PgStore {
         .bind(mtime)
         .bind(token)
         .bind(group_key(remitter, base_name))
-        .bind(json!({"run_id": run_id}))
+        .bind(&detail)
         .bind(ctime)
         .bind(holder)
+        .bind(mac)
         .fetch_one(&self.pool)
         .await
         .step("claiming the file")?;
@@ -404,7 +443,14 @@ impl ClaimStore for PgStore {
             } else {
                 json!({"run_id": run_id, "recovered": "the instance holding the claim died"})
             };
-            insert_event(&mut tx, id, FileStatus::Processing.as_str(), &detail).await?;
+            insert_event(
+                &mut tx,
+                &self.audit_key,
+                id,
+                FileStatus::Processing.as_str(),
+                &detail,
+            )
+            .await?;
             Claim::New {
                 id,
                 token,
@@ -433,12 +479,18 @@ impl ClaimStore for PgStore {
             let recorded: Option<i64> = sqlx::query_scalar(
                 "WITH up AS (UPDATE files SET status = $2, updated_at = now() \
                    WHERE id = $1 AND claim_token = $3 AND status = 'processing' RETURNING id) \
-                 INSERT INTO file_events (file_id, status, detail) SELECT id, $2, $4 FROM up RETURNING file_id",
+                 INSERT INTO file_events (file_id, status, detail, mac) SELECT id, $2, $4, $5 FROM up RETURNING file_id",
             )
             .bind(file_id)
             .bind(&status)
             .bind(token)
             .bind(detail)
+            .bind(file_event_mac(
+                &self.audit_key,
+                status.as_str(),
+                detail,
+                FileBinding::Id(file_id),
+            ))
             .fetch_optional(&self.pool)
             .await
             .step("updating the file status")?;
@@ -461,7 +513,7 @@ impl ClaimStore for PgStore {
         if updated.rows_affected() != 1 {
             return Err(StoreError::ClaimLost(file_id));
         }
-        insert_event(&mut tx, file_id, status.as_str(), detail).await?;
+        insert_event(&mut tx, &self.audit_key, file_id, status.as_str(), detail).await?;
         // One notification per claim: a retried file that fails again is
         // told again. The first claim keeps the key it always had.
         let claims: i64 = sqlx::query_scalar(
@@ -483,15 +535,21 @@ impl ClaimStore for PgStore {
         Ok(())
     }
 
-    async fn rearchive(&self, file_ids: &[i64]) -> Result<(), StoreError> {
+    async fn rearchive(&self, run_id: Uuid, file_ids: &[i64]) -> Result<(), StoreError> {
         if file_ids.is_empty() {
             return Ok(());
         }
+        // A move recorded after the run started may have happened after its
+        // listing saw the file: then the file is not back, only seen before
+        // it went (a later run queues it if it really is back). Both times
+        // are the database's.
         sqlx::query(
             "UPDATE files SET archived_at = NULL WHERE id = ANY($1) AND archived_at IS NOT NULL \
-             AND (status = 'success' OR status LIKE 'ops\\_%')",
+             AND (status = 'success' OR status LIKE 'ops\\_%') \
+             AND archived_at < (SELECT started_at FROM runs WHERE id = $2)",
         )
         .bind(file_ids)
+        .bind(run_id)
         .execute(&self.pool)
         .await
         .step("queueing archived files for the archive again")?;
@@ -653,15 +711,22 @@ impl ArchiveStore for PgStore {
     /// Records an archive move: `archived_at` and one `archive_succeeded` event.
     async fn mark_archived(&self, file_id: i64, archive_path: &str) -> Result<(), StoreError> {
         // One statement: the move and its one `archive_succeeded` event.
+        let detail = json!({"archive_path": archive_path});
         sqlx::query(
             "WITH up AS (UPDATE files SET archived_at = now(), archive_path = $2 \
                WHERE id = $1 AND archived_at IS NULL RETURNING id) \
-             INSERT INTO file_events (file_id, status, detail) SELECT id, $3, $4 FROM up",
+             INSERT INTO file_events (file_id, status, detail, mac) SELECT id, $3, $4, $5 FROM up",
         )
         .bind(file_id)
         .bind(archive_path)
         .bind(ARCHIVE_SUCCEEDED)
-        .bind(json!({"archive_path": archive_path}))
+        .bind(&detail)
+        .bind(file_event_mac(
+            &self.audit_key,
+            ARCHIVE_SUCCEEDED,
+            &detail,
+            FileBinding::Id(file_id),
+        ))
         .execute(&self.pool)
         .await
         .step("recording the archive move")?;
@@ -682,8 +747,20 @@ impl ArchiveStore for PgStore {
     async fn resolve_superseded(
         &self,
         id: i64,
+        file_id: Option<i64>,
         archive_path: Option<&str>,
     ) -> Result<(), StoreError> {
+        let detail = json!({"archive_path": archive_path, "superseded": true});
+        // The event is written only for a version with a `files` row,
+        // which the caller read with the superseded row (never changed).
+        let mac = file_id.map(|f| {
+            file_event_mac(
+                &self.audit_key,
+                ARCHIVE_SUCCEEDED,
+                &detail,
+                FileBinding::Id(f),
+            )
+        });
         // One statement: the superseded row, and a claimed version's row
         // with its one `archive_succeeded` event when it was moved (once per
         // move: the superseded row resolves once; a version archived before
@@ -693,12 +770,13 @@ impl ArchiveStore for PgStore {
                WHERE id = $1 AND resolved_at IS NULL RETURNING file_id), \
              up AS (UPDATE files f SET archived_at = now(), archive_path = $2 FROM s \
                WHERE $2::text IS NOT NULL AND f.id = s.file_id RETURNING f.id) \
-             INSERT INTO file_events (file_id, status, detail) SELECT id, $3, $4 FROM up",
+             INSERT INTO file_events (file_id, status, detail, mac) SELECT id, $3, $4, $5 FROM up",
         )
         .bind(id)
         .bind(archive_path)
         .bind(ARCHIVE_SUCCEEDED)
-        .bind(json!({"archive_path": archive_path, "superseded": true}))
+        .bind(&detail)
+        .bind(mac)
         .execute(&self.pool)
         .await
         .step("resolving a superseded version")?;
@@ -733,16 +811,24 @@ impl Drop for HousekeepingLease {
     }
 }
 
+/// Writes one `file_events` row of a known file, with its MAC.
 pub(crate) async fn insert_event(
     tx: &mut sqlx::Transaction<'_, Postgres>,
+    key: &AuditKey,
     file_id: i64,
     status: &str,
     detail: &Value,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO file_events (file_id, status, detail) VALUES ($1, $2, $3)")
+    sqlx::query("INSERT INTO file_events (file_id, status, detail, mac) VALUES ($1, $2, $3, $4)")
         .bind(file_id)
         .bind(status)
         .bind(detail)
+        .bind(file_event_mac(
+            key,
+            status,
+            detail,
+            FileBinding::Id(file_id),
+        ))
         .execute(&mut **tx)
         .await
         .step("recording a file event")?;

@@ -72,6 +72,7 @@ forward!(
         fn prune_run_details(&self, older_than: Duration) -> u64;
         fn record_dry_run(&self, row: &DryRunRow<'_>) -> ();
         fn backlog(&self) -> Backlog;
+        fn seal_audit_chain(&self) -> crate::store::audit_chain::Sealed;
     }
     {
         async fn warm_up(&self, connections: usize) {
@@ -93,7 +94,7 @@ forward!(ClaimStore {
         detail: &Value,
         notification: Option<&Value>
     ) -> ();
-    fn rearchive(&self, file_ids: &[i64]) -> ();
+    fn rearchive(&self, run_id: Uuid, file_ids: &[i64]) -> ();
     fn record_read_failure(
         &self,
         remitter: &str,
@@ -116,7 +117,7 @@ forward!(ArchiveStore {
     fn archive_candidates(&self) -> Vec<ArchiveCandidate>;
     fn mark_archived(&self, file_id: i64, archive_path: &str) -> ();
     fn pending_superseded(&self) -> Vec<SupersededFile>;
-    fn resolve_superseded(&self, id: i64, archive_path: Option<&str>) -> ();
+    fn resolve_superseded(&self, id: i64, file_id: Option<i64>, archive_path: Option<&str>) -> ();
     fn try_housekeeping_lock(&self) -> Option<Guard>;
 });
 

@@ -485,6 +485,7 @@ fn cli(api: &Api, args: &[&str]) -> (i32, String, String) {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("USER", "carol")
         .env("DATABASE_URL", &api.db_url)
+        .env("AUDIT_KEY", &api.audit_key)
         .output()
         .expect("run the coordinator binary");
     (
@@ -619,6 +620,10 @@ async fn the_token_and_audit_commands() {
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     let (code, _, err) = cli(&api, &["audit", "export", "--since", "soon"]);
     assert_eq!(code, 2, "{err}");
+    // Every row written above (API and CLI) carries a MAC that verifies.
+    let (code, out, err) = cli(&api, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("ok: 6 rows checked"), "{out}");
     api.finish().await;
 }
 

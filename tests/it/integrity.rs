@@ -513,3 +513,42 @@ async fn old_runs_lose_their_per_file_list_and_keep_their_counts() {
     assert_eq!(recent["files"].as_array().unwrap().len(), 1, "{recent}");
     app.finish().await;
 }
+
+/// A run's listing may see a file just before a background pass moves it;
+/// its plan, reading the rows after the move, then takes the file for one
+/// uploaded again. Only a move recorded before the run started is requeued
+/// (else the pass "moves" it again and its history gets a second
+/// `archive_succeeded`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_files_archived_before_the_run_started_are_archived_again() {
+    use coordinator::store::ClaimStore;
+    let s = StoreDb::new().await;
+    let owner = join_instance(&s.db, "rearchiver").await;
+    let run = running_run(&s.db, owner, "rearchiver").await;
+    let mut ids = Vec::new();
+    for (name, offset) in [("before.csv", "-1 second"), ("after.csv", "1 second")] {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, group_key, archived_at) \
+             VALUES ('acme', $1, $1, md5($1), 1, now(), 'success', 'acme/' || $1, \
+                     (SELECT started_at FROM runs WHERE id = $2) + $3::interval) RETURNING id",
+        )
+        .bind(name)
+        .bind(run)
+        .bind(offset)
+        .fetch_one(&s.db)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    s.store.rearchive(run, &ids).await.unwrap();
+    let queued: Vec<(String, bool)> =
+        sqlx::query_as("SELECT file_name, archived_at IS NULL FROM files ORDER BY id")
+            .fetch_all(&s.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        queued,
+        [("before.csv".into(), true), ("after.csv".into(), false)]
+    );
+    s.finish().await;
+}

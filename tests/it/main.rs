@@ -14,6 +14,7 @@ mod remitter;
 mod access;
 mod api;
 mod archive_races;
+mod audit_chain;
 mod extraction_failures;
 mod faults;
 mod happy_path;

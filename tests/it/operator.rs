@@ -22,8 +22,19 @@ pub(crate) struct Api {
     pub(crate) token: String,
     pub(crate) db: PgPool,
     pub(crate) db_url: String,
+    /// The `AUDIT_KEY` the router writes with (the CLI needs the same).
+    pub(crate) audit_key: String,
     db_name: String,
     admin_url: String,
+}
+
+/// The `AUDIT_KEY` of a test configuration.
+pub(crate) fn args_key(a: &coordinator::config::ConfigArgs) -> String {
+    a.audit
+        .audit_key
+        .as_ref()
+        .map(|k| k.expose().to_string())
+        .expect("the tests give every coordinator an AUDIT_KEY")
 }
 
 impl Api {
@@ -52,6 +63,7 @@ impl Api {
             token: p.token.expect("a token"),
             db,
             db_url: p.db_url.clone(),
+            audit_key: args_key(&p.args),
             db_name: p.db_name,
             admin_url: p.admin_url,
         }

@@ -1094,6 +1094,7 @@ async fn a_revoked_token_stops_working_on_another_instance_within_5_seconds() {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", &p.db_url)
+        .env("AUDIT_KEY", crate::operator::args_key(&p.args))
         .output()
         .expect("coordinator token create");
     assert!(
