@@ -2,12 +2,13 @@
 //! document is registered through [`needs`], which declares the least
 //! [`Role`] it takes and the action it is in the audit trail: the same call
 //! guards the route (`401` for a bearer that does not verify, `403`, with an
-//! `audit_events` row, for a role below it) and writes the role into the
+//! `audit_events` row, for a role below it; `503` when the credentials
+//! cannot be checked: the database or the JWKS unreachable) and writes the role into the
 //! route's OpenAPI operation (`security: bearer: [role]`, which OpenAPI 3.1
 //! allows for role names, and `x-required-role`).
 
 use super::{AppError, AppState};
-use crate::auth::{Principal, Role};
+use crate::auth::{AuthFailure, Principal, Role};
 use crate::store::{AuditEntry, Outcome};
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
@@ -135,11 +136,20 @@ pub(super) fn needs(
             for (code, text) in [
                 ("401", "`unauthorized`: no bearer, or one that is unknown, expired, revoked or does not verify".to_string()),
                 ("403", format!("`forbidden`: the caller's role is below `{role}`")),
+                ("503", "`credentials_unavailable`: the bearer could not be checked (the database or the identity provider's keys unreachable)".to_string()),
             ] {
-                op.responses
-                    .responses
-                    .entry(code.to_string())
-                    .or_insert_with(|| error_response(&text));
+                match op.responses.responses.get_mut(code) {
+                    // A route's own 503 gains the credentials' one.
+                    Some(RefOr::T(r)) if code == "503" => {
+                        r.description = format!("{}; {text}", r.description);
+                    }
+                    Some(_) => {}
+                    None => {
+                        op.responses
+                            .responses
+                            .insert(code.to_string(), error_response(&text));
+                    }
+                }
             }
             let note = format!("Needs role `{role}` or above.");
             op.description = Some(match op.description.take() {
@@ -189,6 +199,10 @@ async fn authorize(
             need.state.engine.metrics().auth_failed(failure.reason());
             tracing::warn!(reason = failure.reason(), detail = %failure, path = %req.uri().path(),
                 "request refused: bearer not accepted");
+            // The bearer may well be good: say the check failed, not the caller.
+            if let AuthFailure::Unavailable(why) = failure {
+                return Err(AppError::CredentialsUnavailable(why));
+            }
             return Err(AppError::Unauthorized);
         }
     };

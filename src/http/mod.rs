@@ -66,6 +66,9 @@ pub enum AppError {
     Unauthorized,
     /// The caller's role may not do this.
     Forbidden(String),
+    /// The bearer could not be checked now (the database or the identity
+    /// provider's keys unreachable): it may well be good.
+    CredentialsUnavailable(String),
     /// The run could not be performed, or another run holds the lock.
     RunFailed(RunError),
     /// No such route.
@@ -117,7 +120,7 @@ pub struct ErrorBody {
     /// Stable machine code: `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
     /// `method_not_allowed`, `not_retryable`, `not_resolvable`,
     /// `run_in_progress`, `payload_too_large`, `uri_too_long`,
-    /// `database_error`, `draining`, `run_handed_over`, or a failed run's code (`scan_failed`,
+    /// `database_error`, `credentials_unavailable`, `draining`, `run_handed_over`, or a failed run's code (`scan_failed`,
     /// `database_unavailable`, `spool_unavailable`, `internal_error`).
     #[schema(example = "not_found")]
     pub error: String,
@@ -161,6 +164,13 @@ impl IntoResponse for AppError {
             AppError::Forbidden(message) => {
                 (StatusCode::FORBIDDEN, ErrorBody::new("forbidden", message))
             }
+            AppError::CredentialsUnavailable(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody::new(
+                    "credentials_unavailable",
+                    format!("the bearer could not be checked now; try again: {why}"),
+                ),
+            ),
             AppError::RunFailed(e) => {
                 let status = e.http_status();
                 return (status, Json(e.body())).into_response();
@@ -642,6 +652,7 @@ mod tests {
         let errors = [
             AppError::Unauthorized,
             AppError::Forbidden("role viewer may not".into()),
+            AppError::CredentialsUnavailable("JWKS down".into()),
             AppError::RunFailed(RunError::Busy { running: None }),
             AppError::RunFailed(RunError::Busy {
                 running: Some(Uuid::new_v4()),

@@ -857,4 +857,24 @@ async fn jwts_of_the_identity_provider() {
         "{metrics}"
     );
     api.finish().await;
+
+    // Keys that cannot be had: the bearer may be good, so not 401 but 503.
+    let dark = Api::with_args(|a| {
+        a.oidc_issuer = Some(idp.issuer().to_string());
+        a.oidc_audience = Some(idp.audience().to_string());
+        a.oidc_jwks_url = Some("http://127.0.0.1:9/jwks".to_string());
+    })
+    .await;
+    let (status, body) = dark
+        .call_as("GET", "/api/v1/coordinator/runs", None, Some(&viewer))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("credentials_unavailable")
+        ),
+        "{body}"
+    );
+    dark.finish().await;
 }
