@@ -1,6 +1,6 @@
 //! The command line (CONTRACT §2).
 
-use crate::config::{AuditKeyArgs, ConfigArgs, DbArgs, Env};
+use crate::config::{BaseArgs, ConfigArgs, DbArgs};
 use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Takes remittance files from an SMB share into the finance back office:
@@ -98,7 +98,7 @@ pub enum TokenCommand {
         expires_in_days: Option<u32>,
         /// The database and the audit key.
         #[command(flatten)]
-        admin: AdminArgs,
+        admin: BaseArgs,
     },
     /// Lists every token: name, role, created, expires, last used, revoked (never a secret).
     List {
@@ -112,23 +112,8 @@ pub enum TokenCommand {
         name: String,
         /// The database and the audit key.
         #[command(flatten)]
-        admin: AdminArgs,
+        admin: BaseArgs,
     },
-}
-
-/// The database and the audit key: what `audit verify` and the commands
-/// that write audit rows (`token create`, `token revoke`) need.
-#[derive(Debug, Args)]
-pub struct AdminArgs {
-    /// The database.
-    #[command(flatten)]
-    pub db: DbArgs,
-    /// The key the coordinator writes with.
-    #[command(flatten)]
-    pub audit: AuditKeyArgs,
-    /// Deployment environment (local: without AUDIT_KEY, the development key)
-    #[arg(long, env = "ENV", value_enum, default_value_t = Env::Prod)]
-    pub env: Env,
 }
 
 /// `coordinator audit ...`.
@@ -138,7 +123,7 @@ pub enum AuditCommand {
     /// checked, 1 naming the first row that was changed, inserted behind the
     /// coordinator's back, or whose successor was deleted, 2 on a
     /// configuration or database error.
-    Verify(AdminArgs),
+    Verify(BaseArgs),
     /// Writes the audit trail from --since until --until (dates or RFC 3339
     /// times; a date is midnight UTC) as JSON lines on standard output, oldest first.
     Export {

@@ -3,8 +3,8 @@
 //! database, and those that write or check the chain `AUDIT_KEY`.
 
 use crate::app::migrated_store;
-use crate::cli::{AdminArgs, AuditCommand, TokenCommand};
-use crate::config::DbArgs;
+use crate::cli::{AuditCommand, TokenCommand};
+use crate::config::{BaseArgs, DbArgs};
 use crate::http::new_token_secret;
 use crate::store::{AuditEntry, AuditFilter, AuditKey, AuditStore, NewToken, Outcome, TokenStore};
 use anyhow::Context;
@@ -54,7 +54,7 @@ async fn store(db: DbArgs) -> anyhow::Result<crate::store::PgStore> {
 
 /// A store that writes audit rows with `AUDIT_KEY` (the development key only
 /// with `ENV=local`, said on standard error).
-async fn keyed_store(admin: AdminArgs) -> anyhow::Result<crate::store::PgStore> {
+async fn keyed_store(admin: BaseArgs) -> anyhow::Result<crate::store::PgStore> {
     let key = dev_key_warned(admin.audit.resolve(admin.env)?);
     Ok(store(admin.db).await?.with_audit_key(key))
 }
@@ -210,7 +210,7 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<i32> {
 
 /// `coordinator audit verify`: 0 and the rows checked on an intact chain,
 /// 1 naming the first row (or seal) at fault; reads only.
-async fn verify(args: AdminArgs) -> anyhow::Result<i32> {
+async fn verify(args: BaseArgs) -> anyhow::Result<i32> {
     let url = args.db.database_url()?;
     let key = dev_key_warned(args.audit.resolve(args.env)?);
     // The walk is one long statement by design: no "slow statement" line.

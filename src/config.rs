@@ -198,6 +198,23 @@ pub struct DbArgs {
     pub database_url_file: Option<PathBuf>,
 }
 
+/// What every program but `migrate` needs: the database, the audit key (to
+/// write or check the chain) and the deployment environment (which decides
+/// whether a missing key may be the development one). `ConfigArgs` holds it,
+/// and so do `token` and `audit`, so each variable is declared once.
+#[derive(Debug, Args, Clone)]
+pub struct BaseArgs {
+    /// The database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The key the coordinator writes with.
+    #[command(flatten)]
+    pub audit: AuditKeyArgs,
+    /// Deployment environment (local: API_TOKEN and AUDIT_KEY optional)
+    #[arg(long, env = "ENV", value_enum, default_value_t = Env::Prod)]
+    pub env: Env,
+}
+
 /// `AUDIT_KEY` and its `_FILE` twin: `serve`, `run` and `audit verify`.
 #[derive(Debug, Args, Clone)]
 pub struct AuditKeyArgs {
@@ -240,13 +257,9 @@ pub const DEVELOPMENT_AUDIT_KEY_WARNING: &str = "AUDIT_KEY is not set: the audit
 /// variable, or a file, is checked by `Config::from_args`.
 #[derive(Debug, Args, Clone)]
 pub struct ConfigArgs {
+    /// The database, the audit key and the deployment environment.
     #[command(flatten)]
-    pub db: DbArgs,
-    #[command(flatten)]
-    pub audit: AuditKeyArgs,
-    /// Deployment environment
-    #[arg(long, env = "ENV", value_enum, default_value_t = Env::Prod)]
-    pub env: Env,
+    pub base: BaseArgs,
     /// HTTP listen address
     #[arg(long, env = "BIND_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], 8080)))]
     pub bind_addr: SocketAddr,
@@ -560,13 +573,13 @@ impl Config {
     /// file. The first problem found is returned.
     pub fn from_args(a: ConfigArgs) -> Result<Self, ConfigError> {
         let api_token = secret(a.api_token, a.api_token_file, "API_TOKEN", "API_TOKEN_FILE")?;
-        if api_token.is_none() && a.env != Env::Local {
+        if api_token.is_none() && a.base.env != Env::Local {
             return Err(err(
                 "API_TOKEN",
                 "required unless ENV=local (or set API_TOKEN_FILE)",
             ));
         }
-        let database_url = a.db.database_url()?;
+        let database_url = a.base.db.database_url()?;
         let smb_password = secret(
             a.smb_password,
             a.smb_password_file,
@@ -589,14 +602,14 @@ impl Config {
         if a.smb_archive_dir == a.smb_source_dir {
             return Err(err("SMB_ARCHIVE_DIR", "must differ from SMB_SOURCE_DIR"));
         }
-        let audit_key = a.audit.resolve(a.env)?;
+        let audit_key = a.base.audit.resolve(a.base.env)?;
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         let mut warnings: Vec<String> = Vec::new();
         if audit_key.is_development() {
             warnings.push(DEVELOPMENT_AUDIT_KEY_WARNING.into());
         }
         Ok(Self {
-            env: a.env,
+            env: a.base.env,
             bind_addr: a.bind_addr,
             api_token,
             database_url,

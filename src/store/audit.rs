@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder};
 
-use super::audit_chain::{AuditEventRow, AuditKey, insert_audit_event};
+use super::audit_chain::insert_audit_event;
 use super::operator::{OperatorError, Page, page};
 use super::postgres::Step;
 use super::{PgStore, StoreError};
@@ -25,6 +25,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome of a stored name.
+    pub fn parse(s: &str) -> Option<Outcome> {
+        [Outcome::Ok, Outcome::Refused, Outcome::Failed]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -119,31 +126,6 @@ pub trait AuditStore: Send + Sync {
     ) -> Result<Vec<AuditView>, StoreError>;
 }
 
-impl From<&AuditEntry> for AuditEventRow {
-    fn from(e: &AuditEntry) -> Self {
-        AuditEventRow {
-            actor: e.actor.clone(),
-            role: e.role.clone(),
-            action: e.action.clone(),
-            target: e.target.clone(),
-            outcome: e.outcome.as_str().to_string(),
-            reason: e.reason.clone(),
-            remote_addr: e.remote_addr.clone(),
-            request_id: e.request_id.clone(),
-        }
-    }
-}
-
-/// Inserts one row, with its MAC, through `conn` (inside an action's
-/// transaction, the action and its record commit together).
-pub(crate) async fn insert_audit(
-    conn: &mut sqlx::PgConnection,
-    key: &AuditKey,
-    e: &AuditEntry,
-) -> Result<i64, StoreError> {
-    insert_audit_event(conn, key, &AuditEventRow::from(e)).await
-}
-
 const AUDIT_COLUMNS: &str =
     "id, at, actor, role, action, target, outcome, reason, remote_addr, request_id";
 
@@ -174,7 +156,7 @@ impl AuditStore for PgStore {
             .acquire()
             .await
             .step("acquiring a connection for the audit trail")?;
-        insert_audit(&mut conn, self.audit_key(), entry).await
+        insert_audit_event(&mut *conn, self.audit_key(), entry).await
     }
 
     async fn audit_page(

@@ -35,6 +35,7 @@ use sqlx::{PgPool, Postgres};
 use std::collections::HashMap;
 
 use super::StoreError;
+use super::audit::{AuditEntry, Outcome};
 use super::postgres::{AUDIT_SEAL_LOCK_KEY, Step};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -303,36 +304,16 @@ fn file_event_mac_ok(
     check(FileBinding::Id(file_id)) || version.is_some_and(check)
 }
 
-/// One `audit_events` row as its writer gives it (CONTRACT §11); `id` and
-/// `at` are the database's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEventRow {
-    /// Token name or JWT subject; `anonymous` when none.
-    pub actor: String,
-    /// The actor's role, when known.
-    pub role: Option<String>,
-    /// What was done or attempted (`run.start`, `token.create`, ...).
-    pub action: String,
-    /// Run id, file id or token name.
-    pub target: Option<String>,
-    /// `ok`, `refused` or `failed`.
-    pub outcome: String,
-    /// Why (an operator's reason, or why it was refused or failed).
-    pub reason: Option<String>,
-    /// The caller's address.
-    pub remote_addr: Option<String>,
-    /// The request's id.
-    pub request_id: Option<String>,
-}
-
-fn audit_event_message(nonce: &[u8], row: &AuditEventRow) -> Enc {
+/// What an `audit_events` row's MAC covers: every column but `id` and `at`
+/// (the database's), as its writer gives them.
+fn audit_event_message(nonce: &[u8], row: &AuditEntry) -> Enc {
     let mut e = Enc::with("coordinator/audit_events/mac/v1");
     e.bytes(nonce)
         .str(&row.actor)
         .opt(o(&row.role))
         .str(&row.action)
         .opt(o(&row.target))
-        .str(&row.outcome)
+        .str(row.outcome.as_str())
         .opt(o(&row.reason))
         .opt(o(&row.remote_addr))
         .opt(o(&row.request_id));
@@ -340,14 +321,14 @@ fn audit_event_message(nonce: &[u8], row: &AuditEventRow) -> Enc {
 }
 
 /// The `mac` of a new `audit_events` row: nonce, then tag.
-pub fn audit_event_mac(key: &AuditKey, row: &AuditEventRow) -> Vec<u8> {
+pub fn audit_event_mac(key: &AuditKey, row: &AuditEntry) -> Vec<u8> {
     let n = nonce();
     let mut mac = n.to_vec();
     mac.extend_from_slice(&key.tag(&audit_event_message(&n, row).0));
     mac
 }
 
-fn audit_event_mac_ok(key: &AuditKey, mac: &[u8], row: &AuditEventRow) -> bool {
+fn audit_event_mac_ok(key: &AuditKey, mac: &[u8], row: &AuditEntry) -> bool {
     if mac.len() != MAC_LEN {
         return false;
     }
@@ -362,7 +343,7 @@ fn audit_event_mac_ok(key: &AuditKey, mac: &[u8], row: &AuditEventRow) -> bool {
 pub async fn insert_audit_event<'e, E>(
     executor: E,
     key: &AuditKey,
-    row: &AuditEventRow,
+    row: &AuditEntry,
 ) -> Result<i64, StoreError>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
@@ -375,7 +356,7 @@ where
     .bind(&row.role)
     .bind(&row.action)
     .bind(&row.target)
-    .bind(&row.outcome)
+    .bind(row.outcome.as_str())
     .bind(&row.reason)
     .bind(&row.remote_addr)
     .bind(&row.request_id)
@@ -511,17 +492,18 @@ impl Record for FileEventRecord {
 }
 
 impl AuditEventRecord {
-    fn row(&self) -> AuditEventRow {
-        AuditEventRow {
+    /// The row as its writer gave it; `None` for an outcome no writer writes.
+    fn entry(&self) -> Option<AuditEntry> {
+        Some(AuditEntry {
             actor: self.actor.clone(),
             role: self.role.clone(),
             action: self.action.clone(),
             target: self.target.clone(),
-            outcome: self.outcome.clone(),
+            outcome: Outcome::parse(&self.outcome)?,
             reason: self.reason.clone(),
             remote_addr: self.remote_addr.clone(),
             request_id: self.request_id.clone(),
-        }
+        })
     }
 }
 
@@ -552,7 +534,8 @@ impl Record for AuditEventRecord {
         digest8(&e)
     }
     fn mac_ok(&self, key: &AuditKey, mac: &[u8]) -> bool {
-        audit_event_mac_ok(key, mac, &self.row())
+        self.entry()
+            .is_some_and(|row| audit_event_mac_ok(key, mac, &row))
     }
 }
 
@@ -1309,12 +1292,12 @@ mod tests {
     #[test]
     fn an_audit_mac_covers_every_field() {
         let key = AuditKey::development();
-        let row = AuditEventRow {
+        let row = AuditEntry {
             actor: "alice".into(),
             role: Some("operator".into()),
             action: "run.start".into(),
             target: None,
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             reason: None,
             remote_addr: Some("127.0.0.1".into()),
             request_id: Some("req".into()),

@@ -14,7 +14,7 @@ mod work;
 pub use audit::{AuditEntry, AuditFilter, AuditStore, AuditView, Outcome};
 pub use instances::{InstanceInfo, InstanceStore, InstanceView, Joined};
 
-pub use audit_chain::{AuditEventRow, AuditKey, ChainHead, insert_audit_event};
+pub use audit_chain::{AuditKey, ChainHead, insert_audit_event};
 pub use operator::{
     EventView, FileDetail, FileFilter, FileView, NotificationView, OperatorError, OperatorStore,
     Page, RunView, StatusFilter,

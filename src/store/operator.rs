@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::audit::{AuditEntry, insert_audit};
+use super::audit::AuditEntry;
+use super::audit_chain::insert_audit_event;
 use super::postgres::{Step, insert_event};
 use super::{PgStore, StoreError};
 use crate::domain::{FileStatus, OpsVerdict};
@@ -282,7 +283,7 @@ impl PgStore {
             &json!({"reason": reason, "by": "operator", "actor": audit.actor}),
         )
         .await?;
-        insert_audit(&mut tx, self.audit_key(), audit).await?;
+        insert_audit_event(&mut *tx, self.audit_key(), audit).await?;
         let file = self.file_view(&mut tx, id).await?;
         tx.commit().await.step("committing an operator's status")?;
         Ok(file)

@@ -20,7 +20,7 @@ use std::time::Duration;
 /// An archiver of `app`'s share and database over `source`, as a second
 /// instance would run it.
 async fn archiver(app: &TestApp, source: Arc<dyn FileSource>) -> Arc<Archiver> {
-    let url = String::from(app.args.db.database_url.as_ref().unwrap().expose());
+    let url = String::from(app.args.base.db.database_url.as_ref().unwrap().expose());
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .connect(&url)

@@ -6,7 +6,7 @@
 
 use crate::helpers::{Opts, TestApp, TestEnv, spawn_app};
 use coordinator::store::audit_chain::canonical_json;
-use coordinator::store::{AuditEventRow, AuditKey, insert_audit_event};
+use coordinator::store::{AuditEntry, AuditKey, Outcome, insert_audit_event};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -26,14 +26,17 @@ async fn app_with_history() -> TestApp {
     // The run writes its own `run.start` row; two more are written here.
     app.run_ok().await;
     let key = key_of(&app);
-    for (action, outcome) in [("run.start", "ok"), ("token.create", "refused")] {
-        let row = AuditEventRow {
+    for (action, outcome) in [
+        ("run.start", Outcome::Ok),
+        ("token.create", Outcome::Refused),
+    ] {
+        let row = AuditEntry {
             actor: "alice".into(),
             role: Some("operator".into()),
             action: action.into(),
             target: Some("ops-token".into()),
-            outcome: outcome.into(),
-            reason: (outcome == "refused").then(|| "operator may not manage tokens".into()),
+            outcome,
+            reason: (outcome == Outcome::Refused).then(|| "operator may not manage tokens".into()),
             remote_addr: Some("127.0.0.1".into()),
             request_id: None,
         };
@@ -48,6 +51,7 @@ async fn app_with_history() -> TestApp {
 
 fn key_text(app: &TestApp) -> String {
     app.args
+        .base
         .audit
         .audit_key
         .as_ref()
@@ -91,6 +95,7 @@ async fn all_sealed(app: &TestApp) {
 async fn verify(app: &TestApp, key: &str) -> (Option<i32>, String) {
     let url = app
         .args
+        .base
         .db
         .database_url
         .as_ref()
@@ -404,12 +409,12 @@ async fn rows_from_before_the_chain_are_sealed_once_as_legacy() {
 
     MIGRATOR.run(&db).await.unwrap();
     let key = AuditKey::new(b"the upgrade test's key").unwrap();
-    let row = AuditEventRow {
+    let row = AuditEntry {
         actor: "alice".into(),
         role: Some("admin".into()),
         action: "token.create".into(),
         target: Some("ops".into()),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         reason: None,
         remote_addr: None,
         request_id: None,

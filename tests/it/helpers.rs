@@ -179,7 +179,8 @@ impl Prepared {
             ("SPOOL_DIR", a.spool_dir.display().to_string()),
             (
                 "AUDIT_KEY",
-                a.audit
+                a.base
+                    .audit
                     .audit_key
                     .as_ref()
                     .map(|k| k.expose().to_string())

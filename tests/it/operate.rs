@@ -509,7 +509,7 @@ async fn metrics_need_no_token_and_move_with_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_migrates_only_what_is_missing() {
     let app = spawn_app(Opts::default()).await;
-    let url = String::from(app.args.db.database_url.as_ref().unwrap().expose());
+    let url = String::from(app.args.base.db.database_url.as_ref().unwrap().expose());
     let store = coordinator::store::PgStore::connect_lazy(&url).unwrap();
     assert!(store.migrations_applied().await, "spawn_app migrated");
     store.migrate().await.unwrap();

@@ -30,7 +30,8 @@ pub(crate) struct Api {
 
 /// The `AUDIT_KEY` of a test configuration.
 pub(crate) fn args_key(a: &coordinator::config::ConfigArgs) -> String {
-    a.audit
+    a.base
+        .audit
         .audit_key
         .as_ref()
         .map(|k| k.expose().to_string())
