@@ -222,32 +222,16 @@ async fn an_operators_actions_carry_her_name() {
     let api = Api::new().await;
     let alice = api.named_token("alice", "operator").await;
     let id = api.file("acme", "a.csv", "itm_failed").await;
-    let (status, body) = api
-        .call_as(
-            "POST",
-            &format!("/api/v1/coordinator/files/{id}/retry"),
-            Some(json!({"reason": "ITM is back"})),
-            Some(&alice),
-        )
-        .await;
+    let as_alice = async |action: &str, body: Value| {
+        let uri = format!("/api/v1/coordinator/files/{id}/{action}");
+        api.call_as("POST", &uri, Some(body), Some(&alice)).await
+    };
+    let (status, body) = as_alice("retry", json!({"reason": "ITM is back"})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = api
-        .call_as(
-            "POST",
-            &format!("/api/v1/coordinator/files/{id}/retry"),
-            Some(json!({"reason": "again"})),
-            Some(&alice),
-        )
-        .await;
+    let (status, body) = as_alice("retry", json!({"reason": "again"})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    let (status, body) = api
-        .call_as(
-            "POST",
-            &format!("/api/v1/coordinator/files/{id}/resolve"),
-            Some(json!({"status": "ops_keyed_by_hand", "reason": "done by hand"})),
-            Some(&alice),
-        )
-        .await;
+    let verdict = json!({"status": "ops_keyed_by_hand", "reason": "done by hand"});
+    let (status, body) = as_alice("resolve", verdict).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
     let rows: Vec<AuditRow> = sqlx::query_as(
