@@ -68,6 +68,8 @@ pub fn build_engine(cfg: &Config, store: PgStore) -> anyhow::Result<Arc<Engine>>
         stable_check_interval: cfg.stable_check_interval,
         max_concurrent_files: cfg.max_concurrent_files,
         read_failure_notify_after: cfg.read_failure_notify_after,
+        duplicate_content: cfg.duplicate_content,
+        duplicate_window_days: cfg.duplicate_window_days,
         run_detail_retention: cfg.run_detail_retention,
         delivery_budget: DELIVERY_BUDGET,
     };

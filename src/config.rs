@@ -83,6 +83,16 @@ impl TryFrom<clap::Error> for ConfigError {
     }
 }
 
+/// What a run does with a file whose content was claimed for its remitter
+/// under another name (CONTRACT §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DuplicateContent {
+    /// Send it like any other file (the behaviour before CONTRACT §12).
+    Process,
+    /// Claim it as `duplicate_content`, send nothing, tell IQube once.
+    Hold,
+}
+
 /// Deployment environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Env {
@@ -373,6 +383,12 @@ pub struct ConfigArgs {
     /// Days a finished run keeps its per-file list (its counts are kept for good); 0 = forever
     #[arg(long, env = "RUN_DETAIL_RETENTION_DAYS", default_value_t = 30)]
     pub run_detail_retention_days: u32,
+    /// A new file with the same content as one claimed for its remitter under another name: process it, or hold it (status duplicate_content)
+    #[arg(long, env = "DUPLICATE_CONTENT", value_enum, default_value_t = DuplicateContent::Process)]
+    pub duplicate_content: DuplicateContent,
+    /// Days after a file's claim during which the same content under another name is a duplicate (with DUPLICATE_CONTENT=hold), 1 to 3650
+    #[arg(long, env = "DUPLICATE_WINDOW_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub duplicate_window_days: u32,
     /// This process's name among the instances on one database; two live processes may not share one [default: <host name>:<process id>]
     #[arg(long, env = "INSTANCE_ID", default_value_t = default_instance_id(), hide_default_value = true, value_parser = instance_id)]
     pub instance_id: String,
@@ -447,6 +463,10 @@ pub struct Config {
     pub spool_dir: PathBuf,
     /// Failed reads of one version before IQube is told.
     pub read_failure_notify_after: u32,
+    /// Process or hold the same content under another name (CONTRACT §12).
+    pub duplicate_content: DuplicateContent,
+    /// Days after a claim during which the same content is a duplicate.
+    pub duplicate_window_days: u32,
     /// Period of the background housekeeping pass (None: only after runs).
     pub housekeeping_interval: Option<Duration>,
     /// Period of the runs `serve` starts by itself (None: only on request).
@@ -638,6 +658,8 @@ impl Config {
             ignore: a.ignore_name_patterns,
             spool_dir: a.spool_dir,
             read_failure_notify_after: a.read_failure_notify_after,
+            duplicate_content: a.duplicate_content,
+            duplicate_window_days: a.duplicate_window_days,
             housekeeping_interval: nonzero(a.housekeeping_interval_secs),
             run_interval: nonzero(a.run_interval_secs),
             run_detail_retention: nonzero(Duration::from_secs(

@@ -20,6 +20,10 @@ pub enum FileStatus {
     ExtractionServiceFailed,
     /// ITM did not accept the result.
     ItmFailed,
+    /// Held, not sent: the same content as a file claimed for the same
+    /// remitter under another name within `DUPLICATE_WINDOW_DAYS`
+    /// (CONTRACT §12, `DUPLICATE_CONTENT=hold`).
+    DuplicateContent,
     /// An operator asked for a failed file to be sent again: the next run
     /// that finds this version in the source claims it again.
     RetryRequested,
@@ -63,22 +67,25 @@ pub struct InvalidStatus(pub String);
 
 impl FileStatus {
     /// Every status but an operator's verdict, which is `ops_` and a word.
-    pub const NAMED: [FileStatus; 7] = [
+    pub const NAMED: [FileStatus; 8] = [
         Self::Processing,
         Self::Success,
         Self::ExtractionFilePasswordFailed,
         Self::ExtractionFileFailed,
         Self::ExtractionServiceFailed,
         Self::ItmFailed,
+        Self::DuplicateContent,
         Self::RetryRequested,
     ];
 
-    /// The four statuses that end processing with a failure.
-    pub const FAILURES: [FileStatus; 4] = [
+    /// The statuses that end processing with a failure (awaiting an
+    /// operator): the four downstream failures and a held duplicate.
+    pub const FAILURES: [FileStatus; 5] = [
         Self::ExtractionFilePasswordFailed,
         Self::ExtractionFileFailed,
         Self::ExtractionServiceFailed,
         Self::ItmFailed,
+        Self::DuplicateContent,
     ];
 
     /// The name stored in Postgres and shown in JSON.
@@ -90,6 +97,7 @@ impl FileStatus {
             Self::ExtractionFileFailed => "extraction_file_failed",
             Self::ExtractionServiceFailed => "extraction_service_failed",
             Self::ItmFailed => "itm_failed",
+            Self::DuplicateContent => "duplicate_content",
             Self::RetryRequested => "retry_requested",
             Self::Ops(v) => v.as_str(),
         }
@@ -124,6 +132,7 @@ impl std::str::FromStr for FileStatus {
             "extraction_file_failed" => Self::ExtractionFileFailed,
             "extraction_service_failed" => Self::ExtractionServiceFailed,
             "itm_failed" => Self::ItmFailed,
+            "duplicate_content" => Self::DuplicateContent,
             "retry_requested" => Self::RetryRequested,
             other => Self::Ops(OpsVerdict::try_from(other)?),
         })
@@ -238,6 +247,7 @@ mod tests {
                 "extraction_file_failed",
                 "extraction_service_failed",
                 "itm_failed",
+                "duplicate_content",
                 "retry_requested",
             ],
             "NAMED (the API's pattern) lists every status but a verdict"
@@ -283,6 +293,11 @@ pub enum Decision {
     Processed,
     /// A dry run's verdict: a real run would claim it and send it downstream.
     WouldProcess,
+    /// Claimed and held, not sent: the same content as an earlier file of
+    /// the remitter under another name (`DUPLICATE_CONTENT=hold`).
+    HeldDuplicate,
+    /// A dry run's verdict: a real run would hold it as a duplicate.
+    WouldHoldDuplicate,
     /// Could not be read or recorded; nothing was sent.
     Error,
     /// Not started: the coordinator was stopping (SIGTERM). Untouched; the

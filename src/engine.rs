@@ -45,6 +45,10 @@ pub struct RunSettings {
     pub max_concurrent_files: usize,
     /// Failed reads of one file version before IQube is told (once).
     pub read_failure_notify_after: u32,
+    /// Process or hold the same content under another name (CONTRACT §12).
+    pub duplicate_content: crate::config::DuplicateContent,
+    /// Days after a claim during which the same content is a duplicate.
+    pub duplicate_window_days: u32,
     /// How long a finished run keeps its per-file list (None: forever).
     pub run_detail_retention: Option<Duration>,
     /// Most time one background pass spends delivering notifications.
@@ -72,6 +76,11 @@ pub struct Summary {
     pub failed: usize,
     /// Dry runs only: files a real run would claim and send downstream.
     pub would_process: usize,
+    /// Claimed and held as the same content as an earlier file under another
+    /// name (`DUPLICATE_CONTENT=hold`); not sent, awaiting an operator.
+    pub held_duplicates: usize,
+    /// Dry runs only: files a real run would hold as duplicates.
+    pub would_hold_duplicate: usize,
     /// Files that could not be read or recorded.
     pub errors: usize,
     /// Stable files not started because the coordinator was stopping; the
@@ -109,7 +118,11 @@ impl Summary {
     fn push(&mut self, r: FileReport) {
         let always = matches!(
             r.decision,
-            Decision::Processed | Decision::WouldProcess | Decision::Error
+            Decision::Processed
+                | Decision::WouldProcess
+                | Decision::Error
+                | Decision::HeldDuplicate
+                | Decision::WouldHoldDuplicate
         );
         match r.decision {
             Decision::Ignored => self.ignored += 1,
@@ -125,6 +138,8 @@ impl Summary {
                 }
             }
             Decision::WouldProcess => self.would_process += 1,
+            Decision::HeldDuplicate => self.held_duplicates += 1,
+            Decision::WouldHoldDuplicate => self.would_hold_duplicate += 1,
             Decision::Error => self.errors += 1,
             Decision::Deferred => {
                 self.deferred += 1;

@@ -4,13 +4,14 @@
 
 pub mod kept;
 
+use crate::config::DuplicateContent;
 use crate::domain::{Decision, FileStatus};
 use crate::downstream::{FoiOutcome, ItmSubmission, Notification};
 use crate::engine::{Deps, RunSettings};
 use crate::plan::Unstable;
 use crate::scan::Candidate;
 use crate::source::{Content, SourceError};
-use crate::store::{Claim, ClaimRequest, StoreError, TRANSIENT_RETRY};
+use crate::store::{Claim, ClaimRequest, Earlier, StoreError, TRANSIENT_RETRY};
 use backon::Retryable;
 use kept::{KeptOutcome, Outcome};
 use serde_json::json;
@@ -257,6 +258,8 @@ impl Processor {
             seq,
             holder: self.holder,
             token: Uuid::new_v4(),
+            duplicate_window_days: self.settings.duplicate_window_days,
+            find_copies: self.settings.duplicate_content == DuplicateContent::Hold,
         };
         // Tried again through a database blip with the same token: a claim
         // whose answer was lost is found as this process's own.
@@ -271,7 +274,19 @@ impl Processor {
             Ok(Claim::New {
                 id,
                 token,
+                copy_of: Some(earlier),
+                ..
+            }) => {
+                return Claimed::Done(
+                    self.hold_copy(run_id, c, &fetched.md5, id, token, earlier)
+                        .await,
+                );
+            }
+            Ok(Claim::New {
+                id,
+                token,
                 recovered,
+                copy_of: None,
             }) => {
                 if recovered {
                     self.deps.metrics.claim_taken_over();
@@ -313,6 +328,60 @@ impl Processor {
             _spool: spool,
             _in_flight: self.deps.metrics.file_in_flight(),
         })
+    }
+
+    /// Holds a claimed file whose content `earlier` brought first
+    /// (CONTRACT §12, `DUPLICATE_CONTENT=hold`): status `duplicate_content`
+    /// with the earlier file in the event's detail, one IQube
+    /// `file_failed`, written like any outcome (kept through a database
+    /// blip); nothing is sent.
+    async fn hold_copy(
+        &self,
+        run_id: Uuid,
+        c: &Candidate,
+        md5: &str,
+        file_id: i64,
+        token: Uuid,
+        earlier: Earlier,
+    ) -> FileReport {
+        let status = FileStatus::DuplicateContent;
+        let reason = format!(
+            "the same content as {} (file {}), claimed for this remitter under that name; \
+             not sent (retry it to send it as new, or resolve it)",
+            earlier.file_name, earlier.id
+        );
+        tracing::info!(duplicate_of = earlier.id, duplicate_of_name = %earlier.file_name, "held: the same content under another name");
+        let notification = Notification::FileFailed {
+            run_id,
+            remitter: &c.remitter,
+            file_name: &c.entry.name,
+            status: &status,
+            reason: &reason,
+        }
+        .payload();
+        let kept = KeptOutcome {
+            remitter: c.remitter.clone(),
+            file_name: c.entry.name.clone(),
+            md5: md5.to_string(),
+            file_id,
+            token,
+            outcome: Outcome {
+                status,
+                detail: json!({
+                    "reason": reason,
+                    "duplicate_of": earlier.id,
+                    "duplicate_of_name": earlier.file_name,
+                    "run_id": run_id,
+                }),
+                failure: Some(reason.clone()),
+                notification: Some(notification),
+            },
+        };
+        let mut report = self.record(c, kept).await;
+        if report.decision == Decision::Processed {
+            report.decision = Decision::HeldDuplicate;
+        }
+        report
     }
 
     /// The second half: FOI, then ITM, and the outcome recorded (with the

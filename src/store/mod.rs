@@ -148,6 +148,21 @@ pub struct ClaimRequest<'a> {
     pub mtime: DateTime<Utc>,
     /// Change time at the second look.
     pub ctime: DateTime<Utc>,
+    /// Days after a claim during which the same content under another name
+    /// is a copy of it (`DUPLICATE_WINDOW_DAYS`).
+    pub duplicate_window_days: u32,
+    /// Whether to name the earlier file when this content has one
+    /// (`DUPLICATE_CONTENT=hold`; one more query, on that path only).
+    pub find_copies: bool,
+}
+
+/// The file that brought a content first, of which a new claim is a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Earlier {
+    /// Its `files.id`.
+    pub id: i64,
+    /// Its name.
+    pub file_name: String,
 }
 
 /// Pauses between attempts at a statement after a transient database error
@@ -174,6 +189,9 @@ pub enum Claim {
         /// True when a dead holder's claim was taken over (not a first
         /// claim, nor an operator's retry).
         recovered: bool,
+        /// A first claim whose content another file of the remitter brought
+        /// within the window (asked for with `find_copies`): that file.
+        copy_of: Option<Earlier>,
     },
     /// The version was claimed before (by any run): it is not sent again.
     Exists {

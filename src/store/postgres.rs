@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::audit_chain::{self, AuditKey, FileBinding, file_event_mac};
 use super::{
-    ArchiveCandidate, ArchiveStore, Claim, ClaimRequest, ClaimStore, DryRunRow, Guard,
+    ArchiveCandidate, ArchiveStore, Claim, ClaimRequest, ClaimStore, DryRunRow, Earlier, Guard,
     KnownVersion, LEGACY_CLAIM_LEASE, OutboxStore, PendingNotification, RunEnd, RunStart, RunStore,
     StoreError, SupersededFile, file_failed_key,
 };
@@ -86,6 +86,53 @@ impl PgStore {
     /// The key its history rows are written with.
     pub fn audit_key(&self) -> &AuditKey {
         &self.audit_key
+    }
+
+    /// The file that owns `remitter`'s content `md5` (CONTRACT §12).
+    async fn content_owner(
+        &self,
+        remitter: &str,
+        md5: &str,
+    ) -> Result<Option<Earlier>, StoreError> {
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT f.id, f.file_name FROM content_owner o JOIN files f ON f.id = o.file_id \
+             WHERE o.remitter = $1 AND o.md5 = $2",
+        )
+        .bind(remitter)
+        .bind(md5)
+        .fetch_optional(&self.pool)
+        .await
+        .step("reading the file that owns a content")?;
+        Ok(row.map(|(id, file_name)| Earlier { id, file_name }))
+    }
+
+    /// For a claim made again (its answer lost, or its holder dead): the
+    /// file that owns its content, when that is another file and this one
+    /// was never sent back by an operator (a retry is sent as new).
+    async fn copy_of_claimed(
+        &self,
+        find_copies: bool,
+        id: i64,
+        remitter: &str,
+        md5: &str,
+    ) -> Result<Option<Earlier>, StoreError> {
+        if !find_copies {
+            return Ok(None);
+        }
+        let retried: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM file_events WHERE file_id = $1 AND status = 'retry_requested')",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .step("looking for an operator's retry")?;
+        if retried {
+            return Ok(None);
+        }
+        Ok(self
+            .content_owner(remitter, md5)
+            .await?
+            .filter(|owner| owner.id != id))
     }
 
     /// The pool, for tests and tools.
@@ -323,6 +370,8 @@ impl ClaimStore for PgStore {
             seq,
             holder,
             token,
+            duplicate_window_days,
+            find_copies,
         } = *req;
         // The usual case in one statement (one round trip): this process
         // still holds the candidate, the version is new, and its
@@ -339,13 +388,16 @@ impl ClaimStore for PgStore {
                 md5,
             },
         );
-        let (holds_work, id): (bool, Option<i64>) = sqlx::query_as(&format!(
+        let (holds_work, id, owns): (bool, Option<i64>, bool) = sqlx::query_as(&format!(
             "WITH lock AS (SELECT EXISTS ({}) AS held), \
              ins AS (INSERT INTO files (remitter, file_name, base_name, md5, size, mtime, status, run_id, claim_token, group_key, ctime, claimed_by) \
                SELECT $3, $4, $5, $6, $7, $8, 'processing', $2, $9, $10, $12, $13 FROM lock WHERE lock.held \
                ON CONFLICT ON CONSTRAINT files_version_key DO NOTHING RETURNING id), \
-             ev AS (INSERT INTO file_events (file_id, status, detail, mac) SELECT id, 'processing', $11, $14 FROM ins) \
-             SELECT (SELECT held FROM lock), (SELECT id FROM ins)",
+             ev AS (INSERT INTO file_events (file_id, status, detail, mac) SELECT id, 'processing', $11, $14 FROM ins), \
+             own AS (INSERT INTO content_owner (remitter, md5, file_id, claimed_at) SELECT $3, $6, id, now() FROM ins \
+               ON CONFLICT (remitter, md5) DO UPDATE SET file_id = EXCLUDED.file_id, claimed_at = EXCLUDED.claimed_at \
+               WHERE content_owner.claimed_at < now() - make_interval(days => $15) RETURNING file_id) \
+             SELECT (SELECT held FROM lock), (SELECT id FROM ins), EXISTS (SELECT 1 FROM own)",
             holds_work_sql("$13")
         ))
         .bind(seq)
@@ -362,6 +414,7 @@ impl ClaimStore for PgStore {
         .bind(ctime)
         .bind(holder)
         .bind(mac)
+        .bind(duplicate_window_days as i32)
         .fetch_one(&self.pool)
         .await
         .step("claiming the file")?;
@@ -369,10 +422,17 @@ impl ClaimStore for PgStore {
             return Err(StoreError::WorkLost);
         }
         if let Some(id) = id {
+            // Another file of the remitter owns this content: name it.
+            let copy_of = if find_copies && !owns {
+                self.content_owner(remitter, md5).await?
+            } else {
+                None
+            };
             return Ok(Claim::New {
                 id,
                 token,
                 recovered: false,
+                copy_of,
             });
         }
         let mut tx = self.pool.begin().await.step("starting a transaction")?;
@@ -433,6 +493,7 @@ impl ClaimStore for PgStore {
             // This very claim, made before with this token, its answer lost
             // (a connection dropped): it is this process's already.
             Claim::New {
+                copy_of: self.copy_of_claimed(find_copies, id, remitter, md5).await?,
                 id,
                 token,
                 recovered: false,
@@ -451,7 +512,15 @@ impl ClaimStore for PgStore {
                 &detail,
             )
             .await?;
+            // A dead holder's copy is held by whoever takes it over; an
+            // operator's retry is sent as new.
+            let copy_of = if retry {
+                None
+            } else {
+                self.copy_of_claimed(find_copies, id, remitter, md5).await?
+            };
             Claim::New {
+                copy_of,
                 id,
                 token,
                 recovered: !retry,

@@ -596,6 +596,8 @@ pub fn settings(spool_dir: std::path::PathBuf) -> RunSettings {
         stable_check_interval: Duration::ZERO,
         max_concurrent_files: 2,
         read_failure_notify_after: 3,
+        duplicate_content: crate::config::DuplicateContent::Process,
+        duplicate_window_days: 90,
         run_detail_retention: None,
         delivery_budget: Duration::from_secs(30),
     }

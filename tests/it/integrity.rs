@@ -246,6 +246,8 @@ async fn only_a_live_claims_holder_writes_its_outcome() {
                     size: 1,
                     mtime: Utc::now(),
                     ctime: Utc::now(),
+                    duplicate_window_days: 90,
+                    find_copies: true,
                 })
                 .await
         }
@@ -261,7 +263,8 @@ async fn only_a_live_claims_holder_writes_its_outcome() {
         Claim::New {
             id,
             token: old,
-            recovered: false
+            recovered: false,
+            copy_of: None,
         }
     );
     // `b` took the candidate over, but `a` lives: its claim stands.
@@ -284,6 +287,7 @@ async fn only_a_live_claims_holder_writes_its_outcome() {
         id: same,
         token: new,
         recovered: true,
+        copy_of: None,
     } = claim(b).await.unwrap()
     else {
         panic!("taken over");

@@ -15,6 +15,7 @@ mod access;
 mod api;
 mod archive_races;
 mod audit_chain;
+mod duplicates;
 mod extraction_failures;
 mod faults;
 mod happy_path;
