@@ -748,6 +748,72 @@ impl Engine {
         }
     }
 
+    /// A dry run's verdict on copies (CONTRACT §12, `hold`): the files it
+    /// would process that may be copies — the size of a content claimed for
+    /// the remitter within the window, or of another such file — are read
+    /// and hashed (nothing claimed or kept), and a copy is reported
+    /// `would_hold_duplicate` naming what it copies. One query for the
+    /// contents; files of any other size are not read.
+    async fn dry_copies(&self, reports: &mut [FileReport], would: &[(usize, scan::Candidate)]) {
+        if would.is_empty() {
+            return;
+        }
+        let remitters: Vec<String> = would
+            .iter()
+            .map(|(_, c)| c.remitter.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let known = match self
+            .deps
+            .store
+            .known_contents(&remitters, self.settings.duplicate_window_days)
+            .await
+        {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "dry run: the duplicate check was skipped");
+                return;
+            }
+        };
+        let index = plan::duplicates::ContentIndex::new(known);
+        let candidates: Vec<&scan::Candidate> = would.iter().map(|(_, c)| c).collect();
+        let sized: Vec<(&str, &str, u64)> = candidates
+            .iter()
+            .map(|c| (c.remitter.as_str(), c.entry.name.as_str(), c.entry.size))
+            .collect();
+        let read = index.to_read(&sized);
+        let mut md5s = Vec::with_capacity(candidates.len());
+        for (c, read) in candidates.iter().zip(read) {
+            md5s.push(if read {
+                crate::process::hash_only(&self.deps, &self.settings, c).await
+            } else {
+                None
+            });
+        }
+        let keyed: Vec<(&str, &str, Option<&str>)> = candidates
+            .iter()
+            .zip(&md5s)
+            .map(|(c, m)| (c.remitter.as_str(), c.entry.name.as_str(), m.as_deref()))
+            .collect();
+        for ((i, _), verdict) in would.iter().zip(index.verdicts(&keyed)) {
+            let Some(copy) = verdict else { continue };
+            let what = match copy {
+                plan::duplicates::CopyOf::Claimed { id, file_name } => {
+                    format!("{file_name} (file {id})")
+                }
+                plan::duplicates::CopyOf::InThisRun { file_name } => {
+                    format!("{file_name}, which this run would send first")
+                }
+            };
+            let r = &mut reports[*i];
+            r.decision = Decision::WouldHoldDuplicate;
+            r.reason = Some(format!(
+                "the same content as {what}: a real run would hold it as duplicate_content"
+            ));
+        }
+    }
+
     /// Computes every decision a real run would take, and performs none
     /// (CONTRACT §9): the same scan, queries and two looks as [`Self::run`],
     /// then the files a real run would send are reported `would_process`.
@@ -767,6 +833,7 @@ impl Engine {
                 },
                 known,
             )) => {
+                let mut would = Vec::new();
                 for g in &work {
                     let e = &g.newest.entry;
                     // A claim in flight: a real run's claim would find it.
@@ -792,7 +859,13 @@ impl Engine {
                         )
                     };
                     d.after_processing(g, &report);
+                    if report.decision == Decision::WouldProcess {
+                        would.push((d.reports.len(), g.newest.clone()));
+                    }
                     d.reports.push(report);
+                }
+                if self.settings.duplicate_content == crate::config::DuplicateContent::Hold {
+                    self.dry_copies(&mut d.reports, &would).await;
                 }
                 let summary = summarize(d);
                 let body = serde_json::to_value(&summary).unwrap_or_default();

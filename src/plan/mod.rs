@@ -5,6 +5,7 @@
 //! hands the results in, in two steps — [`draft`] after the first look and
 //! [`Draft::settle`] after the second.
 
+pub mod duplicates;
 pub mod versions;
 
 use crate::domain::{Decision, FileReport, FileStatus, FolderError};

@@ -121,6 +121,33 @@ pub fn sweep_stale_spools(dir: &std::path::Path) -> usize {
     removed
 }
 
+/// The MD5 of `c`'s bytes as they are now, read for a dry run's
+/// duplicate check (CONTRACT §12): nothing claimed, the spool file (if the
+/// file was large) removed at once; `None` when it could not be read or
+/// changed since the second look (the dry run then says nothing of copies).
+pub async fn hash_only(deps: &Deps, settings: &RunSettings, c: &Candidate) -> Option<String> {
+    let spool = Spool {
+        path: settings.spool_dir.join(format!(
+            "{}{}.spool",
+            spool_prefix(std::process::id()),
+            Uuid::new_v4().simple()
+        )),
+        used: true,
+    };
+    if std::fs::create_dir_all(&settings.spool_dir).is_err() {
+        return None;
+    }
+    let fetched = deps
+        .source
+        .fetch(&c.path(&settings.source_dir), &spool.path)
+        .await
+        .map_err(|e| tracing::info!(remitter = %c.remitter, file = %c.entry.name, error = %e, "dry run: not read for the duplicate check"))
+        .ok()?;
+    let (e, a) = (&c.entry, &fetched.after);
+    let unchanged = fetched.size == e.size && a.size == e.size && a.mtime == e.mtime;
+    unchanged.then_some(fetched.md5)
+}
+
 impl Drop for Spool {
     fn drop(&mut self) {
         if self.used {

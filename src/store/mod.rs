@@ -385,6 +385,13 @@ pub trait ClaimStore: Send + Sync {
     /// Every claimed version of these groups (keys from
     /// `plan::versions::group_key`), in one query.
     async fn group_versions(&self, keys: &[String]) -> Result<Vec<KnownVersion>, StoreError>;
+    /// The contents claimed for these remitters within `window_days`, by
+    /// their owner files (CONTRACT §12), in one query.
+    async fn known_contents(
+        &self,
+        remitters: &[String],
+        window_days: u32,
+    ) -> Result<Vec<crate::plan::duplicates::KnownContent>, StoreError>;
     /// Claims a file version (see [`Claim`]) for `holder`, which must still
     /// hold candidate `seq` of the run ([`StoreError::WorkLost`] otherwise).
     /// A claim still `processing` whose holder is dead (or, made before

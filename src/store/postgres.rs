@@ -354,6 +354,23 @@ impl ClaimStore for PgStore {
         .step("looking up known versions")
     }
 
+    async fn known_contents(
+        &self,
+        remitters: &[String],
+        window_days: u32,
+    ) -> Result<Vec<crate::plan::duplicates::KnownContent>, StoreError> {
+        sqlx::query_as(
+            "SELECT o.remitter, o.md5, f.size, f.id AS file_id, f.file_name \
+             FROM content_owner o JOIN files f ON f.id = o.file_id \
+             WHERE o.remitter = ANY($1) AND o.claimed_at >= now() - make_interval(days => $2)",
+        )
+        .bind(remitters)
+        .bind(window_days as i32)
+        .fetch_all(&self.pool)
+        .await
+        .step("reading the contents claimed within the window")
+    }
+
     /// Claims a file version: a new row in `processing` with its first event,
     /// or the existing row (whose size and timestamps are refreshed so the
     /// next scan skips it without a download).

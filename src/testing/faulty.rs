@@ -85,6 +85,7 @@ forward!(
 
 forward!(ClaimStore {
     fn group_versions(&self, keys: &[String]) -> Vec<KnownVersion>;
+    fn known_contents(&self, remitters: &[String], window_days: u32) -> Vec<crate::plan::duplicates::KnownContent>;
     fn claim(&self, req: &ClaimRequest<'_>) -> Claim;
     fn set_status(
         &self,

@@ -234,3 +234,48 @@ async fn by_default_copies_are_processed() {
     assert_eq!(app.fakes.itm_calls().len(), 2);
     app.finish().await;
 }
+
+/// A dry run with `hold` reports a copy as `would_hold_duplicate`, naming
+/// what it copies (a claimed file, or a file of the same run that a real run
+/// sends first), and claims, sends and moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_names_the_copies_a_real_run_would_hold() {
+    let mut app = spawn_app(hold()).await;
+    app.put("acme", "a.csv", b"first content").await;
+    app.run_ok().await;
+    app.put("acme", "a (1).csv", b"first content").await;
+    app.put("acme", "b.csv", b"unique content").await;
+    app.put("acme", "l.csv", b"twin content").await;
+    app.put("acme", "r.csv", b"twin content").await;
+    let rows = app.files().await.len();
+    let resp = app
+        .http
+        .post(format!("{}/api/v1/coordinator/runs", app.base_url))
+        .bearer_auth(app.token.as_deref().unwrap())
+        .json(&json!({"dry_run": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let decision = |name: &str| {
+        let d = decision_of(&body, "acme", name);
+        (
+            d["decision"].as_str().unwrap().to_string(),
+            d["reason"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let (copy, why) = decision("a (1).csv");
+    assert_eq!(copy, "would_hold_duplicate", "{body}");
+    assert!(why.contains("a.csv"), "{why}");
+    assert_eq!(decision("b.csv").0, "would_process", "{body}");
+    let (l, r) = (decision("l.csv"), decision("r.csv"));
+    assert_eq!(l.0, "would_process", "{body}");
+    assert_eq!(r.0, "would_hold_duplicate", "{body}");
+    assert!(r.1.contains("l.csv"), "{}", r.1);
+    assert_eq!(body["summary"]["would_hold_duplicate"], 2, "{body}");
+    assert_eq!(body["summary"]["would_process"], 2, "{body}");
+    assert_eq!(app.files().await.len(), rows, "nothing claimed");
+    assert_eq!(app.fakes.foi_calls().len(), 1, "nothing sent");
+    app.finish().await;
+}
