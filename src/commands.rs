@@ -3,10 +3,12 @@
 //! database, and those that write or check the chain `AUDIT_KEY`.
 
 use crate::app::migrated_store;
+use crate::auth::tokens::{self, ManageError};
 use crate::cli::{AuditCommand, TokenCommand};
 use crate::config::{BaseArgs, DbArgs};
-use crate::http::new_token_secret;
-use crate::store::{AuditEntry, AuditFilter, AuditKey, AuditStore, NewToken, Outcome, TokenStore};
+use crate::store::{
+    AuditEntry, AuditFilter, AuditKey, AuditStore, Outcome, TokenError, TokenStore,
+};
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use std::io::Write;
@@ -34,14 +36,15 @@ fn cli_actor() -> String {
     format!("cli:{user}")
 }
 
-fn cli_entry(action: &str, target: &str, outcome: Outcome, reason: Option<String>) -> AuditEntry {
+/// The CLI's part of its audit rows: actor `cli:<login>`, role admin.
+fn cli_entry() -> AuditEntry {
     AuditEntry {
         actor: cli_actor(),
         role: Some("admin".into()),
-        action: action.into(),
-        target: Some(target.into()),
-        outcome,
-        reason,
+        action: String::new(),
+        target: None,
+        outcome: Outcome::Ok,
+        reason: None,
         remote_addr: None,
         request_id: None,
     }
@@ -78,50 +81,18 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<i32> {
             expires_in_days,
             admin,
         } => {
-            let secret = match new_token_secret(&name, expires_in_days) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("coordinator: {e}");
-                    return Ok(1);
-                }
-            };
             let store = keyed_store(admin).await?;
-            let hash = crate::auth::tokens::hash(&secret);
-            let actor = cli_actor();
-            let result = store
-                .create_token(&NewToken {
-                    name: &name,
-                    role,
-                    secret_sha256: &hash,
-                    created_by: &actor,
-                    expires_in_days,
-                })
-                .await;
-            let (outcome, reason) = match &result {
-                Ok(_) => (Outcome::Ok, Some(format!("role {role}"))),
-                Err(e) => (Outcome::Failed, Some(e.to_string())),
-            };
-            store
-                .record(&cli_entry("token.create", &name, outcome, reason))
-                .await
-                .context("recording the creation in the audit trail")?;
-            match result {
-                Ok(t) => {
-                    eprintln!(
-                        "created token {:?} ({}, expires {}); its secret, shown once:",
-                        t.name,
-                        t.role,
-                        t.expires_at.map_or("never".into(), |e| e.to_rfc3339())
-                    );
-                    println!("{secret}");
-                    Ok(0)
-                }
-                Err(crate::store::TokenError::Store(e)) => Err(e.into()),
-                Err(e) => {
-                    eprintln!("coordinator: {e}");
-                    Ok(1)
-                }
-            }
+            let by = cli_entry();
+            let created = tokens::create(&store, &store, &by, &name, role, expires_in_days).await;
+            refused_is_1(created.map(|(t, secret)| {
+                eprintln!(
+                    "created token {:?} ({}, expires {}); its secret, shown once:",
+                    t.name,
+                    t.role,
+                    t.expires_at.map_or("never".into(), |e| e.to_rfc3339())
+                );
+                println!("{secret}");
+            }))
         }
         TokenCommand::List { db } => {
             let store = store(db).await?;
@@ -156,26 +127,23 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<i32> {
         }
         TokenCommand::Revoke { name, admin } => {
             let store = keyed_store(admin).await?;
-            let result = store.revoke_token(&name, &cli_actor()).await;
-            let (outcome, reason) = match &result {
-                Ok(_) => (Outcome::Ok, None),
-                Err(e) => (Outcome::Failed, Some(e.to_string())),
-            };
-            store
-                .record(&cli_entry("token.revoke", &name, outcome, reason))
-                .await
-                .context("recording the revocation in the audit trail")?;
-            match result {
-                Ok(_) => {
-                    eprintln!("revoked token {name:?}: every instance refuses it within 5 seconds");
-                    Ok(0)
-                }
-                Err(crate::store::TokenError::Store(e)) => Err(e.into()),
-                Err(e) => {
-                    eprintln!("coordinator: {e}");
-                    Ok(1)
-                }
-            }
+            let revoked = tokens::revoke(&store, &store, &cli_entry(), &name).await;
+            refused_is_1(revoked.map(|_| {
+                eprintln!("revoked token {name:?}: every instance refuses it within 5 seconds");
+            }))
+        }
+    }
+}
+
+/// Exit 0 when done, 1 (said on standard error) when the request was
+/// refused; a database failure is the program's error (exit 2).
+fn refused_is_1(result: Result<(), ManageError>) -> anyhow::Result<i32> {
+    match result {
+        Ok(()) => Ok(0),
+        Err(ManageError::Token(TokenError::Store(e))) => Err(e.into()),
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            Ok(1)
         }
     }
 }

@@ -2,6 +2,8 @@
 //! bytes in base64url after the name, so a request's token is looked up by
 //! its name and then checked by the SHA-256 of the whole secret.
 
+use super::Role;
+use crate::store::{AuditEntry, AuditStore, NewToken, Outcome, TokenError, TokenStore, TokenView};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
@@ -32,6 +34,97 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err(format!("{name:?} is reserved"));
     }
     Ok(())
+}
+
+/// Longest expiry a token may be given.
+pub const MAX_EXPIRY_DAYS: u32 = 3650;
+
+/// Why a token was not created or revoked.
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    /// A bad name or expiry (nothing was written).
+    #[error("{0}")]
+    Invalid(String),
+    /// Refused by the table (a taken name, no such token, revoked already),
+    /// or the database failed.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// Creates a token for `by` (the actor, whose other fields the audit row
+/// takes) and records the attempt; answers the row and the secret, shown
+/// once. The API and the CLI both create tokens through here.
+pub async fn create(
+    tokens: &dyn TokenStore,
+    audit: &dyn AuditStore,
+    by: &AuditEntry,
+    name: &str,
+    role: Role,
+    expires_in_days: Option<u32>,
+) -> Result<(TokenView, String), ManageError> {
+    check_name(name).map_err(ManageError::Invalid)?;
+    if expires_in_days.is_some_and(|d| !(1..=MAX_EXPIRY_DAYS).contains(&d)) {
+        return Err(ManageError::Invalid(format!(
+            "expires_in_days must be from 1 to {MAX_EXPIRY_DAYS}"
+        )));
+    }
+    let secret = new_secret(name)
+        .map_err(|e| ManageError::Invalid(format!("no random bytes for the secret: {e}")))?;
+    let hash = hash(&secret);
+    let result = tokens
+        .create_token(&NewToken {
+            name,
+            role,
+            secret_sha256: &hash,
+            created_by: &by.actor,
+            expires_in_days,
+        })
+        .await;
+    let (outcome, reason) = match &result {
+        Ok(_) => (Outcome::Ok, format!("role {role}")),
+        Err(e) => (Outcome::Failed, e.to_string()),
+    };
+    record(audit, by, "token.create", name, outcome, Some(reason)).await;
+    Ok((result?, secret))
+}
+
+/// Revokes `name` for `by` and records the attempt (API and CLI).
+pub async fn revoke(
+    tokens: &dyn TokenStore,
+    audit: &dyn AuditStore,
+    by: &AuditEntry,
+    name: &str,
+) -> Result<TokenView, ManageError> {
+    let result = tokens.revoke_token(name, &by.actor).await;
+    let (outcome, reason) = match &result {
+        Ok(_) => (Outcome::Ok, None),
+        Err(e) => (Outcome::Failed, Some(e.to_string())),
+    };
+    record(audit, by, "token.revoke", name, outcome, reason).await;
+    Ok(result?)
+}
+
+/// The audit row of a token action; a failure to record it is logged (the
+/// action itself is decided).
+async fn record(
+    audit: &dyn AuditStore,
+    by: &AuditEntry,
+    action: &str,
+    name: &str,
+    outcome: Outcome,
+    reason: Option<String>,
+) {
+    let entry = AuditEntry {
+        action: action.to_string(),
+        target: Some(name.to_string()),
+        outcome,
+        reason,
+        ..by.clone()
+    };
+    if let Err(e) = audit.record(&entry).await {
+        tracing::error!(error = %e, action = %entry.action, actor = %entry.actor,
+            "an audit event could not be recorded");
+    }
 }
 
 /// A new secret for `name` (from the operating system's random source).

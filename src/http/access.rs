@@ -69,6 +69,12 @@ impl Caller {
         }
     }
 
+    /// The caller's part of an audit row (actor, role, address, request),
+    /// for actions that fill in the rest themselves.
+    pub fn actor(&self) -> AuditEntry {
+        self.audit("", None, Outcome::Ok, None)
+    }
+
     /// Records `entry` on its own; a failure is logged, never answered
     /// (the action itself was decided already).
     pub async fn record(&self, state: &AppState, entry: AuditEntry) {

@@ -4,7 +4,7 @@ use super::access::Caller;
 use super::operator::{bad, cursor, limit, path, query};
 use super::{AppError, AppState, ErrorBody, parse_body};
 use crate::auth::{Role, tokens};
-use crate::store::{AuditFilter, AuditView, NewToken, Outcome, TokenError, TokenView};
+use crate::store::{AuditFilter, AuditView, TokenError, TokenView};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -43,20 +43,6 @@ pub struct CreatedToken {
     token: TokenView,
     /// The bearer to give its owner; never shown again.
     secret: String,
-}
-
-/// Longest expiry a token may be given.
-pub const MAX_EXPIRY_DAYS: u32 = 3650;
-
-/// Checks a new token's fields and makes its secret.
-pub fn new_token_secret(name: &str, expires_in_days: Option<u32>) -> Result<String, String> {
-    tokens::check_name(name)?;
-    if expires_in_days.is_some_and(|d| !(1..=MAX_EXPIRY_DAYS).contains(&d)) {
-        return Err(format!(
-            "expires_in_days must be from 1 to {MAX_EXPIRY_DAYS}"
-        ));
-    }
-    tokens::new_secret(name).map_err(|e| format!("no random bytes for the secret: {e}"))
 }
 
 /// Every named token (never a secret).
@@ -101,28 +87,15 @@ pub async fn create_token(
 ) -> Result<(StatusCode, Json<CreatedToken>), AppError> {
     let req: CreateTokenRequest =
         parse_body(body)?.ok_or_else(|| bad("a body with name and role is required"))?;
-    let secret = new_token_secret(&req.name, req.expires_in_days).map_err(bad)?;
-    let hash = tokens::hash(&secret);
-    let new = NewToken {
-        name: &req.name,
-        role: req.role,
-        secret_sha256: &hash,
-        created_by: &caller.principal.actor,
-        expires_in_days: req.expires_in_days,
-    };
-    let mut entry = caller.audit(
-        "token.create",
-        Some(req.name.clone()),
-        Outcome::Ok,
-        Some(format!("role {}", req.role)),
-    );
-    let result = state.tokens.create_token(&new).await;
-    if let Err(e) = &result {
-        entry.outcome = Outcome::Failed;
-        entry.reason = Some(e.to_string());
-    }
-    caller.record(&state, entry).await;
-    let token = result?;
+    let (token, secret) = tokens::create(
+        state.tokens.as_ref(),
+        state.audit.as_ref(),
+        &caller.actor(),
+        &req.name,
+        req.role,
+        req.expires_in_days,
+    )
+    .await?;
     tracing::info!(token = %token.name, role = %token.role, actor = %caller.principal.actor, "token created");
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }
@@ -147,21 +120,13 @@ pub async fn revoke_token(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TokenView>, AppError> {
     let name = path(name)?;
-    let result = state
-        .tokens
-        .revoke_token(&name, &caller.principal.actor)
-        .await;
-    let (outcome, reason) = match &result {
-        Ok(_) => (Outcome::Ok, None),
-        Err(e) => (Outcome::Failed, Some(e.to_string())),
-    };
-    caller
-        .record(
-            &state,
-            caller.audit("token.revoke", Some(name.clone()), outcome, reason),
-        )
-        .await;
-    let token = result?;
+    let token = tokens::revoke(
+        state.tokens.as_ref(),
+        state.audit.as_ref(),
+        &caller.actor(),
+        &name,
+    )
+    .await?;
     tracing::info!(token = %token.name, actor = %caller.principal.actor, "token revoked");
     Ok(Json(token))
 }

@@ -21,7 +21,6 @@ use crate::store::{
     AuditStore, InstanceStore, OperatorError, OperatorStore, Outcome, TokenError, TokenStore,
 };
 use access::{Caller, needs};
-pub use admin::new_token_secret;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
@@ -238,6 +237,15 @@ impl From<OperatorError> for AppError {
                 tracing::error!(error = %e, "operator request failed in the database");
                 AppError::Database(e.to_string())
             }
+        }
+    }
+}
+
+impl From<crate::auth::tokens::ManageError> for AppError {
+    fn from(e: crate::auth::tokens::ManageError) -> Self {
+        match e {
+            crate::auth::tokens::ManageError::Invalid(m) => AppError::BadRequest(m),
+            crate::auth::tokens::ManageError::Token(e) => e.into(),
         }
     }
 }
