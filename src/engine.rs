@@ -1031,8 +1031,12 @@ impl Engine {
                 )
             })?;
         }
-        // Round-robin across remitters, oldest first within one (CONTRACT §10).
-        let work = plan::fair_share(work);
+        // Round-robin across remitters, oldest first within one (CONTRACT §10);
+        // possible copies among themselves in copy order (§12).
+        let mut work = plan::fair_share(work);
+        if s.duplicate_content == crate::config::DuplicateContent::Hold {
+            plan::duplicates::order_copies(&mut work);
+        }
         if work.is_empty() {
             // Nothing to share: no plan to store (an adopter would plan again).
             return Ok(d);
@@ -1203,6 +1207,7 @@ impl Engine {
         ));
         let sending = tokio::sync::Semaphore::new(s.max_concurrent_files);
         let mut held = futures::stream::FuturesUnordered::new();
+        let copies = crate::process::copies::CopyOrder::default();
         // Reports are written in batches, one statement for all that are
         // ready while the previous batch was being written.
         let mut reports: Vec<(i32, FileReport)> = Vec::new();
@@ -1225,8 +1230,10 @@ impl Engine {
                 let Ok(place) = places.clone().try_acquire_owned() else {
                     break;
                 };
-                if let Some(t) = queue.pop_front() {
-                    held.push(self.process_candidate(&processor, &sending, run_id, t, place));
+                if let Some((t, ticket)) = queue.pop_front() {
+                    held.push(
+                        self.process_candidate(&processor, &sending, run_id, t, ticket, place),
+                    );
                 }
             }
             let want = (places.available_permits() + ahead).saturating_sub(queue.len());
@@ -1257,7 +1264,12 @@ impl Engine {
                     match taken {
                         Ok(taken) => {
                             exhausted = taken.len() < asked;
-                            queue.extend(taken);
+                            // Registered in take order: a possible copy
+                            // waits only for members ahead of it.
+                            queue.extend(taken.into_iter().map(|t| {
+                                let ticket = t.group.copies.as_ref().map(|p| copies.take(p));
+                                (t, ticket)
+                            }));
                         }
                         Err(e) => {
                             // The owner looks again after its pause.
@@ -1290,13 +1302,17 @@ impl Engine {
         sending: &tokio::sync::Semaphore,
         run_id: Uuid,
         t: crate::store::TakenWork,
+        copies: Option<crate::process::copies::CopyTicket>,
         _place: tokio::sync::OwnedSemaphorePermit,
     ) -> Option<(i32, FileReport)> {
         let c = &t.group.newest;
         if t.taken_over {
             tracing::info!(remitter = %c.remitter, file = %c.entry.name, "candidate taken over from a dead instance");
         }
-        let mut report = match processor.claim(run_id, t.seq, c, &t.group.base_name).await {
+        let mut report = match processor
+            .claim(run_id, t.seq, c, &t.group.base_name, copies)
+            .await
+        {
             Claimed::Done(report) => report,
             Claimed::File(file) => {
                 let _sending = sending.acquire().await;

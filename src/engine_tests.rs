@@ -1512,3 +1512,109 @@ async fn a_processed_old_version_copied_back_is_archived_again_with_its_row() {
     );
     assert_eq!(h.foi.calls().len(), 2, "never sent again");
 }
+
+/// CONTRACT §12, two copies in one run: the first by copy order is sent,
+/// even when the other one is older (taken first by fair share alone) and
+/// read first. `a.csv`'s read is held back until `a (1).csv` was read; a
+/// third file of the same size with other bytes is claimed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_copies_in_one_run_the_first_by_copy_order_is_sent() {
+    let h = Harness::with(|s| RunSettings {
+        duplicate_content: crate::config::DuplicateContent::Hold,
+        max_concurrent_files: 4,
+        ..s
+    })
+    .await;
+    let later = old() + chrono::Duration::minutes(1);
+    h.src.put("in/acme/a.csv", b"same bytes", later);
+    h.src.put("in/acme/a (1).csv", b"same bytes", old());
+    h.src.put("in/acme/b.csv", b"othr bytes", old());
+    let gate = h.src.pause_fetch("in/acme/a.csv");
+    let engine = h.engine.clone();
+    let run = tokio::spawn(async move { engine.run("test").await });
+    // `b.csv` (other bytes) is claimed while `a.csv` is held back, and
+    // `a (1).csv` has been read by then.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let names: Vec<String> = h.files().await.into_iter().map(|f| f.file_name).collect();
+            let fetched = h.src.fetches();
+            if names.iter().any(|n| n == "b.csv")
+                && fetched.iter().any(|p| p.ends_with("a (1).csv"))
+            {
+                assert!(
+                    !names.iter().any(|n| n == "a (1).csv"),
+                    "the later copy claimed before the earlier one was read"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("b.csv claimed and a (1).csv read while a.csv waits");
+    gate.add_permits(1);
+    let r = run.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+    h.settle().await;
+
+    let first = report_of(&r, "a.csv");
+    assert_eq!(first.status, Some(FileStatus::Success), "{r:?}");
+    let copy = report_of(&r, "a (1).csv");
+    assert_eq!(copy.decision, Decision::HeldDuplicate, "{r:?}");
+    let rows = h.files().await;
+    let id = |name: &str| rows.iter().find(|f| f.file_name == name).unwrap().id;
+    let held = h.event_rows(id("a (1).csv")).await;
+    assert_eq!(held.last().unwrap().detail["duplicate_of"], id("a.csv"));
+    let mut sent: Vec<String> = h.foi.calls().into_iter().map(|c| c.file_name).collect();
+    sent.sort();
+    assert_eq!(sent, ["a.csv", "b.csv"]);
+}
+
+/// The look at other instances' earlier copies: members of the class
+/// before this one, taken by another live incarnation and not done; not
+/// this one's, not later ones, not pending ones (given back).
+#[tokio::test]
+async fn earlier_copies_elsewhere_counts_only_earlier_members_others_hold() {
+    use crate::plan::duplicates::{CopyPlace, order_copies};
+    use crate::store::WorkStore;
+    let h = Harness::new().await;
+    let store = h.db.store();
+    let (me, other) = (h.engine.incarnation(), Uuid::new_v4());
+    h.join(other).await;
+    let run_id = Uuid::new_v4();
+    store.begin_run(run_id, "manual", "test", me).await.unwrap();
+    let g = |name: &str| plan::Group {
+        base_name: name.into(),
+        newest: scan::Candidate {
+            remitter: "acme".into(),
+            entry: crate::source::Entry {
+                name: name.into(),
+                is_dir: false,
+                size: 10,
+                mtime: old(),
+                ctime: old(),
+            },
+        },
+        superseded: vec![],
+        copies: None,
+    };
+    let mut work = vec![(0, g("c.csv")), (1, g("b.csv")), (2, g("a.csv"))];
+    order_copies(&mut work);
+    store
+        .add_work(run_id, &serde_json::json!({}), &work)
+        .await
+        .unwrap();
+    let place = |pos| CopyPlace {
+        class: "acme/10".into(),
+        pos,
+    };
+    // The other instance takes c.csv (position 0).
+    let taken = store.take_work(run_id, other, 1).await.unwrap();
+    assert_eq!(taken[0].group.copies, Some(place(0)));
+    let (first, last) = (place(0), place(2));
+    let n = |place, holder| store.earlier_copies_elsewhere(run_id, place, holder);
+    assert_eq!(n(&last, me).await.unwrap(), 1);
+    assert_eq!(n(&first, me).await.unwrap(), 0, "nothing before the first");
+    assert_eq!(n(&last, other).await.unwrap(), 0, "its own member");
+    store.release_work(run_id, other, None).await.unwrap();
+    assert_eq!(n(&last, me).await.unwrap(), 0, "given back: not waited for");
+}

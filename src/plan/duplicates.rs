@@ -1,11 +1,65 @@
 //! The same content under another name (CONTRACT §12), as planning sees
 //! it: the contents claimed for the run's remitters within the window (one
-//! query per run), and which candidates may be copies and whose copies
-//! they are. Pure; the real run's guard against two copies claimed at once
-//! is the claim's own statement (`content_owner`), this is what a dry run
-//! decides by.
+//! query per run), which candidates may be copies and whose copies they
+//! are, and the order in which possible copies of one run are decided.
+//! Pure; the real run's guard against two copies claimed at once is the
+//! claim's own statement (`content_owner`), this is what a dry run decides
+//! by and what a real run's candidates are ordered by.
 
+use super::Group;
+use super::versions::newest_first;
+use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
+
+/// The order of copies of one run (CONTRACT §12): the first by the order of
+/// section 6 (later stamp first, then the name's own order) is processed,
+/// the others are held. Between `a.csv` and `a (1).csv`: `a.csv` first.
+pub fn copy_order(a: &str, b: &str) -> Ordering {
+    newest_first(a, b)
+}
+
+/// A candidate's place among the run's *possible copies*: the candidates of
+/// one remitter with one size (only those can have equal bytes). A real run
+/// claims a member only once every earlier member (by [`copy_order`]) has
+/// been read, so the first copy is the one claimed first.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CopyPlace {
+    /// `remitter/size`: the members' shared key.
+    pub class: String,
+    /// 0 for the first by [`copy_order`].
+    pub pos: i32,
+}
+
+/// Gives every possible copy of a run (`DUPLICATE_CONTENT=hold`) its
+/// [`CopyPlace`], and takes the members of each class in their copy order:
+/// they swap places in the fair-share order among themselves (the slots of
+/// a remitter, so other remitters' turns are untouched), so an earlier copy
+/// is always taken before a later one, and a later one waiting for it never
+/// waits for a candidate nobody took.
+pub fn order_copies(work: &mut [(i32, Group)]) {
+    let mut classes: HashMap<(String, u64), Vec<usize>> = HashMap::new();
+    for (i, (_, g)) in work.iter().enumerate() {
+        classes
+            .entry((g.newest.remitter.clone(), g.newest.entry.size))
+            .or_default()
+            .push(i);
+    }
+    for ((remitter, size), slots) in classes {
+        if slots.len() < 2 {
+            continue;
+        }
+        let mut members: Vec<Group> = slots.iter().map(|&i| work[i].1.clone()).collect::<Vec<_>>();
+        members.sort_by(|a, b| copy_order(&a.newest.entry.name, &b.newest.entry.name));
+        let class = format!("{remitter}/{size}");
+        for (pos, (&slot, mut g)) in slots.iter().zip(members).enumerate() {
+            g.copies = Some(CopyPlace {
+                class: class.clone(),
+                pos: i32::try_from(pos).unwrap_or(i32::MAX),
+            });
+            work[slot].1 = g;
+        }
+    }
+}
 
 /// A content claimed for a remitter within the window: its owner file.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -77,35 +131,38 @@ impl ContentIndex {
             .collect()
     }
 
-    /// For candidates (remitter, name, md5) in the run's order (`None`
-    /// where the bytes were not read): which are copies, of what. A copy
-    /// of a claimed content under the same name is no copy (the same name
-    /// and bytes are the same version); the first of several candidates
-    /// with one new content is not a copy, the others are copies of it.
+    /// For candidates (remitter, name, md5) (`None` where the bytes were
+    /// not read): which are copies, of what. A copy of a claimed content
+    /// under the same name is no copy (the same name and bytes are the same
+    /// version); the first of several candidates with one new content by
+    /// [`copy_order`] is not a copy, the others are copies of it.
     pub fn verdicts(&self, candidates: &[(&str, &str, Option<&str>)]) -> Vec<Option<CopyOf>> {
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_by(|&a, &b| copy_order(candidates[a].1, candidates[b].1));
         let mut first: HashMap<(&str, &str), &str> = HashMap::new();
-        candidates
-            .iter()
-            .map(|(remitter, name, md5)| {
-                let md5 = (*md5)?;
-                if let Some((id, owner)) = self.by_md5.get(&(remitter.to_string(), md5.to_string()))
-                {
-                    return (owner != name).then(|| CopyOf::Claimed {
-                        id: *id,
-                        file_name: owner.clone(),
-                    });
-                }
-                match first.get(&(*remitter, md5)) {
-                    Some(earlier) => Some(CopyOf::InThisRun {
+        let mut verdicts = vec![None; candidates.len()];
+        for i in order {
+            let (remitter, name, md5) = candidates[i];
+            let Some(md5) = md5 else { continue };
+            if let Some((id, owner)) = self.by_md5.get(&(remitter.to_string(), md5.to_string())) {
+                verdicts[i] = (owner != name).then(|| CopyOf::Claimed {
+                    id: *id,
+                    file_name: owner.clone(),
+                });
+                continue;
+            }
+            match first.get(&(remitter, md5)) {
+                Some(earlier) => {
+                    verdicts[i] = Some(CopyOf::InThisRun {
                         file_name: earlier.to_string(),
-                    }),
-                    None => {
-                        first.insert((remitter, md5), name);
-                        None
-                    }
+                    })
                 }
-            })
-            .collect()
+                None => {
+                    first.insert((remitter, md5), name);
+                }
+            }
+        }
+        verdicts
     }
 }
 
@@ -169,18 +226,92 @@ mod tests {
             (&[("beta", "a.csv", Some("m1"))], vec![None]),
             // Not read: no verdict.
             (&[("acme", "z.csv", None)], vec![None]),
-            // Two copies of a new content in one run: the first goes.
+            // Two copies of a new content in one run: the first by copy
+            // order goes (the name's own order: `r` before `l`), wherever
+            // it stands in the list.
             (
                 &[
                     ("acme", "l.csv", Some("new")),
                     ("acme", "r.csv", Some("new")),
                     ("beta", "l.csv", Some("new")),
                 ],
-                vec![None, sibling("l.csv"), None],
+                vec![sibling("r.csv"), None, None],
+            ),
+            // A later stamp goes first; a name without a stamp comes last.
+            (
+                &[
+                    ("acme", "pay.csv", Some("n2")),
+                    ("acme", "pay_20240101.csv", Some("n2")),
+                    ("acme", "copy_20240102.csv", Some("n2")),
+                ],
+                vec![
+                    sibling("copy_20240102.csv"),
+                    sibling("copy_20240102.csv"),
+                    None,
+                ],
             ),
         ];
         for (candidates, want) in cases {
             assert_eq!(&index.verdicts(candidates), want, "{candidates:?}");
         }
+    }
+
+    fn group(remitter: &str, name: &str, size: u64) -> Group {
+        let t = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+        Group {
+            base_name: name.into(),
+            newest: crate::scan::Candidate {
+                remitter: remitter.into(),
+                entry: crate::source::Entry {
+                    name: name.into(),
+                    is_dir: false,
+                    size,
+                    mtime: t,
+                    ctime: t,
+                },
+            },
+            superseded: Vec::new(),
+            copies: None,
+        }
+    }
+
+    #[test]
+    fn possible_copies_swap_places_into_copy_order() {
+        // (remitter, name, size) in the fair-share order.
+        let mut work: Vec<(i32, Group)> = [
+            ("acme", "a (1).csv", 10),
+            ("beta", "x.csv", 10),
+            ("acme", "b.csv", 7),
+            ("acme", "a.csv", 10),
+            ("acme", "c_20240102.csv", 10),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(rank, (r, n, s))| (rank as i32, group(r, n, *s)))
+        .collect();
+        order_copies(&mut work);
+        type Row<'a> = (i32, &'a str, Option<(&'a str, i32)>);
+        let got: Vec<Row> = work
+            .iter()
+            .map(|(rank, g)| {
+                (
+                    *rank,
+                    g.newest.entry.name.as_str(),
+                    g.copies.as_ref().map(|c| (c.class.as_str(), c.pos)),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                // The stamped name first, then `a.csv` before `a (1).csv`,
+                // in the slots acme's size-10 files had.
+                (0, "c_20240102.csv", Some(("acme/10", 0))),
+                (1, "x.csv", None),
+                (2, "b.csv", None),
+                (3, "a.csv", Some(("acme/10", 1))),
+                (4, "a (1).csv", Some(("acme/10", 2))),
+            ]
+        );
     }
 }

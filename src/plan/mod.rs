@@ -27,6 +27,9 @@ pub struct Group {
     pub newest: Candidate,
     /// Older versions, to archive without processing.
     pub superseded: Vec<Candidate>,
+    /// Its place among the run's possible copies (`DUPLICATE_CONTENT=hold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copies: Option<duplicates::CopyPlace>,
 }
 
 /// Groups candidates by remitter and base name, case-insensitively (CONTRACT §6).
@@ -49,6 +52,7 @@ pub fn group(candidates: Vec<Candidate>) -> Vec<Group> {
                 base_name: strip_ts_basename(&newest.entry.name),
                 newest,
                 superseded: it.collect(),
+                copies: None,
             })
         })
         .collect()

@@ -2,6 +2,7 @@
 //! 1 MiB, else streamed to a spool file), claim in Postgres, extract with FOI, submit to ITM, record the
 //! outcome and queue the IQube notification of a failure.
 
+pub mod copies;
 pub mod kept;
 
 use crate::config::DuplicateContent;
@@ -218,7 +219,16 @@ impl Processor {
     /// (checked against the second look) and claim. Runs can do this for the
     /// next files while earlier ones are with FOI and ITM.
     #[tracing::instrument(name = "process", skip_all, fields(remitter = %c.remitter, file = %c.entry.name))]
-    pub async fn claim(&self, run_id: Uuid, seq: i32, c: &Candidate, base_name: &str) -> Claimed {
+    /// A possible copy (`copies`) claims only after the earlier ones
+    /// (CONTRACT §12: the first by copy order is processed).
+    pub async fn claim(
+        &self,
+        run_id: Uuid,
+        seq: i32,
+        c: &Candidate,
+        base_name: &str,
+        copies: Option<copies::CopyTicket>,
+    ) -> Claimed {
         if self.stop.is_cancelled() {
             return Claimed::Stopping;
         }
@@ -268,6 +278,17 @@ impl Processor {
                 Decision::Unstable,
                 Some(Unstable::ChangedDuringRead.to_string()),
             ));
+        }
+        if let Some(ticket) = &copies {
+            ticket.read(&fetched.md5);
+            let store = &self.deps.store;
+            ticket
+                .wait_turn(
+                    &fetched.md5,
+                    || store.earlier_copies_elsewhere(run_id, ticket.place(), self.holder),
+                    &self.stop,
+                )
+                .await;
         }
         // A download that was under way when the stop came is dropped, unclaimed.
         if self.stop.is_cancelled() {

@@ -550,6 +550,15 @@ pub trait WorkStore: Send + Sync {
         holder: Uuid,
         seq: Option<i32>,
     ) -> Result<(), StoreError>;
+    /// Members of `place`'s class of possible copies before it, held by
+    /// other instances and not done yet (CONTRACT §12: the earlier copy is
+    /// claimed first).
+    async fn earlier_copies_elsewhere(
+        &self,
+        run_id: Uuid,
+        place: &crate::plan::duplicates::CopyPlace,
+        holder: Uuid,
+    ) -> Result<i64, StoreError>;
     /// Candidates not done yet.
     async fn open_work(&self, run_id: Uuid) -> Result<i64, StoreError>;
     /// Every candidate's group and report, in order (reports of done ones).

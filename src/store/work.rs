@@ -11,6 +11,7 @@ use super::postgres::Step;
 use super::{ActiveRun, PgStore, StoreError, TakenWork, WorkStore};
 use crate::domain::FileReport;
 use crate::plan::Group;
+use crate::plan::duplicates::CopyPlace;
 
 fn decode<T: serde::de::DeserializeOwned>(v: Value, what: &'static str) -> Result<T, StoreError> {
     serde_json::from_value(v)
@@ -38,21 +39,26 @@ impl WorkStore for PgStore {
             .await
             .step("storing the run's plan")?;
         let (mut seqs, mut remitters, mut ranks, mut items) = (vec![], vec![], vec![], vec![]);
+        let (mut classes, mut positions) = (vec![], vec![]);
         for (seq, (rank, g)) in work.iter().enumerate() {
             seqs.push(i32::try_from(seq).unwrap_or(i32::MAX));
             remitters.push(g.newest.remitter.to_lowercase());
             ranks.push(*rank);
             items.push(encode(g)?);
+            classes.push(g.copies.as_ref().map(|c| c.class.clone()));
+            positions.push(g.copies.as_ref().map(|c| c.pos));
         }
         sqlx::query(
-            "INSERT INTO run_work (run_id, seq, remitter, rank, item) \
-             SELECT $1, * FROM unnest($2::int[], $3::text[], $4::int[], $5::jsonb[])",
+            "INSERT INTO run_work (run_id, seq, remitter, rank, item, copy_class, copy_pos) \
+             SELECT $1, * FROM unnest($2::int[], $3::text[], $4::int[], $5::jsonb[], $6::text[], $7::int[])",
         )
         .bind(run_id)
         .bind(&seqs)
         .bind(&remitters)
         .bind(&ranks)
         .bind(&items)
+        .bind(&classes)
+        .bind(&positions)
         .execute(&mut *tx)
         .await
         .step("storing the run's candidates")?;
@@ -198,6 +204,25 @@ impl WorkStore for PgStore {
         .await
         .step("giving a candidate back")?;
         Ok(())
+    }
+
+    async fn earlier_copies_elsewhere(
+        &self,
+        run_id: Uuid,
+        place: &CopyPlace,
+        holder: Uuid,
+    ) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM run_work WHERE run_id = $1 AND copy_class = $2 AND copy_pos < $3 \
+               AND state = 'taken' AND taken_by IS DISTINCT FROM $4",
+        )
+        .bind(run_id)
+        .bind(&place.class)
+        .bind(place.pos)
+        .bind(holder)
+        .fetch_one(self.pool())
+        .await
+        .step("looking for earlier copies in flight")
     }
 
     async fn open_work(&self, run_id: Uuid) -> Result<i64, StoreError> {

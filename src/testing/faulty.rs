@@ -3,6 +3,7 @@
 use crate::domain::{FileReport, FileStatus};
 use crate::metrics::Backlog;
 use crate::plan::Group;
+use crate::plan::duplicates::CopyPlace;
 use crate::store::{
     ActiveRun, ArchiveCandidate, ArchiveStore, Claim, ClaimRequest, ClaimStore, DryRunRow, Guard,
     KnownVersion, OutboxStore, PendingNotification, PgStore, RunEnd, RunStart, RunStore,
@@ -136,6 +137,7 @@ forward!(WorkStore {
         reports: &[(i32, FileReport)]
     ) -> Vec<i32>;
     fn release_work(&self, run_id: Uuid, holder: Uuid, seq: Option<i32>) -> ();
+    fn earlier_copies_elsewhere(&self, run_id: Uuid, place: &CopyPlace, holder: Uuid) -> i64;
     fn open_work(&self, run_id: Uuid) -> i64;
     fn run_results(&self, run_id: Uuid) -> Vec<(Group, Option<FileReport>)>;
     fn others_alive(&self, me: Uuid) -> bool;

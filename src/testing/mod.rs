@@ -63,6 +63,7 @@ struct SourceState {
     fail_rename: HashSet<String>,
     fail_list: bool,
     fetches: Vec<String>,
+    paused: std::collections::HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl SourceState {
@@ -207,6 +208,14 @@ impl MemSource {
         s.fail_list = false;
     }
 
+    /// Makes the fetches of `path` wait, after they are recorded, until the
+    /// returned gate gets a permit (`add_permits(1)` lets one through).
+    pub fn pause_fetch(&self, path: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        lock(&self.state).paused.insert(join(&[path]), gate.clone());
+        gate
+    }
+
     /// Every path a fetch was attempted for, in order (failed ones included).
     pub fn fetches(&self) -> Vec<String> {
         lock(&self.state).fetches.clone()
@@ -274,9 +283,16 @@ impl FileSource for MemSource {
 
     async fn fetch(&self, path: &str, dest: &Path) -> Result<Fetched, SourceError> {
         let path = join(&[path]);
-        let bytes = {
+        let gate = {
             let mut s = lock(&self.state);
             s.fetches.push(path.clone());
+            s.paused.get(&path).cloned()
+        };
+        if let Some(gate) = gate {
+            let _ = gate.acquire().await.map(|p| p.forget());
+        }
+        let bytes = {
+            let mut s = lock(&self.state);
             if s.fail_fetch.contains(&path) {
                 return Err(SourceError::Io {
                     op: format!("read {path}"),

@@ -171,19 +171,25 @@ async fn a_copy_under_another_name_is_held_then_retried_or_resolved() {
 async fn copies_in_one_run_other_remitters_new_versions_and_the_window() {
     let mut app = spawn_app(hold()).await;
     let twin = b"twin content\n";
-    app.put("acme", "left.csv", twin).await;
-    app.put("acme", "right.csv", twin).await;
-    app.put("beta", "left.csv", twin).await;
+    app.put("acme", "twin (1).csv", twin).await;
+    app.put("acme", "twin.csv", twin).await;
+    app.put("beta", "twin (1).csv", twin).await;
     let body = app.run_ok().await;
-    let acme: Vec<&str> = ["left.csv", "right.csv"]
-        .iter()
-        .map(|n| decision_of(&body, "acme", n)["decision"].as_str().unwrap())
-        .collect();
-    let mut sorted = acme.clone();
-    sorted.sort();
-    assert_eq!(sorted, ["held_duplicate", "processed"], "{body}");
+    // The first by copy order (CONTRACT §6's order: `twin.csv` before
+    // `twin (1).csv`) is sent, the other held naming it.
     assert_eq!(
-        decision_of(&body, "beta", "left.csv")["decision"],
+        decision_of(&body, "acme", "twin.csv")["status"],
+        "success",
+        "{body}"
+    );
+    let held = decision_of(&body, "acme", "twin (1).csv");
+    assert_eq!(held["decision"], "held_duplicate", "{body}");
+    assert!(
+        held["reason"].as_str().unwrap().contains("twin.csv"),
+        "{held}"
+    );
+    assert_eq!(
+        decision_of(&body, "beta", "twin (1).csv")["decision"],
         "processed",
         "another remitter's file is no copy"
     );
@@ -245,8 +251,8 @@ async fn a_dry_run_names_the_copies_a_real_run_would_hold() {
     app.run_ok().await;
     app.put("acme", "a (1).csv", b"first content").await;
     app.put("acme", "b.csv", b"unique content").await;
-    app.put("acme", "l.csv", b"twin content").await;
-    app.put("acme", "r.csv", b"twin content").await;
+    app.put("acme", "twin (1).csv", b"twin content").await;
+    app.put("acme", "twin.csv", b"twin content").await;
     let rows = app.files().await.len();
     let resp = app
         .http
@@ -269,10 +275,11 @@ async fn a_dry_run_names_the_copies_a_real_run_would_hold() {
     assert_eq!(copy, "would_hold_duplicate", "{body}");
     assert!(why.contains("a.csv"), "{why}");
     assert_eq!(decision("b.csv").0, "would_process", "{body}");
-    let (l, r) = (decision("l.csv"), decision("r.csv"));
-    assert_eq!(l.0, "would_process", "{body}");
-    assert_eq!(r.0, "would_hold_duplicate", "{body}");
-    assert!(r.1.contains("l.csv"), "{}", r.1);
+    // The one a real run sends first (copy order), the other held.
+    let (first, copy) = (decision("twin.csv"), decision("twin (1).csv"));
+    assert_eq!(first.0, "would_process", "{body}");
+    assert_eq!(copy.0, "would_hold_duplicate", "{body}");
+    assert!(copy.1.contains("twin.csv"), "{}", copy.1);
     assert_eq!(body["summary"]["would_hold_duplicate"], 2, "{body}");
     assert_eq!(body["summary"]["would_process"], 2, "{body}");
     assert_eq!(app.files().await.len(), rows, "nothing claimed");

@@ -27,6 +27,7 @@ fn group(remitter: &str, name: &str, age_secs: i64) -> Group {
             },
         },
         superseded: Vec::new(),
+        copies: None,
     }
 }
 
