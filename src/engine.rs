@@ -543,6 +543,7 @@ impl Engine {
         let run_id = Uuid::new_v4();
         let started_at = Utc::now();
         let clock = std::time::Instant::now();
+        let cpu_at_start = crate::telemetry::process_cpu();
         let span = tracing::info_span!("run", %run_id, trigger);
         // A run whose owner died is finished first (adopted), then this one starts.
         let mut adopted_one = false;
@@ -606,6 +607,10 @@ impl Engine {
             span,
         )
         .await;
+        if let (Some(a), Some(b)) = (cpu_at_start, crate::telemetry::process_cpu()) {
+            // The whole process: with a run at a time, nearly all of it is the run's.
+            tracing::info!(%run_id, cpu_s = (b.saturating_sub(a)).as_secs_f64(), wall_s = clock.elapsed().as_secs_f64(), "run's CPU");
+        }
         self.end_run(run_id, started_at, clock, outcome).await
     }
 
