@@ -17,6 +17,7 @@ pub mod plan;
 pub mod process;
 pub mod scan;
 pub mod source;
+pub mod spool;
 pub mod store;
 pub mod telemetry;
 #[cfg(test)]

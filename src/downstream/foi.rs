@@ -169,16 +169,9 @@ impl FoiClient {
         let (body, len) = match content {
             Content::Memory(bytes) => (reqwest::Body::from(bytes.clone()), bytes.len() as u64),
             Content::Spooled(path) => {
-                let file = tokio::fs::File::open(path)
-                    .await
-                    .map_err(|e| local("open spool file", e))?;
-                let len = file
-                    .metadata()
-                    .await
-                    .map_err(|e| local("stat spool file", e))?
-                    .len();
-                let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
-                (reqwest::Body::wrap_stream(stream), len)
+                let (len, blocks) =
+                    crate::spool::read_blocks(path).map_err(|e| local("open spool file", e))?;
+                (reqwest::Body::wrap_stream(blocks), len)
             }
         };
         let part = reqwest::multipart::Part::stream_with_length(body, len)

@@ -26,6 +26,7 @@
 //! - folders are created one level at a time, an existing one is fine.
 
 use super::{Content, Entry, Expected, Fetched, FileSource, IN_MEMORY_MAX, Moved, SourceError};
+use crate::spool::HashingSpool;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::FutureExt;
@@ -550,40 +551,43 @@ async fn stream(
     };
     let mut download =
         FileDownload::new(tree, conn, opened.file_id, opened.end_of_file, READ_CHUNK);
-    let mut spool = None;
-    let mut memory = Vec::new();
     if opened.end_of_file > IN_MEMORY_MAX {
-        spool = Some(tokio::fs::File::create(dest).await.map_err(spool_error)?);
-    } else {
-        memory.reserve_exact(opened.end_of_file as usize);
+        // Hashed and written by the spool's own thread, beside this one.
+        let spool = HashingSpool::create(dest).await.map_err(spool_error)?;
+        loop {
+            match tokio::time::timeout(chunk_timeout, download.next_chunk())
+                .await
+                .map_err(timed_out)?
+            {
+                None => break,
+                Some(Err(e)) => return Err(classify(op, e)),
+                Some(Ok(bytes)) => spool.write(bytes).await.map_err(spool_error)?,
+            }
+        }
+        let (md5, size) = spool.finish().await.map_err(spool_error)?;
+        return Ok((md5, size, Content::Spooled(dest.to_path_buf())));
     }
+    let mut memory = Vec::with_capacity(opened.end_of_file as usize);
     let mut hasher = Md5::new();
-    let mut size = 0u64;
     loop {
-        let chunk = tokio::time::timeout(chunk_timeout, download.next_chunk())
+        match tokio::time::timeout(chunk_timeout, download.next_chunk())
             .await
-            .map_err(timed_out)?;
-        match chunk {
+            .map_err(timed_out)?
+        {
             None => break,
             Some(Err(e)) => return Err(classify(op, e)),
             Some(Ok(bytes)) => {
                 hasher.update(&bytes);
-                size += bytes.len() as u64;
-                match spool.as_mut() {
-                    Some(out) => out.write_all(&bytes).await.map_err(spool_error)?,
-                    None => memory.extend_from_slice(&bytes),
-                }
+                memory.extend_from_slice(&bytes);
             }
         }
     }
-    let content = match spool {
-        Some(mut out) => {
-            out.flush().await.map_err(spool_error)?;
-            Content::Spooled(dest.to_path_buf())
-        }
-        None => Content::Memory(memory),
-    };
-    Ok((hex::encode(hasher.finalize()), size, content))
+    let size = memory.len() as u64;
+    Ok((
+        hex::encode(hasher.finalize()),
+        size,
+        Content::Memory(memory),
+    ))
 }
 
 impl SmbShare {
