@@ -25,6 +25,7 @@
 #                             (MACed and sealed as the coordinator does, by examples/audit_fill),
 #                             against the 60 s budget of CONTRACT §11
 #   BENCH_OUT [target/bench]  where samples.tsv, bench.json and logs go
+#   BENCH_COORDINATOR [target/release/coordinator]  the binary measured
 #   BENCH_PROFILE [unset]     1: run the coordinator under `perf record` (cpu-clock,
 #                             DWARF call graphs) and write logs/<n>-<tag>.perf.txt (self
 #                             time by symbol) and .perf-children.txt (inclusive)
@@ -34,7 +35,15 @@
 # migrations, not the background pass). The archive pass is the time from
 # the run's finished_at to the last files.archived_at. "2 instances" is wall
 # time of the processes. CPU (user+sys) and peak RSS of the coordinator
-# process come from /usr/bin/time.
+# process come from /usr/bin/time; "run CPU" is the process's CPU during the
+# run alone (the engine's `run's CPU` log line), the figure reported per GiB
+# and per 1,000 files, beside the floor tools' own CPU (smbclient and the
+# POST loop under /usr/bin/time). The FOI sink reads and hashes every byte
+# it is sent before it answers (tests/it/fakes.rs), as a real FOI does.
+# The byte rows (small, mib, big) also run each repetition end to end: a
+# `coordinator serve` timed from its POST /api/v1/coordinator/runs to the
+# answer as a client sees it, with a BENCH_LOOK_SECS stability look that is
+# subtracted (rows small_e2e, mib_e2e, big_e2e).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/lib/env.sh
@@ -67,7 +76,8 @@ if [[ -n "${BENCH_PROFILE:-}" ]]; then
 fi
 log "building (release)"
 cargo build --quiet --release --bin coordinator --examples
-COORD="$TARGET/release/coordinator"
+# BENCH_COORDINATOR: another build of the coordinator to measure (a before/after pair).
+COORD="${BENCH_COORDINATOR:-$TARGET/release/coordinator}"
 BENCH="$TARGET/release/examples/bench"
 FAKES="$TARGET/release/examples/fake_downstream"
 AUDIT_FILL="$TARGET/release/examples/audit_fill"
@@ -186,19 +196,67 @@ expect_status() { # STATUS COUNT
     [[ "$n" == "$2" ]] || log "WARNING: $n files $1, expected $2 (see $LOGS)"
 }
 
-# The mget (or get) + POST floor of the files now in incoming/. Sets FLOOR_S.
+# The mget (or get) + POST floor of the files now in incoming/. Sets FLOOR_S
+# and FLOOR_CPU_S (user + sys of smbclient and of the POST loop).
 mget_post_floor() { # SCENARIO
-    local dl="$WORK/dl" t mget_s post_s
+    local dl="$WORK/dl" t mget_s post_s w u s m mget_cpu post_cpu
     rm -rf "$dl" && mkdir -p "$dl"
     t=$(now)
-    smb -c "lcd $dl; cd incoming; recurse ON; prompt OFF; mget *" >/dev/null 2>&1
+    /usr/bin/time -f '%e %U %S %M' -o "$WORK/mget.time" \
+        smbclient -s "$IT_SMB_CONF" -p "$IT_SMB_PORT" -m SMB3 "//127.0.0.1/$IT_SMB_SHARE" \
+        -U "$IT_SMB_USERNAME%$IT_SMB_PASSWORD" \
+        -c "lcd $dl; cd incoming; recurse ON; prompt OFF; mget *" >/dev/null 2>&1
     mget_s=$(since "$t")
-    post_s=$("$BENCH" post "$SINK_URL" "$dl")
+    read -r w u s m < <(tail -n1 "$WORK/mget.time")
+    mget_cpu=$(calc "$u + $s")
+    post_s=$(/usr/bin/time -f '%e %U %S %M' -o "$WORK/post.time" "$BENCH" post "$SINK_URL" "$dl")
+    read -r w u s m < <(tail -n1 "$WORK/post.time")
+    post_cpu=$(calc "$u + $s")
     rm -rf "$dl"
     sample "$1" mget_s "$mget_s"
     sample "$1" post_s "$post_s"
+    sample "$1" mget_cpu_s "$mget_cpu"
+    sample "$1" post_cpu_s "$post_cpu"
     FLOOR_S=$(calc "$mget_s + $post_s")
-    log "$1 floor: smbclient ${mget_s}s + POSTs ${post_s}s"
+    FLOOR_CPU_S=$(calc "$mget_cpu + $post_cpu")
+    sample "$1" floor_cpu_s "$FLOOR_CPU_S"
+    log "$1 floor: smbclient ${mget_s}s (cpu ${mget_cpu}s) + POSTs ${post_s}s (cpu ${post_cpu}s)"
+}
+
+# The CPU of the process during its run alone (no start-up, no migrations),
+# from the `run's CPU` line the engine logs after each run.
+run_cpu() { # LOG
+    sed 's/\x1b\[[0-9;]*m//g' "$1" | grep "run's CPU" | tail -n1 |
+        grep -o 'cpu_s=[0-9.]*' | cut -d= -f2
+}
+
+# The same run as a client sees it: a `coordinator serve` on the scenario's
+# files, timed from its `POST /api/v1/coordinator/runs` to the answer, with a
+# stability look of LOOK_SECS (subtracted). Sets E2E_S, and CPU_S, RSS_KIB
+# of the serve process (its CPU from /proc just before and after the POST).
+serve_e2e() { # TAG
+    local tag=$1 port pid t total ticks0 ticks1 hz
+    run_n=$((run_n + 1))
+    local base="$LOGS/$run_n-$tag"
+    port=$(free_port)
+    env DATABASE_URL="$DB" BIND_ADDR="127.0.0.1:$port" STABLE_CHECK_INTERVAL_SECS="$LOOK_SECS" \
+        "$COORD" serve >"$base.out" 2>"$base.log" &
+    pid=$!
+    for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+    hz=$(getconf CLK_TCK)
+    ticks0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+    t=$(now)
+    curl -fs -X POST "http://127.0.0.1:$port/api/v1/coordinator/runs" >"$base.run.json" ||
+        log "WARNING: $tag: the run did not answer 200"
+    total=$(since "$t")
+    ticks1=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+    RSS_KIB=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    E2E_S=$(calc "$total - $LOOK_SECS")
+    CPU_S=$(calc "($ticks1 - $ticks0) / $hz")
+    WALL_S=$total
+    log "$tag: POST to answer ${total}s (${E2E_S}s without the ${LOOK_SECS}s look), cpu ${CPU_S}s, peak RSS $((RSS_KIB / 1024)) MiB"
 }
 
 record() { # SCENARIO COORD_S FLOOR_S
@@ -209,9 +267,14 @@ record() { # SCENARIO COORD_S FLOOR_S
     sample "$1" wall_s "$WALL_S"
 }
 
+# Each repetition: the floor, a `coordinator run` (timed by its `runs` row),
+# then the same files again through `serve`, end to end (SCENARIO_e2e).
 first_run_scenario() { # SCENARIO FILES DIRS BYTES DESC
     local scen=$1 files=$2 dirs=$3 bytes=$4
     sample "$scen" desc "$5"
+    sample "${scen}_e2e" desc "$5, look ${LOOK_SECS}s subtracted"
+    sample "$scen" files "$files"
+    sample "$scen" bytes "$((files * bytes))"
     start_fakes
     for rep in $(seq 1 "$REPS"); do
         new_db
@@ -220,6 +283,14 @@ first_run_scenario() { # SCENARIO FILES DIRS BYTES DESC
         coord_run "$scen-$rep"
         expect_status success "$files"
         record "$scen" "$RUN_S" "$FLOOR_S"
+        sample "$scen" run_cpu_s "$(run_cpu "$LOGS/$run_n-$scen-$rep.log")"
+        new_db
+        fill_share "$files" "$dirs" "$bytes"
+        serve_e2e "$scen-e2e-$rep"
+        expect_status success "$files"
+        record "${scen}_e2e" "$E2E_S" "$FLOOR_S"
+        sample "${scen}_e2e" run_cpu_s "$CPU_S"
+        sample "${scen}_e2e" floor_cpu_s "$FLOOR_CPU_S"
     done
 }
 
