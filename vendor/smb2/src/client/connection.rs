@@ -1624,7 +1624,9 @@ pub struct Frame {
     pub header: Header,
     /// Sub-frame bytes after the header (body portion only).
     pub body: Vec<u8>,
-    /// Full sub-frame bytes including the header.
+    /// Full sub-frame bytes including the header: kept for NEGOTIATE and
+    /// SESSION_SETUP responses only (the handshake hashes them); empty for
+    /// every other command, whose body is the received buffer itself.
     pub raw: Vec<u8>,
 }
 
@@ -5998,8 +6000,9 @@ async fn receiver_loop(
             decoded
         };
 
-        // Split by NextCommand.
-        let sub_frames = match split_compound(&decoded) {
+        // Split by NextCommand (a lone response, the common case, is moved
+        // through, not copied).
+        let sub_frames = match split_compound_owned(decoded) {
             Ok(subs) => subs,
             Err(e) => {
                 inner
@@ -6027,10 +6030,11 @@ async fn receiver_loop(
         // inside is corrupt — the connection is out of sync and we can't
         // recover. Tear down so pending waiters see Err(Disconnected)
         // rather than hanging forever.
-        let mut routable: Vec<(MessageId, Result<Frame>)> = Vec::new();
+        let mut routable: Vec<(MessageId, Result<Frame>, usize)> = Vec::new();
         for sub in sub_frames {
-            match prepare_sub_frame(&sub, was_encrypted, &inner) {
-                Ok(SubFrameAction::Route(msg_id, result)) => routable.push((msg_id, result)),
+            let len = sub.len();
+            match prepare_sub_frame(sub, was_encrypted, &inner) {
+                Ok(SubFrameAction::Route(msg_id, result)) => routable.push((msg_id, result, len)),
                 Ok(SubFrameAction::Skip) => { /* notification / STATUS_PENDING */ }
                 Ok(SubFrameAction::AckOplockBreak(brk, tree_id)) => {
                     acknowledge_oplock_break(&inner, brk, tree_id);
@@ -6059,10 +6063,10 @@ async fn receiver_loop(
             continue;
         }
 
-        for (msg_id, result) in routable {
+        for (msg_id, result, len) in routable {
             let waiter = inner.waiters.lock().unwrap().remove(&msg_id);
-            if let (Some(w), Ok(frame)) = (&waiter, &result) {
-                inner.note_round_trip(w, frame.raw.len());
+            if let (Some(w), Ok(_)) = (&waiter, &result) {
+                inner.note_round_trip(w, len);
             }
             let maybe_tx = waiter.map(|w| w.tx);
             match maybe_tx {
@@ -6078,7 +6082,7 @@ async fn receiver_loop(
                             frame.header.status,
                             frame.header.command,
                             frame.header.credits,
-                            frame.raw.len()
+                            frame.body.len() + Header::SIZE
                         ),
                         Err(e) => debug!("recv: routed error msg_id={}, err={}", msg_id.0, e),
                     }
@@ -6187,12 +6191,12 @@ pub(crate) enum SubFrameAction {
 /// unrecoverable errors where the connection is now out of sync
 /// (header parse failure on a sub-frame the compound-splitter claimed was
 /// valid — the receiver loop fans the error to all waiters and exits).
-fn prepare_sub_frame(sub: &[u8], was_encrypted: bool, inner: &Inner) -> Result<SubFrameAction> {
+fn prepare_sub_frame(sub: Vec<u8>, was_encrypted: bool, inner: &Inner) -> Result<SubFrameAction> {
     // Parse the header. A failure here means split_compound produced a
     // chunk that doesn't start with a valid SMB2 header — the framing is
     // corrupt and we can't know where the next sub-frame begins. Fatal
     // to the connection.
-    let mut cursor = ReadCursor::new(sub);
+    let mut cursor = ReadCursor::new(&sub);
     let header = match Header::unpack(&mut cursor) {
         Ok(h) => h,
         Err(e) => {
@@ -6299,7 +6303,7 @@ fn prepare_sub_frame(sub: &[u8], was_encrypted: bool, inner: &Inner) -> Result<S
         let is_cancel = header.command == Command::Cancel;
         if let (Some(key), Some(algo)) = (signing_key, signing_algorithm) {
             if let Err(e) =
-                signing::verify_signature(sub, &key, algo, header.message_id.0, is_cancel)
+                signing::verify_signature(&sub, &key, algo, header.message_id.0, is_cancel)
             {
                 inner
                     .metrics
@@ -6334,12 +6338,14 @@ fn prepare_sub_frame(sub: &[u8], was_encrypted: bool, inner: &Inner) -> Result<S
         ));
     }
 
-    let body = if sub.len() > Header::SIZE {
-        sub[Header::SIZE..].to_vec()
-    } else {
-        Vec::new()
-    };
-    let raw = sub.to_vec();
+    // The whole message is kept only where the handshake hashes it
+    // (preauth integrity, session keys); everywhere else the body is the
+    // received buffer itself, its header shifted out in place: no copy
+    // and no allocation per response (a READ's is as large as its data).
+    let keep_raw = matches!(header.command, Command::Negotiate | Command::SessionSetup);
+    let raw = if keep_raw { sub.clone() } else { Vec::new() };
+    let mut body = sub;
+    body.drain(..Header::SIZE.min(body.len()));
     let msg_id = header.message_id;
     Ok(SubFrameAction::Route(
         msg_id,
@@ -6416,6 +6422,16 @@ fn decrypt_frame(data: &[u8], inner: &Inner) -> Result<Vec<u8>> {
     let ciphertext = &data[TransformHeader::SIZE..];
     let plaintext = encryption::decrypt_message(transform_header, ciphertext, &dec_key, cipher)?;
     Ok(plaintext)
+}
+
+/// [`split_compound`] for a frame the caller owns: a frame holding one
+/// response (NextCommand 0 at the start, the common case) is checked the
+/// same way and handed back whole instead of copied.
+pub(crate) fn split_compound_owned(data: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+    if data.len() >= Header::SIZE && data[20..24] == [0, 0, 0, 0] {
+        return Ok(vec![data]);
+    }
+    split_compound(&data)
 }
 
 /// Split a preprocessed frame into sub-frames by `NextCommand` offsets.
@@ -8436,7 +8452,7 @@ mod tests {
         h.status = NtStatus::PENDING;
         h.async_id = Some(0xFEED_FACE_DEAD_BEEF);
         let interim = pack_message(&h, &crate::msg::echo::EchoResponse);
-        let action = prepare_sub_frame(&interim, false, &conn.inner)
+        let action = prepare_sub_frame(interim.clone(), false, &conn.inner)
             .expect("the interim response should be handled");
         assert!(
             matches!(action, SubFrameAction::Skip),
@@ -8823,7 +8839,7 @@ mod tests {
         let mut good = pack_message(&h, &body);
         signing::sign_message_as_server(&mut good, &key, SigningAlgorithm::AesGmac, 9, true)
             .unwrap();
-        let action = prepare_sub_frame(&good, false, &conn.inner).unwrap();
+        let action = prepare_sub_frame(good.clone(), false, &conn.inner).unwrap();
         assert!(
             matches!(action, SubFrameAction::Route(_, Ok(_))),
             "a correctly signed CANCEL response must verify, got {action:?}"
@@ -8835,7 +8851,7 @@ mod tests {
         let mut wrong = pack_message(&h, &body);
         signing::sign_message_as_server(&mut wrong, &key, SigningAlgorithm::AesGmac, 9, false)
             .unwrap();
-        let action = prepare_sub_frame(&wrong, false, &conn.inner).unwrap();
+        let action = prepare_sub_frame(wrong.clone(), false, &conn.inner).unwrap();
         assert!(
             matches!(
                 action,
@@ -8875,7 +8891,7 @@ mod tests {
         h.status = NtStatus::SUCCESS;
         let stripped = pack_message(&h, &crate::msg::echo::EchoResponse);
 
-        let action = prepare_sub_frame(&stripped, false, &conn.inner).unwrap();
+        let action = prepare_sub_frame(stripped.clone(), false, &conn.inner).unwrap();
         assert!(
             matches!(
                 action,
@@ -8928,7 +8944,7 @@ mod tests {
             "the forgery carries a real signature"
         );
 
-        let action = prepare_sub_frame(&forged, false, &conn.inner).unwrap();
+        let action = prepare_sub_frame(forged.clone(), false, &conn.inner).unwrap();
         match action {
             SubFrameAction::Route(MessageId(7), Err(e)) => {
                 assert!(
@@ -8971,14 +8987,14 @@ mod tests {
             error_context_count: 0,
             error_data: vec![],
         };
-        let action = prepare_sub_frame(&pack_message(&pending, &body), false, &conn.inner).unwrap();
+        let action = prepare_sub_frame(pack_message(&pending, &body), false, &conn.inner).unwrap();
         assert!(matches!(action, SubFrameAction::Skip), "got {action:?}");
 
         let mut brk = Header::new_request(Command::OplockBreak);
         brk.flags.set_response();
         brk.message_id = MessageId::UNSOLICITED;
         brk.status = NtStatus::SUCCESS;
-        let action = prepare_sub_frame(&pack_message(&brk, &body), false, &conn.inner).unwrap();
+        let action = prepare_sub_frame(pack_message(&brk, &body), false, &conn.inner).unwrap();
         assert!(matches!(action, SubFrameAction::Skip), "got {action:?}");
 
         assert_eq!(conn.metrics().signature_failures, 0);

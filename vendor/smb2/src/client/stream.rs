@@ -465,7 +465,18 @@ impl<'a> FileDownload<'a> {
                 command: Command::Read,
             });
         }
-        let mut data = ReadResponse::unpack(&mut ReadCursor::new(&frame.body))?.data;
+        // The data is cut out of the response's own buffer (what `unpack`
+        // would copy): the body's fixed part is checked by `unpack_head`.
+        let mut data = frame.body;
+        let (start, data_len) = ReadResponse::unpack_head(&mut ReadCursor::new(&data))?;
+        if data.len() < start + data_len {
+            return Err(Error::invalid_data(format!(
+                "READ response claims {data_len} bytes of data, carries {}",
+                data.len().saturating_sub(start)
+            )));
+        }
+        data.truncate(start + data_len);
+        data.drain(..start);
         if data.is_empty() {
             self.stop_at_eof();
             return Ok(None);

@@ -187,6 +187,38 @@ impl Pack for ReadResponse {
     }
 }
 
+impl ReadResponse {
+    /// Bytes of the body before the data: what [`Self::unpack_head`] reads.
+    pub const FIXED_SIZE: usize = 16;
+
+    /// Checks the fixed part of a READ response body and returns where its
+    /// data is in the body: (start, length). `DataOffset` counts from the
+    /// SMB2 header (MS-SMB2 2.2.20); data right after the fixed part is the
+    /// usual place. For a caller that takes the data out of the body in
+    /// place instead of copying it.
+    pub fn unpack_head(cursor: &mut ReadCursor<'_>) -> Result<(usize, usize)> {
+        let structure_size = cursor.read_u16_le()?;
+        if structure_size != Self::STRUCTURE_SIZE {
+            return Err(Error::invalid_data(format!(
+                "invalid ReadResponse structure size: expected {}, got {}",
+                Self::STRUCTURE_SIZE,
+                structure_size
+            )));
+        }
+        let data_offset = usize::from(cursor.read_u8()?);
+        let _reserved = cursor.read_u8()?;
+        let data_length = cursor.read_u32_le()? as usize;
+        let _data_remaining = cursor.read_u32_le()?;
+        let _flags = cursor.read_u32_le()?;
+        const HEADER: usize = 64;
+        let start = data_offset
+            .checked_sub(HEADER)
+            .filter(|s| *s >= Self::FIXED_SIZE)
+            .unwrap_or(Self::FIXED_SIZE);
+        Ok((start, data_length))
+    }
+}
+
 impl Unpack for ReadResponse {
     fn unpack(cursor: &mut ReadCursor<'_>) -> Result<Self> {
         let structure_size = cursor.read_u16_le()?;

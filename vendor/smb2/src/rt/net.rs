@@ -130,13 +130,23 @@ pub(crate) enum ReadHalf {
 }
 
 impl ReadHalf {
-    /// Read what's there, up to `buf.len()` bytes. `Ok(0)` is end of stream.
-    pub(crate) async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Read what's there, up to `limit` bytes, appended to `buf` in its spare
+    /// capacity (not zeroed first). `Ok(0)` is end of stream.
+    pub(crate) async fn read_appending(&mut self, buf: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
         match self {
             #[cfg(feature = "tokio")]
-            Self::Tokio(half) => half.read(buf).await,
+            Self::Tokio(half) => {
+                use bytes::BufMut;
+                half.read_buf(&mut buf.limit(limit)).await
+            }
             #[cfg(feature = "smol")]
-            Self::Smol(stream) => stream.read(buf).await,
+            Self::Smol(stream) => {
+                let start = buf.len();
+                buf.resize(start + limit, 0);
+                let n = stream.read(&mut buf[start..]).await;
+                buf.truncate(start + *n.as_ref().unwrap_or(&0));
+                n
+            }
         }
     }
 

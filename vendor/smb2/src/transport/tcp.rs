@@ -393,15 +393,19 @@ impl TransportReceive for TcpTransport {
         // Read the message body, publishing each piece as it lands. This is
         // `read_exact` with a counter in it, and has to keep its semantics
         // exactly: every byte or an error, EOF partway is `Disconnected`.
-        let mut buf = vec![0u8; msg_len];
+        // The buffer is read into uninitialized: zeroing a READ's megabyte
+        // first cost as much as the copy out of the socket.
+        let mut buf = Vec::with_capacity(msg_len);
         let _frame = FrameInProgress::begin(&self.progress, msg_len);
-        let mut filled = 0;
-        while filled < msg_len {
-            let n = reader.read(&mut buf[filled..]).await.map_err(read_error)?;
+        while buf.len() < msg_len {
+            let want = msg_len - buf.len();
+            let n = reader
+                .read_appending(&mut buf, want)
+                .await
+                .map_err(read_error)?;
             if n == 0 {
                 return Err(Error::Disconnected);
             }
-            filled += n;
             self.progress.record(n);
         }
 
