@@ -15,6 +15,8 @@
 #   IT_PG_VERSION    Postgres major version (default 15)
 #   IT_SMB_ENCRYPT   `server smb encrypt` of the private smbd (off, if_required,
 #                    desired, required); unset = Samba's default
+#   IT_SMB_SIGNING   `server signing` of the private smbd (disabled, auto,
+#                    mandatory); unset = Samba's default
 #   IT_KEEP_ARTIFACTS=1  on failure, keep the state dir for inspection
 set -euo pipefail
 
@@ -32,6 +34,9 @@ SMB_USER="${IT_SMB_USERNAME:-coordit}"
 SMB_ENCRYPT="${IT_SMB_ENCRYPT:-}"
 [[ "$SMB_ENCRYPT" =~ ^(|off|if_required|desired|required)$ ]] ||
     die "invalid IT_SMB_ENCRYPT '$SMB_ENCRYPT' (off, if_required, desired or required)"
+SMB_SIGNING="${IT_SMB_SIGNING:-}"
+[[ "$SMB_SIGNING" =~ ^(|disabled|auto|mandatory)$ ]] ||
+    die "invalid IT_SMB_SIGNING '$SMB_SIGNING' (disabled, auto or mandatory)"
 
 # ---------------------------------------------------------------- what do we need?
 start_pg=1
@@ -199,6 +204,7 @@ write_smb_conf() { # PORT
     disable spoolss = yes
     usershare max shares = 0
 ${SMB_ENCRYPT:+    server smb encrypt = $SMB_ENCRYPT}
+${SMB_SIGNING:+    server signing = $SMB_SIGNING}
 
 [$SMB_SHARE]
     path = $SHARE_PATH

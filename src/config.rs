@@ -6,7 +6,7 @@
 
 use crate::auth::oidc::OidcConfig;
 use crate::scan::names::{DEFAULT_PATTERNS, TempNameFilter};
-use crate::source::smb::SmbConfig;
+use crate::source::smb::{Signing, SmbConfig};
 use crate::store::AuditKey;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Command, FromArgMatches, ValueEnum};
@@ -314,6 +314,9 @@ pub struct ConfigArgs {
     /// Bound on each SMB metadata call and each transfer request, seconds
     #[arg(long, env = "SMB_TIMEOUT_SECS", default_value = "30", value_parser = secs(MIN_TIMEOUT_SECS, YEAR_SECS))]
     pub smb_timeout_secs: Duration,
+    /// SMB signing: every message when the server requires it, else only the tree connect (if_required, as smbclient and Windows do); or every message whatever the server asks (required)
+    #[arg(long, env = "SMB_SIGNING", value_enum, default_value_t = Signing::IfRequired)]
+    pub smb_signing: Signing,
     /// FOI extraction endpoint, http or https; {remitter} is replaced (required)
     #[arg(long, env = "FOI_API_URL", value_parser = url_template)]
     pub foi_api_url: Option<String>,
@@ -615,6 +618,7 @@ impl Config {
             password: smb_password.0,
             domain: a.smb_domain,
             timeout: a.smb_timeout_secs,
+            signing: a.smb_signing,
         };
         if a.smb_archive_dir.is_empty() {
             return Err(err("SMB_ARCHIVE_DIR", "must not be the share root"));
@@ -738,6 +742,7 @@ mod tests {
         assert_eq!(c.bind_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(c.max_concurrent_files, 4);
         assert_eq!(c.smb.timeout, Duration::from_secs(30));
+        assert_eq!(c.smb.signing, Signing::IfRequired);
         assert_eq!(c.foi_timeout, Duration::from_secs(120));
         assert_eq!(c.foi_retries, 2);
         assert_eq!(c.itm_timeout, Duration::from_secs(30));
@@ -778,9 +783,11 @@ mod tests {
             ("--max-concurrent-files", Some("256")),
             ("--foi-retries", Some("10")),
             ("--env", Some("dev")),
+            ("--smb-signing", Some("required")),
         ])
         .unwrap();
         assert_eq!(c.instance_id, "node-a");
+        assert_eq!(c.smb.signing, Signing::Required);
         assert_eq!(c.instance_heartbeat, Duration::from_millis(500));
         assert_eq!(
             (c.source_dir.as_str(), c.archive_dir.as_str()),
@@ -812,6 +819,7 @@ mod tests {
                 "IQUBE_API_URL",
             ),
             ("--smb-port", Some("70000"), "SMB_PORT"),
+            ("--smb-signing", Some("always"), "SMB_SIGNING"),
             ("--env", Some("staging"), "ENV"),
             ("--stable-min-age-secs", Some("-1"), "STABLE_MIN_AGE_SECS"),
             ("--max-concurrent-files", Some("0"), "MAX_CONCURRENT_FILES"),

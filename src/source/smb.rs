@@ -74,6 +74,30 @@ pub struct SmbConfig {
     pub domain: String,
     /// Bound on every metadata call and on each request of a transfer.
     pub timeout: Duration,
+    /// Which messages the session signs.
+    pub signing: Signing,
+}
+
+/// Which SMB messages the coordinator signs (`SMB_SIGNING`). Encryption,
+/// where the share has it, protects every message either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Signing {
+    /// Everything when the server requires signing; otherwise only the tree
+    /// connect (SMB 3.1.1), as smbclient and Windows clients do by default.
+    #[default]
+    IfRequired,
+    /// Every message, every response verified, and the session marked as
+    /// requiring signing so the server refuses an unsigned request in it.
+    Required,
+}
+
+impl From<Signing> for smb2::Signing {
+    fn from(s: Signing) -> Self {
+        match s {
+            Signing::IfRequired => smb2::Signing::IfRequired,
+            Signing::Required => smb2::Signing::Required,
+        }
+    }
 }
 
 impl std::fmt::Debug for SmbConfig {
@@ -86,6 +110,7 @@ impl std::fmt::Debug for SmbConfig {
             .field("password", &"<redacted>")
             .field("domain", &self.domain)
             .field("timeout", &self.timeout)
+            .field("signing", &self.signing)
             .finish()
     }
 }
@@ -617,6 +642,7 @@ impl SmbShare {
             auto_reconnect: false,
             compression: false,
             dfs_enabled: false,
+            signing: c.signing.into(),
             ..Default::default()
         };
         let connect = async {
@@ -1112,6 +1138,7 @@ mod tests {
             password: "hunter2".into(),
             domain: String::new(),
             timeout: Duration::from_secs(1),
+            signing: Signing::IfRequired,
         };
         assert!(!format!("{c:?}").contains("hunter2"));
     }

@@ -44,6 +44,7 @@ impl TestEnv {
                 password: var("IT_SMB_PASSWORD"),
                 domain: String::new(),
                 timeout: Duration::from_secs(20),
+                signing: Default::default(),
             },
             share_path: PathBuf::from(var("IT_SMB_SHARE_PATH")),
             database_url: var("DATABASE_URL"),

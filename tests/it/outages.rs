@@ -31,6 +31,7 @@ impl PrivateServers {
             .env_remove("IT_STATE_DIR")
             .env_remove("IT_PG_DATA")
             .env_remove("IT_SMB_ENCRYPT")
+            .env_remove("IT_SMB_SIGNING")
             .envs(script_env.iter().copied())
             .stderr(Stdio::inherit());
         if with_postgres {
@@ -69,6 +70,7 @@ impl PrivateServers {
                 password: self.vars["IT_SMB_PASSWORD"].clone(),
                 domain: String::new(),
                 timeout: Duration::from_secs(5),
+                signing: Default::default(),
             },
             share_path: PathBuf::from(&self.vars["IT_SMB_SHARE_PATH"]),
             database_url: self

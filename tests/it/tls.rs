@@ -1,7 +1,8 @@
 //! Transport security (CONTRACT §3): HTTPS downstreams verified against the
 //! system's roots plus `EXTRA_CA_CERTS_FILE`, never retried in plaintext;
 //! Postgres with `sslmode=require` and `verify-full`; a share that requires
-//! SMB3 encryption. Certificates come from a throwaway CA made here.
+//! SMB3 encryption; SMB signing as `SMB_SIGNING` and the server ask.
+//! Certificates come from a throwaway CA made here.
 
 use crate::fakes::ItmBehavior;
 use crate::helpers::{Opts, keep_log, spawn_app};
@@ -277,6 +278,81 @@ async fn smb_share_requiring_encryption() {
     let body = app.run_ok().await;
     assert_eq!(body["summary"]["succeeded"], 1, "{body}");
     assert_eq!(app.files().await[0].status, "success");
+    app.eventually(30, "archived", || async {
+        app.in_archive("acme", "remit.csv")
+    })
+    .await;
+    app.finish().await;
+}
+
+/// How each session of a private smbd is signed, as its `smbstatus` says:
+/// `full` (smbd requires a signature on every message of it), `partial`
+/// (signed messages seen, none required) or `none`.
+fn signing_degrees(servers: &PrivateServers) -> Vec<String> {
+    let out = Command::new("smbstatus")
+        .args(["-s", &servers.vars["IT_SMB_CONF"], "-b", "--json"])
+        .output()
+        .expect("run smbstatus");
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["sessions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|s| s["signing"]["degree"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// On a share that does not require signing, the default (`if_required`)
+/// leaves the session unsigned but for the tree connect, as smbclient does
+/// (smbd: `partial`), and `required` makes smbd require a signature on every
+/// message of the coordinator's session (`full`); the coordinator's session
+/// is counted while it is still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smb_signing_follows_the_setting() {
+    let servers = PrivateServers::start(false);
+
+    let mut app = servers.app(Opts::default()).await;
+    app.put("acme", "a.csv", b"remittance a").await;
+    let body = app.run_ok().await;
+    assert_eq!(body["summary"]["succeeded"], 1, "{body}");
+    // The remitter's session and the coordinator's, neither fully signed.
+    let degrees = signing_degrees(&servers);
+    assert!(
+        degrees.len() >= 2 && degrees.iter().all(|d| d == "partial"),
+        "{degrees:?}"
+    );
+    app.finish().await;
+
+    let mut app = servers
+        .app(Opts {
+            flags: vec![("--smb-signing", "required".into())],
+            ..Opts::default()
+        })
+        .await;
+    app.put("acme", "b.csv", b"remittance b").await;
+    let body = app.run_ok().await;
+    assert_eq!(body["summary"]["succeeded"], 1, "{body}");
+    let degrees = signing_degrees(&servers);
+    assert!(degrees.iter().any(|d| d == "full"), "{degrees:?}");
+    app.finish().await;
+}
+
+/// A share whose smbd requires signing (`server signing = mandatory`): with
+/// the default setting the coordinator signs every message, as the
+/// remitter's client does, and a run takes a file through and archives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smb_share_requiring_signing() {
+    let servers = PrivateServers::start_with(false, &[("IT_SMB_SIGNING", "mandatory")]);
+    let mut app = servers.app(Opts::default()).await;
+    app.put("acme", "remit.csv", b"remittance").await;
+    let body = app.run_ok().await;
+    assert_eq!(body["summary"]["succeeded"], 1, "{body}");
+    let degrees = signing_degrees(&servers);
+    assert!(
+        degrees.len() >= 2 && degrees.iter().all(|d| d == "full"),
+        "{degrees:?}"
+    );
     app.eventually(30, "archived", || async {
         app.in_archive("acme", "remit.csv")
     })

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -1415,6 +1415,7 @@ fn sweep_connection(inner: &Inner) {
     }
 }
 
+use crate::client::Signing;
 use crate::client::credits::{self, CreditPool, CreditReservation};
 use crate::client::read_ahead;
 use crate::client::write_behind;
@@ -1688,7 +1689,13 @@ impl<'a> CompoundOp<'a> {
 struct CryptoState {
     signing_key: Option<Vec<u8>>,
     signing_algorithm: Option<SigningAlgorithm>,
+    /// Every request is signed and every response verified.
     should_sign: bool,
+    /// Only TREE_CONNECT is signed (and its response verified): what MS-SMB2
+    /// § 3.2.4.1.1 asks of a 3.1.1 client on an authenticated session whose
+    /// server does not require signing, when the client signs only if
+    /// required ([`Signing::IfRequired`]).
+    sign_tree_connect: bool,
     encryption_key: Option<Vec<u8>>,
     decryption_key: Option<Vec<u8>>,
     encryption_cipher: Option<Cipher>,
@@ -1698,11 +1705,18 @@ struct CryptoState {
 }
 
 impl CryptoState {
+    /// Whether a message of this command is signed (a request) or has its
+    /// signature verified (a response).
+    fn signs(&self, command: Command) -> bool {
+        self.should_sign || self.sign_tree_connect && command == Command::TreeConnect
+    }
+
     fn new() -> Self {
         Self {
             signing_key: None,
             signing_algorithm: None,
             should_sign: false,
+            sign_tree_connect: false,
             encryption_key: None,
             decryption_key: None,
             encryption_cipher: None,
@@ -1968,6 +1982,8 @@ struct Inner {
     compression_enabled: AtomicBool,
     /// Whether the client wants compression (from config).
     compression_requested: AtomicBool,
+    /// Which messages sessions sign, a [`Signing`] as `u8` (see `set_signing`).
+    signing: AtomicU8,
     /// Preauth integrity hash (for SMB 3.1.1 key derivation). Mutated during
     /// negotiate and session setup; both happen on one task before any clone
     /// is expected to observe it.
@@ -2086,6 +2102,7 @@ impl Inner {
             write_lateness_hint: StdMutex::new(None),
             compression_enabled: AtomicBool::new(false),
             compression_requested: AtomicBool::new(true),
+            signing: AtomicU8::new(Signing::Always as u8),
             preauth_hasher: StdMutex::new(PreauthHasher::new()),
             dfs_trees: StdMutex::new(HashSet::new()),
             ipc_tree: StdMutex::new(None),
@@ -3011,7 +3028,7 @@ impl Connection {
         }
 
         let request = NegotiateRequest {
-            security_mode: SecurityMode::new(SecurityMode::SIGNING_ENABLED),
+            security_mode: self.client_security_mode(),
             capabilities: Capabilities::new(
                 Capabilities::DFS | Capabilities::LEASING | Capabilities::LARGE_MTU | Capabilities::ENCRYPTION,
             ),
@@ -3439,6 +3456,22 @@ impl Connection {
         c.signing_key = Some(key);
         c.signing_algorithm = Some(algorithm);
         c.should_sign = true;
+        c.sign_tree_connect = false;
+    }
+
+    /// Sign TREE_CONNECT only (MS-SMB2 § 3.2.4.1.1, a 3.1.1 session that does
+    /// not sign everything), with the given key and algorithm.
+    pub fn activate_tree_connect_signing(&mut self, key: Vec<u8>, algorithm: SigningAlgorithm) {
+        debug!(
+            "signing: TREE_CONNECT only, algo={:?}, key_len={}",
+            algorithm,
+            key.len()
+        );
+        let mut c = self.inner.crypto.lock().unwrap();
+        c.signing_key = Some(key);
+        c.signing_algorithm = Some(algorithm);
+        c.should_sign = false;
+        c.sign_tree_connect = true;
     }
 
     /// Activate encryption with the given keys and cipher.
@@ -3615,6 +3648,29 @@ impl Connection {
             .store(requested, Ordering::Release);
     }
 
+    /// Which messages this connection's sessions sign (see [`Signing`]).
+    /// Read by NEGOTIATE and session setup; set it before.
+    pub fn set_signing(&mut self, signing: Signing) {
+        self.inner.signing.store(signing as u8, Ordering::Release);
+    }
+
+    /// Which messages this connection's sessions sign.
+    pub fn signing(&self) -> Signing {
+        Signing::from_u8(self.inner.signing.load(Ordering::Acquire))
+    }
+
+    /// The SecurityMode of a NEGOTIATE or SESSION_SETUP request: signing
+    /// enabled, and required when the client requires it (MS-SMB2
+    /// § 2.2.3, RequireMessageSigning).
+    pub(crate) fn client_security_mode(&self) -> SecurityMode {
+        match self.signing() {
+            Signing::Required => {
+                SecurityMode::new(SecurityMode::SIGNING_ENABLED | SecurityMode::SIGNING_REQUIRED)
+            }
+            Signing::Always | Signing::IfRequired => SecurityMode::new(SecurityMode::SIGNING_ENABLED),
+        }
+    }
+
     /// Whether compression is active on this connection.
     pub fn compression_enabled(&self) -> bool {
         self.inner.compression_enabled.load(Ordering::Acquire)
@@ -3710,7 +3766,7 @@ impl Connection {
 
         let (should_sign, should_encrypt) = {
             let c = self.inner.crypto.lock().unwrap();
-            (c.should_sign, c.should_encrypt)
+            (c.signs(command), c.should_encrypt)
         };
 
         if should_sign && !should_encrypt {
@@ -3822,7 +3878,7 @@ impl Connection {
 
         let (should_sign, should_encrypt) = {
             let c = self.inner.crypto.lock().unwrap();
-            (c.should_sign, c.should_encrypt)
+            (c.signs(command), c.should_encrypt)
         };
 
         if should_sign && !should_encrypt {
@@ -4062,7 +4118,7 @@ impl Connection {
 
         let (should_sign, should_encrypt) = {
             let c = self.inner.crypto.lock().unwrap();
-            (c.should_sign, c.should_encrypt)
+            (c.signs(command), c.should_encrypt)
         };
 
         if should_sign && !should_encrypt {
@@ -4270,7 +4326,7 @@ impl Connection {
 
         let (should_sign, should_encrypt) = {
             let c = self.inner.crypto.lock().unwrap();
-            (c.should_sign, c.should_encrypt)
+            (ops.iter().any(|op| c.signs(op.command)), c.should_encrypt)
         };
 
         // One frame, but the server charges every sub-request, so reserve the
@@ -5738,6 +5794,12 @@ impl Connection {
         *self.inner.params.lock().unwrap() = Some(params);
     }
 
+    /// Whether a message of `command` is signed now (and its response verified).
+    #[cfg(test)]
+    pub(crate) fn signs_command(&self, command: Command) -> bool {
+        self.inner.crypto.lock().unwrap().signs(command)
+    }
+
     /// Stand in for the round trip NEGOTIATE would have measured.
     #[cfg(test)]
     pub(crate) fn set_estimated_rtt(&self, rtt: Option<Duration>) {
@@ -6191,7 +6253,7 @@ pub(crate) enum SubFrameAction {
 /// unrecoverable errors where the connection is now out of sync
 /// (header parse failure on a sub-frame the compound-splitter claimed was
 /// valid — the receiver loop fans the error to all waiters and exits).
-fn prepare_sub_frame(sub: Vec<u8>, was_encrypted: bool, inner: &Inner) -> Result<SubFrameAction> {
+fn prepare_sub_frame(mut sub: Vec<u8>, was_encrypted: bool, inner: &Inner) -> Result<SubFrameAction> {
     // Parse the header. A failure here means split_compound produced a
     // chunk that doesn't start with a valid SMB2 header — the framing is
     // corrupt and we can't know where the next sub-frame begins. Fatal
@@ -6292,7 +6354,7 @@ fn prepare_sub_frame(sub: Vec<u8>, was_encrypted: bool, inner: &Inner) -> Result
     // An unsigned frame carries a zero signature and fails verification here.
     let (should_sign, signing_key, signing_algorithm) = {
         let c = inner.crypto.lock().unwrap();
-        (c.should_sign, c.signing_key.clone(), c.signing_algorithm)
+        (c.signs(header.command), c.signing_key.clone(), c.signing_algorithm)
     };
     if should_sign && !was_encrypted && sub.len() >= Header::SIZE {
         // The `is_cancel` bit is part of the AES-GMAC nonce (MS-SMB2
@@ -6303,7 +6365,7 @@ fn prepare_sub_frame(sub: Vec<u8>, was_encrypted: bool, inner: &Inner) -> Result
         let is_cancel = header.command == Command::Cancel;
         if let (Some(key), Some(algo)) = (signing_key, signing_algorithm) {
             if let Err(e) =
-                signing::verify_signature(&sub, &key, algo, header.message_id.0, is_cancel)
+                signing::verify_signature_in_place(&mut sub, &key, algo, header.message_id.0, is_cancel)
             {
                 inner
                     .metrics

@@ -225,6 +225,40 @@ pub struct ClientConfig {
     ///
     /// Default: `None`.
     pub previous_session_id: Option<SessionId>,
+    /// Which messages an authenticated session signs. Default:
+    /// [`Signing::Always`], every one.
+    pub signing: Signing,
+}
+
+/// Which messages of an authenticated session the client signs (and whose
+/// responses it verifies). Encryption, where the session has it, protects
+/// every message either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Signing {
+    /// Every message (upstream's behaviour); the client does not tell the
+    /// server it requires signing.
+    #[default]
+    Always = 0,
+    /// Every message, and NEGOTIATE and SESSION_SETUP say signing is
+    /// required (SecurityMode `SIGNING_REQUIRED`), so the server enforces
+    /// it on the session too: an unsigned request in it is refused.
+    Required = 2,
+    /// Every message when the server requires signing (its NEGOTIATE
+    /// SecurityMode); otherwise only a 3.1.1 TREE_CONNECT, as MS-SMB2
+    /// § 3.2.4.1.1 asks. What smbclient and Windows clients do by default;
+    /// it saves a MAC over every byte read.
+    IfRequired = 1,
+}
+
+impl Signing {
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Signing::IfRequired,
+            2 => Signing::Required,
+            _ => Signing::Always,
+        }
+    }
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -244,6 +278,7 @@ impl std::fmt::Debug for ClientConfig {
             connect_options,
             response_timeout,
             previous_session_id,
+            signing,
         } = self;
         f.debug_struct("ClientConfig")
             .field("addr", addr)
@@ -258,6 +293,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("dfs_target_policy", dfs_target_policy)
             .field("connect_options", connect_options)
             .field("response_timeout", response_timeout)
+            .field("signing", signing)
             .field("previous_session_id", previous_session_id)
             .finish()
     }
@@ -305,6 +341,7 @@ impl Default for ClientConfig {
             connect_options: None,
             response_timeout: Some(connection::RESPONSE_TIMEOUT),
             previous_session_id: None,
+            signing: Signing::Always,
         }
     }
 }
@@ -323,6 +360,7 @@ struct ClientReviver {
     addr: String,
     connect_options: crate::transport::ConnectOptions,
     compression: bool,
+    signing: Signing,
     username: String,
     password: String,
     domain: String,
@@ -366,6 +404,7 @@ impl ClientReviver {
             addr,
             connect_options: config.connect_options(),
             compression: config.compression,
+            signing: config.signing,
             username: config.username.clone(),
             password: config.password.clone(),
             domain: config.domain.clone(),
@@ -398,6 +437,7 @@ impl connection::SessionReviver for ClientReviver {
 
     async fn reauthenticate(&self, conn: &mut Connection) -> Result<()> {
         conn.set_compression_requested(self.compression);
+        conn.set_signing(self.signing);
         conn.negotiate().await?;
         // `Session::setup` publishes the new session onto the connection, so
         // an `SmbClient` that has one cached picks the new keys up.
@@ -617,6 +657,7 @@ impl SmbClient {
 
         let mut conn = Connection::connect_with(&config.addr, config.connect_options()).await?;
         conn.set_compression_requested(config.compression);
+        conn.set_signing(config.signing);
         // Before NEGOTIATE, so the handshake itself is bounded by it.
         conn.set_response_timeout(config.response_timeout);
         conn.negotiate().await?;
@@ -1611,6 +1652,7 @@ impl SmbClient {
         // Create new connection to target.
         let mut conn = Connection::connect_with(target_addr, self.config.connect_options()).await?;
         conn.set_compression_requested(self.config.compression);
+        conn.set_signing(self.config.signing);
         // The primary's deadline as it stands now, not the config's: the
         // consumer may have tuned it since `connect`. Before NEGOTIATE, so a
         // target that accepts and never answers can't hang the call.

@@ -7,13 +7,14 @@ use log::{debug, info, trace, warn};
 
 use crate::auth::ntlm::{NtlmAuthenticator, NtlmCredentials};
 use crate::client::connection::Connection;
+use crate::client::Signing;
 use crate::crypto::kdf::derive_session_keys;
 use crate::crypto::signing::{self, algorithm_for_dialect, SigningAlgorithm};
 use crate::error::{Result, SignatureFailure};
 use crate::msg::header::Header;
 use crate::msg::session_setup::{SessionFlags, SessionSetupRequest, SessionSetupResponse};
 use crate::pack::{ReadCursor, Unpack};
-use crate::types::flags::{Capabilities, SecurityMode};
+use crate::types::flags::Capabilities;
 use crate::types::status::NtStatus;
 use crate::types::{Command, Dialect, SessionId};
 use crate::Error;
@@ -133,7 +134,7 @@ impl Session {
 
         let req1 = SessionSetupRequest {
             flags: SessionSetupRequestFlags(0),
-            security_mode: SecurityMode::new(SecurityMode::SIGNING_ENABLED),
+            security_mode: conn.client_security_mode(),
             capabilities: Capabilities::default(),
             channel: 0,
             previous_session_id: conn.previous_session_id().0,
@@ -190,7 +191,7 @@ impl Session {
 
         let req2 = SessionSetupRequest {
             flags: SessionSetupRequestFlags(0),
-            security_mode: SecurityMode::new(SecurityMode::SIGNING_ENABLED),
+            security_mode: conn.client_security_mode(),
             capabilities: Capabilities::default(),
             channel: 0,
             previous_session_id: conn.previous_session_id().0,
@@ -305,14 +306,19 @@ impl Session {
         )?;
 
         // Determine if we should sign.
-        let should_sign = params.signing_required
-            || !setup_resp2.session_flags.is_guest() && !setup_resp2.session_flags.is_null();
+        let authenticated =
+            !setup_resp2.session_flags.is_guest() && !setup_resp2.session_flags.is_null();
+        let should_sign =
+            params.signing_required || authenticated && conn.signing() != Signing::IfRequired;
 
         let should_encrypt = setup_resp2.session_flags.encrypt_data();
 
         // Activate signing on the connection.
         if should_sign {
             conn.activate_signing(signing_key.clone(), signing_algorithm);
+        } else if authenticated && params.dialect == Dialect::Smb3_1_1 {
+            // MS-SMB2 § 3.2.4.1.1: a 3.1.1 TREE_CONNECT is signed all the same.
+            conn.activate_tree_connect_signing(signing_key.clone(), signing_algorithm);
         }
 
         // Activate encryption on the connection if the session requires it.
@@ -436,7 +442,7 @@ impl Session {
         // Step 2: Send SPNEGO-wrapped AP-REQ in SESSION_SETUP.
         let req = SessionSetupRequest {
             flags: SessionSetupRequestFlags(0),
-            security_mode: SecurityMode::new(SecurityMode::SIGNING_ENABLED),
+            security_mode: conn.client_security_mode(),
             capabilities: Capabilities::default(),
             channel: 0,
             previous_session_id: conn.previous_session_id().0,
@@ -575,13 +581,18 @@ impl Session {
             Some(account),
         )?;
 
-        let should_sign = params.signing_required
-            || !setup_resp.session_flags.is_guest() && !setup_resp.session_flags.is_null();
+        let authenticated =
+            !setup_resp.session_flags.is_guest() && !setup_resp.session_flags.is_null();
+        let should_sign =
+            params.signing_required || authenticated && conn.signing() != Signing::IfRequired;
 
         let should_encrypt = setup_resp.session_flags.encrypt_data();
 
         if should_sign {
             conn.activate_signing(signing_key.clone(), signing_algorithm);
+        } else if authenticated && params.dialect == Dialect::Smb3_1_1 {
+            // MS-SMB2 § 3.2.4.1.1: a 3.1.1 TREE_CONNECT is signed all the same.
+            conn.activate_tree_connect_signing(signing_key.clone(), signing_algorithm);
         }
 
         if should_encrypt {
@@ -1077,6 +1088,34 @@ mod tests {
         flags: SessionFlags,
         finish: Final,
     ) -> Result<Session> {
+        setup_against_server_signing(
+            dialect,
+            gmac,
+            username,
+            password,
+            flags,
+            finish,
+            Signing::Always,
+            false,
+        )
+        .await
+        .0
+    }
+
+    /// As `setup_against_server`, with the client's [`Signing`] and whether
+    /// the server's NEGOTIATE said it requires signing; also gives back the
+    /// connection and the AUTHENTICATE request the client sent.
+    #[allow(clippy::too_many_arguments)]
+    async fn setup_against_server_signing(
+        dialect: Dialect,
+        gmac: bool,
+        username: &str,
+        password: &str,
+        flags: SessionFlags,
+        finish: Final,
+        signing: Signing,
+        server_requires_signing: bool,
+    ) -> (Result<Session>, Connection, SessionSetupRequest) {
         let mock = Arc::new(MockTransport::new());
         mock.enable_auto_rewrite_msg_id();
         let session_id = SessionId(0x4242);
@@ -1095,10 +1134,19 @@ mod tests {
             "test-server",
         );
         set_test_params_with(&mut conn, dialect, gmac);
+        if server_requires_signing {
+            let mut params = conn.params().unwrap();
+            params.signing_required = true;
+            conn.set_test_params(params);
+        }
+        conn.set_signing(signing);
         let mut hasher = conn.preauth_hasher();
 
         let (user, pass) = (username.to_string(), password.to_string());
-        let task = tokio::spawn(async move { Session::setup(&mut conn, &user, &pass, "").await });
+        let task = tokio::spawn(async move {
+            let session = Session::setup(&mut conn, &user, &pass, "").await;
+            (session, conn)
+        });
 
         // Wait for the AUTHENTICATE request: the key the final response is
         // signed with depends on what the client put in it.
@@ -1166,7 +1214,8 @@ mod tests {
         }
         mock.queue_response(response);
 
-        task.await.unwrap()
+        let (session, conn) = task.await.unwrap();
+        (session, conn, request)
     }
 
     /// Offset of `SessionFlags` in a SESSION_SETUP response: the 64-byte
@@ -1207,6 +1256,64 @@ mod tests {
                 session.should_sign, session.should_encrypt
             ),
         }
+    }
+
+    /// A session set up on 3.1.1 with `signing`, the server requiring
+    /// signing or not: the connection, and the AUTHENTICATE request sent.
+    async fn signing_session(
+        signing: Signing,
+        server_requires: bool,
+    ) -> (Session, Connection, SessionSetupRequest) {
+        let (session, conn, request) = setup_against_server_signing(
+            Dialect::Smb3_1_1,
+            true,
+            USER,
+            PASS,
+            SessionFlags(0),
+            Final::Signed,
+            signing,
+            server_requires,
+        )
+        .await;
+        (session.unwrap(), conn, request)
+    }
+
+    #[tokio::test]
+    async fn if_required_signs_only_the_tree_connect_when_the_server_does_not_require() {
+        let (session, conn, request) = signing_session(Signing::IfRequired, false).await;
+        assert!(!session.should_sign);
+        assert!(conn.signs_command(Command::TreeConnect));
+        for command in [Command::Read, Command::Write, Command::Create, Command::Close] {
+            assert!(!conn.signs_command(command), "{command:?} signed");
+        }
+        assert!(!request.security_mode.signing_required());
+    }
+
+    #[tokio::test]
+    async fn if_required_signs_everything_when_the_server_requires() {
+        let (session, conn, request) = signing_session(Signing::IfRequired, true).await;
+        assert!(session.should_sign);
+        for command in [Command::TreeConnect, Command::Read, Command::Write] {
+            assert!(conn.signs_command(command), "{command:?} not signed");
+        }
+        assert!(!request.security_mode.signing_required());
+    }
+
+    #[tokio::test]
+    async fn always_signs_everything_without_requiring_it() {
+        let (session, conn, request) = signing_session(Signing::Always, false).await;
+        assert!(session.should_sign);
+        assert!(conn.signs_command(Command::Read));
+        assert!(!request.security_mode.signing_required());
+    }
+
+    #[tokio::test]
+    async fn required_signs_everything_and_tells_the_server() {
+        let (session, conn, request) = signing_session(Signing::Required, false).await;
+        assert!(session.should_sign);
+        assert!(conn.signs_command(Command::Read));
+        assert!(request.security_mode.signing_enabled());
+        assert!(request.security_mode.signing_required());
     }
 
     #[tokio::test]

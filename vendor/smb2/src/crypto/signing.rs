@@ -149,6 +149,19 @@ pub fn verify_signature(
     message_id: u64,
     is_cancel: bool,
 ) -> Result<(), Error> {
+    verify_signature_in_place(&mut message.to_vec(), key, algorithm, message_id, is_cancel)
+}
+
+/// [`verify_signature`] on a message the caller owns: the signature field is
+/// zeroed for the computation and put back after, instead of the whole
+/// message being copied (a READ response is as large as its data).
+pub fn verify_signature_in_place(
+    message: &mut [u8],
+    key: &[u8],
+    algorithm: SigningAlgorithm,
+    message_id: u64,
+    is_cancel: bool,
+) -> Result<(), Error> {
     if message.len() < MIN_MESSAGE_LEN {
         return Err(Error::invalid_data(format!(
             "message too short for verification: {} bytes, need at least {}",
@@ -161,14 +174,14 @@ pub fn verify_signature(
     let mut received_sig = [0u8; SIGNATURE_LEN];
     received_sig.copy_from_slice(&message[SIGNATURE_OFFSET..SIGNATURE_OFFSET + SIGNATURE_LEN]);
 
-    // Step 2: zero the signature field in a copy.
-    let mut buf = message.to_vec();
-    buf[SIGNATURE_OFFSET..SIGNATURE_OFFSET + SIGNATURE_LEN].fill(0);
-
-    // Step 3: compute the expected signature.
+    // Step 2: zero the signature field, compute the expected signature, and
+    // put the received one back.
     // is_response = true: the server signed this message, so the GMAC
     // nonce must have role bit = 1 (server).
-    let expected_sig = compute_signature(&buf, key, algorithm, message_id, is_cancel, true)?;
+    message[SIGNATURE_OFFSET..SIGNATURE_OFFSET + SIGNATURE_LEN].fill(0);
+    let expected_sig = compute_signature(message, key, algorithm, message_id, is_cancel, true);
+    message[SIGNATURE_OFFSET..SIGNATURE_OFFSET + SIGNATURE_LEN].copy_from_slice(&received_sig);
+    let expected_sig = expected_sig?;
 
     // Step 4: compare, in constant time. `!=` on arrays stops at the first
     // differing byte, which tells a forger timing a verifier how many leading
@@ -687,6 +700,50 @@ mod tests {
             &msg[SIGNATURE_OFFSET..SIGNATURE_OFFSET + SIGNATURE_LEN],
             &expected
         );
+    }
+
+    #[test]
+    fn in_place_verify_accepts_a_server_signature_and_leaves_the_message_as_it_came() {
+        for algo in [
+            SigningAlgorithm::HmacSha256,
+            SigningAlgorithm::AesCmac,
+            SigningAlgorithm::AesGmac,
+        ] {
+            let mut msg = make_test_message(b"a READ response's data");
+            let key = [0x5A; 16];
+            sign_message_as_server(&mut msg, &key, algo, 42, false).unwrap();
+            let signed = msg.clone();
+            verify_signature_in_place(&mut msg, &key, algo, 42, false).unwrap();
+            assert_eq!(msg, signed, "{algo:?}");
+        }
+    }
+
+    #[test]
+    fn in_place_verify_refuses_a_tampered_message_and_restores_its_signature() {
+        for algo in [
+            SigningAlgorithm::HmacSha256,
+            SigningAlgorithm::AesCmac,
+            SigningAlgorithm::AesGmac,
+        ] {
+            let mut msg = make_test_message(b"a READ response's data");
+            let key = [0x5A; 16];
+            sign_message_as_server(&mut msg, &key, algo, 42, false).unwrap();
+            let last = msg.len() - 1;
+            msg[last] ^= 1;
+            let tampered = msg.clone();
+            let err = verify_signature_in_place(&mut msg, &key, algo, 42, false).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::SignatureInvalid {
+                        reason: SignatureFailure::Mismatch,
+                        ..
+                    }
+                ),
+                "{algo:?}: {err:?}"
+            );
+            assert_eq!(msg, tampered, "{algo:?}");
+        }
     }
 
     #[test]
