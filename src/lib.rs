@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod downstream;
 pub mod engine;
+pub mod hash;
 pub mod http;
 pub mod instance;
 pub mod metrics;

@@ -14,7 +14,7 @@
 //! body without copying them ([`bytes::Bytes::from_owner`]) and gets them
 //! back when they are sent, so neither side allocates per block.
 
-use md5::{Digest, Md5};
+use crate::hash::Md5;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -168,13 +168,13 @@ impl HashingSpool {
                     return Err(std::io::Error::new(kind, "the spool file was not created"));
                 }
             };
-            let mut hasher = Md5::new();
+            let mut hasher = Md5::new()?;
             while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
+                hasher.update(&chunk)?;
                 writer.write(&chunk)?;
             }
             let size = writer.finish()?;
-            Ok((hex::encode(hasher.finalize()), size))
+            Ok((hasher.finish_hex()?, size))
         });
         match opened_rx.await {
             Ok(Ok(())) => Ok(Self { chunks, done }),
@@ -298,7 +298,7 @@ mod tests {
         }
         let (md5, size) = spool.finish().await.unwrap();
         assert_eq!(size, n as u64);
-        assert_eq!(md5, hex::encode(Md5::digest(&data)));
+        assert_eq!(md5, crate::hash::md5_hex(&data).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), data, "{n} bytes on disk");
         let (len, blocks) = read_blocks(&path).unwrap();
         assert_eq!(len, n as u64);

@@ -155,6 +155,7 @@ _apt_install() {
 
 # ensure_packages [samba] [postgres] [browser]   (no argument = samba and postgres)
 # Installs what is missing: samba smbclient libsmbclient-dev pkg-config strace,
+# libssl-dev (the coordinator's MD5 is OpenSSL's),
 # postgresql-$IT_PG_VERSION, and/or chromium chromium-driver (the status page's
 # browser test). Idempotent and quick when everything is present.
 ensure_packages() {
@@ -168,6 +169,11 @@ ensure_packages() {
                     log "samba / libsmbclient dev files missing; installing"
                     _apt_install samba smbclient libsmbclient-dev pkg-config || return 1
                     samba_present || { log "samba still missing after install"; return 1; }
+                fi
+                # The coordinator links OpenSSL (its MD5); every script builds it.
+                if ! pkg-config --exists openssl 2>/dev/null; then
+                    log "OpenSSL dev files missing (the coordinator's MD5); installing"
+                    _apt_install libssl-dev pkg-config || return 1
                 fi
                 # The read-integrity test slows smbd's reads with strace.
                 if ! command -v strace >/dev/null; then

@@ -31,7 +31,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use md5::{Digest, Md5};
 use smb2::client::connection::{Connection, Frame};
 use smb2::msg::close::{CloseRequest, CloseResponse, SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB};
 use smb2::msg::create::{
@@ -146,6 +145,14 @@ enum Retry {
     OnDisconnect,
     /// Renames and writes: a lost answer may hide a success.
     Never,
+}
+
+/// An MD5 that OpenSSL could not compute, as the read's error.
+fn hash_error<T>(op: &str, r: std::io::Result<T>) -> Result<T, SourceError> {
+    r.map_err(|e| SourceError::Io {
+        op: format!("{op}: hashing"),
+        message: e.to_string(),
+    })
 }
 
 /// The SMB2 error `e` of operation `op` as a [`SourceError`].
@@ -593,7 +600,6 @@ async fn stream(
         return Ok((md5, size, Content::Spooled(dest.to_path_buf())));
     }
     let mut memory = Vec::with_capacity(opened.end_of_file as usize);
-    let mut hasher = Md5::new();
     loop {
         match tokio::time::timeout(chunk_timeout, download.next_chunk())
             .await
@@ -601,18 +607,12 @@ async fn stream(
         {
             None => break,
             Some(Err(e)) => return Err(classify(op, e)),
-            Some(Ok(bytes)) => {
-                hasher.update(&bytes);
-                memory.extend_from_slice(&bytes);
-            }
+            Some(Ok(bytes)) => memory.extend_from_slice(&bytes),
         }
     }
+    let md5 = hash_error(op, crate::hash::md5_hex(&memory))?;
     let size = memory.len() as u64;
-    Ok((
-        hex::encode(hasher.finalize()),
-        size,
-        Content::Memory(memory),
-    ))
+    Ok((md5, size, Content::Memory(memory)))
 }
 
 impl SmbShare {
@@ -863,7 +863,7 @@ impl FileSource for SmbShare {
                     {
                         note_change(&p, &opened, &after, bytes.len() as u64);
                         return Ok(Fetched {
-                            md5: hex::encode(Md5::digest(&bytes)),
+                            md5: hash_error(&op, crate::hash::md5_hex(&bytes))?,
                             size: bytes.len() as u64,
                             after,
                             content: Content::Memory(bytes),

@@ -16,7 +16,6 @@ use crate::scan::names::TempNameFilter;
 use crate::source::{Content, Entry, Expected, Fetched, FileSource, Moved, SourceError, join};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
@@ -395,7 +394,7 @@ impl FileSource for MemSource {
 
 /// Hex MD5 of `bytes`, as a fetch reports it.
 pub fn md5_hex(bytes: &[u8]) -> String {
-    hex::encode(Md5::digest(bytes))
+    crate::hash::md5_hex(bytes).expect("OpenSSL computes an MD5")
 }
 
 /// One call FOI received.
