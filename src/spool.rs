@@ -146,7 +146,7 @@ impl Writer {
 /// order, hashed and written on a blocking thread; [`HashingSpool::finish`]
 /// answers the MD5 (hex) and the bytes written.
 pub struct HashingSpool {
-    chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+    chunks: tokio::sync::mpsc::Sender<bytes::Bytes>,
     done: tokio::task::JoinHandle<std::io::Result<(String, u64)>>,
 }
 
@@ -154,7 +154,7 @@ impl HashingSpool {
     /// Creates (or truncates) `path` and starts its thread.
     pub async fn create(path: &Path) -> std::io::Result<Self> {
         let path = path.to_path_buf();
-        let (chunks, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(DOWNLOAD_CHUNKS);
+        let (chunks, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(DOWNLOAD_CHUNKS);
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
         let done = tokio::task::spawn_blocking(move || {
             let mut writer = match Writer::create(&path) {
@@ -185,7 +185,7 @@ impl HashingSpool {
 
     /// Hands the next chunk over; waits while the thread is behind (so a
     /// download never holds more than a few chunks in memory).
-    pub async fn write(&self, chunk: Vec<u8>) -> std::io::Result<()> {
+    pub async fn write(&self, chunk: bytes::Bytes) -> std::io::Result<()> {
         self.chunks
             .send(chunk)
             .await
@@ -294,7 +294,7 @@ mod tests {
         let data = pattern(n);
         let spool = HashingSpool::create(&path).await.unwrap();
         for c in data.chunks(chunk.max(1)) {
-            spool.write(c.to_vec()).await.unwrap();
+            spool.write(bytes::Bytes::copy_from_slice(c)).await.unwrap();
         }
         let (md5, size) = spool.finish().await.unwrap();
         assert_eq!(size, n as u64);

@@ -587,7 +587,7 @@ async fn stream(
         // Hashed and written by the spool's own thread, beside this one.
         let spool = HashingSpool::create(dest).await.map_err(spool_error)?;
         loop {
-            match tokio::time::timeout(chunk_timeout, download.next_chunk())
+            match tokio::time::timeout(chunk_timeout, download.next_bytes())
                 .await
                 .map_err(timed_out)?
             {
@@ -601,7 +601,7 @@ async fn stream(
     }
     let mut memory = Vec::with_capacity(opened.end_of_file as usize);
     loop {
-        match tokio::time::timeout(chunk_timeout, download.next_chunk())
+        match tokio::time::timeout(chunk_timeout, download.next_bytes())
             .await
             .map_err(timed_out)?
         {

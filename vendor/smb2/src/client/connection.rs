@@ -1623,8 +1623,10 @@ pub struct NegotiatedParams {
 pub struct Frame {
     /// Parsed SMB2 header of this sub-response.
     pub header: Header,
-    /// Sub-frame bytes after the header (body portion only).
-    pub body: Vec<u8>,
+    /// Sub-frame bytes after the header (body portion only): a view of the
+    /// received buffer, so cutting the header (or a READ's data) out of it
+    /// copies nothing.
+    pub body: bytes::Bytes,
     /// Full sub-frame bytes including the header: kept for NEGOTIATE and
     /// SESSION_SETUP responses only (the handshake hashes them); empty for
     /// every other command, whose body is the received buffer itself.
@@ -6406,8 +6408,9 @@ fn prepare_sub_frame(mut sub: Vec<u8>, was_encrypted: bool, inner: &Inner) -> Re
     // and no allocation per response (a READ's is as large as its data).
     let keep_raw = matches!(header.command, Command::Negotiate | Command::SessionSetup);
     let raw = if keep_raw { sub.clone() } else { Vec::new() };
-    let mut body = sub;
-    body.drain(..Header::SIZE.min(body.len()));
+    let mut body = bytes::Bytes::from(sub);
+    let header_len = Header::SIZE.min(body.len());
+    bytes::Buf::advance(&mut body, header_len);
     let msg_id = header.message_id;
     Ok(SubFrameAction::Route(
         msg_id,

@@ -133,7 +133,7 @@ pub struct FileDownload<'a> {
     /// here across the awaits that follow a delivery (the next READs, the
     /// CLOSE), so a caller that drops `next_chunk` there gets it on the next
     /// call rather than losing it.
-    ready: Option<Vec<u8>>,
+    ready: Option<bytes::Bytes>,
     /// Whether the CLOSE was started. Set before it's sent, so the handle
     /// never gets a second one (see `Tree::close_dropped_handle`); until
     /// then, dropping the download closes the handle.
@@ -338,6 +338,12 @@ impl<'a> FileDownload<'a> {
     /// Cancel-safe: if this future is dropped before it completes, no data is
     /// lost and the next call continues the download.
     pub async fn next_chunk(&mut self) -> Option<Result<Vec<u8>>> {
+        self.next_bytes().await.map(|r| r.map(Vec::from))
+    }
+
+    /// [`next_chunk`](Self::next_chunk), the chunk as a view of the READ
+    /// response it came in: no copy (`Vec::from` of a view copies it).
+    pub async fn next_bytes(&mut self) -> Option<Result<bytes::Bytes>> {
         if self.ready.is_none() {
             if self.closing.is_some() || self.close_failed.is_some() {
                 return self.finish_close().await.err().map(Err);
@@ -367,7 +373,7 @@ impl<'a> FileDownload<'a> {
 
     /// Wait for the chunk at the front, sending READs as the window allows
     /// meanwhile. `Ok(None)` means there's nothing left to receive.
-    async fn receive_next(&mut self) -> Result<Option<Vec<u8>>> {
+    async fn receive_next(&mut self) -> Result<Option<bytes::Bytes>> {
         loop {
             let send_at = self.send_reads().await?;
             let Some(head) = self.in_flight.front_mut() else {
@@ -447,7 +453,7 @@ impl<'a> FileDownload<'a> {
     /// Take the head READ's response, which came off the wire at `arrived_at`,
     /// off the queue. Synchronous on purpose: from here to handing the chunk
     /// out, nothing may be interrupted.
-    fn take_head(&mut self, frame: Frame, arrived_at: Instant) -> Result<Option<Vec<u8>>> {
+    fn take_head(&mut self, frame: Frame, arrived_at: Instant) -> Result<Option<bytes::Bytes>> {
         let head = self
             .in_flight
             .pop_front()
@@ -476,7 +482,7 @@ impl<'a> FileDownload<'a> {
             )));
         }
         data.truncate(start + data_len);
-        data.drain(..start);
+        bytes::Buf::advance(&mut data, start);
         if data.is_empty() {
             self.stop_at_eof();
             return Ok(None);
